@@ -1,0 +1,28 @@
+"""The landing zone where a shop's event pipeline drops one folder of files per day."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+from pydantic import Field
+
+from cartintel_assets import settings
+
+
+class LandingResource(dg.ConfigurableResource):
+    """Landing files `<root>/<YYYY-MM-DD>/<table>.<ext>` in the canonical schema."""
+
+    root: str = Field(default="", description="Landing folder; empty means $CARTINTEL_LANDING or data/storefront/landing.")
+
+    def path(self) -> Path:
+        return Path(self.root).resolve() if self.root else settings.landing_dir()
+
+    def pseudonym_key(self) -> str:
+        """The pseudonymisation key, from the environment at run time (never shown as config)."""
+        return settings.pseudonym_key()
+
+    def days(self) -> list[str]:
+        """The day folders that have landed, in order."""
+        root = self.path()
+        return sorted(p.name for p in root.iterdir() if p.is_dir()) if root.exists() else []

@@ -1,0 +1,41 @@
+"""Shared fixtures: small seeded storefronts written to temporary folders."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from cartintel_assets import settings
+from cartintel_assets.ml.simulation import Storefront, StorefrontConfig, simulate, write_storefront
+
+os.environ.setdefault("DO_NOT_TRACK", "true")
+os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+SMALL = StorefrontConfig(days=3, sessions_per_day=400, n_customers=1500, n_products=120)
+
+
+@pytest.fixture(scope="session")
+def default_store() -> Storefront:
+    """The default storefront, in memory (the one `make demo` lands)."""
+    return simulate(StorefrontConfig())
+
+
+@pytest.fixture(scope="session")
+def bad_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Storefront, Path]:
+    """A small storefront with 2 % bad event lines of every kind, landed on disk."""
+    store = simulate(StorefrontConfig(**{**SMALL.__dict__, "bad_row_rate": 0.02}))
+    out = tmp_path_factory.mktemp("bad_store")
+    write_storefront(store, out)
+    return store, out / "landing"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The real public datasets; their absence is an error, never a skip."""
+    path = settings.shared_data_dir()
+    if not (path / "otto_sessions_fixture.csv").exists():
+        raise FileNotFoundError(f"real datasets not found in {path}: set CARTINTEL_SHARED_DATA")
+    return path

@@ -1,0 +1,109 @@
+"""The simulated storefront is deterministic and carries the structure it claims to plant."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cartintel_assets.ml.simulation import BAD_ROW_KINDS, DriftSpec, Storefront, StorefrontConfig, simulate
+from cartintel_tests.conftest import SMALL
+
+
+def test_same_seed_same_storefront_and_other_seed_differs() -> None:
+    a, b = simulate(SMALL), simulate(SMALL)
+    c = simulate(StorefrontConfig(**{**SMALL.__dict__, "seed": SMALL.seed + 1}))
+    assert a.event_lines == b.event_lines
+    for day in a.landing:
+        for name, frame in a.landing[day].items():
+            pd.testing.assert_frame_equal(frame, b.landing[day][name])
+    pd.testing.assert_frame_equal(a.truth_sessions, b.truth_sessions)
+    assert a.event_lines != c.event_lines
+
+
+def test_calibrated_to_published_abandonment_figures(default_store: Storefront) -> None:
+    s = default_store.truth_sessions
+    carts = s[s["has_cart"]]
+    assert carts["abandoned"].mean() == pytest.approx(0.70, abs=0.02)  # Baymard ~70 %
+    assert carts.loc[carts["abandoned"], "benign"].mean() == pytest.approx(0.48, abs=0.04)
+
+
+def test_abandonment_differs_by_latent_type(default_store: Storefront) -> None:
+    carts = default_store.truth_sessions.query("has_cart")
+    by_type = carts.groupby("latent_type")["abandoned"].mean()
+    assert by_type["window_shopper"] - by_type["decisive_buyer"] > 0.5
+    # delayed deciders abandon, then mostly come back: benign; window shoppers do not
+    benign = carts[carts["abandoned"]].groupby("latent_type")["benign"].mean()
+    assert benign["delayed_decider"] > 0.7 > 0.1 > benign["window_shopper"]
+
+
+def test_abandonment_rises_with_shipping_cost_for_sensitive_shoppers(default_store: Storefront) -> None:
+    carts = default_store.truth_sessions.query("has_cart")
+    sens = carts[carts["latent_type"] == "shipping_sensitive"]
+    lo, hi = sens["ship_share"].quantile([0.25, 0.75])
+    assert sens.loc[sens["ship_share"] >= hi, "abandoned"].mean() - sens.loc[sens["ship_share"] <= lo, "abandoned"].mean() > 0.15
+    dec = carts[carts["latent_type"] == "decisive_buyer"]
+    lo_d, hi_d = dec["ship_share"].quantile([0.25, 0.75])
+    gap_decisive = dec.loc[dec["ship_share"] >= hi_d, "abandoned"].mean() - dec.loc[dec["ship_share"] <= lo_d, "abandoned"].mean()
+    assert gap_decisive < 0.15  # the planted sensitivity is type-specific
+
+
+def test_true_intervention_effects_follow_the_types(default_store: Storefront) -> None:
+    ab = default_store.truth_sessions.query("abandoned")
+    eff = ab.groupby("latent_type")[[c for c in ab.columns if c.startswith("p_conv_")]].mean()
+    ss = eff.loc["shipping_sensitive"]
+    assert ss["p_conv_free_shipping"] - ss["p_conv_control"] > 0.15
+    assert ss["p_conv_reminder_email"] < ss["p_conv_control"]  # emails annoy them
+    ws = eff.loc["window_shopper"]
+    assert abs(ws["p_conv_discount_10"] - ws["p_conv_control"]) < 1e-9  # lost causes
+    ds = eff.loc["deal_seeker"]
+    assert ds["p_conv_discount_10"] > ds["p_conv_discount_5"] > ds["p_conv_control"]
+
+
+def test_experiment_is_randomised_among_consenting_abandoners(default_store: Storefront) -> None:
+    s = default_store.truth_sessions
+    exp = s[s["in_experiment"]]
+    assert exp["abandoned"].all() and exp["consented"].all()
+    shares = exp["treatment"].value_counts(normalize=True)
+    assert len(shares) == 5 and shares.max() - shares.min() < 0.05
+    # arms are balanced on the latent type mix (randomised, not targeted)
+    mix = pd.crosstab(exp["treatment"], exp["latent_type"], normalize="index")
+    assert (mix.max() - mix.min()).max() < 0.08
+
+
+def test_shipping_cost_drift_raises_costs_and_abandonment_in_its_region() -> None:
+    base = StorefrontConfig(days=10, sessions_per_day=1500)
+    drifted = StorefrontConfig(**{**base.__dict__, "drift": (DriftSpec(5, "shipping_cost", 1.0, "DE"),)})
+    a, b = simulate(base), simulate(drifted)
+    qa = a.landing[base.day(7).isoformat()]["shipping_quotes"]
+    qb = b.landing[base.day(7).isoformat()]["shipping_quotes"]
+    de = qa["region"] == "DE"
+    assert np.allclose(qb.loc[de, "shipping_cost"], 2 * qa.loc[de, "shipping_cost"], rtol=0.01)
+    assert np.allclose(qb.loc[~de, "shipping_cost"], qa.loc[~de, "shipping_cost"])
+
+    def rate(store: Storefront, latent_type: str | None = None) -> float:
+        t = store.truth_sessions
+        t = t[t["has_cart"] & (t["region"] == "DE") & (t["day"] >= 5)]
+        if latent_type:
+            t = t[t["latent_type"] == latent_type]
+        return float(t["abandoned"].mean())
+
+    # same seed, so the difference is the planted effect alone, strongest where it was planted
+    assert rate(b) - rate(a) > 0.015
+    assert rate(b, "shipping_sensitive") - rate(a, "shipping_sensitive") > 0.05
+
+
+def test_bad_rows_of_every_kind_are_injected_and_logged(bad_store: tuple[Storefront, object]) -> None:
+    store, _ = bad_store
+    log = store.truth_bad_rows
+    assert set(log["kind"]) == set(BAD_ROW_KINDS)
+    total = sum(len(v) for v in store.event_lines.values())
+    dup = int((log["kind"] == "duplicate").sum())
+    assert len(log) == pytest.approx(0.02 * (total - dup), rel=0.05)
+
+
+def test_invalid_configs_are_refused() -> None:
+    with pytest.raises(ValueError, match="drift kind"):
+        DriftSpec(1, "weather", 0.1)
+    with pytest.raises(ValueError, match="bad_row_rate"):
+        StorefrontConfig(bad_row_rate=0.9)
