@@ -3,8 +3,7 @@
 import dagster as dg
 
 from cartintel_assets.defs.features.assets import cart_sessions
-from cartintel_assets.defs.ingestion.assets import ingestion_assets
-from cartintel_assets.defs.partitions import daily_partitions
+from cartintel_assets.defs.ingestion.assets import ingestion_assets, quality_gates
 from cartintel_assets.defs.quality.assets import data_quality_scorecard
 from cartintel_assets.resources import LandingResource, WarehouseResource
 
@@ -13,13 +12,13 @@ from cartintel_assets.resources import LandingResource, WarehouseResource
 storefront_daily_job = dg.define_asset_job(
     "storefront_daily_job",
     selection=dg.AssetSelection.all(),
-    partitions_def=daily_partitions,
     executor_def=dg.in_process_executor,
     description="Ingest one landed day, gate it with the data-quality checks and build what follows.",
 )
 
 defs = dg.Definitions(
     assets=[*ingestion_assets, data_quality_scorecard, cart_sessions],
+    asset_checks=quality_gates,
     jobs=[storefront_daily_job],
     schedules=[dg.build_schedule_from_partitioned_job(storefront_daily_job, hour_of_day=2)],
     resources={"warehouse": WarehouseResource(), "landing": LandingResource()},

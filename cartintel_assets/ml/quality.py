@@ -187,6 +187,18 @@ def record_outcomes(
     con.execute("COMMIT")
 
 
+def failed_blocking_checks(con: duckdb.DuckDBPyConnection, table: str, partition: date) -> list[str]:
+    """The ERROR-severity checks that failed for a table's partition (a missing record fails too)."""
+    exists = con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'dq_check_results'").fetchall()[0][0]
+    rows = [] if not exists else con.execute(
+        "SELECT check_name, passed FROM dq_check_results WHERE table_name = ? AND partition_date = ? AND severity = 'ERROR'",
+        [table, partition],
+    ).fetchall()
+    if not rows:
+        return [f"no recorded checks for {table} {partition}"]
+    return sorted(name for name, passed in rows if not passed)
+
+
 SCORECARD_DDL = (
     "CREATE TABLE IF NOT EXISTS data_quality_scorecard (partition_date DATE NOT NULL, standard VARCHAR NOT NULL,"
     " checks_total BIGINT, checks_passed BIGINT, blocking_failures BIGINT, warnings BIGINT,"

@@ -1,8 +1,12 @@
 """Ingestion: one multi-asset per landed table, writing `raw_<table>` and `quarantined_<table>`.
 
 The same step validates the accepted rows with the table's Great Expectations suite and emits one
-asset check per expectation (ERROR = blocking), plus the reconciliation and quarantine-share
-gates. `dagster-ge` only supports GX < 1.0, so this is the thin GX 1.x → asset-check adapter.
+asset check per expectation (with its ERROR/WARN severity), plus the reconciliation and
+quarantine-share checks, and records them in the warehouse. A separate blocking check per raw
+table, `<raw table>_passes_quality_gate`, fails when any ERROR-severity check of the partition
+failed: it stops everything downstream of that table, while the quarantine outputs (and the
+scorecard built on them) still land, so a failure is reported rather than hidden.
+`dagster-ge` only supports GX < 1.0, so this is the thin GX 1.x → asset-check adapter.
 """
 
 
@@ -14,7 +18,14 @@ from pydantic import Field
 
 from cartintel_assets.defs.partitions import daily_partitions
 from cartintel_assets.ml.ingest import RULE_STANDARD, IngestResult, ingest_partition
-from cartintel_assets.ml.quality import SUITES, Outcome, record_outcomes, validate_partition
+from cartintel_assets.ml.quality import (
+    SUITES,
+    Expectation,
+    Outcome,
+    failed_blocking_checks,
+    record_outcomes,
+    validate_partition,
+)
 from cartintel_assets.ml.schema import TABLES, TableSpec
 from cartintel_assets.resources import LandingResource, WarehouseResource
 
@@ -53,19 +64,40 @@ def check_result(asset: str, outcome: Outcome, partition: str) -> dg.AssetCheckR
     )
 
 
-def gate_names(spec: TableSpec) -> tuple[str, str]:
-    return f"{spec.raw_table}_rows_reconcile", f"{spec.raw_table}_quarantine_share_within_limit"
+def _gate_expectations(spec: TableSpec, limit: float) -> tuple[Expectation, Expectation]:
+    return (
+        Expectation(f"{spec.raw_table}_rows_reconcile", "completeness", "ERROR", "computed", {}, "landed = accepted + quarantined: nothing lost"),
+        Expectation(f"{spec.raw_table}_quarantine_share_within_limit", "accuracy", "ERROR", "computed", {"limit": limit}, "quarantined share of landed rows within the limit"),
+    )
+
+
+def build_quality_gate(spec: TableSpec) -> dg.AssetChecksDefinition:
+    """The blocking gate of one raw table: every ERROR-severity check of the partition passed."""
+
+    @dg.asset_check(
+        asset=spec.raw_table,
+        name=f"{spec.raw_table}_passes_quality_gate",
+        blocking=True,
+        partitions_def=daily_partitions,
+        description="Blocking: all ERROR-severity data-quality checks of this partition passed.",
+    )
+    def _gate(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource) -> dg.AssetCheckResult:
+        with warehouse.reader() as con:
+            failed = failed_blocking_checks(con, spec.name, date.fromisoformat(context.partition_key))
+        return dg.AssetCheckResult(
+            passed=not failed,
+            severity=dg.AssetCheckSeverity.ERROR,
+            metadata={"failed_error_checks": dg.MetadataValue.json(failed), "partition": context.partition_key},
+        )
+
+    return _gate
 
 
 def build_ingestion_asset(spec: TableSpec) -> dg.AssetsDefinition:
     """Build the multi-asset that ingests one landed table into the warehouse."""
-    reconcile, share = gate_names(spec)
     check_specs = [
-        dg.AssetCheckSpec(e.check, asset=spec.raw_table, description=e.description, blocking=e.severity == "ERROR")
-        for e in SUITES[spec.name]
-    ] + [
-        dg.AssetCheckSpec(reconcile, asset=spec.raw_table, blocking=True, description="landed = accepted + quarantined"),
-        dg.AssetCheckSpec(share, asset=spec.raw_table, blocking=True, description="quarantined share of landed rows within the limit"),
+        dg.AssetCheckSpec(e.check, asset=spec.raw_table, description=f"[{e.severity}, {e.standard}] {e.description}")
+        for e in (*SUITES[spec.name], *_gate_expectations(spec, 0.0))
     ]
 
     @dg.multi_asset(
@@ -100,7 +132,13 @@ def build_ingestion_asset(spec: TableSpec) -> dg.AssetsDefinition:
         day = date.fromisoformat(partition)
         with warehouse.get_connection() as con:
             result = ingest_partition(con, spec, day, landing.path(), landing.pseudonym_key())
-            outcomes = validate_partition(con, spec, day)
+            share = result.quarantined / result.landed if result.landed else 0.0
+            reconcile, limit = _gate_expectations(spec, config.max_quarantine_share)
+            outcomes = [
+                *validate_partition(con, spec, day),
+                Outcome(reconcile, result.reconciles, {"landed": result.landed, "accepted": result.accepted, "quarantined": result.quarantined}),
+                Outcome(limit, share <= config.max_quarantine_share, {"observed_value": share, "limit": config.max_quarantine_share}),
+            ]
             record_outcomes(con, spec.name, day, outcomes, _now_iso())
         context.log.info(
             f"{spec.name} {partition}: landed {result.landed}, accepted {result.accepted},"
@@ -117,20 +155,6 @@ def build_ingestion_asset(spec: TableSpec) -> dg.AssetsDefinition:
         )
         for outcome in outcomes:
             yield check_result(spec.raw_table, outcome, partition)
-        yield dg.AssetCheckResult(
-            asset_key=spec.raw_table,
-            check_name=reconcile,
-            passed=result.reconciles,
-            metadata={"landed": result.landed, "accepted": result.accepted, "quarantined": result.quarantined},
-        )
-        observed = result.quarantined / result.landed if result.landed else 0.0
-        yield dg.AssetCheckResult(
-            asset_key=spec.raw_table,
-            check_name=share,
-            passed=observed <= config.max_quarantine_share,
-            metadata={"quarantine_share": observed, "limit": config.max_quarantine_share},
-            description=f"{observed:.2%} of landed rows quarantined (limit {config.max_quarantine_share:.0%})",
-        )
 
     return _ingest
 
@@ -161,3 +185,4 @@ def _now_iso() -> str:
 
 
 ingestion_assets: list[dg.AssetsDefinition] = [build_ingestion_asset(spec) for spec in TABLES]
+quality_gates: list[dg.AssetChecksDefinition] = [build_quality_gate(spec) for spec in TABLES]

@@ -1,0 +1,137 @@
+"""The Dagster graph, materialised in-process on small simulated storefronts."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+from datetime import date
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+import pytest
+
+from cartintel_assets.definitions import defs, storefront_daily_job
+from cartintel_assets.ml.ingest import ingest_partition
+from cartintel_assets.ml.schema import TABLES_BY_NAME
+from cartintel_assets.ml.simulation import StorefrontConfig, simulate, write_storefront
+from cartintel_assets.resources import LandingResource, WarehouseResource
+from cartintel_tests.conftest import SMALL
+
+QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
+
+def _run(landing: Path, warehouse: Path, day: str) -> dg.ExecuteInProcessResult:
+    job = defs.resolve_job_def(storefront_daily_job.name)
+    return job.execute_in_process(
+        partition_key=day,
+        instance=dg.DagsterInstance.ephemeral(),
+        resources={"warehouse": WarehouseResource(database=str(warehouse)), "landing": LandingResource(root=str(landing))},
+        raise_on_error=False,
+        run_config=QUIET,
+    )
+
+
+def _checks(result: dg.ExecuteInProcessResult) -> dict[str, dg.AssetCheckEvaluation]:
+    return {
+        e.event_specific_data.check_name: e.event_specific_data  # type: ignore[union-attr]
+        for e in result.all_events
+        if e.event_type_value == "ASSET_CHECK_EVALUATION"
+    }
+
+
+def _materialized(result: dg.ExecuteInProcessResult) -> set[str]:
+    return {m.asset_key.to_user_string() for m in result.asset_materializations_for_node}  # type: ignore[attr-defined]
+
+
+@pytest.fixture(scope="module")
+def small_landing(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("store")
+    write_storefront(simulate(StorefrontConfig(**{**SMALL.__dict__, "bad_row_rate": 0.01})), out)
+    return out / "landing"
+
+
+def test_daily_job_materialises_everything_and_gates_pass(small_landing: Path, tmp_path: Path) -> None:
+    wh = tmp_path / "wh.duckdb"
+    # customers land on the day they sign up; later days' sessions reference them
+    assert _run(small_landing, wh, SMALL.day(0).isoformat()).success
+    day = SMALL.day(1).isoformat()
+    result = _run(small_landing, wh, day)
+    assert result.success
+    mats = {
+        e.event_specific_data.materialization.asset_key.to_user_string(): e.event_specific_data.materialization  # type: ignore[union-attr]
+        for e in result.all_events
+        if e.event_type_value == "ASSET_MATERIALIZATION"
+    }
+    all_assets = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
+    assert set(mats) == all_assets
+    checks = _checks(result)
+    assert len(checks) == len(list(defs.resolve_asset_graph().asset_check_keys))
+    # only warnings may fail on 1 % bad rows (e.g. a purchase whose add_to_cart was quarantined)
+    failed = {n: c.severity for n, c in checks.items() if not c.passed}
+    assert set(failed.values()) <= {dg.AssetCheckSeverity.WARN}, failed
+    events = mats["raw_events"].metadata
+    assert events["rows_landed"].value == events["rows_accepted"].value + events["rows_quarantined"].value
+    assert events["rows_quarantined"].value > 0
+    card = mats["data_quality_scorecard"].metadata
+    assert card["consistency_row_score"].value < 1.0 and card["accuracy_status"].value == "pass"
+
+    # re-materialising the partition replaces it: same counts, no duplicates
+    con = duckdb.connect(str(wh), read_only=True)
+    before = {t: con.execute(f"SELECT count(*) FROM {t}").fetchall()[0][0] for t in ("raw_events", "quarantined_events", "cart_sessions", "data_quality_scorecard", "dq_check_results")}
+    con.close()
+    assert _run(small_landing, wh, day).success
+    con = duckdb.connect(str(wh), read_only=True)
+    after = {t: con.execute(f"SELECT count(*) FROM {t}").fetchall()[0][0] for t in before}
+    assert con.execute("SELECT count(*) - count(DISTINCT event_id) FROM raw_events").fetchall()[0][0] == 0
+    con.close()
+    assert after == before
+
+
+def test_a_failed_blocking_check_stops_downstream_assets_in_the_same_run(tmp_path: Path) -> None:
+    out = tmp_path / "store"
+    write_storefront(simulate(StorefrontConfig(**{**SMALL.__dict__, "days": 1, "bad_row_rate": 0.2})), out)
+    result = _run(out / "landing", tmp_path / "wh.duckdb", SMALL.day(0).isoformat())
+    checks = _checks(result)
+    share = checks["raw_events_quarantine_share_within_limit"]
+    assert not share.passed and share.severity == dg.AssetCheckSeverity.ERROR
+    gate = checks["raw_events_passes_quality_gate"]
+    assert not gate.passed and gate.severity == dg.AssetCheckSeverity.ERROR
+    assert "raw_events_quarantine_share_within_limit" in gate.metadata["failed_error_checks"].value  # type: ignore[index]
+    assert checks["raw_sessions_passes_quality_gate"].passed
+    mats = {
+        e.event_specific_data.materialization.asset_key.to_user_string()  # type: ignore[union-attr]
+        for e in result.all_events
+        if e.event_type_value == "ASSET_MATERIALIZATION"
+    }
+    assert "raw_events" in mats and "quarantined_events" in mats
+    assert "cart_sessions" not in mats  # downstream of the failed blocking gate
+    assert "data_quality_scorecard" in mats  # reports the failure instead of hiding it
+    con = duckdb.connect(str(tmp_path / "wh.duckdb"), read_only=True)
+    status = dict(con.execute("SELECT standard, status FROM data_quality_scorecard").fetchall())
+    con.close()
+    assert status["consistency"] != "pass"
+
+
+def _ingest_in_process(args: tuple[str, str, str]) -> int:
+    landing, wh, day = args
+    resource = WarehouseResource(database=wh)
+    total = 0
+    for name in ("customers", "products", "sessions", "events"):
+        with resource.get_connection() as con:
+            total += ingest_partition(con, TABLES_BY_NAME[name], date.fromisoformat(day), Path(landing), "k").accepted
+    with resource.reader() as con:
+        con.execute("SELECT count(*) FROM raw_events").fetchall()
+    return total
+
+
+def test_concurrent_runs_serialise_on_the_warehouse(small_landing: Path, tmp_path: Path) -> None:
+    wh = str(tmp_path / "wh.duckdb")
+    days = [SMALL.day(i).isoformat() for i in range(SMALL.days)] * 2
+    with mp.get_context("spawn").Pool(2) as pool:
+        totals = pool.map(_ingest_in_process, [(str(small_landing), wh, d) for d in days])
+    assert all(t > 0 for t in totals)
+    con = duckdb.connect(wh, read_only=True)
+    per_day = con.execute("SELECT count(*) FROM ingestion_log GROUP BY table_name, partition_date").fetchall()
+    dupes = con.execute("SELECT count(*) - count(DISTINCT event_id) FROM raw_events").fetchall()[0][0]
+    con.close()
+    assert all(n == 1 for (n,) in per_day) and dupes == 0

@@ -1,0 +1,81 @@
+"""The GX suites catch what they promise, offline and quietly."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from cartintel_assets.ml.quality import STANDARDS, SUITES, run_suite
+from cartintel_assets.ml.schema import TABLES
+
+
+def _events_frame(**overrides: list) -> pd.DataFrame:
+    base = {
+        "event_id": ["E1", "E2", "E3", "E4"],
+        "session_id": ["S1"] * 4,
+        "seq": [0, 1, 2, 3],
+        "ts": pd.to_datetime(["2026-10-01 10:00", "2026-10-01 10:01", "2026-10-01 10:02", "2026-10-01 10:03"]),
+        "event_type": ["product_view", "add_to_cart", "begin_checkout", "purchase"],
+        "product_id": ["P1", "P1", None, None],
+        "quantity": [None, 1, None, None],
+        "price": [10.0, 10.0, None, None],
+        "shipping_cost": [None, None, None, None],
+        "delivery_days": [None, None, None, None],
+        "coupon_code": [None] * 4,
+        "order_value": [None, None, None, 10.0],
+        "sessions_known": [True] * 4,
+        "session_id_known": [True] * 4,
+        "product_id_known": [True] * 4,
+        "in_partition_window": [True] * 4,
+        "product_named_if_needed": [True] * 4,
+        "ts_follows_seq": [True] * 4,
+        "purchase_after_cart": [None, None, None, True],
+    }
+    base.update(overrides)
+    return pd.DataFrame(base)
+
+
+def test_every_standard_is_covered_for_every_table() -> None:
+    for spec in TABLES:
+        standards = {e.standard for e in SUITES[spec.name]}
+        assert {"accuracy", "completeness", "consistency"} <= standards, spec.name
+        if spec.time_column:
+            assert "timeliness" in standards
+    assert set(STANDARDS) == {e.standard for suite in SUITES.values() for e in suite}
+
+
+def test_clean_frame_passes_everything() -> None:
+    outcomes = run_suite(SUITES["events"], _events_frame(), "raw_events")
+    assert [o.expectation.check for o in outcomes if not o.success] == []
+    assert len(outcomes) == len(SUITES["events"])
+
+
+def test_each_kind_of_defect_fails_its_expectation() -> None:
+    frame = _events_frame(
+        event_id=["E1", "E1", "E3", None],
+        event_type=["product_view", "teleport", "begin_checkout", "purchase"],
+        price=[-1.0, 10.0, None, None],
+        session_id_known=[True, False, True, True],
+        ts_follows_seq=[True, True, False, True],
+        purchase_after_cart=[None, None, None, False],
+        in_partition_window=[False, True, True, True],
+    )
+    failed = {o.expectation.check: o for o in run_suite(SUITES["events"], frame, "raw_events") if not o.success}
+    assert set(failed) == {
+        "raw_events_event_id_not_null",
+        "raw_events_event_type_in_allowed_set",
+        "raw_events_price_in_range",
+        "raw_events_event_id_unique",
+        "raw_events_have_known_sessions",
+        "raw_events_follow_session_order",
+        "raw_events_purchase_after_cart",
+        "raw_events_on_time",
+    }
+    assert failed["raw_events_price_in_range"].unexpected_count == 1
+    assert failed["raw_events_on_time"].expectation.severity == "WARN"
+    assert failed["raw_events_have_known_sessions"].expectation.severity == "ERROR"
+
+
+def test_empty_core_table_is_a_blocking_failure() -> None:
+    empty = _events_frame().iloc[0:0]
+    failed = [o for o in run_suite(SUITES["events"], empty, "raw_events") if not o.success]
+    assert [(o.expectation.check, o.expectation.severity) for o in failed] == [("raw_events_not_empty", "ERROR")]
