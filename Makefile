@@ -17,7 +17,8 @@ venv: $(STAMP)
 $(STAMP): requirements.lock pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@echo "==> installing pinned dependencies into $(VENV) (first time: ~3-4 minutes)"
-	$(BIN)/pip install --disable-pip-version-check --progress-bar on -r requirements.lock
+	$(BIN)/pip install --disable-pip-version-check --progress-bar on --no-deps -r requirements.lock
+	$(BIN)/pip check
 	$(BIN)/pip install --disable-pip-version-check --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
 

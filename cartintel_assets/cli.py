@@ -6,13 +6,14 @@ import argparse
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from cartintel_assets import settings
+from cartintel_assets.ml.simulation import StorefrontConfig, parse_date, parse_drift
 
 
-def _progress(prefix: str) -> object:
+def _progress(prefix: str) -> Callable[[str], None]:
     start = time.monotonic()
 
     def say(msg: str) -> None:
@@ -22,10 +23,13 @@ def _progress(prefix: str) -> object:
 
 
 def _add_storefront_args(p: argparse.ArgumentParser, days: int, sessions: int) -> None:
-    from cartintel_assets.ml.simulation import StorefrontConfig
-
     d = StorefrontConfig()
-    p.add_argument("--out", type=Path, default=None, help="output folder (default $CARTINTEL_STOREFRONT or data/storefront)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="output folder (default $CARTINTEL_STOREFRONT or data/storefront)",
+    )
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--start-date", default=d.start_date.isoformat(), help="first day, YYYY-MM-DD")
     p.add_argument("--days", type=int, default=days)
@@ -33,17 +37,27 @@ def _add_storefront_args(p: argparse.ArgumentParser, days: int, sessions: int) -
     p.add_argument("--customers", type=int, default=d.n_customers)
     p.add_argument("--products", type=int, default=d.n_products)
     p.add_argument("--regions", default=",".join(d.regions), help="comma-separated region codes")
-    p.add_argument("--bad-row-rate", type=float, default=0.0, help="share of event lines given one defect")
-    p.add_argument("--drift", action="append", default=[], metavar="KIND:DAY:MAGNITUDE[:REGION]",
-                   help="inject drift from a day, e.g. shipping_cost:7:0.5:DE (repeatable)")
+    p.add_argument(
+        "--bad-row-rate", type=float, default=0.0, help="share of event lines given one defect"
+    )
+    p.add_argument(
+        "--drift",
+        action="append",
+        default=[],
+        metavar="KIND:DAY:MAGNITUDE[:REGION]",
+        help="inject drift from a day, e.g. shipping_cost:7:0.5:DE (repeatable)",
+    )
 
 
-def _config(args: argparse.Namespace) -> object:
-    from cartintel_assets.ml.simulation import StorefrontConfig, parse_date, parse_drift
+def _config(args: argparse.Namespace) -> StorefrontConfig:
 
     regions = tuple(r.strip() for r in args.regions.split(",") if r.strip())
     default = StorefrontConfig()
-    weights = default.region_weights if regions == default.regions else tuple(1.0 / len(regions) for _ in regions)
+    weights = (
+        default.region_weights
+        if regions == default.regions
+        else tuple(1.0 / len(regions) for _ in regions)
+    )
     return StorefrontConfig(
         seed=args.seed,
         start_date=parse_date(args.start_date),
@@ -66,13 +80,15 @@ def _simulate(args: argparse.Namespace) -> Path:
     out = (args.out or settings.storefront_dir()).resolve()
     say = _progress("simulate")
     cfg = _config(args)
-    store = simulate(cfg, say)  # type: ignore[arg-type]
+    store = simulate(cfg, say)
     if out.exists():
         shutil.rmtree(out)  # a storefront is regenerated whole, never mixed with an older one
     say(f"writing {out}")
     write_storefront(store, out)
     n_events = sum(len(v) for v in store.event_lines.values())
-    say(f"done: {len(store.truth_sessions):,} sessions, {n_events:,} event lines over {cfg.days} days -> {out}")  # type: ignore[attr-defined]
+    say(
+        f"done: {len(store.truth_sessions):,} sessions, {n_events:,} event lines over {cfg.days} days -> {out}"
+    )  # type: ignore[attr-defined]
     return out
 
 
@@ -94,8 +110,10 @@ def cmd_land_events(args: argparse.Namespace) -> int:
     mapping = EventLogMapping.from_yaml(mapping_path)
     landing = (args.landing or settings.landing_dir()).resolve()
     s = land_foreign_log(args.source, mapping, landing)
-    print(f"{s.rows_read} rows read, {s.events_landed} events in {s.sessions} sessions landed over {len(s.days)} days"
-          f" in {landing}; {s.rows_rejected} rows could not be placed (see {landing / '_rejected'})")
+    print(
+        f"{s.rows_read} rows read, {s.events_landed} events in {s.sessions} sessions landed over {len(s.days)} days"
+        f" in {landing}; {s.rows_rejected} rows could not be placed (see {landing / '_rejected'})"
+    )
     return 0
 
 
@@ -127,7 +145,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
         result = job.execute_in_process(
             partition_key=day, instance=instance, raise_on_error=False, run_config=_QUIET
         )
-        evals = [e.event_specific_data for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"]
+        evals = [
+            e.event_specific_data
+            for e in result.all_events
+            if e.event_type_value == "ASSET_CHECK_EVALUATION"
+        ]
         bad = [f"{day} {ev.check_name} ({ev.severity.value})" for ev in evals if not ev.passed]  # type: ignore[union-attr]
         failed_checks += bad
         state = "ok" if result.success else "FAILED"
@@ -146,7 +168,9 @@ def _summary(warehouse: Path, failed_checks: list[str], where: str) -> None:
             " sum(quarantined)::BIGINT quarantined"
             " FROM ingestion_log GROUP BY 1 ORDER BY 1"
         ).df()
-        carts = con.execute("SELECT count(*), avg(CASE WHEN purchased THEN 0.0 ELSE 1.0 END) FROM cart_sessions").fetchall()[0]
+        carts = con.execute(
+            "SELECT count(*), avg(CASE WHEN purchased THEN 0.0 ELSE 1.0 END) FROM cart_sessions"
+        ).fetchall()[0]
         card = con.execute(
             "SELECT standard, avg(row_score) row_score, sum(blocking_failures) blocking_failures, sum(warnings) warnings"
             " FROM data_quality_scorecard GROUP BY 1 ORDER BY 1"
@@ -158,25 +182,37 @@ def _summary(warehouse: Path, failed_checks: list[str], where: str) -> None:
     print(f"\ncart sessions: {carts[0]:,}; in-session abandonment rate {carts[1]:.1%}")
     print("\ndata-quality scorecard (all partitions):")
     print(card.to_string(index=False))
-    print(f"\nfailed checks: {len(failed_checks)}" + ("".join(f"\n  {c}" for c in failed_checks[:10])))
+    print(
+        f"\nfailed checks: {len(failed_checks)}" + ("".join(f"\n  {c}" for c in failed_checks[:10]))
+    )
     print(f"\nwarehouse: {warehouse}\n{where}")
-    print("look at it: `make dev` -> http://127.0.0.1:3000 (assets, checks, run metadata);"
-          " `make mlflow` -> http://127.0.0.1:5000")
+    print(
+        "look at it: `make dev` -> http://127.0.0.1:3000 (assets, checks, run metadata);"
+        " `make mlflow` -> http://127.0.0.1:5000"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cartintel", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("simulate", help="simulate a storefront and write its landing files and truth")
+    p = sub.add_parser(
+        "simulate", help="simulate a storefront and write its landing files and truth"
+    )
     _add_storefront_args(p, days=14, sessions=1500)
     p.set_defaults(func=cmd_simulate)
-    p = sub.add_parser("demo", help="simulate the default storefront and run the daily job on every day")
+    p = sub.add_parser(
+        "demo", help="simulate the default storefront and run the daily job on every day"
+    )
     _add_storefront_args(p, days=14, sessions=1500)
     p.set_defaults(func=cmd_demo)
     p = sub.add_parser("land-events", help="land a foreign CSV event log through a mapping file")
     p.add_argument("--source", type=Path, required=True, help="the CSV event log")
-    p.add_argument("--mapping", type=Path, required=True, help="mapping YAML (or a bundled name: otto)")
-    p.add_argument("--landing", type=Path, default=None, help="landing folder (default $CARTINTEL_LANDING)")
+    p.add_argument(
+        "--mapping", type=Path, required=True, help="mapping YAML (or a bundled name: otto)"
+    )
+    p.add_argument(
+        "--landing", type=Path, default=None, help="landing folder (default $CARTINTEL_LANDING)"
+    )
     p.set_defaults(func=cmd_land_events)
     return parser
 

@@ -114,7 +114,12 @@ def read_landing_records(path: Path, landing_format: str) -> pa.Table:
         if lines and lines[-1] == "":
             lines.pop()  # the final newline ends the last record; it is not a record
         lines = [ln.rstrip("\r") for ln in lines]
-        return pa.table({"_line_no": pa.array(range(1, len(lines) + 1), pa.int64()), "_raw": pa.array(lines, pa.string())})
+        return pa.table(
+            {
+                "_line_no": pa.array(range(1, len(lines) + 1), pa.int64()),
+                "_raw": pa.array(lines, pa.string()),
+            }
+        )
     if landing_format == "parquet":
         con = duckdb.connect()
         try:
@@ -149,12 +154,20 @@ def _sql_str(value: str) -> str:
 
 def _rule_cases(spec: TableSpec, partition: date, now: datetime) -> list[tuple[str, str, str]]:
     """(rule, SQL condition over stage columns, SQL reason expression) in rule order."""
-    out: list[tuple[str, str, str]] = [("malformed_record", "_j IS NULL", "'record is not a JSON object: ' || left(_raw, 200)")]
+    out: list[tuple[str, str, str]] = [
+        ("malformed_record", "_j IS NULL", "'record is not a JSON object: ' || left(_raw, 200)")
+    ]
     req = [c for c in spec.columns if c.required]
     if req:
         cond = " OR ".join(f'"{c.name}__txt" IS NULL' for c in req)
         names = ", ".join(f"CASE WHEN \"{c.name}__txt\" IS NULL THEN '{c.name}' END" for c in req)
-        out.append(("missing_required_field", cond, f"'missing required field(s): ' || concat_ws(', ', {names})"))
+        out.append(
+            (
+                "missing_required_field",
+                cond,
+                f"'missing required field(s): ' || concat_ws(', ', {names})",
+            )
+        )
     if spec.name == "events":
         types = ", ".join(_sql_str(t) for t in PRODUCT_EVENT_TYPES)
         out.append(
@@ -185,13 +198,34 @@ def _rule_cases(spec: TableSpec, partition: date, now: datetime) -> list[tuple[s
             )
     for c in spec.columns:
         if c.min_value is not None:
-            out.append(("out_of_range", f'"{c.name}" < {c.min_value}', f"'{c.name}=' || \"{c.name}\" || ' is below the minimum {c.min_value:g}'"))
+            out.append(
+                (
+                    "out_of_range",
+                    f'"{c.name}" < {c.min_value}',
+                    f"'{c.name}=' || \"{c.name}\" || ' is below the minimum {c.min_value:g}'",
+                )
+            )
         if c.max_value is not None:
-            out.append(("out_of_range", f'"{c.name}" > {c.max_value}', f"'{c.name}=' || \"{c.name}\" || ' is above the maximum {c.max_value:g}'"))
+            out.append(
+                (
+                    "out_of_range",
+                    f'"{c.name}" > {c.max_value}',
+                    f"'{c.name}=' || \"{c.name}\" || ' is above the maximum {c.max_value:g}'",
+                )
+            )
     if spec.time_column:
-        limit = min(datetime.combine(partition, datetime.min.time()) + timedelta(days=1) + FUTURE_TOLERANCE, now + CLOCK_SKEW)
+        limit = min(
+            datetime.combine(partition, datetime.min.time()) + timedelta(days=1) + FUTURE_TOLERANCE,
+            now + CLOCK_SKEW,
+        )
         t = spec.time_column
-        out.append(("future_timestamp", f"\"{t}\" > TIMESTAMP '{limit:%Y-%m-%d %H:%M:%S}'", f"'{t}=' || \"{t}\" || ' is after {limit:%Y-%m-%d %H:%M:%S} (partition end + tolerance, or now)'"))
+        out.append(
+            (
+                "future_timestamp",
+                f"\"{t}\" > TIMESTAMP '{limit:%Y-%m-%d %H:%M:%S}'",
+                f"'{t}=' || \"{t}\" || ' is after {limit:%Y-%m-%d %H:%M:%S} (partition end + tolerance, or now)'",
+            )
+        )
     for ref in spec.references:
         alias = f"_ref_{ref.column}"
         out.append(
@@ -250,7 +284,9 @@ def ingest_partition(
         records = read_landing_records(path, spec.landing_format)
         source: str | None = str(path)
     else:
-        records = pa.table({"_line_no": pa.array([], pa.int64()), "_raw": pa.array([], pa.string())})
+        records = pa.table(
+            {"_line_no": pa.array([], pa.int64()), "_raw": pa.array([], pa.string())}
+        )
         source = None
     ensure_warehouse(con)
     con.register("_landed", records)
@@ -269,8 +305,12 @@ def ingest_partition(
             if any(c.name == col for c in spec.columns):
                 _pseudonymise_column(con, col, pseudonym_key)
         cases = _rule_cases(spec, partition, now)
-        rule_sql = "CASE " + " ".join(f"WHEN {cond} THEN '{rule}'" for rule, cond, _ in cases) + " END"
-        reason_sql = "CASE " + " ".join(f"WHEN {cond} THEN {reason}" for _, cond, reason in cases) + " END"
+        rule_sql = (
+            "CASE " + " ".join(f"WHEN {cond} THEN '{rule}'" for rule, cond, _ in cases) + " END"
+        )
+        reason_sql = (
+            "CASE " + " ".join(f"WHEN {cond} THEN {reason}" for _, cond, reason in cases) + " END"
+        )
         con.execute(
             f"CREATE OR REPLACE TEMP TABLE _judged AS SELECT s.*, {rule_sql} AS _rule, {reason_sql} AS _reason"
             f" FROM _stage s {_reference_joins(spec, partition)}"
@@ -296,8 +336,14 @@ def ingest_partition(
             counts = con.execute(
                 "SELECT count(*), count(*) FILTER (WHERE _rule IS NULL), count(*) FILTER (WHERE _rule IS NOT NULL) FROM _judged"
             ).fetchall()[0]
-            by_rule = dict(con.execute("SELECT _rule, count(*) FROM _judged WHERE _rule IS NOT NULL GROUP BY 1 ORDER BY 1").fetchall())
-            con.execute(f"DELETE FROM ingestion_log WHERE table_name = '{spec.name}' AND partition_date = {p}")
+            by_rule = dict(
+                con.execute(
+                    "SELECT _rule, count(*) FROM _judged WHERE _rule IS NOT NULL GROUP BY 1 ORDER BY 1"
+                ).fetchall()
+            )
+            con.execute(
+                f"DELETE FROM ingestion_log WHERE table_name = '{spec.name}' AND partition_date = {p}"
+            )
             con.execute(
                 f"INSERT INTO ingestion_log VALUES ('{spec.name}', {p}, {src}, ?, ?, ?, {ts})",
                 [counts[0], counts[1], counts[2]],
@@ -323,8 +369,18 @@ def ingest_partition(
 
 def _pseudonymise_column(con: duckdb.DuckDBPyConnection, col: str, key: str) -> None:
     """Replace a personal id by its keyed hash in the typed column and in the kept raw record."""
-    raw = [r[0] for r in con.execute(f'SELECT DISTINCT "{col}" FROM _stage WHERE "{col}" IS NOT NULL').fetchall()]
-    mapping = pa.table({"raw_id": pa.array(raw, pa.string()), "pseudo": pa.array(pseudonymise(raw, key), pa.string())})
+    raw = [
+        r[0]
+        for r in con.execute(
+            f'SELECT DISTINCT "{col}" FROM _stage WHERE "{col}" IS NOT NULL'
+        ).fetchall()
+    ]
+    mapping = pa.table(
+        {
+            "raw_id": pa.array(raw, pa.string()),
+            "pseudo": pa.array(pseudonymise(raw, key), pa.string()),
+        }
+    )
     con.register("_pseudo", mapping)
     try:
         con.execute(

@@ -75,7 +75,9 @@ def parse_times(values: pd.Series, time_format: str) -> pd.Series:
     return ts.dt.tz_convert(None)
 
 
-def sessionise(customer: pd.Series, ts: pd.Series, gap_minutes: float) -> tuple[np.ndarray, np.ndarray]:
+def sessionise(
+    customer: pd.Series, ts: pd.Series, gap_minutes: float
+) -> tuple[np.ndarray, np.ndarray]:
     """Cut each customer's time-ordered events into sessions at gaps longer than `gap_minutes`.
 
     Returns (session number per row, position within the session), aligned with the input,
@@ -90,13 +92,17 @@ def sessionise(customer: pd.Series, ts: pd.Series, gap_minutes: float) -> tuple[
     return sess, seq
 
 
-def land_foreign_log(source: Path | str, mapping: EventLogMapping, landing_dir: Path | str) -> LandingSummary:
+def land_foreign_log(
+    source: Path | str, mapping: EventLogMapping, landing_dir: Path | str
+) -> LandingSummary:
     """Convert a foreign CSV event log into canonical landing files, one folder per day."""
     landing = Path(landing_dir)
     raw = pd.read_csv(source, dtype=str, keep_default_na=False)
     absent = [v for v in mapping.columns.values() if v not in raw.columns]
     if absent:
-        raise ValueError(f"{source}: columns {absent} named in mapping {mapping.name!r} are not in the file")
+        raise ValueError(
+            f"{source}: columns {absent} named in mapping {mapping.name!r} are not in the file"
+        )
     df = pd.DataFrame({canon: raw[foreign] for canon, foreign in mapping.columns.items()})
     df["_line"] = np.arange(1, len(df) + 1)
     df["_ts"] = parse_times(df["ts"], mapping.time_format)
@@ -107,11 +113,25 @@ def land_foreign_log(source: Path | str, mapping: EventLogMapping, landing_dir: 
         out.mkdir(parents=True, exist_ok=True)
         with open(out / f"{mapping.name}.jsonl", "w", encoding="utf-8") as fh:
             for rec in raw.loc[rejected.index].to_dict(orient="records"):
-                reason = "no readable time" if pd.isna(parse_times(pd.Series([rec[mapping.columns["ts"]]]), mapping.time_format).iat[0]) else "no customer id"
+                reason = (
+                    "no readable time"
+                    if pd.isna(
+                        parse_times(
+                            pd.Series([rec[mapping.columns["ts"]]]), mapping.time_format
+                        ).iat[0]
+                    )
+                    else "no customer id"
+                )
                 fh.write(json.dumps({"reason": reason, "record": rec}) + "\n")
-    df = df[placeable].sort_values(["customer_id", "_ts", "_line"], kind="stable").reset_index(drop=True)
+    df = (
+        df[placeable]
+        .sort_values(["customer_id", "_ts", "_line"], kind="stable")
+        .reset_index(drop=True)
+    )
     sess, seq = sessionise(df["customer_id"], df["_ts"], mapping.inactivity_minutes)
-    df["session_id"] = [f"{mapping.name}-{c}-{s}" for c, s in zip(df["customer_id"], sess, strict=True)]
+    df["session_id"] = [
+        f"{mapping.name}-{c}-{s}" for c, s in zip(df["customer_id"], sess, strict=True)
+    ]
     df["seq"] = seq
     df["event_id"] = df["session_id"] + "-" + df["seq"].astype(str)
     df["event_type"] = df["event_type"].map(lambda v: mapping.event_types.get(v, v))
@@ -125,11 +145,19 @@ def land_foreign_log(source: Path | str, mapping: EventLogMapping, landing_dir: 
         part = df[df["_day"] == day]
         folder = landing / day
         folder.mkdir(parents=True, exist_ok=True)
-        ev = pd.DataFrame({c.name: part[c.name] if c.name in part else None for c in events_spec.columns})
+        ev = pd.DataFrame({c.name: part.get(c.name) for c in events_spec.columns})
         ev["ts"] = part["_ts"].dt.strftime("%Y-%m-%dT%H:%M:%S.%f").str[:-3]
         ev.to_json(folder / events_spec.landing_file, orient="records", lines=True)
-        sess_rows = part.groupby("session_id", sort=True).agg(customer_id=("customer_id", "first"), started_at=("_ts", "min")).reset_index()
-        sess_rows = sess_rows.assign(device=d.get("device", "unknown"), traffic_source=d.get("traffic_source", "unknown"), region=d.get("region", "unknown"))
+        sess_rows = (
+            part.groupby("session_id", sort=True)
+            .agg(customer_id=("customer_id", "first"), started_at=("_ts", "min"))
+            .reset_index()
+        )
+        sess_rows = sess_rows.assign(
+            device=d.get("device", "unknown"),
+            traffic_source=d.get("traffic_source", "unknown"),
+            region=d.get("region", "unknown"),
+        )
         sess_rows.to_parquet(folder / TABLES_BY_NAME["sessions"].landing_file, index=False)
         new_customers = part.loc[first_seen.loc[part.index] == day, "customer_id"].unique()
         pd.DataFrame(
@@ -141,7 +169,13 @@ def land_foreign_log(source: Path | str, mapping: EventLogMapping, landing_dir: 
                 "preferred_device": d.get("device", "unknown"),
             }
         ).to_parquet(folder / TABLES_BY_NAME["customers"].landing_file, index=False)
-        products = part.loc[part.get("product_id", pd.Series(dtype=str)).fillna("").ne(""), "product_id"].unique() if "product_id" in part else []
+        products = (
+            part.loc[
+                part.get("product_id", pd.Series(dtype=str)).fillna("").ne(""), "product_id"
+            ].unique()
+            if "product_id" in part
+            else []
+        )
         pd.DataFrame(
             {
                 "product_id": pd.Series(products, dtype=str),

@@ -59,35 +59,132 @@ def suite_for(spec: TableSpec) -> tuple[Expectation, ...]:
     out: list[Expectation] = []
     for c in spec.columns:
         if c.required:
-            out.append(Expectation(f"{a}_{c.name}_not_null", "completeness", "ERROR", "ExpectColumnValuesToNotBeNull", {"column": c.name}, f"every row has {c.name}"))
+            out.append(
+                Expectation(
+                    f"{a}_{c.name}_not_null",
+                    "completeness",
+                    "ERROR",
+                    "ExpectColumnValuesToNotBeNull",
+                    {"column": c.name},
+                    f"every row has {c.name}",
+                )
+            )
     for c in spec.columns:
         if c.allowed:
-            out.append(Expectation(f"{a}_{c.name}_in_allowed_set", "accuracy", "ERROR", "ExpectColumnValuesToBeInSet", {"column": c.name, "value_set": list(c.allowed)}, f"{c.name} is one of {', '.join(c.allowed)}"))
+            out.append(
+                Expectation(
+                    f"{a}_{c.name}_in_allowed_set",
+                    "accuracy",
+                    "ERROR",
+                    "ExpectColumnValuesToBeInSet",
+                    {"column": c.name, "value_set": list(c.allowed)},
+                    f"{c.name} is one of {', '.join(c.allowed)}",
+                )
+            )
         if c.min_value is not None or c.max_value is not None:
-            out.append(Expectation(f"{a}_{c.name}_in_range", "accuracy", "ERROR", "ExpectColumnValuesToBeBetween", {"column": c.name, "min_value": c.min_value, "max_value": c.max_value}, f"{c.name} within [{c.min_value}, {c.max_value}]"))
+            out.append(
+                Expectation(
+                    f"{a}_{c.name}_in_range",
+                    "accuracy",
+                    "ERROR",
+                    "ExpectColumnValuesToBeBetween",
+                    {"column": c.name, "min_value": c.min_value, "max_value": c.max_value},
+                    f"{c.name} within [{c.min_value}, {c.max_value}]",
+                )
+            )
     if len(spec.key) == 1:
-        out.append(Expectation(f"{a}_{spec.key[0]}_unique", "consistency", "ERROR", "ExpectColumnValuesToBeUnique", {"column": spec.key[0]}, f"{spec.key[0]} identifies a row"))
+        out.append(
+            Expectation(
+                f"{a}_{spec.key[0]}_unique",
+                "consistency",
+                "ERROR",
+                "ExpectColumnValuesToBeUnique",
+                {"column": spec.key[0]},
+                f"{spec.key[0]} identifies a row",
+            )
+        )
     else:
-        out.append(Expectation(f"{a}_key_unique", "consistency", "ERROR", "ExpectCompoundColumnsToBeUnique", {"column_list": list(spec.key)}, f"({', '.join(spec.key)}) identifies a row"))
+        out.append(
+            Expectation(
+                f"{a}_key_unique",
+                "consistency",
+                "ERROR",
+                "ExpectCompoundColumnsToBeUnique",
+                {"column_list": list(spec.key)},
+                f"({', '.join(spec.key)}) identifies a row",
+            )
+        )
     for ref in spec.references:
         col, desc = _known(ref.column, ref.table)
-        out.append(Expectation(f"{a}_have_known_{ref.table}", "consistency", "ERROR", "ExpectColumnValuesToBeInSet", {"column": col, "value_set": [True]}, desc))
+        out.append(
+            Expectation(
+                f"{a}_have_known_{ref.table}",
+                "consistency",
+                "ERROR",
+                "ExpectColumnValuesToBeInSet",
+                {"column": col, "value_set": [True]},
+                desc,
+            )
+        )
     if spec.name == "events":
         out += [
-            Expectation(f"{a}_product_events_name_product", "completeness", "ERROR", "ExpectColumnValuesToBeInSet", {"column": "product_named_if_needed", "value_set": [True]}, "product events carry a product_id"),
-            Expectation(f"{a}_follow_session_order", "consistency", "ERROR", "ExpectColumnValuesToBeInSet", {"column": "ts_follows_seq", "value_set": [True]}, "within a session, time never goes back as seq increases"),
-            Expectation(f"{a}_purchase_after_cart", "consistency", "WARN", "ExpectColumnValuesToBeInSet", {"column": "purchase_after_cart", "value_set": [True], "mostly": 0.95}, "a purchase follows an add_to_cart in its session (persistent carts allow a few exceptions)"),
+            Expectation(
+                f"{a}_product_events_name_product",
+                "completeness",
+                "ERROR",
+                "ExpectColumnValuesToBeInSet",
+                {"column": "product_named_if_needed", "value_set": [True]},
+                "product events carry a product_id",
+            ),
+            Expectation(
+                f"{a}_follow_session_order",
+                "consistency",
+                "ERROR",
+                "ExpectColumnValuesToBeInSet",
+                {"column": "ts_follows_seq", "value_set": [True]},
+                "within a session, time never goes back as seq increases",
+            ),
+            Expectation(
+                f"{a}_purchase_after_cart",
+                "consistency",
+                "WARN",
+                "ExpectColumnValuesToBeInSet",
+                {"column": "purchase_after_cart", "value_set": [True], "mostly": 0.95},
+                "a purchase follows an add_to_cart in its session (persistent carts allow a few exceptions)",
+            ),
         ]
     if spec.time_column:
-        out.append(Expectation(f"{a}_on_time", "timeliness", "WARN", "ExpectColumnValuesToBeInSet", {"column": "in_partition_window", "value_set": [True], "mostly": 0.99}, f"{spec.time_column} falls on the partition day (or the next, for sessions past midnight); late rows are flagged"))
-    out.append(Expectation(f"{a}_not_empty", "completeness", "ERROR" if spec.name in CORE_TABLES else "WARN", "ExpectTableRowCountToBeBetween", {"min_value": 1}, "the partition landed at least one row"))
+        out.append(
+            Expectation(
+                f"{a}_on_time",
+                "timeliness",
+                "WARN",
+                "ExpectColumnValuesToBeInSet",
+                {"column": "in_partition_window", "value_set": [True], "mostly": 0.99},
+                f"{spec.time_column} falls on the partition day (or the next, for sessions past midnight); late rows are flagged",
+            )
+        )
+    out.append(
+        Expectation(
+            f"{a}_not_empty",
+            "completeness",
+            "ERROR" if spec.name in CORE_TABLES else "WARN",
+            "ExpectTableRowCountToBeBetween",
+            {"min_value": 1},
+            "the partition landed at least one row",
+        )
+    )
     return tuple(out)
 
 
-SUITES: dict[str, tuple[Expectation, ...]] = {name: suite_for(spec) for name, spec in TABLES_BY_NAME.items()}
+SUITES: dict[str, tuple[Expectation, ...]] = {
+    name: suite_for(spec) for name, spec in TABLES_BY_NAME.items()
+}
 
 
-def validation_frame(con: duckdb.DuckDBPyConnection, spec: TableSpec, partition: date) -> pd.DataFrame:
+def validation_frame(
+    con: duckdb.DuckDBPyConnection, spec: TableSpec, partition: date
+) -> pd.DataFrame:
     """The accepted rows of one partition plus the derived columns the suite checks."""
     p = f"DATE '{partition.isoformat()}'"
     extra: list[str] = []
@@ -99,7 +196,9 @@ def validation_frame(con: duckdb.DuckDBPyConnection, spec: TableSpec, partition:
             f" AND r.partition_date {cmp} {p})) AS {col}"
         )
     if spec.time_column:
-        extra.append(f'CAST(t."{spec.time_column}" AS DATE) BETWEEN {p} AND {p} + 1 AS in_partition_window')
+        extra.append(
+            f'CAST(t."{spec.time_column}" AS DATE) BETWEEN {p} AND {p} + 1 AS in_partition_window'
+        )
     if spec.name == "events":
         types = ", ".join(f"'{x}'" for x in PRODUCT_EVENT_TYPES)
         extra += [
@@ -113,10 +212,16 @@ def validation_frame(con: duckdb.DuckDBPyConnection, spec: TableSpec, partition:
     return con.execute(f"SELECT {cols} FROM {spec.raw_table} t WHERE t.partition_date = {p}").df()
 
 
-def run_suite(expectations: tuple[Expectation, ...], frame: pd.DataFrame, name: str) -> list[Outcome]:
+def run_suite(
+    expectations: tuple[Expectation, ...], frame: pd.DataFrame, name: str
+) -> list[Outcome]:
     """Validate `frame` against the suite with GX (ephemeral, offline, no progress bars)."""
     import great_expectations as gx
-    from great_expectations.data_context.types.base import DataContextConfig, InMemoryStoreBackendDefaults, ProgressBarsConfig
+    from great_expectations.data_context.types.base import (
+        DataContextConfig,
+        InMemoryStoreBackendDefaults,
+        ProgressBarsConfig,
+    )
 
     config = DataContextConfig(
         store_backend_defaults=InMemoryStoreBackendDefaults(init_temp_docs_sites=False),
@@ -124,7 +229,11 @@ def run_suite(expectations: tuple[Expectation, ...], frame: pd.DataFrame, name: 
         progress_bars=ProgressBarsConfig(globally=False, metric_calculations=False),
     )
     ctx = gx.get_context(project_config=config, mode="ephemeral")
-    batch_def = ctx.data_sources.add_pandas("cartintel").add_dataframe_asset(name=name).add_batch_definition_whole_dataframe("partition")
+    batch_def = (
+        ctx.data_sources.add_pandas("cartintel")
+        .add_dataframe_asset(name=name)
+        .add_batch_definition_whole_dataframe("partition")
+    )
     gx_expectations = []
     for e in expectations:
         cls = getattr(gx.expectations, e.gx_type)
@@ -135,6 +244,7 @@ def run_suite(expectations: tuple[Expectation, ...], frame: pd.DataFrame, name: 
     by_check = {e.check: e for e in expectations}
     outcomes = []
     for r in result.results:
+        assert r.expectation_config is not None and r.expectation_config.meta
         check = r.expectation_config.meta["check"]
         outcomes.append(Outcome(by_check[check], bool(r.success), _plain(r.result)))
     order = {e.check: i for i, e in enumerate(expectations)}
@@ -143,14 +253,23 @@ def run_suite(expectations: tuple[Expectation, ...], frame: pd.DataFrame, name: 
 
 def _plain(result: dict[str, Any]) -> dict[str, Any]:
     """Keep the JSON-friendly summary fields of a GX result."""
-    keys = ("observed_value", "element_count", "unexpected_count", "unexpected_percent", "missing_count", "partial_unexpected_list")
+    keys = (
+        "observed_value",
+        "element_count",
+        "unexpected_count",
+        "unexpected_percent",
+        "missing_count",
+        "partial_unexpected_list",
+    )
     out = {k: result[k] for k in keys if k in result}
     if "partial_unexpected_list" in out:
         out["partial_unexpected_list"] = [str(v) for v in out["partial_unexpected_list"][:10]]
     return out
 
 
-def validate_partition(con: duckdb.DuckDBPyConnection, spec: TableSpec, partition: date) -> list[Outcome]:
+def validate_partition(
+    con: duckdb.DuckDBPyConnection, spec: TableSpec, partition: date
+) -> list[Outcome]:
     """Run a raw table's suite on one partition of the warehouse."""
     frame = validation_frame(con, spec, partition)
     return run_suite(SUITES[spec.name], frame, spec.raw_table)
@@ -164,7 +283,11 @@ DQ_RESULTS_DDL = (
 
 
 def record_outcomes(
-    con: duckdb.DuckDBPyConnection, table: str, partition: date, outcomes: list[Outcome], evaluated_at: str
+    con: duckdb.DuckDBPyConnection,
+    table: str,
+    partition: date,
+    outcomes: list[Outcome],
+    evaluated_at: str,
 ) -> None:
     """Replace one table-partition's check results in `dq_check_results` (read by the scorecard)."""
     con.execute(DQ_RESULTS_DDL)
@@ -182,18 +305,33 @@ def record_outcomes(
         }
     )
     con.execute("BEGIN TRANSACTION")
-    con.execute("DELETE FROM dq_check_results WHERE table_name = ? AND partition_date = ?", [table, partition])
-    con.execute("INSERT INTO dq_check_results SELECT * FROM rows")
-    con.execute("COMMIT")
-
-
-def failed_blocking_checks(con: duckdb.DuckDBPyConnection, table: str, partition: date) -> list[str]:
-    """The ERROR-severity checks that failed for a table's partition (a missing record fails too)."""
-    exists = con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'dq_check_results'").fetchall()[0][0]
-    rows = [] if not exists else con.execute(
-        "SELECT check_name, passed FROM dq_check_results WHERE table_name = ? AND partition_date = ? AND severity = 'ERROR'",
+    con.execute(
+        "DELETE FROM dq_check_results WHERE table_name = ? AND partition_date = ?",
         [table, partition],
-    ).fetchall()
+    )
+    con.register("_dq_rows", rows)
+    try:
+        con.execute("INSERT INTO dq_check_results SELECT * FROM _dq_rows")
+        con.execute("COMMIT")
+    finally:
+        con.unregister("_dq_rows")
+
+
+def failed_blocking_checks(
+    con: duckdb.DuckDBPyConnection, table: str, partition: date
+) -> list[str]:
+    """The ERROR-severity checks that failed for a table's partition (a missing record fails too)."""
+    exists = con.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = 'dq_check_results'"
+    ).fetchall()[0][0]
+    rows = (
+        []
+        if not exists
+        else con.execute(
+            "SELECT check_name, passed FROM dq_check_results WHERE table_name = ? AND partition_date = ? AND severity = 'ERROR'",
+            [table, partition],
+        ).fetchall()
+    )
     if not rows:
         return [f"no recorded checks for {table} {partition}"]
     return sorted(name for name, passed in rows if not passed)
@@ -206,7 +344,9 @@ SCORECARD_DDL = (
 )
 
 
-def scorecard(con: duckdb.DuckDBPyConnection, partition: date, rule_standard: dict[str, str]) -> pd.DataFrame:
+def scorecard(
+    con: duckdb.DuckDBPyConnection, partition: date, rule_standard: dict[str, str]
+) -> pd.DataFrame:
     """The four standards for one partition: check pass counts and the share of landed rows that
     met the standard (1 - quarantined for its rules / landed), with a pass/warn/fail status."""
     con.execute(DQ_RESULTS_DDL)
@@ -217,14 +357,22 @@ def scorecard(con: duckdb.DuckDBPyConnection, partition: date, rule_standard: di
         " FROM dq_check_results WHERE partition_date = ? GROUP BY 1",
         [partition],
     ).df()
-    landed = con.execute("SELECT coalesce(sum(landed), 0) FROM ingestion_log WHERE partition_date = ?", [partition]).fetchall()[0][0]
+    landed = con.execute(
+        "SELECT coalesce(sum(landed), 0) FROM ingestion_log WHERE partition_date = ?", [partition]
+    ).fetchall()[0][0]
     union = " UNION ALL ".join(
         f"SELECT rule FROM quarantined_{name} WHERE partition_date = $p" for name in TABLES_BY_NAME
     )
-    rules = con.execute(f"SELECT rule, count(*) AS n FROM ({union}) GROUP BY 1", {"p": partition}).df()
+    rules = con.execute(
+        f"SELECT rule, count(*) AS n FROM ({union}) GROUP BY 1", {"p": partition}
+    ).df()
     rules["standard"] = rules["rule"].map(rule_standard)
     quarantined = rules.groupby("standard")["n"].sum()
-    out = pd.DataFrame({"standard": list(STANDARDS)}).merge(checks, on="standard", how="left").fillna(0)
+    out = (
+        pd.DataFrame({"standard": list(STANDARDS)})
+        .merge(checks, on="standard", how="left")
+        .fillna(0)
+    )
     out.insert(0, "partition_date", partition)
     out["rows_landed"] = int(landed)
     out["rows_quarantined"] = [int(quarantined.get(s, 0)) for s in out["standard"]]
@@ -243,5 +391,9 @@ def write_scorecard(con: duckdb.DuckDBPyConnection, card: pd.DataFrame, partitio
     con.execute(SCORECARD_DDL)
     con.execute("BEGIN TRANSACTION")
     con.execute("DELETE FROM data_quality_scorecard WHERE partition_date = ?", [partition])
-    con.execute("INSERT INTO data_quality_scorecard SELECT * FROM card")
-    con.execute("COMMIT")
+    con.register("_card", card)
+    try:
+        con.execute("INSERT INTO data_quality_scorecard SELECT * FROM _card")
+        con.execute("COMMIT")
+    finally:
+        con.unregister("_card")

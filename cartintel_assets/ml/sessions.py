@@ -30,7 +30,9 @@ HAVING count(*) FILTER (WHERE e.event_type = 'add_to_cart') > 0
 
 def build_cart_sessions(con: duckdb.DuckDBPyConnection, partition: date) -> dict[str, float]:
     """Replace one partition of `cart_sessions`; return its row count and abandonment rate."""
-    con.execute(f"CREATE TABLE IF NOT EXISTS cart_sessions AS {CART_SESSIONS_SQL} LIMIT 0", {"p": partition})
+    con.execute(
+        f"CREATE TABLE IF NOT EXISTS cart_sessions AS {CART_SESSIONS_SQL} LIMIT 0", {"p": partition}
+    )
     con.execute("BEGIN TRANSACTION")
     con.execute("DELETE FROM cart_sessions WHERE partition_date = $p", {"p": partition})
     con.execute(f"INSERT INTO cart_sessions {CART_SESSIONS_SQL}", {"p": partition})

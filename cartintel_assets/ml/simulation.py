@@ -228,14 +228,18 @@ class _Sim:
                 price[hist + d.start_day :] *= 1 + d.magnitude
         self.price = np.round(np.maximum(price, 0.5), 2)
         self.promo = promo
-        median30 = np.stack([np.median(self.price[t - hist : t], axis=0) for t in range(hist, total)])
+        median30 = np.stack(
+            [np.median(self.price[t - hist : t], axis=0) for t in range(hist, total)]
+        )
         self.price_window = self.price[hist:]
         self.promo_window = promo[hist:]
         self.price_change = self.price_window / median30 - 1.0  # day x product
         # a few product-days change price during the day
         self.intraday = rng.random((cfg.days, n)) < 0.03
         self.intraday_sec = rng.integers(8 * 3600, 20 * 3600, (cfg.days, n))
-        self.intraday_price = np.round(self.price_window * (1 + rng.uniform(-0.1, 0.15, (cfg.days, n))), 2)
+        self.intraday_price = np.round(
+            self.price_window * (1 + rng.uniform(-0.1, 0.15, (cfg.days, n))), 2
+        )
 
     def shipping(self) -> None:
         cfg, rng = self.cfg, self.rng
@@ -263,7 +267,9 @@ class _Sim:
         self.cust_region = rng.choice(len(cfg.regions), n, p=np.array(cfg.region_weights))
         new = rng.random(n) < cfg.new_customer_share
         self.signup_day = np.where(new, rng.integers(0, cfg.days, n), -rng.integers(1, 720, n))
-        consent_p = np.clip(cfg.consent_rate + np.array([0, 0.05, 0.1, -0.1, 0, 0])[self.cust_type], 0, 1)
+        consent_p = np.clip(
+            cfg.consent_rate + np.array([0, 0.05, 0.1, -0.1, 0, 0])[self.cust_type], 0, 1
+        )
         self.consent = rng.random(n) < consent_p
         device_p = np.array([[0.55, 0.35, 0.10]] * len(TYPE_NAMES))
         device_p[3] = [0.75, 0.15, 0.10]  # window shoppers browse on phones
@@ -286,10 +292,39 @@ class _Sim:
         n = len(day)
         self.s_n = n
         ctype = self.cust_type[cust]
-        hour_p = np.array([1, 0.6, 0.4, 0.3, 0.3, 0.5, 1, 2, 3, 3.5, 4, 4, 4.5, 4.5, 4, 4, 4.5, 5, 6, 7, 7.5, 6.5, 4.5, 2.5])
+        hour_p = np.array(
+            [
+                1,
+                0.6,
+                0.4,
+                0.3,
+                0.3,
+                0.5,
+                1,
+                2,
+                3,
+                3.5,
+                4,
+                4,
+                4.5,
+                4.5,
+                4,
+                4,
+                4.5,
+                5,
+                6,
+                7,
+                7.5,
+                6.5,
+                4.5,
+                2.5,
+            ]
+        )
         hour = rng.choice(24, n, p=hour_p / hour_p.sum())
         sec = hour * 3600 + rng.integers(0, 3600, n)
-        device = np.where(rng.random(n) < 0.7, self.pref_device[cust], rng.choice(3, n, p=[0.55, 0.35, 0.10]))
+        device = np.where(
+            rng.random(n) < 0.7, self.pref_device[cust], rng.choice(3, n, p=[0.55, 0.35, 0.10])
+        )
         for d in cfg.drift:
             if d.kind == "device_mix":
                 hit = (day >= d.start_day) & (rng.random(n) < d.magnitude)
@@ -312,9 +347,11 @@ class _Sim:
         cart_day = day[cart_sess]
         unit = self.price_window[cart_day, cart_prod]
         cart_value = np.bincount(cart_sess, unit * cart_qty, minlength=n)
-        pchg = np.bincount(cart_sess, self.price_change[cart_day, cart_prod], minlength=n)
+        pchg: np.ndarray = np.bincount(
+            cart_sess, self.price_change[cart_day, cart_prod], minlength=n
+        )
         promo = np.bincount(cart_sess, self.promo_window[cart_day, cart_prod], minlength=n) > 0
-        rating = np.bincount(cart_sess, self.mean_rating[cart_prod], minlength=n)
+        rating: np.ndarray = np.bincount(cart_sess, self.mean_rating[cart_prod], minlength=n)
         wclass = np.zeros(n, dtype=int)
         np.maximum.at(wclass, cart_sess, self.weight_idx[cart_prod])
         safe = np.maximum(n_cart, 1)
@@ -343,7 +380,9 @@ class _Sim:
         ship_scale = np.clip(ship_share / 0.1, 0.3, 2.0)
         eff[:, 2] = eff[:, 2] * ship_scale
         rbase = np.array(tp.return_base)[ctype]
-        self.return_offset = _offset_for_mean(rbase[abandoned & calib], cfg.benign_abandonment_share)
+        self.return_offset = _offset_for_mean(
+            rbase[abandoned & calib], cfg.benign_abandonment_share
+        )
         p_conv = _sigmoid(rbase[:, None] + self.return_offset + eff)
         consented = self.consent[cust]
         in_exp = abandoned & consented & (rng.random(n) < cfg.experiment_rate)
@@ -436,7 +475,9 @@ class _Sim:
                 prod, qty = self.view_prod[last], np.ones(len(sess), dtype=int)
             part["prod"], part["qty"] = prod, qty
             parts.append(pd.DataFrame(part))
-        ev = pd.concat(parts, ignore_index=True).sort_values(["sess", "block", "pos"], kind="stable")
+        ev = pd.concat(parts, ignore_index=True).sort_values(
+            ["sess", "block", "pos"], kind="stable"
+        )
         sess = ev["sess"].to_numpy()
         counts = np.bincount(sess, minlength=n)
         seq = _segment_positions(counts)
@@ -452,7 +493,9 @@ class _Sim:
         intraday = self.intraday[day, p0] & (sec >= self.intraday_sec[day, p0])
         unit = np.where(intraday, self.intraday_price[day, p0], self.price_window[day, p0])
         etype = ev["etype"].to_numpy()
-        priced = has_prod & np.isin(etype, ["product_view", "add_to_cart", "remove_from_cart", "recommendation_click"])
+        priced = has_prod & np.isin(
+            etype, ["product_view", "add_to_cart", "remove_from_cart", "recommendation_click"]
+        )
         quote = etype == "shipping_quote_shown"
         purchase = etype == "purchase"
         ts = self.day0 + day.astype("timedelta64[D]") + (sec * 1000).astype("timedelta64[ms]")
@@ -465,12 +508,18 @@ class _Sim:
                 "ts": ts,
                 "event_type": etype,
                 "prod": prod,
-                "quantity": np.where(has_prod & np.isin(etype, ["add_to_cart", "remove_from_cart"]), ev["qty"].to_numpy(), 0),
+                "quantity": np.where(
+                    has_prod & np.isin(etype, ["add_to_cart", "remove_from_cart"]),
+                    ev["qty"].to_numpy(),
+                    0,
+                ),
                 "price": np.where(priced, unit, np.nan),
                 "shipping_cost": np.where(quote, s["ship_cost"].to_numpy()[sess], np.nan),
                 "delivery_days": np.where(quote, s["ship_days"].to_numpy()[sess], -1),
                 "coupon": etype == "coupon_attempt",
-                "order_value": np.where(purchase, np.round(cv + s["ship_cost"].to_numpy()[sess], 2), np.nan),
+                "order_value": np.where(
+                    purchase, np.round(cv + s["ship_cost"].to_numpy()[sess], 2), np.nan
+                ),
             }
         )
 
@@ -496,11 +545,35 @@ class _Sim:
         cart_mask = np.isin(self.cart_sess, ret["session_idx"].to_numpy())
         cs, cp, cq = self.cart_sess[cart_mask], self.cart_prod[cart_mask], self.cart_qty[cart_mask]
         new_idx = pd.Series(rs["session_idx"].to_numpy(), index=rs["returns_session"].to_numpy())
-        adds = pd.DataFrame({"sess": new_idx.loc[cs].to_numpy(), "block": 0, "pos": _segment_positions(np.bincount(cs)[np.bincount(cs) > 0]), "etype": "add_to_cart", "prod": cp, "qty": cq})
+        adds = pd.DataFrame(
+            {
+                "sess": new_idx.loc[cs].to_numpy(),
+                "block": 0,
+                "pos": _segment_positions(np.bincount(cs)[np.bincount(cs) > 0]),
+                "etype": "add_to_cart",
+                "prod": cp,
+                "qty": cq,
+            }
+        )
         tail = []
-        for order, et in enumerate(["view_cart", "begin_checkout", "shipping_quote_shown", "purchase"], start=1):
-            tail.append(pd.DataFrame({"sess": rs["session_idx"].to_numpy(), "block": order, "pos": 0, "etype": et, "prod": -1, "qty": 0}))
-        ev = pd.concat([adds, *tail], ignore_index=True).sort_values(["sess", "block", "pos"], kind="stable")
+        for order, et in enumerate(
+            ["view_cart", "begin_checkout", "shipping_quote_shown", "purchase"], start=1
+        ):
+            tail.append(
+                pd.DataFrame(
+                    {
+                        "sess": rs["session_idx"].to_numpy(),
+                        "block": order,
+                        "pos": 0,
+                        "etype": et,
+                        "prod": -1,
+                        "qty": 0,
+                    }
+                )
+            )
+        ev = pd.concat([adds, *tail], ignore_index=True).sort_values(
+            ["sess", "block", "pos"], kind="stable"
+        )
         sess = ev["sess"].to_numpy() - base
         counts = np.bincount(sess, minlength=m)
         seq = _segment_positions(counts)
@@ -535,9 +608,13 @@ class _Sim:
                 "quantity": ev["qty"].to_numpy(),
                 "price": np.where(etype == "add_to_cart", self.price_window[day, p0], np.nan),
                 "shipping_cost": np.where(etype == "shipping_quote_shown", ship, np.nan),
-                "delivery_days": np.where(etype == "shipping_quote_shown", self.ship_days[day, region, wcls[sess]], -1),
+                "delivery_days": np.where(
+                    etype == "shipping_quote_shown", self.ship_days[day, region, wcls[sess]], -1
+                ),
                 "coupon": False,
-                "order_value": np.where(etype == "purchase", np.round(cart_value * (1 - disc) + ship, 2), np.nan),
+                "order_value": np.where(
+                    etype == "purchase", np.round(cart_value * (1 - disc) + ship, 2), np.nan
+                ),
             }
         )
         return rs, events
@@ -554,26 +631,58 @@ class _Sim:
         pick, day = pick[keep], day[keep]
         m = len(pick)
         prod = pick["prod"].to_numpy()
-        rating = np.clip(np.round(self.mean_rating[prod] + rng.normal(0, 0.9, m) - 0.6 * (pick["ship_share"].to_numpy() > 0.15)), 1, 5).astype(int)
+        rating = np.clip(
+            np.round(
+                self.mean_rating[prod]
+                + rng.normal(0, 0.9, m)
+                - 0.6 * (pick["ship_share"].to_numpy() > 0.15)
+            ),
+            1,
+            5,
+        ).astype(int)
         cat = np.array(cfg.categories)[self.cat_idx[prod]]
         texts = [
             _review_text(rng, int(r), c, float(sh), int(dd), float(pc))
-            for r, c, sh, dd, pc in zip(rating, cat, pick["ship_share"], pick["ship_days"], pick["price_change"], strict=True)
+            for r, c, sh, dd, pc in zip(
+                rating,
+                cat,
+                pick["ship_share"],
+                pick["ship_days"],
+                pick["price_change"],
+                strict=True,
+            )
         ]
         sec = rng.integers(6 * 3600, 23 * 3600, m)
         ts = self.day0 + day.astype("timedelta64[D]") + (sec * 1000).astype("timedelta64[ms]")
-        return pd.DataFrame({"day": day, "prod": prod, "cust": pick["cust"].to_numpy(), "ts": ts, "rating": rating, "text": texts})
+        return pd.DataFrame(
+            {
+                "day": day,
+                "prod": prod,
+                "cust": pick["cust"].to_numpy(),
+                "ts": ts,
+                "rating": rating,
+                "text": texts,
+            }
+        )
 
 
 _ASPECT_PHRASES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     # aspect: (negative phrases, positive phrases)
     "shipping": (
-        ("Shipping took forever to arrive.", "Delivery was slow and the shipping cost was far too high.",
-         "It arrived a week late.", "Way too expensive to ship."),
+        (
+            "Shipping took forever to arrive.",
+            "Delivery was slow and the shipping cost was far too high.",
+            "It arrived a week late.",
+            "Way too expensive to ship.",
+        ),
         ("Fast delivery.", "Shipping was quick and free.", "Arrived earlier than expected."),
     ),
     "price": (
-        ("Overpriced for what you get.", "Not worth the price.", "The price went up right after I looked."),
+        (
+            "Overpriced for what you get.",
+            "Not worth the price.",
+            "The price went up right after I looked.",
+        ),
         ("Great value for the money.", "Good price, especially on sale.", "Worth every penny."),
     ),
     "size_fit": (
@@ -581,22 +690,52 @@ _ASPECT_PHRASES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
         ("Fits perfectly, true to size.", "The fit is great.", "Sizing was spot on."),
     ),
     "quality": (
-        ("Poor quality, fell apart after one wash.", "Cheap material and bad stitching.", "Broke within days."),
-        ("Excellent quality and well made.", "The material feels premium.", "Very sturdy and durable."),
+        (
+            "Poor quality, fell apart after one wash.",
+            "Cheap material and bad stitching.",
+            "Broke within days.",
+        ),
+        (
+            "Excellent quality and well made.",
+            "The material feels premium.",
+            "Very sturdy and durable.",
+        ),
     ),
     "returns": (
-        ("Returning it was a hassle.", "The return process is a nightmare.", "Still waiting for my refund."),
+        (
+            "Returning it was a hassle.",
+            "The return process is a nightmare.",
+            "Still waiting for my refund.",
+        ),
         ("Easy return and quick refund.", "Returns were simple.", "Hassle-free exchange."),
     ),
     "service": (
-        ("Customer service never answered.", "Support was rude and unhelpful.", "Nobody replied to my emails."),
-        ("Customer service was very helpful.", "Support sorted it out quickly.", "Friendly and helpful staff."),
+        (
+            "Customer service never answered.",
+            "Support was rude and unhelpful.",
+            "Nobody replied to my emails.",
+        ),
+        (
+            "Customer service was very helpful.",
+            "Support sorted it out quickly.",
+            "Friendly and helpful staff.",
+        ),
     ),
 }
-_OPENERS = (("Really disappointed.", "Not happy.", "Would not buy again."), ("Love it!", "Very happy.", "Would buy again."))
+_OPENERS = (
+    ("Really disappointed.", "Not happy.", "Would not buy again."),
+    ("Love it!", "Very happy.", "Would buy again."),
+)
 
 
-def _review_text(rng: np.random.Generator, rating: int, category: str, ship_share: float, ship_days: int, price_change: float) -> str:
+def _review_text(
+    rng: np.random.Generator,
+    rating: int,
+    category: str,
+    ship_share: float,
+    ship_days: int,
+    price_change: float,
+) -> str:
     """Free text in which the friction aspects behind a rating appear."""
     negative = rating <= 3
     weights = {
@@ -617,8 +756,14 @@ def _review_text(rng: np.random.Generator, rating: int, category: str, ship_shar
     return " ".join(sentences)
 
 
-def _inject_bad_rows(lines: list[str], events: pd.DataFrame, kinds: Sequence[str], rate: float,
-                     rng: np.random.Generator, session_start: np.ndarray) -> tuple[list[str], list[dict[str, object]]]:
+def _inject_bad_rows(
+    lines: list[str],
+    events: pd.DataFrame,
+    kinds: Sequence[str],
+    rate: float,
+    rng: np.random.Generator,
+    session_start: np.ndarray,
+) -> tuple[list[str], list[dict[str, object]]]:
     """Give `rate` of the lines exactly one defect each (kinds in turn); return lines and a log."""
     n = len(lines)
     n_bad = int(round(rate * n))
@@ -662,13 +807,24 @@ def _inject_bad_rows(lines: list[str], events: pd.DataFrame, kinds: Sequence[str
             appended.append(lines[i])
         elif kind == "out_of_order":
             start = session_start[i]
-            rec["ts"] = str(np.datetime_as_string(start - np.timedelta64(int(rng.integers(5, 120)), "m"), unit="ms"))
+            rec["ts"] = str(
+                np.datetime_as_string(
+                    start - np.timedelta64(int(rng.integers(5, 120)), "m"), unit="ms"
+                )
+            )
             out[i] = json.dumps(rec)
         elif kind == "future_timestamp":
             t = np.datetime64(rec["ts"]) + np.timedelta64(400, "D")
             rec["ts"] = str(np.datetime_as_string(t, unit="ms"))
             out[i] = json.dumps(rec)
-        log.append({"line_index": i, "event_id": events["event_id"].iat[i], "kind": kind, "rule": BAD_ROW_RULES[kind]})
+        log.append(
+            {
+                "line_index": i,
+                "event_id": events["event_id"].iat[i],
+                "kind": kind,
+                "rule": BAD_ROW_RULES[kind],
+            }
+        )
     return out + appended, log
 
 
@@ -688,23 +844,43 @@ def simulate(cfg: StorefrontConfig, progress: Callable[[str], None] | None = Non
     rs, rev = sim.return_sessions()
     s = sim.s
     sess_all = pd.concat(
-        [s[["session_idx", "day", "cust", "sec", "device", "source", "region"]], rs.drop(columns="returns_session")],
+        [
+            s[["session_idx", "day", "cust", "sec", "device", "source", "region"]],
+            rs.drop(columns="returns_session"),
+        ],
         ignore_index=True,
     )
-    events = pd.concat([ev, rev], ignore_index=True).sort_values(["day", "sess", "seq"], kind="stable")
+    events = pd.concat([ev, rev], ignore_index=True).sort_values(
+        ["day", "sess", "seq"], kind="stable"
+    )
     sess_ids = np.char.add("S", np.char.zfill(sess_all["session_idx"].to_numpy().astype(str), 9))
-    sess_start = sim.day0 + sess_all["day"].to_numpy().astype("timedelta64[D]") + (sess_all["sec"].to_numpy() * 1000).astype("timedelta64[ms]")
+    sess_start = (
+        sim.day0
+        + sess_all["day"].to_numpy().astype("timedelta64[D]")
+        + (sess_all["sec"].to_numpy() * 1000).astype("timedelta64[ms]")
+    )
     sess_id_of = sess_ids  # session_idx == position
     ev_sess = events["sess"].to_numpy()
     events = events.assign(
         session_id=sess_id_of[ev_sess],
-        event_id=np.char.add(np.char.add("E", sess_id_of[ev_sess].astype(str)), np.char.add("-", events["seq"].to_numpy().astype(str))),
-        product_id=np.where(events["prod"].to_numpy() >= 0, sim.product_ids[np.maximum(events["prod"].to_numpy(), 0)], None),
+        event_id=np.char.add(
+            np.char.add("E", sess_id_of[ev_sess].astype(str)),
+            np.char.add("-", events["seq"].to_numpy().astype(str)),
+        ),
+        product_id=np.where(
+            events["prod"].to_numpy() >= 0,
+            sim.product_ids[np.maximum(events["prod"].to_numpy(), 0)],
+            None,
+        ),
     )
     say("reviews")
     purch = s[s["purchased"]]
     cart_buy = pd.DataFrame({"sess": sim.cart_sess, "prod": sim.cart_prod})
-    purchases = cart_buy.merge(purch[["session_idx", "day", "cust", "ship_share", "ship_days", "price_change"]], left_on="sess", right_on="session_idx")
+    purchases = cart_buy.merge(
+        purch[["session_idx", "day", "cust", "ship_share", "ship_days", "price_change"]],
+        left_on="sess",
+        right_on="session_idx",
+    )
     reviews = sim.reviews(purchases)
     reviews["review_id"] = [f"R{sim.cfg.seed}-{i:08d}" for i in range(len(reviews))]
 
@@ -730,12 +906,16 @@ def simulate(cfg: StorefrontConfig, progress: Callable[[str], None] | None = Non
             {
                 "customer_id": cust_ids[new],
                 "region": regions[sim.cust_region[new]],
-                "signup_date": (sim.day0 + sim.signup_day[new].astype("timedelta64[D]")).astype("datetime64[s]").astype("datetime64[ms]"),
+                "signup_date": (sim.day0 + sim.signup_day[new].astype("timedelta64[D]"))
+                .astype("datetime64[s]")
+                .astype("datetime64[ms]"),
                 "marketing_consent": sim.consent[new],
                 "preferred_device": devices[sim.pref_device[new]],
             }
         )
-        tables["customers"]["signup_date"] = pd.to_datetime(tables["customers"]["signup_date"]).dt.date
+        tables["customers"]["signup_date"] = pd.to_datetime(
+            tables["customers"]["signup_date"]
+        ).dt.date
         tables["products"] = pd.DataFrame(
             {
                 "product_id": sim.product_ids,
@@ -775,11 +955,16 @@ def simulate(cfg: StorefrontConfig, progress: Callable[[str], None] | None = Non
                 "ts": _iso(day_ev["ts"].to_numpy()),
                 "event_type": day_ev["event_type"].to_numpy(),
                 "product_id": day_ev["product_id"].to_numpy(),
-                "quantity": pd.array(np.where(day_ev["quantity"].to_numpy() > 0, day_ev["quantity"].to_numpy(), 0), dtype="Int64"),
+                "quantity": pd.array(
+                    np.where(day_ev["quantity"].to_numpy() > 0, day_ev["quantity"].to_numpy(), 0),
+                    dtype="Int64",
+                ),
                 "price": day_ev["price"].to_numpy(),
                 "shipping_cost": day_ev["shipping_cost"].to_numpy(),
                 "delivery_days": pd.array(day_ev["delivery_days"].to_numpy(), dtype="Int64"),
-                "coupon_code": np.where(day_ev["coupon"].to_numpy(), "SAVE10", None),
+                "coupon_code": pd.Series(day_ev["coupon"].to_numpy())
+                .map({True: "SAVE10", False: None})
+                .to_numpy(),
                 "order_value": day_ev["order_value"].to_numpy(),
             }
         )
@@ -788,7 +973,9 @@ def simulate(cfg: StorefrontConfig, progress: Callable[[str], None] | None = Non
         lines = out.to_json(orient="records", lines=True).splitlines() if len(out) else []
         if cfg.bad_row_rate > 0:
             starts = start_by_sess.loc[out["session_id"].to_numpy()].to_numpy()
-            lines, log = _inject_bad_rows(lines, out, cfg.bad_row_kinds, cfg.bad_row_rate, sim.rng, starts)
+            lines, log = _inject_bad_rows(
+                lines, out, cfg.bad_row_kinds, cfg.bad_row_rate, sim.rng, starts
+            )
             for row in log:
                 row.update({"day": d, "table": "events"})
             bad_log.extend(log)
@@ -804,13 +991,17 @@ def simulate(cfg: StorefrontConfig, progress: Callable[[str], None] | None = Non
                 "text": rv["text"].to_numpy(),
             }
         )
-        review_lines[d] = rv_out.to_json(orient="records", lines=True).splitlines() if len(rv_out) else []
+        review_lines[d] = (
+            rv_out.to_json(orient="records", lines=True).splitlines() if len(rv_out) else []
+        )
         ex = s[(s["day"] == i) & s["in_experiment"]]
         treat = ex["treatment"].to_numpy()
         conv = ex["returned_7d"].to_numpy()
         cv = ex["cart_value"].to_numpy()
         disc = np.select([treat == 3, treat == 4], [0.05, 0.10], 0.0)
-        cost = np.where(treat == 1, 0.05, 0.0) + conv * (np.where(treat == 2, ex["ship_cost"].to_numpy(), 0.0) + disc * cv)
+        cost = np.where(treat == 1, 0.05, 0.0) + conv * (
+            np.where(treat == 2, ex["ship_cost"].to_numpy(), 0.0) + disc * cv
+        )
         end = sess_start[ex["session_idx"].to_numpy()] + np.timedelta64(1, "h")
         tables["interventions"] = pd.DataFrame(
             {
@@ -864,7 +1055,9 @@ def simulate(cfg: StorefrontConfig, progress: Callable[[str], None] | None = Non
         review_lines=review_lines,
         truth_customers=truth_customers,
         truth_sessions=ts,
-        truth_bad_rows=pd.DataFrame(bad_log, columns=["day", "table", "line_index", "event_id", "kind", "rule"]),
+        truth_bad_rows=pd.DataFrame(
+            bad_log, columns=["day", "table", "line_index", "event_id", "kind", "rule"]
+        ),
         truth_effects=effects,
     )
 
@@ -878,7 +1071,10 @@ def write_storefront(store: Storefront, out_dir: Path | str) -> dict[str, Path]:
         folder.mkdir(parents=True, exist_ok=True)
         for name, frame in tables.items():
             frame.to_parquet(folder / schema.TABLES_BY_NAME[name].landing_file, index=False)
-        for name, lines in (("events", store.event_lines[day]), ("reviews", store.review_lines[day])):
+        for name, lines in (
+            ("events", store.event_lines[day]),
+            ("reviews", store.review_lines[day]),
+        ):
             (folder / schema.TABLES_BY_NAME[name].landing_file).write_text(
                 "".join(line + "\n" for line in lines), encoding="utf-8"
             )
@@ -896,7 +1092,12 @@ def parse_drift(spec: str) -> DriftSpec:
     parts = spec.split(":")
     if len(parts) not in (3, 4):
         raise ValueError(f"drift spec {spec!r} is not kind:start_day:magnitude[:region]")
-    return DriftSpec(start_day=int(parts[1]), kind=parts[0], magnitude=float(parts[2]), region=parts[3] if len(parts) == 4 else None)
+    return DriftSpec(
+        start_day=int(parts[1]),
+        kind=parts[0],
+        magnitude=float(parts[2]),
+        region=parts[3] if len(parts) == 4 else None,
+    )
 
 
 def parse_date(text: str) -> date:

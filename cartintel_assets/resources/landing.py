@@ -13,7 +13,10 @@ from cartintel_assets import settings
 class LandingResource(dg.ConfigurableResource):
     """Landing files `<root>/<YYYY-MM-DD>/<table>.<ext>` in the canonical schema."""
 
-    root: str = Field(default="", description="Landing folder; empty means $CARTINTEL_LANDING or data/storefront/landing.")
+    root: str = Field(
+        default="",
+        description="Landing folder; empty means $CARTINTEL_LANDING or data/storefront/landing.",
+    )
 
     def path(self) -> Path:
         return Path(self.root).resolve() if self.root else settings.landing_dir()

@@ -51,7 +51,9 @@ class WarehouseResource(DuckDBResource):
         default="",
         description="DuckDB file; empty means $CARTINTEL_WAREHOUSE or data/warehouse.duckdb.",
     )
-    lock_timeout_s: float = Field(default=600.0, description="How long a run waits for the warehouse.")
+    lock_timeout_s: float = Field(
+        default=600.0, description="How long a run waits for the warehouse."
+    )
 
     def path(self) -> Path:
         return Path(self.database).resolve() if self.database else settings.warehouse_path()
@@ -62,8 +64,14 @@ class WarehouseResource(DuckDBResource):
         db.parent.mkdir(parents=True, exist_ok=True)
         with file_lock(db.with_name(db.name + ".lock"), not read_only, self.lock_timeout_s):
             if read_only and not db.exists():
-                raise FileNotFoundError(f"warehouse {db} does not exist yet: materialise the ingestion assets first")
-            con = duckdb.connect(str(db), read_only=read_only, config={"custom_user_agent": "cartintel", **self.connection_config})
+                raise FileNotFoundError(
+                    f"warehouse {db} does not exist yet: materialise the ingestion assets first"
+                )
+            con = duckdb.connect(
+                str(db),
+                read_only=read_only,
+                config={"custom_user_agent": "cartintel", **self.connection_config},
+            )
             try:
                 yield con
             finally:

@@ -25,7 +25,10 @@ def _run(landing: Path, warehouse: Path, day: str) -> dg.ExecuteInProcessResult:
     return job.execute_in_process(
         partition_key=day,
         instance=dg.DagsterInstance.ephemeral(),
-        resources={"warehouse": WarehouseResource(database=str(warehouse)), "landing": LandingResource(root=str(landing))},
+        resources={
+            "warehouse": WarehouseResource(database=str(warehouse)),
+            "landing": LandingResource(root=str(landing)),
+        },
         raise_on_error=False,
         run_config=QUIET,
     )
@@ -50,7 +53,9 @@ def small_landing(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out / "landing"
 
 
-def test_daily_job_materialises_everything_and_gates_pass(small_landing: Path, tmp_path: Path) -> None:
+def test_daily_job_materialises_everything_and_gates_pass(
+    small_landing: Path, tmp_path: Path
+) -> None:
     wh = tmp_path / "wh.duckdb"
     # customers land on the day they sign up; later days' sessions reference them
     assert _run(small_landing, wh, SMALL.day(0).isoformat()).success
@@ -70,26 +75,43 @@ def test_daily_job_materialises_everything_and_gates_pass(small_landing: Path, t
     failed = {n: c.severity for n, c in checks.items() if not c.passed}
     assert set(failed.values()) <= {dg.AssetCheckSeverity.WARN}, failed
     events = mats["raw_events"].metadata
-    assert events["rows_landed"].value == events["rows_accepted"].value + events["rows_quarantined"].value
+    assert (
+        events["rows_landed"].value
+        == events["rows_accepted"].value + events["rows_quarantined"].value
+    )
     assert events["rows_quarantined"].value > 0
     card = mats["data_quality_scorecard"].metadata
     assert card["consistency_row_score"].value < 1.0 and card["accuracy_status"].value == "pass"
 
     # re-materialising the partition replaces it: same counts, no duplicates
     con = duckdb.connect(str(wh), read_only=True)
-    before = {t: con.execute(f"SELECT count(*) FROM {t}").fetchall()[0][0] for t in ("raw_events", "quarantined_events", "cart_sessions", "data_quality_scorecard", "dq_check_results")}
+    before = {
+        t: con.execute(f"SELECT count(*) FROM {t}").fetchall()[0][0]
+        for t in (
+            "raw_events",
+            "quarantined_events",
+            "cart_sessions",
+            "data_quality_scorecard",
+            "dq_check_results",
+        )
+    }
     con.close()
     assert _run(small_landing, wh, day).success
     con = duckdb.connect(str(wh), read_only=True)
     after = {t: con.execute(f"SELECT count(*) FROM {t}").fetchall()[0][0] for t in before}
-    assert con.execute("SELECT count(*) - count(DISTINCT event_id) FROM raw_events").fetchall()[0][0] == 0
+    assert (
+        con.execute("SELECT count(*) - count(DISTINCT event_id) FROM raw_events").fetchall()[0][0]
+        == 0
+    )
     con.close()
     assert after == before
 
 
 def test_a_failed_blocking_check_stops_downstream_assets_in_the_same_run(tmp_path: Path) -> None:
     out = tmp_path / "store"
-    write_storefront(simulate(StorefrontConfig(**{**SMALL.__dict__, "days": 1, "bad_row_rate": 0.2})), out)
+    write_storefront(
+        simulate(StorefrontConfig(**{**SMALL.__dict__, "days": 1, "bad_row_rate": 0.2})), out
+    )
     result = _run(out / "landing", tmp_path / "wh.duckdb", SMALL.day(0).isoformat())
     checks = _checks(result)
     share = checks["raw_events_quarantine_share_within_limit"]
@@ -118,7 +140,9 @@ def _ingest_in_process(args: tuple[str, str, str]) -> int:
     total = 0
     for name in ("customers", "products", "sessions", "events"):
         with resource.get_connection() as con:
-            total += ingest_partition(con, TABLES_BY_NAME[name], date.fromisoformat(day), Path(landing), "k").accepted
+            total += ingest_partition(
+                con, TABLES_BY_NAME[name], date.fromisoformat(day), Path(landing), "k"
+            ).accepted
     with resource.reader() as con:
         con.execute("SELECT count(*) FROM raw_events").fetchall()
     return total
@@ -131,7 +155,11 @@ def test_concurrent_runs_serialise_on_the_warehouse(small_landing: Path, tmp_pat
         totals = pool.map(_ingest_in_process, [(str(small_landing), wh, d) for d in days])
     assert all(t > 0 for t in totals)
     con = duckdb.connect(wh, read_only=True)
-    per_day = con.execute("SELECT count(*) FROM ingestion_log GROUP BY table_name, partition_date").fetchall()
-    dupes = con.execute("SELECT count(*) - count(DISTINCT event_id) FROM raw_events").fetchall()[0][0]
+    per_day = con.execute(
+        "SELECT count(*) FROM ingestion_log GROUP BY table_name, partition_date"
+    ).fetchall()
+    dupes = con.execute("SELECT count(*) - count(DISTINCT event_id) FROM raw_events").fetchall()[0][
+        0
+    ]
     con.close()
     assert all(n == 1 for (n,) in per_day) and dupes == 0

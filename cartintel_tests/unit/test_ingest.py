@@ -10,7 +10,13 @@ import duckdb
 import pandas as pd
 import pytest
 
-from cartintel_assets.ml.ingest import RULE_STANDARD, RULES, LandingSchemaError, ingest_partition, pseudonymise
+from cartintel_assets.ml.ingest import (
+    RULE_STANDARD,
+    RULES,
+    LandingSchemaError,
+    ingest_partition,
+    pseudonymise,
+)
 from cartintel_assets.ml.schema import EVENTS, SESSIONS, TABLES
 from cartintel_assets.ml.simulation import Storefront
 
@@ -19,12 +25,16 @@ def _ingest_all(con: duckdb.DuckDBPyConnection, store: Storefront, landing: Path
     results = {}
     for i in range(store.config.days):
         for spec in TABLES:
-            results[(spec.name, store.config.day(i).isoformat())] = ingest_partition(con, spec, store.config.day(i), landing, "test-key")
+            results[(spec.name, store.config.day(i).isoformat())] = ingest_partition(
+                con, spec, store.config.day(i), landing, "test-key"
+            )
     return results
 
 
 @pytest.fixture(scope="module")
-def loaded(bad_store: tuple[Storefront, Path]) -> tuple[Storefront, Path, duckdb.DuckDBPyConnection, dict]:
+def loaded(
+    bad_store: tuple[Storefront, Path],
+) -> tuple[Storefront, Path, duckdb.DuckDBPyConnection, dict]:
     store, landing = bad_store
     con = duckdb.connect()
     return store, landing, con, _ingest_all(con, store, landing)
@@ -34,8 +44,13 @@ def test_every_landed_row_is_accepted_or_quarantined(loaded) -> None:
     store, landing, con, results = loaded
     for (name, day), r in results.items():
         assert r.reconciles, (name, day)
-        accepted = con.execute(f"SELECT count(*) FROM raw_{name} WHERE partition_date = ?", [date.fromisoformat(day)]).fetchall()[0][0]
-        quarantined = con.execute(f"SELECT count(*) FROM quarantined_{name} WHERE partition_date = ?", [date.fromisoformat(day)]).fetchall()[0][0]
+        accepted = con.execute(
+            f"SELECT count(*) FROM raw_{name} WHERE partition_date = ?", [date.fromisoformat(day)]
+        ).fetchall()[0][0]
+        quarantined = con.execute(
+            f"SELECT count(*) FROM quarantined_{name} WHERE partition_date = ?",
+            [date.fromisoformat(day)],
+        ).fetchall()[0][0]
         assert (accepted, quarantined) == (r.accepted, r.quarantined)
     for day, lines in store.event_lines.items():
         assert results[("events", day)].landed == len(lines)
@@ -45,7 +60,9 @@ def test_each_injected_defect_is_quarantined_under_its_rule(loaded) -> None:
     store, _, con, results = loaded
     truth = store.truth_bad_rows
     assert set(truth["rule"]) <= set(RULES)
-    for day, expected in truth.groupby("day")["rule"].value_counts().unstack(fill_value=0).iterrows():
+    for day, expected in (
+        truth.groupby("day")["rule"].value_counts().unstack(fill_value=0).iterrows()
+    ):
         got = results[("events", day)].by_rule
         assert got == {rule: int(n) for rule, n in expected.items() if n}, day
     # the quarantined lines are exactly the injected ones (duplicates: the later copy)
@@ -81,9 +98,17 @@ def test_reingesting_a_partition_replaces_it(loaded) -> None:
     q_before = con.execute("SELECT count(*) FROM quarantined_events").fetchall()[0][0]
     again = ingest_partition(con, EVENTS, day, landing, "test-key")
     assert again.by_rule == results[("events", day.isoformat())].by_rule
-    assert con.execute("SELECT count(*), count(DISTINCT event_id) FROM raw_events").fetchall()[0] == before
+    assert (
+        con.execute("SELECT count(*), count(DISTINCT event_id) FROM raw_events").fetchall()[0]
+        == before
+    )
     assert con.execute("SELECT count(*) FROM quarantined_events").fetchall()[0][0] == q_before
-    assert con.execute("SELECT count(*) FROM ingestion_log WHERE table_name = 'events'").fetchall()[0][0] == store.config.days
+    assert (
+        con.execute("SELECT count(*) FROM ingestion_log WHERE table_name = 'events'").fetchall()[0][
+            0
+        ]
+        == store.config.days
+    )
 
 
 def test_row_level_rules_on_hand_made_records(tmp_path: Path) -> None:
@@ -91,19 +116,33 @@ def test_row_level_rules_on_hand_made_records(tmp_path: Path) -> None:
     folder = tmp_path / day.isoformat()
     folder.mkdir()
     pd.DataFrame(
-        {"customer_id": ["C1"], "region": ["DE"], "signup_date": [date(2026, 1, 1)], "marketing_consent": [True], "preferred_device": ["mobile"]}
+        {
+            "customer_id": ["C1"],
+            "region": ["DE"],
+            "signup_date": [date(2026, 1, 1)],
+            "marketing_consent": [True],
+            "preferred_device": ["mobile"],
+        }
     ).to_parquet(folder / "customers.parquet")
     pd.DataFrame(
         {
             "session_id": ["S1", "S2", "S1"],
             "customer_id": ["C1", "C-nobody", "C1"],
-            "started_at": pd.to_datetime(["2026-10-01 10:00", "2026-10-01 11:00", "2026-10-01 10:00"]),
+            "started_at": pd.to_datetime(
+                ["2026-10-01 10:00", "2026-10-01 11:00", "2026-10-01 10:00"]
+            ),
             "device": ["mobile", "mobile", "smart-fridge"],
             "traffic_source": ["direct"] * 3,
             "region": ["DE"] * 3,
         }
     ).to_parquet(folder / "sessions.parquet")
-    good = {"event_id": "E1", "session_id": "S1", "seq": 0, "ts": "2026-10-01T10:01:00", "event_type": "search"}
+    good = {
+        "event_id": "E1",
+        "session_id": "S1",
+        "seq": 0,
+        "ts": "2026-10-01T10:01:00",
+        "event_type": "search",
+    }
     lines = [
         json.dumps(good),
         "",

@@ -32,16 +32,22 @@ def test_otto_sessions_ingest_through_the_mapping(shared_data: Path, tmp_path: P
     assert landed == accepted == 862  # README facts: clicks 800 / carts 52 / orders 10
     counts = dict(con.execute("SELECT event_type, count(*) FROM raw_events GROUP BY 1").fetchall())
     assert counts == {"product_view": 800, "add_to_cart": 52, "purchase": 10}
-    assert con.execute("SELECT count(DISTINCT customer_id) FROM raw_sessions").fetchall()[0][0] == 20
+    assert (
+        con.execute("SELECT count(DISTINCT customer_id) FROM raw_sessions").fetchall()[0][0] == 20
+    )
     # re-sessionised: within a session no gap exceeds 30 min; consecutive sessions of a user are > 30 min apart
     ev = con.execute(
         "SELECT s.customer_id, e.session_id, e.ts FROM raw_events e JOIN raw_sessions s USING (session_id) ORDER BY 1, 3, e.seq"
     ).df()
     gaps = ev.groupby("session_id")["ts"].diff().dt.total_seconds().dropna()
     assert gaps.max() <= 30 * 60
-    bounds = ev.groupby("session_id").agg(customer=("customer_id", "first"), start=("ts", "min"), end=("ts", "max"))
+    bounds = ev.groupby("session_id").agg(
+        customer=("customer_id", "first"), start=("ts", "min"), end=("ts", "max")
+    )
     bounds = bounds.sort_values(["customer", "start"])
-    between = (bounds["start"] - bounds.groupby("customer")["end"].shift()).dt.total_seconds().dropna()
+    between = (
+        (bounds["start"] - bounds.groupby("customer")["end"].shift()).dt.total_seconds().dropna()
+    )
     assert between.min() > 30 * 60
     assert summary.sessions == len(bounds) > 20
 
@@ -49,7 +55,12 @@ def test_otto_sessions_ingest_through_the_mapping(shared_data: Path, tmp_path: P
 def test_unreadable_times_and_unknown_event_names_are_kept_not_dropped(tmp_path: Path) -> None:
     csv = tmp_path / "log.csv"
     pd.DataFrame(
-        {"session": ["1", "1", "2", ""], "aid": ["10", "11", "12", "13"], "ts": ["1659304800000", "oops", "1659304900000", "1659305000000"], "type": ["clicks", "carts", "wishlist", "clicks"]}
+        {
+            "session": ["1", "1", "2", ""],
+            "aid": ["10", "11", "12", "13"],
+            "ts": ["1659304800000", "oops", "1659304900000", "1659305000000"],
+            "type": ["clicks", "carts", "wishlist", "clicks"],
+        }
     ).to_csv(csv, index=False)
     mapping = EventLogMapping.from_yaml(OTTO_MAPPING)
     s = land_foreign_log(csv, mapping, tmp_path / "landing")
@@ -59,12 +70,23 @@ def test_unreadable_times_and_unknown_event_names_are_kept_not_dropped(tmp_path:
     con = duckdb.connect()
     for spec in TABLES:
         ingest_partition(con, spec, date(2022, 7, 31), tmp_path / "landing", "k")
-    assert con.execute("SELECT rule, reason FROM quarantined_events").fetchall()[0][0] == "not_allowed_value"
+    assert (
+        con.execute("SELECT rule, reason FROM quarantined_events").fetchall()[0][0]
+        == "not_allowed_value"
+    )
 
 
 def test_sessionise_and_time_formats() -> None:
-    ts = pd.Series(pd.to_datetime(["2022-01-01 10:00", "2022-01-01 10:20", "2022-01-01 11:00", "2022-01-01 09:00"]))
+    ts = pd.Series(
+        pd.to_datetime(
+            ["2022-01-01 10:00", "2022-01-01 10:20", "2022-01-01 11:00", "2022-01-01 09:00"]
+        )
+    )
     sess, seq = sessionise(pd.Series(["a", "a", "a", "b"]), ts, 30)
     assert list(sess) == [0, 0, 1, 2] and list(seq) == [0, 1, 0, 0]
-    assert parse_times(pd.Series(["1659304800"]), "epoch_s").iat[0] == pd.Timestamp("2022-07-31 22:00")
-    assert parse_times(pd.Series(["31/07/2022 22:00:00"]), "%d/%m/%Y %H:%M:%S").iat[0] == pd.Timestamp("2022-07-31 22:00")
+    assert parse_times(pd.Series(["1659304800"]), "epoch_s").iat[0] == pd.Timestamp(
+        "2022-07-31 22:00"
+    )
+    assert parse_times(pd.Series(["31/07/2022 22:00:00"]), "%d/%m/%Y %H:%M:%S").iat[
+        0
+    ] == pd.Timestamp("2022-07-31 22:00")

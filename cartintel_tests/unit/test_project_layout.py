@@ -19,7 +19,11 @@ def test_workspace_and_pyproject_point_at_the_same_module() -> None:
     workspace = yaml.safe_load((ROOT / "workspace.yaml").read_text())
     module = workspace["load_from"][0]["python_module"]["module_name"]
     py = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    assert module == py["tool"]["dagster"]["module_name"] == py["tool"]["dg"]["project"]["code_location_target_module"]
+    assert (
+        module
+        == py["tool"]["dagster"]["module_name"]
+        == py["tool"]["dg"]["project"]["code_location_target_module"]
+    )
 
 
 def test_dagster_cli_lists_ingestion_and_quality_assets() -> None:
@@ -27,9 +31,15 @@ def test_dagster_cli_lists_ingestion_and_quality_assets() -> None:
     module = workspace["load_from"][0]["python_module"]["module_name"]
     out = subprocess.run(
         [str(Path(sys.executable).with_name("dagster")), "asset", "list", "-m", module],
-        capture_output=True, text=True, cwd=ROOT, check=True, timeout=120,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=True,
+        timeout=120,
     ).stdout.split()
-    assert {"raw_events", "quarantined_events", "raw_sessions", "data_quality_scorecard"} <= set(out)
+    assert {"raw_events", "quarantined_events", "raw_sessions", "data_quality_scorecard"} <= set(
+        out
+    )
 
 
 def test_every_asset_has_a_group_and_a_description() -> None:
@@ -44,5 +54,11 @@ def test_pure_ml_code_does_not_import_dagster() -> None:
     for path in (ROOT / "cartintel_assets" / "ml").glob("*.py"):
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
             assert not any(n.split(".")[0].startswith("dagster") for n in names), path

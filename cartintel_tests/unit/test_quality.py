@@ -13,7 +13,9 @@ def _events_frame(**overrides: list) -> pd.DataFrame:
         "event_id": ["E1", "E2", "E3", "E4"],
         "session_id": ["S1"] * 4,
         "seq": [0, 1, 2, 3],
-        "ts": pd.to_datetime(["2026-10-01 10:00", "2026-10-01 10:01", "2026-10-01 10:02", "2026-10-01 10:03"]),
+        "ts": pd.to_datetime(
+            ["2026-10-01 10:00", "2026-10-01 10:01", "2026-10-01 10:02", "2026-10-01 10:03"]
+        ),
         "event_type": ["product_view", "add_to_cart", "begin_checkout", "purchase"],
         "product_id": ["P1", "P1", None, None],
         "quantity": [None, 1, None, None],
@@ -59,7 +61,11 @@ def test_each_kind_of_defect_fails_its_expectation() -> None:
         purchase_after_cart=[None, None, None, False],
         in_partition_window=[False, True, True, True],
     )
-    failed = {o.expectation.check: o for o in run_suite(SUITES["events"], frame, "raw_events") if not o.success}
+    failed = {
+        o.expectation.check: o
+        for o in run_suite(SUITES["events"], frame, "raw_events")
+        if not o.success
+    }
     assert set(failed) == {
         "raw_events_event_id_not_null",
         "raw_events_event_type_in_allowed_set",
@@ -78,4 +84,6 @@ def test_each_kind_of_defect_fails_its_expectation() -> None:
 def test_empty_core_table_is_a_blocking_failure() -> None:
     empty = _events_frame().iloc[0:0]
     failed = [o for o in run_suite(SUITES["events"], empty, "raw_events") if not o.success]
-    assert [(o.expectation.check, o.expectation.severity) for o in failed] == [("raw_events_not_empty", "ERROR")]
+    assert [(o.expectation.check, o.expectation.severity) for o in failed] == [
+        ("raw_events_not_empty", "ERROR")
+    ]

@@ -6,7 +6,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cartintel_assets.ml.simulation import BAD_ROW_KINDS, DriftSpec, Storefront, StorefrontConfig, simulate
+from cartintel_assets.ml.simulation import (
+    BAD_ROW_KINDS,
+    DriftSpec,
+    Storefront,
+    StorefrontConfig,
+    simulate,
+)
 from cartintel_tests.conftest import SMALL
 
 
@@ -37,14 +43,23 @@ def test_abandonment_differs_by_latent_type(default_store: Storefront) -> None:
     assert benign["delayed_decider"] > 0.7 > 0.1 > benign["window_shopper"]
 
 
-def test_abandonment_rises_with_shipping_cost_for_sensitive_shoppers(default_store: Storefront) -> None:
+def test_abandonment_rises_with_shipping_cost_for_sensitive_shoppers(
+    default_store: Storefront,
+) -> None:
     carts = default_store.truth_sessions.query("has_cart")
     sens = carts[carts["latent_type"] == "shipping_sensitive"]
     lo, hi = sens["ship_share"].quantile([0.25, 0.75])
-    assert sens.loc[sens["ship_share"] >= hi, "abandoned"].mean() - sens.loc[sens["ship_share"] <= lo, "abandoned"].mean() > 0.15
+    assert (
+        sens.loc[sens["ship_share"] >= hi, "abandoned"].mean()
+        - sens.loc[sens["ship_share"] <= lo, "abandoned"].mean()
+        > 0.15
+    )
     dec = carts[carts["latent_type"] == "decisive_buyer"]
     lo_d, hi_d = dec["ship_share"].quantile([0.25, 0.75])
-    gap_decisive = dec.loc[dec["ship_share"] >= hi_d, "abandoned"].mean() - dec.loc[dec["ship_share"] <= lo_d, "abandoned"].mean()
+    gap_decisive = (
+        dec.loc[dec["ship_share"] >= hi_d, "abandoned"].mean()
+        - dec.loc[dec["ship_share"] <= lo_d, "abandoned"].mean()
+    )
     assert gap_decisive < 0.15  # the planted sensitivity is type-specific
 
 
@@ -73,7 +88,9 @@ def test_experiment_is_randomised_among_consenting_abandoners(default_store: Sto
 
 def test_shipping_cost_drift_raises_costs_and_abandonment_in_its_region() -> None:
     base = StorefrontConfig(days=10, sessions_per_day=1500)
-    drifted = StorefrontConfig(**{**base.__dict__, "drift": (DriftSpec(5, "shipping_cost", 1.0, "DE"),)})
+    drifted = StorefrontConfig(
+        **{**base.__dict__, "drift": (DriftSpec(5, "shipping_cost", 1.0, "DE"),)}
+    )
     a, b = simulate(base), simulate(drifted)
     qa = a.landing[base.day(7).isoformat()]["shipping_quotes"]
     qb = b.landing[base.day(7).isoformat()]["shipping_quotes"]
@@ -93,7 +110,9 @@ def test_shipping_cost_drift_raises_costs_and_abandonment_in_its_region() -> Non
     assert rate(b, "shipping_sensitive") - rate(a, "shipping_sensitive") > 0.05
 
 
-def test_bad_rows_of_every_kind_are_injected_and_logged(bad_store: tuple[Storefront, object]) -> None:
+def test_bad_rows_of_every_kind_are_injected_and_logged(
+    bad_store: tuple[Storefront, object],
+) -> None:
     store, _ = bad_store
     log = store.truth_bad_rows
     assert set(log["kind"]) == set(BAD_ROW_KINDS)

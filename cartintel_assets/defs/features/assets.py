@@ -1,6 +1,5 @@
 """Conformed session tables that features and labels start from."""
 
-
 from datetime import date
 
 import dagster as dg
@@ -16,7 +15,9 @@ from cartintel_assets.resources import WarehouseResource
     deps=["raw_sessions", "raw_events"],
     kinds={"duckdb"},
 )
-def cart_sessions(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
+def cart_sessions(
+    context: dg.AssetExecutionContext, warehouse: WarehouseResource
+) -> dg.MaterializeResult:
     """Sessions that added to cart, with cart value and whether they bought in-session.
 
     Downstream of the blocking data-quality checks on raw_sessions and raw_events: a failed gate
@@ -25,5 +26,8 @@ def cart_sessions(context: dg.AssetExecutionContext, warehouse: WarehouseResourc
     with warehouse.get_connection() as con:
         stats = build_cart_sessions(con, date.fromisoformat(context.partition_key))
     return dg.MaterializeResult(
-        metadata={"dagster/row_count": stats["cart_sessions"], "abandonment_rate": stats["abandonment_rate"]}
+        metadata={
+            "dagster/row_count": stats["cart_sessions"],
+            "abandonment_rate": stats["abandonment_rate"],
+        }
     )

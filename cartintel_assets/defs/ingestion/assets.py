@@ -9,9 +9,9 @@ scorecard built on them) still land, so a failure is reported rather than hidden
 `dagster-ge` only supports GX < 1.0, so this is the thin GX 1.x → asset-check adapter.
 """
 
-
 from collections.abc import Iterator
 from datetime import date
+from typing import Any
 
 import dagster as dg
 from pydantic import Field
@@ -46,7 +46,7 @@ def _severity(severity: str) -> dg.AssetCheckSeverity:
 def check_result(asset: str, outcome: Outcome, partition: str) -> dg.AssetCheckResult:
     """Map one GX expectation outcome to a Dagster asset check result."""
     e = outcome.expectation
-    metadata: dict[str, object] = {
+    metadata: dict[str, Any] = {
         "standard": e.standard,
         "partition": partition,
         "expectation": e.gx_type,
@@ -66,8 +66,22 @@ def check_result(asset: str, outcome: Outcome, partition: str) -> dg.AssetCheckR
 
 def _gate_expectations(spec: TableSpec, limit: float) -> tuple[Expectation, Expectation]:
     return (
-        Expectation(f"{spec.raw_table}_rows_reconcile", "completeness", "ERROR", "computed", {}, "landed = accepted + quarantined: nothing lost"),
-        Expectation(f"{spec.raw_table}_quarantine_share_within_limit", "accuracy", "ERROR", "computed", {"limit": limit}, "quarantined share of landed rows within the limit"),
+        Expectation(
+            f"{spec.raw_table}_rows_reconcile",
+            "completeness",
+            "ERROR",
+            "computed",
+            {},
+            "landed = accepted + quarantined: nothing lost",
+        ),
+        Expectation(
+            f"{spec.raw_table}_quarantine_share_within_limit",
+            "accuracy",
+            "ERROR",
+            "computed",
+            {"limit": limit},
+            "quarantined share of landed rows within the limit",
+        ),
     )
 
 
@@ -81,13 +95,20 @@ def build_quality_gate(spec: TableSpec) -> dg.AssetChecksDefinition:
         partitions_def=daily_partitions,
         description="Blocking: all ERROR-severity data-quality checks of this partition passed.",
     )
-    def _gate(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource) -> dg.AssetCheckResult:
+    def _gate(
+        context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource
+    ) -> dg.AssetCheckResult:
         with warehouse.reader() as con:
-            failed = failed_blocking_checks(con, spec.name, date.fromisoformat(context.partition_key))
+            failed = failed_blocking_checks(
+                con, spec.name, date.fromisoformat(context.partition_key)
+            )
         return dg.AssetCheckResult(
             passed=not failed,
             severity=dg.AssetCheckSeverity.ERROR,
-            metadata={"failed_error_checks": dg.MetadataValue.json(failed), "partition": context.partition_key},
+            metadata={
+                "failed_error_checks": dg.MetadataValue.json(failed),
+                "partition": context.partition_key,
+            },
         )
 
     return _gate
@@ -96,7 +117,11 @@ def build_quality_gate(spec: TableSpec) -> dg.AssetChecksDefinition:
 def build_ingestion_asset(spec: TableSpec) -> dg.AssetsDefinition:
     """Build the multi-asset that ingests one landed table into the warehouse."""
     check_specs = [
-        dg.AssetCheckSpec(e.check, asset=spec.raw_table, description=f"[{e.severity}, {e.standard}] {e.description}")
+        dg.AssetCheckSpec(
+            e.check,
+            asset=spec.raw_table,
+            description=f"[{e.severity}, {e.standard}] {e.description}",
+        )
         for e in (*SUITES[spec.name], *_gate_expectations(spec, 0.0))
     ]
 
@@ -136,8 +161,20 @@ def build_ingestion_asset(spec: TableSpec) -> dg.AssetsDefinition:
             reconcile, limit = _gate_expectations(spec, config.max_quarantine_share)
             outcomes = [
                 *validate_partition(con, spec, day),
-                Outcome(reconcile, result.reconciles, {"landed": result.landed, "accepted": result.accepted, "quarantined": result.quarantined}),
-                Outcome(limit, share <= config.max_quarantine_share, {"observed_value": share, "limit": config.max_quarantine_share}),
+                Outcome(
+                    reconcile,
+                    result.reconciles,
+                    {
+                        "landed": result.landed,
+                        "accepted": result.accepted,
+                        "quarantined": result.quarantined,
+                    },
+                ),
+                Outcome(
+                    limit,
+                    share <= config.max_quarantine_share,
+                    {"observed_value": share, "limit": config.max_quarantine_share},
+                ),
             ]
             record_outcomes(con, spec.name, day, outcomes, _now_iso())
         context.log.info(
@@ -166,7 +203,7 @@ def _by_standard(by_rule: dict[str, int]) -> dict[str, int]:
     return out
 
 
-def _raw_metadata(result: IngestResult) -> dict[str, object]:
+def _raw_metadata(result: IngestResult) -> dict[str, Any]:
     return {
         "dagster/row_count": result.accepted,
         "rows_landed": result.landed,
@@ -174,7 +211,9 @@ def _raw_metadata(result: IngestResult) -> dict[str, object]:
         "rows_quarantined": result.quarantined,
         "reconciles": result.reconciles,
         "quarantined_by_rule": dg.MetadataValue.json(result.by_rule),
-        "source_file": dg.MetadataValue.path(result.source_file) if result.source_file else "none landed",
+        "source_file": dg.MetadataValue.path(result.source_file)
+        if result.source_file
+        else "none landed",
     }
 
 

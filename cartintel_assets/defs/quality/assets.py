@@ -1,7 +1,7 @@
 """The data-quality scorecard: the four standards of the product brief, per partition."""
 
-
 from datetime import date
+from typing import Any
 
 import dagster as dg
 
@@ -21,7 +21,9 @@ from cartintel_assets.resources import WarehouseResource
     deps=[spec.quarantine_table for spec in TABLES],
     kinds={"duckdb"},
 )
-def data_quality_scorecard(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
+def data_quality_scorecard(
+    context: dg.AssetExecutionContext, warehouse: WarehouseResource
+) -> dg.MaterializeResult:
     """Accuracy, completeness, consistency and timeliness of one day's landed data.
 
     Per standard: checks passed, blocking failures, warnings, rows quarantined for its rules and a
@@ -32,7 +34,7 @@ def data_quality_scorecard(context: dg.AssetExecutionContext, warehouse: Warehou
         card = scorecard(con, day, RULE_STANDARD)
         write_scorecard(con, card, day)
     view = card.drop(columns=["partition_date"])
-    metadata: dict[str, object] = {"scorecard": dg.MetadataValue.md(view.to_markdown(index=False))}
+    metadata: dict[str, Any] = {"scorecard": dg.MetadataValue.md(view.to_markdown(index=False))}
     for row in card.itertuples():
         metadata[f"{row.standard}_row_score"] = float(row.row_score)
         metadata[f"{row.standard}_status"] = str(row.status)
