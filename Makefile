@@ -2,6 +2,7 @@
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
+SETUPTOOLS := 80.9.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export DO_NOT_TRACK := true
@@ -52,8 +53,10 @@ check: venv
 # Regenerate the lock from the pins in pyproject.toml in a throw-away environment.
 lock:
 	rm -rf build/lockenv && $(PYTHON) -m venv build/lockenv
-	build/lockenv/bin/pip install --disable-pip-version-check ".[dev]"
+	build/lockenv/bin/pip install --disable-pip-version-check ".[dev]" "setuptools==$(SETUPTOOLS)"
 	build/lockenv/bin/pip freeze --exclude cartintel > requirements.lock
+	@# the editable install builds with this setuptools (>= 70.1 ships bdist_wheel), not the venv's old one
+	echo "setuptools==$(SETUPTOOLS)" >> requirements.lock
 	rm -rf build/lockenv
 
 clean:
