@@ -19,6 +19,7 @@ import duckdb
 import pyarrow as pa
 
 from cartintel_assets.ml.schema import PERSONAL_ID_COLUMNS, PRODUCT_EVENT_TYPES, TABLES, TableSpec
+from cartintel_assets.ml.warehouse import transaction
 
 # Quarantine rules, in the order they are tried: a row is quarantined under the first it breaks.
 RULES: tuple[str, ...] = (
@@ -320,8 +321,7 @@ def ingest_partition(
         p = f"DATE '{partition.isoformat()}'"
         ts = f"TIMESTAMP '{now:%Y-%m-%d %H:%M:%S}'"
         src = "NULL" if source is None else _sql_str(source)
-        con.execute("BEGIN TRANSACTION")
-        try:
+        with transaction(con):
             con.execute(f"DELETE FROM {spec.raw_table} WHERE partition_date = {p}")
             con.execute(
                 f"INSERT INTO {spec.raw_table} ({cols}, partition_date, source_line, ingested_at)"
@@ -348,10 +348,6 @@ def ingest_partition(
                 f"INSERT INTO ingestion_log VALUES ('{spec.name}', {p}, {src}, ?, ?, ?, {ts})",
                 [counts[0], counts[1], counts[2]],
             )
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
     finally:
         con.unregister("_landed")
         con.execute("DROP TABLE IF EXISTS _stage")

@@ -18,6 +18,7 @@ import duckdb
 import pandas as pd
 
 from cartintel_assets.ml.schema import PRODUCT_EVENT_TYPES, TABLES_BY_NAME, TableSpec
+from cartintel_assets.ml.warehouse import replace_rows
 
 STANDARDS: tuple[str, ...] = ("accuracy", "completeness", "consistency", "timeliness")
 # Tables a partition cannot do without: an empty one is an ERROR, elsewhere a WARN.
@@ -304,17 +305,9 @@ def record_outcomes(
             "evaluated_at": pd.Timestamp(evaluated_at),
         }
     )
-    con.execute("BEGIN TRANSACTION")
-    con.execute(
-        "DELETE FROM dq_check_results WHERE table_name = ? AND partition_date = ?",
-        [table, partition],
+    replace_rows(
+        con, "dq_check_results", rows, "table_name = ? AND partition_date = ?", [table, partition]
     )
-    con.register("_dq_rows", rows)
-    try:
-        con.execute("INSERT INTO dq_check_results SELECT * FROM _dq_rows")
-        con.execute("COMMIT")
-    finally:
-        con.unregister("_dq_rows")
 
 
 def failed_blocking_checks(
@@ -389,11 +382,4 @@ def scorecard(
 def write_scorecard(con: duckdb.DuckDBPyConnection, card: pd.DataFrame, partition: date) -> None:
     """Replace one partition of the `data_quality_scorecard` table."""
     con.execute(SCORECARD_DDL)
-    con.execute("BEGIN TRANSACTION")
-    con.execute("DELETE FROM data_quality_scorecard WHERE partition_date = ?", [partition])
-    con.register("_card", card)
-    try:
-        con.execute("INSERT INTO data_quality_scorecard SELECT * FROM _card")
-        con.execute("COMMIT")
-    finally:
-        con.unregister("_card")
+    replace_rows(con, "data_quality_scorecard", card, "partition_date = ?", [partition])

@@ -9,6 +9,8 @@ from datetime import date
 
 import duckdb
 
+from cartintel_assets.ml.warehouse import transaction
+
 CART_SESSIONS_SQL = """
 SELECT s.session_id, s.customer_id, s.started_at, s.device, s.traffic_source, s.region,
        min(e.ts) FILTER (WHERE e.event_type = 'add_to_cart') AS first_cart_at,
@@ -33,10 +35,9 @@ def build_cart_sessions(con: duckdb.DuckDBPyConnection, partition: date) -> dict
     con.execute(
         f"CREATE TABLE IF NOT EXISTS cart_sessions AS {CART_SESSIONS_SQL} LIMIT 0", {"p": partition}
     )
-    con.execute("BEGIN TRANSACTION")
-    con.execute("DELETE FROM cart_sessions WHERE partition_date = $p", {"p": partition})
-    con.execute(f"INSERT INTO cart_sessions {CART_SESSIONS_SQL}", {"p": partition})
-    con.execute("COMMIT")
+    with transaction(con):
+        con.execute("DELETE FROM cart_sessions WHERE partition_date = $p", {"p": partition})
+        con.execute(f"INSERT INTO cart_sessions {CART_SESSIONS_SQL}", {"p": partition})
     n, abandoned = con.execute(
         "SELECT count(*), avg(CASE WHEN purchased THEN 0.0 ELSE 1.0 END) FROM cart_sessions WHERE partition_date = $p",
         {"p": partition},

@@ -184,6 +184,18 @@ def _segment_positions(counts: np.ndarray) -> np.ndarray:
     return np.arange(total) - starts
 
 
+def _session_clock(
+    sess: np.ndarray, n: int, mean_gap_s: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """For events sorted by session: position in the session and seconds since its first event."""
+    counts = np.bincount(sess, minlength=n)
+    seq = _segment_positions(counts)
+    gap = rng.exponential(mean_gap_s, len(sess))
+    gap[seq == 0] = 0.0
+    csum = np.cumsum(gap)
+    return seq, csum - np.repeat(csum[np.cumsum(counts) - counts], counts)
+
+
 def _iso(ts: np.ndarray) -> np.ndarray:
     return np.datetime_as_string(ts.astype("datetime64[ms]"), unit="ms")
 
@@ -479,12 +491,7 @@ class _Sim:
             ["sess", "block", "pos"], kind="stable"
         )
         sess = ev["sess"].to_numpy()
-        counts = np.bincount(sess, minlength=n)
-        seq = _segment_positions(counts)
-        gap = rng.exponential(35.0, len(ev))
-        gap[seq == 0] = 0.0
-        csum = np.cumsum(gap)
-        offset = csum - np.repeat(csum[np.cumsum(counts) - counts], counts)
+        seq, offset = _session_clock(sess, n, 35.0, rng)
         day = s["day"].to_numpy()[sess]
         sec = s["sec"].to_numpy()[sess] + offset
         prod = ev["prod"].to_numpy()
@@ -575,12 +582,7 @@ class _Sim:
             ["sess", "block", "pos"], kind="stable"
         )
         sess = ev["sess"].to_numpy() - base
-        counts = np.bincount(sess, minlength=m)
-        seq = _segment_positions(counts)
-        gap = rng.exponential(25.0, len(ev))
-        gap[seq == 0] = 0.0
-        csum = np.cumsum(gap)
-        offset = csum - np.repeat(csum[np.cumsum(counts) - counts], counts)
+        seq, offset = _session_clock(sess, m, 25.0, rng)
         day = rs["day"].to_numpy()[sess]
         sec = rs["sec"].to_numpy()[sess] + offset
         prod = ev["prod"].to_numpy()

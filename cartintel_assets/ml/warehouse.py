@@ -1,0 +1,39 @@
+"""Small DuckDB helpers shared by every writer: atomic replacement of a slice of a table."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import duckdb
+import pandas as pd
+
+
+@contextmanager
+def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    """Commit what the block wrote, or roll all of it back if the block raises."""
+    con.execute("BEGIN TRANSACTION")
+    try:
+        yield
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    con.execute("COMMIT")
+
+
+def replace_rows(
+    con: duckdb.DuckDBPyConnection,
+    table: str,
+    frame: pd.DataFrame,
+    where: str,
+    params: Sequence[Any],
+) -> None:
+    """Atomically replace the rows of `table` matching `where` by `frame` (same column order)."""
+    with transaction(con):
+        con.execute(f"DELETE FROM {table} WHERE {where}", list(params))
+        con.register("_replacement", frame)
+        try:
+            con.execute(f"INSERT INTO {table} SELECT * FROM _replacement")
+        finally:
+            con.unregister("_replacement")
