@@ -22,9 +22,17 @@ QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 def _run(landing: Path, warehouse: Path, day: str) -> dg.ExecuteInProcessResult:
     job = defs.resolve_job_def(storefront_daily_job.name)
+    # a context-managed instance removes its temporary storage deterministically
+    with dg.instance_for_test() as instance:
+        return _execute(job, instance, landing, warehouse, day)
+
+
+def _execute(
+    job: dg.JobDefinition, instance: dg.DagsterInstance, landing: Path, warehouse: Path, day: str
+) -> dg.ExecuteInProcessResult:
     return job.execute_in_process(
         partition_key=day,
-        instance=dg.DagsterInstance.ephemeral(),
+        instance=instance,
         resources={
             "warehouse": WarehouseResource(database=str(warehouse)),
             "landing": LandingResource(root=str(landing)),
