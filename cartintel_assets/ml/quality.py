@@ -23,6 +23,9 @@ from cartintel_assets.ml.warehouse import replace_rows
 STANDARDS: tuple[str, ...] = ("accuracy", "completeness", "consistency", "timeliness")
 # Tables a partition cannot do without: an empty one is an ERROR, elsewhere a WARN.
 CORE_TABLES: frozenset[str] = frozenset({"sessions", "events", "products"})
+# Continuous feeds: their day is complete only if data runs until near midnight.
+CONTINUOUS_TABLES: frozenset[str] = frozenset({"sessions", "events"})
+FRESHNESS_HOURS = 3.0
 
 
 @dataclass(frozen=True)
@@ -165,6 +168,17 @@ def suite_for(spec: TableSpec) -> tuple[Expectation, ...]:
                 f"{spec.time_column} falls on the partition day (or the next, for sessions past midnight); late rows are flagged",
             )
         )
+    if spec.name in CONTINUOUS_TABLES:
+        out.append(
+            Expectation(
+                f"{a}_fresh_through_end_of_day",
+                "timeliness",
+                "WARN",
+                "ExpectColumnMinToBeBetween",
+                {"column": "hours_before_partition_end", "max_value": FRESHNESS_HOURS},
+                f"the latest {spec.time_column} is within {FRESHNESS_HOURS:g} h of the partition's end (a feed that stops early is stale or incomplete)",
+            )
+        )
     out.append(
         Expectation(
             f"{a}_not_empty",
@@ -199,6 +213,10 @@ def validation_frame(
     if spec.time_column:
         extra.append(
             f'CAST(t."{spec.time_column}" AS DATE) BETWEEN {p} AND {p} + 1 AS in_partition_window'
+        )
+        extra.append(
+            f"date_diff('second', t.\"{spec.time_column}\", CAST({p} + 1 AS TIMESTAMP)) / 3600.0"
+            " AS hours_before_partition_end"
         )
     if spec.name == "events":
         types = ", ".join(f"'{x}'" for x in PRODUCT_EVENT_TYPES)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import socket
+
 import pandas as pd
+import pytest
 
 from cartintel_assets.ml.quality import STANDARDS, SUITES, run_suite
 from cartintel_assets.ml.schema import TABLES
@@ -28,6 +31,7 @@ def _events_frame(**overrides: list) -> pd.DataFrame:
         "session_id_known": [True] * 4,
         "product_id_known": [True] * 4,
         "in_partition_window": [True] * 4,
+        "hours_before_partition_end": [13.9, 13.8, 13.7, 1.5],
         "product_named_if_needed": [True] * 4,
         "ts_follows_seq": [True] * 4,
         "purchase_after_cart": [None, None, None, True],
@@ -60,6 +64,7 @@ def test_each_kind_of_defect_fails_its_expectation() -> None:
         ts_follows_seq=[True, True, False, True],
         purchase_after_cart=[None, None, None, False],
         in_partition_window=[False, True, True, True],
+        hours_before_partition_end=[9.0, 8.0, 7.0, 6.0],  # the feed stopped at 18:00
     )
     failed = {
         o.expectation.check: o
@@ -75,6 +80,7 @@ def test_each_kind_of_defect_fails_its_expectation() -> None:
         "raw_events_follow_session_order",
         "raw_events_purchase_after_cart",
         "raw_events_on_time",
+        "raw_events_fresh_through_end_of_day",
     }
     assert failed["raw_events_price_in_range"].unexpected_count == 1
     assert failed["raw_events_on_time"].expectation.severity == "WARN"
@@ -83,7 +89,21 @@ def test_each_kind_of_defect_fails_its_expectation() -> None:
 
 def test_empty_core_table_is_a_blocking_failure() -> None:
     empty = _events_frame().iloc[0:0]
-    failed = [o for o in run_suite(SUITES["events"], empty, "raw_events") if not o.success]
-    assert [(o.expectation.check, o.expectation.severity) for o in failed] == [
-        ("raw_events_not_empty", "ERROR")
-    ]
+    outcomes = run_suite(SUITES["events"], empty, "raw_events")
+    failed = {o.expectation.check: o.expectation.severity for o in outcomes if not o.success}
+    assert failed["raw_events_not_empty"] == "ERROR"
+    assert set(failed) <= {"raw_events_not_empty", "raw_events_fresh_through_end_of_day"}
+
+
+def test_gx_runs_offline_and_quietly(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def no_network(*args: object, **kwargs: object) -> None:
+        raise AssertionError(f"network call attempted: {args}")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    outcomes = run_suite(SUITES["events"], _events_frame(), "raw_events")
+    assert all(o.success for o in outcomes)
+    out = capsys.readouterr()
+    assert out.out == "" and "%|" not in out.err  # no progress bars
