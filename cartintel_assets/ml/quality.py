@@ -271,7 +271,7 @@ def run_suite(
 
 
 def _plain(result: dict[str, Any]) -> dict[str, Any]:
-    """Keep the JSON-friendly summary fields of a GX result."""
+    """Keep the JSON-friendly summary fields of a GX result, as plain Python values."""
     keys = (
         "observed_value",
         "element_count",
@@ -280,10 +280,15 @@ def _plain(result: dict[str, Any]) -> dict[str, Any]:
         "missing_count",
         "partial_unexpected_list",
     )
-    out = {k: result[k] for k in keys if k in result}
+    out = {k: _python(result[k]) for k in keys if k in result}
     if "partial_unexpected_list" in out:
         out["partial_unexpected_list"] = [str(v) for v in out["partial_unexpected_list"][:10]]
     return out
+
+
+def _python(value: Any) -> Any:
+    """numpy scalars (GX returns them for min/max/mean) become their Python equivalents."""
+    return value.item() if hasattr(value, "item") and not isinstance(value, list | dict) else value
 
 
 def validate_partition(

@@ -83,6 +83,8 @@ def test_each_kind_of_defect_fails_its_expectation() -> None:
         "raw_events_fresh_through_end_of_day",
     }
     assert failed["raw_events_price_in_range"].unexpected_count == 1
+    # results become Dagster metadata, which accepts plain Python values only
+    assert all(type(v).__module__ == "builtins" for o in failed.values() for v in o.result.values())
     assert failed["raw_events_on_time"].expectation.severity == "WARN"
     assert failed["raw_events_have_known_sessions"].expectation.severity == "ERROR"
 
