@@ -89,7 +89,7 @@ def _simulate(args: argparse.Namespace) -> Path:
         shutil.rmtree(out)  # a storefront is regenerated whole, never mixed with an older one
     say(f"writing {out}")
     write_storefront(store, out)
-    n_events = sum(len(v) for v in store.event_lines.values())
+    n_events = sum(store.event_lines(day) for day in store.landing)
     say(
         f"done: {len(store.truth_sessions):,} sessions, {n_events:,} event lines over {cfg.days} days -> {out}"
     )  # type: ignore[attr-defined]

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from pathlib import Path
 
+import duckdb
 import numpy as np
 import pandas as pd
 
@@ -152,13 +153,17 @@ class Storefront:
     """What one simulation produced: landing frames per day and the ground truth."""
 
     config: StorefrontConfig
-    landing: dict[str, dict[str, pd.DataFrame]]  # day iso -> table -> frame (events as JSON lines)
-    event_lines: dict[str, list[str]]
-    review_lines: dict[str, list[str]]
+    landing: dict[str, dict[str, pd.DataFrame]]  # day iso -> table -> well-formed rows
+    # defective event lines (and copies of good ones) landed after the well-formed rows
+    bad_event_lines: dict[str, list[str]]
     truth_customers: pd.DataFrame
     truth_sessions: pd.DataFrame
     truth_bad_rows: pd.DataFrame
     truth_effects: dict[str, object]
+
+    def event_lines(self, day: str) -> int:
+        """How many lines the day's events file has."""
+        return len(self.landing[day]["events"]) + len(self.bad_event_lines[day])
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -759,25 +764,28 @@ def _review_text(
 
 
 def _inject_bad_rows(
-    lines: list[str],
     events: pd.DataFrame,
     kinds: Sequence[str],
     rate: float,
     rng: np.random.Generator,
     session_start: np.ndarray,
-) -> tuple[list[str], list[dict[str, object]]]:
-    """Give `rate` of the lines exactly one defect each (kinds in turn); return lines and a log."""
-    n = len(lines)
+) -> tuple[pd.DataFrame, list[str], list[dict[str, object]]]:
+    """Give `rate` of the event rows exactly one defect each (kinds in turn).
+
+    Returns the rows left well-formed, the defective lines (a duplicate is a copy of a row that
+    stays), and a log of what was injected.
+    """
+    n = len(events)
     n_bad = int(round(rate * n))
     if n_bad == 0 or not kinds:
-        return lines, []
+        return events, [], []
     order = rng.permutation(n)
     priced = ~np.isnan(events["price"].to_numpy())
     has_prod = events["product_id"].notna().to_numpy()
     taken = np.zeros(n, dtype=bool)
+    removed = np.zeros(n, dtype=bool)
     log: list[dict[str, object]] = []
-    out = list(lines)
-    appended: list[str] = []
+    lines: list[str] = []
     for j in range(n_bad):
         kind = kinds[j % len(kinds)]
         ok = ~taken
@@ -790,44 +798,29 @@ def _inject_bad_rows(
             continue
         i = int(cand[0])
         taken[i] = True
-        rec = json.loads(lines[i])
-        if kind == "malformed_json":
-            out[i] = lines[i][: len(lines[i]) // 2]
-        elif kind == "missing_id":
+        rec = {k: (None if pd.isna(v) else v) for k, v in events.iloc[i].to_dict().items()}
+        rec = json.loads(json.dumps(rec, default=int))  # numpy scalars -> JSON types
+        removed[i] = kind != "duplicate"
+        if kind == "missing_id":
             rec.pop("event_id")
-            out[i] = json.dumps(rec)
         elif kind == "negative_price":
             rec["price"] = -abs(rec["price"]) - 0.01
-            out[i] = json.dumps(rec)
         elif kind == "unknown_product":
             rec["product_id"] = f"P-UNKNOWN-{j}"
-            out[i] = json.dumps(rec)
         elif kind == "unknown_session":
             rec["session_id"] = f"S-UNKNOWN-{j}"
-            out[i] = json.dumps(rec)
-        elif kind == "duplicate":
-            appended.append(lines[i])
         elif kind == "out_of_order":
-            start = session_start[i]
-            rec["ts"] = str(
-                np.datetime_as_string(
-                    start - np.timedelta64(int(rng.integers(5, 120)), "m"), unit="ms"
-                )
-            )
-            out[i] = json.dumps(rec)
+            early = session_start[i] - np.timedelta64(int(rng.integers(5, 120)), "m")
+            rec["ts"] = str(np.datetime_as_string(early, unit="ms"))
         elif kind == "future_timestamp":
-            t = np.datetime64(rec["ts"]) + np.timedelta64(400, "D")
-            rec["ts"] = str(np.datetime_as_string(t, unit="ms"))
-            out[i] = json.dumps(rec)
+            late = np.datetime64(rec["ts"]) + np.timedelta64(400, "D")
+            rec["ts"] = str(np.datetime_as_string(late, unit="ms"))
+        line = json.dumps(rec)
+        lines.append(line[: len(line) // 2] if kind == "malformed_json" else line)
         log.append(
-            {
-                "line_index": i,
-                "event_id": events["event_id"].iat[i],
-                "kind": kind,
-                "rule": BAD_ROW_RULES[kind],
-            }
+            {"event_id": events["event_id"].iat[i], "kind": kind, "rule": BAD_ROW_RULES[kind]}
         )
-    return out + appended, log
+    return events[~removed].reset_index(drop=True), lines, log
 
 
 def simulate(cfg: StorefrontConfig, progress: Callable[[str], None] | None = None) -> Storefront:
@@ -889,8 +882,7 @@ def simulate(cfg: StorefrontConfig, progress: Callable[[str], None] | None = Non
     # ---- per-day landing frames -----------------------------------------------------------
     say("landing files")
     landing: dict[str, dict[str, pd.DataFrame]] = {}
-    event_lines: dict[str, list[str]] = {}
-    review_lines: dict[str, list[str]] = {}
+    bad_event_lines: dict[str, list[str]] = {}
     bad_log: list[dict[str, object]] = []
     devices = np.array(schema.DEVICES)
     sources = np.array(schema.TRAFFIC_SOURCES)
@@ -972,16 +964,17 @@ def simulate(cfg: StorefrontConfig, progress: Callable[[str], None] | None = Non
         )
         out.loc[out["quantity"] == 0, "quantity"] = pd.NA
         out.loc[out["delivery_days"] < 0, "delivery_days"] = pd.NA
-        lines = out.to_json(orient="records", lines=True).splitlines() if len(out) else []
+        bad_lines: list[str] = []
         if cfg.bad_row_rate > 0:
             starts = start_by_sess.loc[out["session_id"].to_numpy()].to_numpy()
-            lines, log = _inject_bad_rows(
-                lines, out, cfg.bad_row_kinds, cfg.bad_row_rate, sim.rng, starts
+            out, bad_lines, log = _inject_bad_rows(
+                out, cfg.bad_row_kinds, cfg.bad_row_rate, sim.rng, starts
             )
             for row in log:
                 row.update({"day": d, "table": "events"})
             bad_log.extend(log)
-        event_lines[d] = lines
+        tables["events"] = out
+        bad_event_lines[d] = bad_lines
         rv = reviews[reviews["day"] == i]
         rv_out = pd.DataFrame(
             {
@@ -993,9 +986,7 @@ def simulate(cfg: StorefrontConfig, progress: Callable[[str], None] | None = Non
                 "text": rv["text"].to_numpy(),
             }
         )
-        review_lines[d] = (
-            rv_out.to_json(orient="records", lines=True).splitlines() if len(rv_out) else []
-        )
+        tables["reviews"] = rv_out
         ex = s[(s["day"] == i) & s["in_experiment"]]
         treat = ex["treatment"].to_numpy()
         conv = ex["returned_7d"].to_numpy()
@@ -1053,13 +1044,10 @@ def simulate(cfg: StorefrontConfig, progress: Callable[[str], None] | None = Non
     return Storefront(
         config=cfg,
         landing=landing,
-        event_lines=event_lines,
-        review_lines=review_lines,
+        bad_event_lines=bad_event_lines,
         truth_customers=truth_customers,
         truth_sessions=ts,
-        truth_bad_rows=pd.DataFrame(
-            bad_log, columns=["day", "table", "line_index", "event_id", "kind", "rule"]
-        ),
+        truth_bad_rows=pd.DataFrame(bad_log, columns=["day", "table", "event_id", "kind", "rule"]),
         truth_effects=effects,
     )
 
@@ -1068,18 +1056,26 @@ def write_storefront(store: Storefront, out_dir: Path | str) -> dict[str, Path]:
     """Land the storefront: `<out>/landing/<day>/<table>.<ext>` and `<out>/truth/` (tests only)."""
     out = Path(out_dir)
     landing, truth = out / "landing", out / "truth"
-    for day, tables in store.landing.items():
-        folder = landing / day
-        folder.mkdir(parents=True, exist_ok=True)
-        for name, frame in tables.items():
-            frame.to_parquet(folder / schema.TABLES_BY_NAME[name].landing_file, index=False)
-        for name, lines in (
-            ("events", store.event_lines[day]),
-            ("reviews", store.review_lines[day]),
-        ):
-            (folder / schema.TABLES_BY_NAME[name].landing_file).write_text(
-                "".join(line + "\n" for line in lines), encoding="utf-8"
-            )
+    con = duckdb.connect()
+    try:
+        for day, tables in store.landing.items():
+            folder = landing / day
+            folder.mkdir(parents=True, exist_ok=True)
+            for name, frame in tables.items():
+                spec = schema.TABLES_BY_NAME[name]
+                path = folder / spec.landing_file
+                if spec.landing_format == "parquet":
+                    frame.to_parquet(path, index=False)
+                    continue
+                # DuckDB writes JSON lines ~5x faster than pandas, in the frame's row order
+                con.register("_rows", frame)
+                con.execute(f"COPY (SELECT * FROM _rows) TO '{path}' (FORMAT json)")
+                con.unregister("_rows")
+                if name == "events" and store.bad_event_lines[day]:
+                    with open(path, "a", encoding="utf-8") as fh:
+                        fh.writelines(line + "\n" for line in store.bad_event_lines[day])
+    finally:
+        con.close()
     truth.mkdir(parents=True, exist_ok=True)
     store.truth_customers.to_parquet(truth / "customers.parquet", index=False)
     store.truth_sessions.to_parquet(truth / "sessions.parquet", index=False)

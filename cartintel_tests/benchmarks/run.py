@@ -47,7 +47,7 @@ def run(sessions: int, days: int) -> list[str]:
     store = simulate(cfg, lambda m: print(f"  {time.perf_counter() - t0:6.1f}s {m}", flush=True))
     t_sim = time.perf_counter() - t0
     n_sessions = len(store.truth_sessions)
-    n_events = sum(len(v) for v in store.event_lines.values())
+    n_events = sum(store.event_lines(day) for day in store.landing)
     with tempfile.TemporaryDirectory() as tmp:
         t1 = time.perf_counter()
         write_storefront(store, tmp)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -12,19 +14,26 @@ from cartintel_assets.ml.simulation import (
     Storefront,
     StorefrontConfig,
     simulate,
+    write_storefront,
 )
 from cartintel_tests.conftest import SMALL
 
 
-def test_same_seed_same_storefront_and_other_seed_differs() -> None:
+def test_same_seed_same_storefront_and_other_seed_differs(tmp_path: Path) -> None:
     a, b = simulate(SMALL), simulate(SMALL)
+    write_storefront(a, tmp_path / "a")
+    write_storefront(b, tmp_path / "b")
+    files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a" / "landing").rglob("*.*"))
+    assert len(files) == 7 * SMALL.days
+    for f in files:  # the same bytes land
+        assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
     c = simulate(StorefrontConfig(**{**SMALL.__dict__, "seed": SMALL.seed + 1}))
-    assert a.event_lines == b.event_lines
+    assert a.bad_event_lines == b.bad_event_lines
     for day in a.landing:
         for name, frame in a.landing[day].items():
             pd.testing.assert_frame_equal(frame, b.landing[day][name])
     pd.testing.assert_frame_equal(a.truth_sessions, b.truth_sessions)
-    assert a.event_lines != c.event_lines
+    assert not a.landing[day]["events"].equals(c.landing[day]["events"])
 
 
 def test_calibrated_to_published_abandonment_figures(default_store: Storefront) -> None:
@@ -116,7 +125,7 @@ def test_bad_rows_of_every_kind_are_injected_and_logged(
     store, _ = bad_store
     log = store.truth_bad_rows
     assert set(log["kind"]) == set(BAD_ROW_KINDS)
-    total = sum(len(v) for v in store.event_lines.values())
+    total = sum(store.event_lines(day) for day in store.landing)
     dup = int((log["kind"] == "duplicate").sum())
     assert len(log) == pytest.approx(0.02 * (total - dup), rel=0.05)
 
