@@ -8,6 +8,7 @@ STAMP := $(VENV)/.installed
 export DO_NOT_TRACK := true
 export DAGSTER_DISABLE_TELEMETRY := 1
 export MLFLOW_DISABLE_TELEMETRY := true
+# A persistent local instance (git-ignored), so runs of `make demo` show up in `make dev`.
 export DAGSTER_HOME := $(CURDIR)/.dagster_home
 
 .PHONY: venv demo test dev mlflow bench check lock clean
@@ -23,19 +24,14 @@ $(STAMP): requirements.lock pyproject.toml
 	$(BIN)/pip install --disable-pip-version-check --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
 
-# A persistent local instance (git-ignored) so runs from `make demo` show up in `make dev`.
-$(DAGSTER_HOME)/dagster.yaml:
-	@mkdir -p $(DAGSTER_HOME)
-	@printf 'telemetry:\n  enabled: false\n' > $@
-
-demo: venv $(DAGSTER_HOME)/dagster.yaml
+demo: venv
 	$(BIN)/cartintel demo
 
 test: venv
 	$(BIN)/pytest -n 2 --dist loadfile
 
-dev: venv $(DAGSTER_HOME)/dagster.yaml
-	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+dev: venv
+	$(BIN)/cartintel dev --workspace workspace.yaml --host 127.0.0.1 --port 3000
 
 mlflow: venv
 	@mkdir -p mlruns

@@ -121,6 +121,35 @@ def cmd_land_events(args: argparse.Namespace) -> int:
     return 0
 
 
+def ensure_dagster_home() -> Path:
+    """Use $DAGSTER_HOME, default .dagster_home, creating it with telemetry off if new.
+
+    Without a DAGSTER_HOME the Dagster CLI and UI use a temporary instance and lose the history.
+    """
+    home = Path(os.environ.get("DAGSTER_HOME") or ".dagster_home").resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    config = home / "dagster.yaml"
+    if not config.exists():
+        config.write_text("telemetry:\n  enabled: false\n")
+    os.environ["DAGSTER_HOME"] = str(home)
+    return home
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    """Replace this process by `dagster dev` on the workspace, with a persistent instance."""
+    import signal
+
+    ensure_dagster_home()
+    # A `dagster dev` started in the background by a script inherits an ignored SIGINT and then
+    # ignores SIGTERM as well; restore the defaults so it can always be stopped.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_DFL)
+    dagster = str(Path(sys.executable).with_name("dagster"))
+    argv = [dagster, "dev", "-w", str(args.workspace), "-h", args.host, "-p", str(args.port)]
+    os.execv(dagster, argv)
+    return 0  # not reached
+
+
 # Progress is printed per day; Dagster's per-event console log would bury it (the UI keeps it all).
 _QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
@@ -133,13 +162,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     # the job's landing resource reads this at run time; re-materialising a day replaces it
     os.environ["CARTINTEL_LANDING"] = str(landing)
     days = sorted(p.name for p in landing.iterdir() if p.is_dir() and not p.name.startswith("_"))
-    if os.environ.get("DAGSTER_HOME"):
-        instance = dg.DagsterInstance.get()
-        where = f"runs kept in DAGSTER_HOME={os.environ['DAGSTER_HOME']}"
-    else:
-        instance = dg.DagsterInstance.ephemeral()
-        where = "DAGSTER_HOME not set: runs not kept (use `make demo`)"
-    with instance:
+    home = ensure_dagster_home()
+    where = f"runs kept in DAGSTER_HOME={home} (shown by `make dev`)"
+    with dg.DagsterInstance.get() as instance:
         failed_checks = _run_days(instance, days)
     _summary(warehouse, days, failed_checks, where)
     return 0
@@ -223,6 +248,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_storefront_args(p, days=14, sessions=1500)
     # 0.5 % defective event lines, so the quarantine and the checks have something to show
     p.set_defaults(func=cmd_demo, bad_row_rate=0.005)
+    p = sub.add_parser("dev", help="the Dagster UI (webserver + daemon) on workspace.yaml")
+    p.add_argument("--workspace", type=Path, default=Path("workspace.yaml"))
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=3000)
+    p.set_defaults(func=cmd_dev)
     p = sub.add_parser("land-events", help="land a foreign CSV event log through a mapping file")
     p.add_argument("--source", type=Path, required=True, help="the CSV event log")
     p.add_argument(

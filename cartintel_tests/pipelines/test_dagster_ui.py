@@ -1,0 +1,69 @@
+"""`cartintel dev` serves the code location through workspace.yaml and stops when told to."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+QUERY = "{ assetNodes { assetKey { path } groupName hasAssetChecks } }"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _graphql(port: int) -> dict:
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}/graphql",
+        data=json.dumps({"query": QUERY}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        return json.load(resp)
+
+
+def test_dev_serves_the_workspace_and_stops_on_sigterm(tmp_path: Path) -> None:
+    port = _free_port()
+    env = {**os.environ, "DAGSTER_HOME": str(tmp_path / "home"), "DO_NOT_TRACK": "true"}
+    cli = str(Path(sys.executable).with_name("cartintel"))
+
+    def ignore_sigint() -> None:  # what a shell does to a job started with `&`
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    proc = subprocess.Popen(
+        [cli, "dev", "--workspace", "workspace.yaml", "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        preexec_fn=ignore_sigint,
+        start_new_session=True,
+    )
+    try:
+        deadline, data = time.monotonic() + 120, None
+        while time.monotonic() < deadline and data is None:
+            try:
+                data = _graphql(port)["data"]
+            except (OSError, KeyError, TypeError):
+                time.sleep(1)
+        assert data is not None, "the Dagster UI did not answer within 120 s"
+        nodes = {"/".join(n["assetKey"]["path"]): n for n in data["assetNodes"]}
+        assert {n["groupName"] for n in nodes.values()} == {"ingestion", "quality", "features"}
+        assert nodes["raw_events"]["hasAssetChecks"]
+        assert (tmp_path / "home" / "dagster.yaml").exists()  # a persistent instance
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) is not None
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
