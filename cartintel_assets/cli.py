@@ -190,6 +190,12 @@ def _run_days(instance: DagsterInstance, days: list[str]) -> list[str]:
         failed_checks += bad
         state = "ok" if result.success else "FAILED"
         say(f"[{i}/{len(days)}] {day}: run {state}, {len(evals)} checks, {len(bad)} failed")
+    labels = defs.resolve_job_def("abandonment_labels_job")
+    for i, day in enumerate(days, 1):  # now that later days have landed, labels can be final
+        result = labels.execute_in_process(
+            partition_key=day, instance=instance, raise_on_error=False, run_config=_QUIET
+        )
+        say(f"[{i}/{len(days)}] {day}: labels {'ok' if result.success else 'FAILED'}")
     return failed_checks
 
 
@@ -206,10 +212,14 @@ def _summary(warehouse: Path, days: list[str], failed_checks: list[str], where: 
             window,
         ).df()
         carts = con.execute(
-            "SELECT count(*), avg(CASE WHEN purchased THEN 0.0 ELSE 1.0 END) FROM cart_sessions"
-            f" WHERE {in_window}",
+            "SELECT count(*), avg(abandoned::INT), avg(harmful::INT) FILTER (WHERE label_complete),"
+            " avg(benign::INT) FILTER (WHERE label_complete AND abandoned),"
+            f" count(*) FILTER (WHERE label_complete) FROM abandonment_labels WHERE {in_window}",
             window,
         ).fetchall()[0]
+        n_features = con.execute(
+            f"SELECT count(*) FROM session_features WHERE {in_window}", window
+        ).fetchall()[0][0]
         card = con.execute(
             "SELECT standard, round(avg(row_score), 4) row_score, sum(blocking_failures)::BIGINT"
             f" blocking_failures, sum(warnings)::BIGINT warnings FROM data_quality_scorecard"
@@ -219,9 +229,11 @@ def _summary(warehouse: Path, days: list[str], failed_checks: list[str], where: 
     print(f"\n== cartintel demo summary: {days[0]} .. {days[-1]} ==")
     print(log.to_string(index=False))
     print(
-        f"\ncart sessions: {carts[0]:,}; abandoned in-session {carts[1]:.1%}"
-        " (return visits that buy an earlier cart count as cart sessions too)"
+        f"\ncart sessions: {carts[0]:,} (return visits that buy an earlier cart count too);"
+        f" abandoned in-session {carts[1]:.1%}; with a complete 7-day window ({carts[4]:,}):"
+        f" harmful {carts[2] or 0:.1%} of carts, benign {carts[3] or 0:.1%} of abandoned"
     )
+    print(f"point-in-time feature rows: {n_features:,}")
     print("\ndata-quality scorecard (mean row score, summed failures over the days):")
     print(card.to_string(index=False))
     print(

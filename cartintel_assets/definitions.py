@@ -2,7 +2,11 @@
 
 import dagster as dg
 
-from cartintel_assets.defs.features.assets import cart_sessions
+from cartintel_assets.defs.features.assets import (
+    abandonment_labels,
+    cart_sessions,
+    session_features,
+)
 from cartintel_assets.defs.ingestion.assets import ingestion_assets, quality_gates
 from cartintel_assets.defs.quality.assets import data_quality_scorecard
 from cartintel_assets.resources import LandingResource, WarehouseResource
@@ -16,10 +20,24 @@ storefront_daily_job = dg.define_asset_job(
     description="Ingest one landed day, gate it with the data-quality checks and build what follows.",
 )
 
+# Labels need the 7 days after a cart: re-run this once those days have landed.
+abandonment_labels_job = dg.define_asset_job(
+    "abandonment_labels_job",
+    selection=dg.AssetSelection.assets(abandonment_labels),
+    executor_def=dg.in_process_executor,
+    description="Recompute the harmful/benign labels of a day once its 7-day window has landed.",
+)
+
 defs = dg.Definitions(
-    assets=[*ingestion_assets, data_quality_scorecard, cart_sessions],
+    assets=[
+        *ingestion_assets,
+        data_quality_scorecard,
+        cart_sessions,
+        session_features,
+        abandonment_labels,
+    ],
     asset_checks=quality_gates,
-    jobs=[storefront_daily_job],
+    jobs=[storefront_daily_job, abandonment_labels_job],
     schedules=[dg.build_schedule_from_partitioned_job(storefront_daily_job, hour_of_day=2)],
     resources={"warehouse": WarehouseResource(), "landing": LandingResource()},
 )

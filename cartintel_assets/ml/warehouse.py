@@ -37,3 +37,13 @@ def replace_rows(
             con.execute(f"INSERT INTO {table} SELECT * FROM _replacement")
         finally:
             con.unregister("_replacement")
+
+
+def replace_partition(con: duckdb.DuckDBPyConnection, table: str, source: str, day: Any) -> None:
+    """Replace one day of a derived table by the rows of table `source` plus `partition_date`,
+    creating the table with the source's column types the first time."""
+    select = f"SELECT *, CAST(? AS DATE) AS partition_date FROM {source}"
+    with transaction(con):
+        con.execute(f"CREATE TABLE IF NOT EXISTS {table} AS {select} LIMIT 0", [day])
+        con.execute(f"DELETE FROM {table} WHERE partition_date = ?", [day])
+        con.execute(f"INSERT INTO {table} {select}", [day])

@@ -1,0 +1,120 @@
+"""Point-in-time features never see past the cutoff; labels agree with the simulator's truth."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pytest
+
+from cartintel_assets.ml.features import (
+    CATEGORICAL_FEATURES,
+    KEY_COLUMNS,
+    NUMERIC_FEATURES,
+    CutoffPolicy,
+    session_features,
+)
+from cartintel_assets.ml.ingest import ingest_partition
+from cartintel_assets.ml.labels import cart_labels
+from cartintel_assets.ml.schema import TABLES
+from cartintel_assets.ml.simulation import Storefront, StorefrontConfig, simulate, write_storefront
+
+CFG = StorefrontConfig(days=10, sessions_per_day=600, n_customers=2500, n_products=150)
+DAY = CFG.day(2)  # the last day whose 7-day label window has landed
+
+
+@pytest.fixture(scope="module")
+def warehouse(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[Storefront, duckdb.DuckDBPyConnection]:
+    store = simulate(CFG)
+    out = tmp_path_factory.mktemp("features")
+    write_storefront(store, out)
+    con = duckdb.connect()
+    for i in range(CFG.days):
+        for spec in TABLES:
+            ingest_partition(con, spec, CFG.day(i), Path(out) / "landing", "k")
+    return store, con
+
+
+def _features(con: duckdb.DuckDBPyConnection, events: str) -> pd.DataFrame:
+    con.execute(
+        f"CREATE OR REPLACE TEMP VIEW _s AS SELECT * FROM raw_sessions WHERE partition_date = DATE '{DAY}'"
+    )
+    return session_features(con, events, "_s", CutoffPolicy(10.0), DAY - timedelta(days=365), DAY)
+
+
+def test_changing_events_after_the_cutoff_changes_no_feature(warehouse) -> None:
+    _, con = warehouse
+    con.execute(
+        f"CREATE OR REPLACE TABLE _ev AS SELECT * FROM raw_events WHERE partition_date = DATE '{DAY}'"
+    )
+    before = _features(con, "_ev")
+    assert len(before) > 300
+    assert list(before.columns) == [*KEY_COLUMNS, *NUMERIC_FEATURES, *CATEGORICAL_FEATURES]
+    cut = before[["session_id", "cutoff_at"]]
+    con.register("_cut", cut)
+    after_cut = "e.session_id = c.session_id AND e.ts > c.cutoff_at"
+    n_after = con.execute(f"SELECT count(*) FROM _ev e JOIN _cut c ON {after_cut}").fetchall()[0][0]
+    assert n_after > 300  # plenty of later events (checkout, purchase, ...) to tamper with
+    # tamper with everything after the cutoff: prices, types, products; delete some; add a purchase
+    con.execute(
+        f"UPDATE _ev e SET price = coalesce(price, 1) * 7, quantity = 9, product_id = 'P00001',"
+        f" event_type = CASE WHEN event_type = 'purchase' THEN 'remove_from_cart' ELSE 'add_to_cart' END"
+        f" FROM _cut c WHERE {after_cut}"
+    )
+    con.execute(f"DELETE FROM _ev e USING _cut c WHERE {after_cut} AND e.seq % 3 = 0")
+    con.execute(
+        "INSERT INTO _ev (event_id, session_id, seq, ts, event_type, product_id, quantity, price, partition_date, source_line, ingested_at)"
+        " SELECT 'X' || session_id, session_id, 999, cutoff_at + INTERVAL 1 SECOND, 'purchase', 'P00002', 1, 1.0,"
+        f" DATE '{DAY}', 0, now()::TIMESTAMP FROM _cut"
+    )
+    after = _features(con, "_ev")
+    pd.testing.assert_frame_equal(before, after)
+    # the test can fail: the same tampering before the cutoff does change features
+    con.execute(
+        "UPDATE _ev e SET price = price * 3 FROM _cut c WHERE e.session_id = c.session_id AND e.ts < c.cutoff_at"
+    )
+    assert not _features(con, "_ev")["cart_value"].equals(before["cart_value"])
+
+
+def test_features_recover_the_planted_friction(warehouse) -> None:
+    store, con = warehouse
+    f = _features(con, f"(SELECT * FROM raw_events WHERE partition_date = DATE '{DAY}')")
+    truth = store.truth_sessions.set_index("session_id")
+    m = f.join(
+        truth[["ship_share", "ship_days", "cart_value", "latent_type"]].add_prefix("t_"),
+        on="session_id",
+        how="inner",
+    )
+    carts = truth[(truth["date"] == DAY.isoformat()) & truth["has_cart"]]
+    assert len(m) >= 0.99 * len(carts)  # every cart session is scored (the rest are return visits)
+    assert np.corrcoef(m["shipping_share"], m["t_ship_share"])[0, 1] > 0.9
+    assert (m["delivery_days"] == m["t_ship_days"]).mean() > 0.95
+    assert np.corrcoef(m["cart_value"], m["t_cart_value"])[0, 1] > 0.9
+    # history is computed from earlier sessions only: the first session of a customer has none
+    first = f.sort_values("started_at").groupby("customer_id").head(1)
+    assert (
+        first["prior_sessions"]
+        <= f.set_index("session_id").loc[first["session_id"], "prior_sessions"].to_numpy()
+    ).all()
+    assert f.loc[f["prior_sessions"] == 0, "returning_customer"].eq(0).all()
+
+
+def test_labels_agree_with_the_simulator_truth(warehouse) -> None:
+    store, con = warehouse
+    labels = cart_labels(con, DAY)
+    assert labels["label_complete"].all()
+    truth = store.truth_sessions.set_index("session_id")[
+        ["abandoned", "harmful", "benign"]
+    ].add_prefix("t_")
+    m = labels.join(truth, on="session_id", how="inner")
+    assert len(m) > 300
+    assert (m["abandoned"] == m["t_abandoned"]).all()
+    assert (m["harmful"] == m["t_harmful"]).mean() > 0.995
+    assert (labels["harmful"] | labels["benign"]).eq(labels["abandoned"]).all()
+    late = cart_labels(con, CFG.day(CFG.days - 2))
+    assert not late["label_complete"].any()  # 7 later days have not landed yet
