@@ -1,0 +1,192 @@
+"""The abandonment-risk model: XGBoost with early stopping and isotonic calibration, its metrics
+and reason codes. Generic over a feature frame, so the simulated storefront and real data (UCI
+Online Shoppers) go through the same code. No Dagster import.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import xgboost as xgb
+from sklearn.isotonic import IsotonicRegression
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import average_precision_score, brier_score_loss, log_loss, roc_auc_score
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+
+@dataclass(frozen=True)
+class XGBParams:
+    """Hyperparameters of the risk model (hist trees, seeded)."""
+
+    max_depth: int = 5
+    learning_rate: float = 0.05
+    n_estimators: int = 600
+    min_child_weight: float = 5.0
+    subsample: float = 0.9
+    colsample_bytree: float = 0.8
+    reg_lambda: float = 1.0
+    early_stopping_rounds: int = 40
+    seed: int = 7
+    nthread: int = 2
+
+
+@dataclass
+class RiskModel:
+    """A trained booster, its isotonic calibrator and the encoding of its inputs."""
+
+    booster: xgb.Booster
+    calibrator: IsotonicRegression | None
+    features: list[str]
+    categories: dict[str, list[str]] = field(default_factory=dict)
+    best_iteration: int = 0
+
+    def matrix(self, frame: pd.DataFrame) -> np.ndarray:
+        """Encode a feature frame as the float matrix the booster expects (unknown category: -1)."""
+        cols = []
+        for f in self.features:
+            if f in self.categories:
+                codes = {v: i for i, v in enumerate(self.categories[f])}
+                cols.append(frame[f].map(codes).fillna(-1).to_numpy(dtype=float))
+            else:
+                cols.append(pd.to_numeric(frame[f], errors="coerce").to_numpy(dtype=float))
+        return np.column_stack(cols) if cols else np.empty((len(frame), 0))
+
+    def raw_score(self, frame: pd.DataFrame) -> np.ndarray:
+        return self.booster.inplace_predict(
+            self.matrix(frame), iteration_range=(0, self.best_iteration + 1)
+        )
+
+    def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
+        """Calibrated probability of the positive class."""
+        p = np.asarray(self.raw_score(frame), dtype=float)
+        return self.calibrator.predict(p) if self.calibrator is not None else p
+
+    def contributions(self, frame: pd.DataFrame) -> np.ndarray:
+        """Exact SHAP contributions per feature (last column: bias), on the margin scale."""
+        dm = xgb.DMatrix(self.matrix(frame), feature_names=self.features)
+        return self.booster.predict(
+            dm, pred_contribs=True, iteration_range=(0, self.best_iteration + 1)
+        )
+
+
+def fit_risk_model(
+    train: pd.DataFrame,
+    y_train: np.ndarray,
+    valid: pd.DataFrame,
+    y_valid: np.ndarray,
+    numeric: list[str],
+    categorical: list[str],
+    params: XGBParams,
+    calibrate: bool = True,
+) -> RiskModel:
+    """Train on `train`, stop early and calibrate (isotonic) on `valid`."""
+    categories = {
+        c: sorted(map(str, pd.concat([train[c], valid[c]]).dropna().unique())) for c in categorical
+    }
+    model = RiskModel(
+        booster=xgb.Booster(),
+        calibrator=None,
+        features=[*numeric, *categorical],
+        categories=categories,
+    )
+    dtrain = xgb.DMatrix(model.matrix(train), label=y_train, feature_names=model.features)
+    dvalid = xgb.DMatrix(model.matrix(valid), label=y_valid, feature_names=model.features)
+    booster = xgb.train(
+        {
+            "objective": "binary:logistic",
+            "eval_metric": "logloss",
+            "tree_method": "hist",
+            "max_depth": params.max_depth,
+            "eta": params.learning_rate,
+            "min_child_weight": params.min_child_weight,
+            "subsample": params.subsample,
+            "colsample_bytree": params.colsample_bytree,
+            "lambda": params.reg_lambda,
+            "seed": params.seed,
+            "nthread": params.nthread,
+        },
+        dtrain,
+        num_boost_round=params.n_estimators,
+        evals=[(dvalid, "valid")],
+        early_stopping_rounds=params.early_stopping_rounds,
+        verbose_eval=False,
+    )
+    model.booster, model.best_iteration = booster, int(booster.best_iteration)
+    if calibrate:
+        iso = IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0)
+        iso.fit(np.asarray(model.raw_score(valid), dtype=float), y_valid)
+        model.calibrator = iso
+    return model
+
+
+def fit_logistic_baseline(train: pd.DataFrame, y_train: np.ndarray, numeric: list[str]) -> Any:
+    """The baseline the risk model must beat: standardised logistic regression, nulls as medians."""
+    medians = train[numeric].median()
+    pipe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+    pipe.fit(train[numeric].fillna(medians).to_numpy(dtype=float), y_train)
+    pipe.medians_ = medians  # type: ignore[attr-defined]
+    return pipe
+
+
+def baseline_proba(pipe: Any, frame: pd.DataFrame, numeric: list[str]) -> np.ndarray:
+    return pipe.predict_proba(frame[numeric].fillna(pipe.medians_).to_numpy(dtype=float))[:, 1]
+
+
+def calibration_error(y: np.ndarray, p: np.ndarray, bins: int = 10) -> float:
+    """Expected calibration error over equal-width probability bins."""
+    edges = np.linspace(0, 1, bins + 1)
+    idx = np.clip(np.digitize(p, edges[1:-1]), 0, bins - 1)
+    err = 0.0
+    for b in range(bins):
+        m = idx == b
+        if m.any():
+            err += m.mean() * abs(y[m].mean() - p[m].mean())
+    return float(err)
+
+
+def risk_metrics(y: np.ndarray, p: np.ndarray, value: np.ndarray | None = None) -> dict[str, float]:
+    """ROC-AUC, PR-AUC, log-loss, Brier, calibration error, and the top decile's lift, capture and
+    share of the expected lost revenue (value of positives) it captures."""
+    y = np.asarray(y, dtype=int)
+    p = np.clip(np.asarray(p, dtype=float), 1e-6, 1 - 1e-6)
+    order = np.argsort(-p, kind="stable")
+    top = order[: max(1, int(round(0.1 * len(p))))]
+    out = {
+        "roc_auc": float(roc_auc_score(y, p)),
+        "pr_auc": float(average_precision_score(y, p)),
+        "log_loss": float(log_loss(y, p)),
+        "brier": float(brier_score_loss(y, p)),
+        "calibration_error": calibration_error(y, p),
+        "base_rate": float(y.mean()),
+        "top_decile_lift": float(y[top].mean() / max(y.mean(), 1e-12)),
+        "top_decile_capture": float(y[top].sum() / max(y.sum(), 1)),
+    }
+    if value is not None:
+        v = np.asarray(value, dtype=float) * y
+        out["top_decile_lost_revenue_captured"] = float(v[top].sum() / max(v.sum(), 1e-12))
+    return out
+
+
+def reason_codes(model: RiskModel, frame: pd.DataFrame, k: int = 3) -> list[list[str]]:
+    """The k features pushing each row's risk up the most (positive SHAP contributions)."""
+    contrib = model.contributions(frame)[:, :-1]
+    top = np.argsort(-contrib, axis=1)[:, :k]
+    names = np.array(model.features)
+    return [[str(names[j]) for j in row if contrib[i, j] > 0] for i, row in enumerate(top)]
+
+
+def time_split(dates: pd.Series, valid_share: float = 0.2, test_share: float = 0.2) -> np.ndarray:
+    """Assign 'train' / 'valid' / 'test' by day: the latest days test, the ones before validate."""
+    days = np.sort(pd.to_datetime(dates).dt.normalize().unique())
+    n = len(days)
+    if n < 3:
+        raise ValueError(f"a time-based split needs at least 3 days of labelled carts, got {n}")
+    n_test = max(1, int(round(test_share * n)))
+    n_valid = max(1, int(round(valid_share * n)))
+    test_from, valid_from = days[n - n_test], days[n - n_test - n_valid]
+    d = pd.to_datetime(dates).dt.normalize().to_numpy()
+    return np.where(d >= test_from, "test", np.where(d >= valid_from, "valid", "train"))
