@@ -196,6 +196,21 @@ def _run_days(instance: DagsterInstance, days: list[str]) -> list[str]:
             partition_key=day, instance=instance, raise_on_error=False, run_config=_QUIET
         )
         say(f"[{i}/{len(days)}] {day}: labels {'ok' if result.success else 'FAILED'}")
+    say("training the abandonment-risk model (MLflow run, registry version, gates)")
+    result = defs.resolve_job_def("abandonment_training_job").execute_in_process(
+        instance=instance, raise_on_error=False, run_config=_QUIET
+    )
+    for m in result.asset_materializations_for_node("abandonment_model"):
+        md = {k: v.value for k, v in m.metadata.items()}
+        say(
+            f"model version {md['model_version']} ({md['model_uri']}), alias challenger, gate {md['gate']}:"
+            f" test ROC-AUC {md['test_roc_auc']:.3f} (logistic baseline {md['baseline_test_roc_auc']:.3f}),"
+            f" PR-AUC {md['test_pr_auc']:.3f}, calibration error {md['test_calibration_error']:.3f}"
+        )
+    if not result.success:
+        failed_checks.append(
+            "abandonment_model: training or a blocking gate failed (see the Dagster UI)"
+        )
     return failed_checks
 
 

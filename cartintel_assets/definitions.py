@@ -2,6 +2,7 @@
 
 import dagster as dg
 
+from cartintel_assets.defs.abandonment.assets import abandonment_model
 from cartintel_assets.defs.features.assets import (
     abandonment_labels,
     cart_sessions,
@@ -10,12 +11,13 @@ from cartintel_assets.defs.features.assets import (
 from cartintel_assets.defs.ingestion.assets import ingestion_assets, quality_gates
 from cartintel_assets.defs.quality.assets import data_quality_scorecard
 from cartintel_assets.resources import LandingResource, WarehouseResource
+from cartintel_assets.resources.mlflow import MLflowResource
 
 # In-process: a step per process would re-import the stack (~8.5 s a step) and DuckDB takes one
 # writer at a time anyway.
 storefront_daily_job = dg.define_asset_job(
     "storefront_daily_job",
-    selection=dg.AssetSelection.all(),
+    selection=dg.AssetSelection.all() - dg.AssetSelection.groups("abandonment"),
     executor_def=dg.in_process_executor,
     description="Ingest one landed day, gate it with the data-quality checks and build what follows.",
 )
@@ -28,6 +30,13 @@ abandonment_labels_job = dg.define_asset_job(
     description="Recompute the harmful/benign labels of a day once its 7-day window has landed.",
 )
 
+abandonment_training_job = dg.define_asset_job(
+    "abandonment_training_job",
+    selection=dg.AssetSelection.assets(abandonment_model),
+    executor_def=dg.in_process_executor,
+    description="Train, evaluate, gate and register the abandonment-risk model on all labelled carts.",
+)
+
 defs = dg.Definitions(
     assets=[
         *ingestion_assets,
@@ -35,9 +44,14 @@ defs = dg.Definitions(
         cart_sessions,
         session_features,
         abandonment_labels,
+        abandonment_model,
     ],
     asset_checks=quality_gates,
-    jobs=[storefront_daily_job, abandonment_labels_job],
+    jobs=[storefront_daily_job, abandonment_labels_job, abandonment_training_job],
     schedules=[dg.build_schedule_from_partitioned_job(storefront_daily_job, hour_of_day=2)],
-    resources={"warehouse": WarehouseResource(), "landing": LandingResource()},
+    resources={
+        "warehouse": WarehouseResource(),
+        "landing": LandingResource(),
+        "mlflow_tracking": MLflowResource(),
+    },
 )

@@ -40,3 +40,13 @@ def shared_data_dir() -> Path:
 def pseudonym_key() -> str:
     """Key of the keyed hash that pseudonymises customer ids: $CARTINTEL_PSEUDONYM_KEY."""
     return os.environ.get("CARTINTEL_PSEUDONYM_KEY") or LOCAL_PSEUDONYM_KEY
+
+
+def mlruns_dir() -> Path:
+    """MLflow store (SQLite tracking/registry + artifacts): $CARTINTEL_MLRUNS, default mlruns."""
+    return _path("CARTINTEL_MLRUNS", "mlruns")
+
+
+def mlflow_tracking_uri() -> str:
+    """$MLFLOW_TRACKING_URI, else the project's SQLite store (an absolute path, as MLflow needs)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{mlruns_dir() / 'mlflow.db'}"

@@ -5,7 +5,9 @@ Online Shoppers) go through the same code. No Dagster import.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -54,6 +56,46 @@ class RiskModel:
             else:
                 cols.append(pd.to_numeric(frame[f], errors="coerce").to_numpy(dtype=float))
         return np.column_stack(cols) if cols else np.empty((len(frame), 0))
+
+    def save(self, folder: Path) -> None:
+        """Write the booster (XGBoost JSON) and the encoding and calibration (JSON); no pickle."""
+        folder.mkdir(parents=True, exist_ok=True)
+        self.booster.save_model(folder / "booster.json")
+        meta = {
+            "features": self.features,
+            "categories": self.categories,
+            "best_iteration": self.best_iteration,
+            "calibration_x": self.calibrator.X_thresholds_.tolist()
+            if self.calibrator is not None
+            else None,
+            "calibration_y": self.calibrator.y_thresholds_.tolist()
+            if self.calibrator is not None
+            else None,
+        }
+        (folder / "risk_model.json").write_text(json.dumps(meta))
+
+    @classmethod
+    def load(cls, folder: Path) -> RiskModel:
+        meta = json.loads((folder / "risk_model.json").read_text())
+        booster = xgb.Booster()
+        booster.load_model(folder / "booster.json")
+        iso = None
+        if meta["calibration_x"] is not None:
+            iso = IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0)
+            x, y = np.array(meta["calibration_x"]), np.array(meta["calibration_y"])
+            iso.fit(x, y)  # refitting on the knots reproduces the same piecewise-linear map
+        return cls(booster, iso, meta["features"], meta["categories"], int(meta["best_iteration"]))
+
+    def typed(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """The model's input columns with stable types: floats, and strings for categories
+        (missing: "unknown"), so a signature can describe them."""
+        out = pd.DataFrame(index=frame.index)
+        for f in self.features:
+            if f in self.categories:
+                out[f] = frame[f].astype(object).where(frame[f].notna(), "unknown").astype(str)
+            else:
+                out[f] = pd.to_numeric(frame[f], errors="coerce").astype(float)
+        return out
 
     def raw_score(self, frame: pd.DataFrame) -> np.ndarray:
         return self.booster.inplace_predict(

@@ -55,10 +55,18 @@ def test_dev_serves_the_workspace_and_stops_on_sigterm(tmp_path: Path) -> None:
             try:
                 data = _graphql(port)["data"]
             except (OSError, KeyError, TypeError):
+                data = None
+            if not (data and data["assetNodes"]):  # the code location is still loading
+                data = None
                 time.sleep(1)
-        assert data is not None, "the Dagster UI did not answer within 120 s"
+        assert data is not None, "the Dagster UI did not serve the code location within 120 s"
         nodes = {"/".join(n["assetKey"]["path"]): n for n in data["assetNodes"]}
-        assert {n["groupName"] for n in nodes.values()} == {"ingestion", "quality", "features"}
+        assert {n["groupName"] for n in nodes.values()} == {
+            "ingestion",
+            "quality",
+            "features",
+            "abandonment",
+        }
         assert nodes["raw_events"]["hasAssetChecks"]
         assert (tmp_path / "home" / "dagster.yaml").exists()  # a persistent instance
         proc.send_signal(signal.SIGTERM)

@@ -8,6 +8,7 @@ import sys
 import tomllib
 from pathlib import Path
 
+import dagster as dg
 import yaml
 
 from cartintel_assets.definitions import defs
@@ -42,11 +43,17 @@ def test_dagster_cli_lists_ingestion_and_quality_assets() -> None:
     )
 
 
+def test_definitions_load_with_every_job_resolved() -> None:
+    dg.Definitions.validate_loadable(defs)
+    for job in ("storefront_daily_job", "abandonment_labels_job", "abandonment_training_job"):
+        assert defs.resolve_job_def(job).name == job
+
+
 def test_every_asset_has_a_group_and_a_description() -> None:
     graph = defs.resolve_asset_graph()
     for key in graph.get_all_asset_keys():
         node = graph.get(key)
-        assert node.group_name in {"ingestion", "quality", "features"}, key
+        assert node.group_name in {"ingestion", "quality", "features", "abandonment"}, key
         assert node.description, key
 
 

@@ -1,0 +1,207 @@
+"""The abandonment-risk model: trained on labelled point-in-time features, tracked and registered
+in MLflow (`cartintel-abandonment`, alias `challenger`), gated by blocking checks."""
+
+import hashlib
+import subprocess
+from dataclasses import asdict
+from typing import Any
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+from pydantic import Field
+
+from cartintel_assets.ml.abandonment import (
+    XGBParams,
+    baseline_proba,
+    fit_logistic_baseline,
+    fit_risk_model,
+    risk_metrics,
+    time_split,
+)
+from cartintel_assets.ml.features import CATEGORICAL_FEATURES, NUMERIC_FEATURES
+from cartintel_assets.resources import WarehouseResource
+from cartintel_assets.resources.mlflow import MLflowResource
+
+MODEL_NAME = "cartintel-abandonment"
+EXPERIMENT = "cartintel/abandonment"
+GATES = (
+    "abandonment_model_roc_auc_above_floor",
+    "abandonment_model_pr_auc_above_floor",
+    "abandonment_model_calibrated",
+    "abandonment_model_no_worse_than_champion",
+)
+
+
+class AbandonmentModelConfig(dg.Config):
+    """Training target, hyperparameters and the gate's bounds."""
+
+    target: str = Field(
+        default="harmful", description="Label to predict: harmful (primary) or abandoned."
+    )
+    max_depth: int = Field(default=5, description="Tree depth.")
+    learning_rate: float = Field(default=0.05, description="Shrinkage.")
+    n_estimators: int = Field(
+        default=600, description="Maximum boosting rounds (early stopping decides)."
+    )
+    early_stopping_rounds: int = Field(
+        default=40, description="Rounds without validation gain before stopping."
+    )
+    seed: int = Field(default=7, description="Random seed.")
+    min_roc_auc: float = Field(default=0.75, description="Gate: minimum test ROC-AUC.")
+    min_pr_auc: float = Field(default=0.45, description="Gate: minimum test PR-AUC.")
+    max_calibration_error: float = Field(
+        default=0.05, description="Gate: maximum expected calibration error."
+    )
+    champion_tolerance: float = Field(
+        default=0.01, description="Gate: allowed ROC-AUC shortfall vs the champion."
+    )
+
+
+def _git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
+        )
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+@dg.asset(
+    group_name="abandonment",
+    deps=["session_features", "abandonment_labels"],
+    kinds={"xgboost", "mlflow"},
+    check_specs=[dg.AssetCheckSpec(g, asset="abandonment_model", blocking=True) for g in GATES],
+)
+def abandonment_model(
+    context: dg.AssetExecutionContext,
+    config: AbandonmentModelConfig,
+    warehouse: WarehouseResource,
+    mlflow_tracking: MLflowResource,
+) -> Any:
+    """Risk that an open cart is abandoned for good (harmful), scored before checkout.
+
+    XGBoost on a time-based split (train / validation for early stopping and isotonic
+    calibration / test), compared with a logistic baseline; every run is an MLflow run and every
+    model a registered version of `cartintel-abandonment` with the alias `challenger`.
+    """
+    import mlflow
+
+    from cartintel_assets.ml.abandonment import reason_codes
+    from cartintel_assets.ml.model_registry import log_risk_model, register, version_by_alias
+    from cartintel_assets.ml.plots import evaluation_figures
+
+    with warehouse.reader() as con:
+        data = con.execute(
+            "SELECT f.*, l.abandoned, l.harmful FROM session_features f JOIN abandonment_labels l"
+            " USING (session_id) WHERE l.label_complete ORDER BY f.started_at, f.session_id"
+        ).df()
+    if data.empty:
+        raise ValueError("no carts with a complete 7-day label window yet: land more days first")
+    split = time_split(data["started_at"])
+    parts = {s: data[split == s] for s in ("train", "valid", "test")}
+    ys = {s: parts[s][config.target].to_numpy(dtype=int) for s in parts}
+    num, cat = list(NUMERIC_FEATURES), list(CATEGORICAL_FEATURES)
+    params = XGBParams(
+        max_depth=config.max_depth,
+        learning_rate=config.learning_rate,
+        n_estimators=config.n_estimators,
+        early_stopping_rounds=config.early_stopping_rounds,
+        seed=config.seed,
+    )
+    model = fit_risk_model(
+        parts["train"], ys["train"], parts["valid"], ys["valid"], num, cat, params
+    )
+    test = parts["test"]
+    p = model.predict_proba(test)
+    metrics = risk_metrics(ys["test"], p, test["cart_value"].to_numpy())
+    baseline = fit_logistic_baseline(parts["train"], ys["train"], num)
+    base_metrics = risk_metrics(ys["test"], baseline_proba(baseline, test, num))
+    digest = hashlib.sha256(
+        pd.util.hash_pandas_object(data, index=False).values.tobytes()
+    ).hexdigest()[:16]
+
+    experiment = mlflow_tracking.experiment_id(EXPERIMENT)
+    tags = {
+        "dagster.run_id": context.run.run_id,
+        "dagster.asset_key": context.asset_key.to_user_string(),
+        "dagster.partition": "none",
+        "git.commit": _git_commit(),
+        "target": config.target,
+    }
+    with mlflow.start_run(experiment_id=experiment, tags=tags) as run:
+        mlflow.log_params(
+            {**asdict(params), "target": config.target, "features": len(model.features)}
+        )
+        mlflow.log_params(
+            {"dataset_digest": digest, "test_from": str(test["started_at"].min().date())}
+        )
+        mlflow.log_metrics({f"rows_{s}": len(parts[s]) for s in parts})
+        mlflow.log_metrics({f"test_{k}": v for k, v in metrics.items()})
+        mlflow.log_metrics({f"baseline_test_{k}": v for k, v in base_metrics.items()})
+        mlflow.log_metric("best_iteration", model.best_iteration)
+        sample = test.sample(min(len(test), 2000), random_state=0)
+        for name, fig in evaluation_figures(
+            ys["test"], p, model.contributions(sample), model.features
+        ).items():
+            mlflow.log_figure(fig, f"plots/{name}")
+        model_uri = log_risk_model(model, test)
+        champion = version_by_alias(MODEL_NAME, "champion")
+        champion_auc = None
+        if champion is not None:
+            champ = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}@champion")
+            champion_auc = risk_metrics(ys["test"], np.asarray(champ.predict(model.typed(test))))[
+                "roc_auc"
+            ]
+            mlflow.log_metric("champion_test_roc_auc", champion_auc)
+        passes = {
+            GATES[0]: metrics["roc_auc"] >= config.min_roc_auc,
+            GATES[1]: metrics["pr_auc"] >= config.min_pr_auc,
+            GATES[2]: metrics["calibration_error"] <= config.max_calibration_error,
+            GATES[3]: champion_auc is None
+            or metrics["roc_auc"] >= champion_auc - config.champion_tolerance,
+        }
+        gate = "passed" if all(passes.values()) else "failed"
+        mlflow.set_tag("gate", gate)
+        version = register(
+            model_uri,
+            MODEL_NAME,
+            "challenger",
+            {"gate": gate, "dagster.run_id": context.run.run_id},
+        )
+    top_reasons = pd.Series([r[0] for r in reason_codes(model, sample) if r]).value_counts().head(5)
+    yield dg.MaterializeResult(
+        metadata={
+            "mlflow_run_id": run.info.run_id,
+            "model_version": version,
+            "model_uri": f"models:/{MODEL_NAME}/{version}",
+            "tracking_uri": mlflow_tracking.uri(),
+            "test_roc_auc": metrics["roc_auc"],
+            "test_pr_auc": metrics["pr_auc"],
+            "test_calibration_error": metrics["calibration_error"],
+            "baseline_test_roc_auc": base_metrics["roc_auc"],
+            "top_decile_lift": metrics["top_decile_lift"],
+            "rows": dg.MetadataValue.json({s: len(parts[s]) for s in parts}),
+            "top_reason_codes": dg.MetadataValue.json(
+                {str(k): int(v) for k, v in top_reasons.items()}
+            ),
+            "gate": gate,
+        }
+    )
+    observed: dict[str, dict[str, Any]] = {
+        GATES[0]: {"test_roc_auc": metrics["roc_auc"], "floor": config.min_roc_auc},
+        GATES[1]: {"test_pr_auc": metrics["pr_auc"], "floor": config.min_pr_auc},
+        GATES[2]: {
+            "calibration_error": metrics["calibration_error"],
+            "bound": config.max_calibration_error,
+        },
+        GATES[3]: {
+            "test_roc_auc": metrics["roc_auc"],
+            "champion_test_roc_auc": champion_auc if champion_auc is not None else "no champion",
+        },
+    }
+    for name in GATES:
+        yield dg.AssetCheckResult(
+            check_name=name, passed=bool(passes[name]), metadata=observed[name]
+        )

@@ -1,0 +1,48 @@
+"""Evaluation plots of a risk model (matplotlib figures, headless). No Dagster import."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: no display on servers and CI
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
+
+
+def evaluation_figures(
+    y: np.ndarray, p: np.ndarray, contributions: np.ndarray, features: list[str]
+) -> dict[str, Figure]:
+    """ROC, precision-recall, calibration and SHAP summary (mean |contribution|) figures."""
+    figs: dict[str, Figure] = {}
+    fig, ax = plt.subplots(figsize=(5, 4))
+    fpr, tpr, _ = roc_curve(y, p)
+    ax.plot(fpr, tpr)
+    ax.plot([0, 1], [0, 1], "--", color="grey")
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC (test period)")
+    figs["roc.png"] = fig
+    fig, ax = plt.subplots(figsize=(5, 4))
+    prec, rec, _ = precision_recall_curve(y, p)
+    ax.plot(rec, prec)
+    ax.axhline(y.mean(), ls="--", color="grey")
+    ax.set(xlabel="recall", ylabel="precision", title="Precision-recall (test period)")
+    figs["pr.png"] = fig
+    fig, ax = plt.subplots(figsize=(5, 4))
+    edges = np.linspace(0, 1, 11)
+    idx = np.clip(np.digitize(p, edges[1:-1]), 0, 9)
+    xs = [p[idx == b].mean() for b in range(10) if (idx == b).any()]
+    ys = [y[idx == b].mean() for b in range(10) if (idx == b).any()]
+    ax.plot(xs, ys, "o-")
+    ax.plot([0, 1], [0, 1], "--", color="grey")
+    ax.set(xlabel="predicted", ylabel="observed", title="Calibration (test period)")
+    figs["calibration.png"] = fig
+    fig, ax = plt.subplots(figsize=(6, 6))
+    imp = np.abs(contributions[:, :-1]).mean(axis=0)
+    order = np.argsort(imp)[-15:]
+    ax.barh(np.array(features)[order], imp[order])
+    ax.set(xlabel="mean |SHAP contribution| (log-odds)", title="Drivers of risk (SHAP)")
+    fig.tight_layout()
+    figs["shap_summary.png"] = fig
+    return figs

@@ -1,0 +1,139 @@
+"""Training through Dagster: an MLflow run, a registered version with the challenger alias, gates."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+import mlflow
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+from cartintel_assets.defs.abandonment.assets import GATES, MODEL_NAME, abandonment_model
+from cartintel_assets.ml.abandonment import RiskModel
+from cartintel_assets.ml.features import CutoffPolicy, session_features
+from cartintel_assets.ml.ingest import ingest_partition
+from cartintel_assets.ml.labels import cart_labels
+from cartintel_assets.ml.schema import TABLES
+from cartintel_assets.ml.simulation import StorefrontConfig, simulate, write_storefront
+from cartintel_assets.ml.warehouse import replace_partition
+from cartintel_assets.resources import WarehouseResource
+from cartintel_assets.resources.mlflow import MLflowResource
+
+CFG = StorefrontConfig(days=16, sessions_per_day=1000, n_customers=4000)
+QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
+
+@pytest.fixture(scope="module")
+def warehouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("train")
+    write_storefront(simulate(CFG), out)
+    db = out / "wh.duckdb"
+    con = duckdb.connect(str(db))
+    for i in range(CFG.days):
+        for spec in TABLES:
+            ingest_partition(con, spec, CFG.day(i), out / "landing", "k")
+    for i in range(CFG.days):
+        day = CFG.day(i)
+        con.execute(
+            f"CREATE OR REPLACE TEMP VIEW e AS SELECT * FROM raw_events WHERE partition_date = DATE '{day}'"
+        )
+        con.execute(
+            f"CREATE OR REPLACE TEMP VIEW s AS SELECT * FROM raw_sessions WHERE partition_date = DATE '{day}'"
+        )
+        session_features(con, "e", "s", CutoffPolicy(), day - timedelta(days=365), day)
+        replace_partition(con, "session_features", "_session_features", day)
+        cart_labels(con, day)
+        replace_partition(con, "abandonment_labels", "_cart_labels", day)
+    con.close()
+    return db
+
+
+def _train(db: Path, mlruns: Path, instance: dg.DagsterInstance) -> dg.ExecuteInProcessResult:
+    return dg.materialize(
+        [abandonment_model],
+        instance=instance,
+        resources={
+            "warehouse": WarehouseResource(database=str(db)),
+            "mlflow_tracking": MLflowResource(
+                tracking_uri=f"sqlite:///{mlruns / 'mlflow.db'}",
+                artifact_root=str(mlruns / "artifacts"),
+            ),
+        },
+        raise_on_error=False,
+        run_config=QUIET,
+    )
+
+
+def _checks(result: dg.ExecuteInProcessResult) -> dict[str, bool]:
+    return {
+        e.event_specific_data.check_name: e.event_specific_data.passed  # type: ignore[union-attr]
+        for e in result.all_events
+        if e.event_type_value == "ASSET_CHECK_EVALUATION"
+    }
+
+
+def test_training_logs_registers_and_gates(warehouse: Path, tmp_path: Path) -> None:
+    mlruns = tmp_path / "mlruns"
+    with dg.instance_for_test() as instance:
+        first = _train(warehouse, mlruns, instance)
+        assert first.success
+        assert _checks(first) == dict.fromkeys(GATES, True)
+        meta = first.asset_materializations_for_node("abandonment_model")[0].metadata
+        assert meta["model_version"].value == "1" and meta["gate"].value == "passed"
+        mlflow.set_tracking_uri(f"sqlite:///{mlruns / 'mlflow.db'}")
+        client = MlflowClient()
+        run = client.get_run(meta["mlflow_run_id"].value)
+        assert run.data.tags["dagster.run_id"] == first.run_id
+        assert run.data.metrics["test_roc_auc"] > run.data.metrics["baseline_test_roc_auc"] - 0.02
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+        assert artifacts == {
+            f"plots/{n}" for n in ("roc.png", "pr.png", "calibration.png", "shap_summary.png")
+        }
+        assert str(client.get_model_version_by_alias(MODEL_NAME, "challenger").version) == "1"
+        # loads back by alias and scores like the model it logged
+        loaded = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}@challenger")
+        con = duckdb.connect(str(warehouse), read_only=True)
+        rows = con.execute("SELECT * FROM session_features LIMIT 500").df()
+        con.close()
+        local = mlflow.artifacts.download_artifacts(
+            artifact_uri=f"models:/{MODEL_NAME}@challenger", dst_path=str(tmp_path / "dl")
+        )
+        direct = RiskModel.load(Path(local) / "artifacts" / "risk_model")
+        assert "n_views" in str(loaded.metadata.signature)  # a real column signature
+        assert np.array_equal(
+            np.asarray(loaded.predict(direct.typed(rows))), direct.predict_proba(rows)
+        )
+
+        # a second run is a new version; with a champion in place the gate compares against it
+        client.set_registered_model_alias(MODEL_NAME, "champion", "1")
+        second = _train(warehouse, mlruns, instance)
+        assert second.success and _checks(second)["abandonment_model_no_worse_than_champion"]
+        assert str(client.get_model_version_by_alias(MODEL_NAME, "challenger").version) == "2"
+        second_run = client.get_run(
+            second.asset_materializations_for_node("abandonment_model")[0]
+            .metadata["mlflow_run_id"]
+            .value
+        )
+        assert second_run.data.metrics["champion_test_roc_auc"] == pytest.approx(
+            run.data.metrics["test_roc_auc"], abs=1e-9
+        )
+
+
+def test_gate_blocks_a_model_trained_on_shuffled_labels(warehouse: Path, tmp_path: Path) -> None:
+    db = tmp_path / "shuffled.duckdb"
+    db.write_bytes(warehouse.read_bytes())
+    con = duckdb.connect(str(db))
+    con.execute(
+        "UPDATE abandonment_labels SET harmful = s.h FROM (SELECT session_id, lead(harmful, 37, FALSE) OVER"
+        " (ORDER BY hash(session_id)) AS h FROM abandonment_labels) s WHERE s.session_id = abandonment_labels.session_id"
+    )
+    con.close()
+    with dg.instance_for_test() as instance:
+        result = _train(db, tmp_path / "mlruns", instance)
+    checks = _checks(result)
+    assert not result.success  # a failed blocking check fails the step
+    assert not checks["abandonment_model_roc_auc_above_floor"]
