@@ -5,9 +5,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import duckdb
 import pytest
 
 from cartintel_assets import settings
+from cartintel_assets.ml.ingest import ingest_partition
+from cartintel_assets.ml.schema import TABLES
 from cartintel_assets.ml.simulation import Storefront, StorefrontConfig, simulate, write_storefront
 
 os.environ.setdefault("DO_NOT_TRACK", "true")
@@ -39,3 +42,15 @@ def shared_data() -> Path:
     if not (path / "otto_sessions_fixture.csv").exists():
         raise FileNotFoundError(f"real datasets not found in {path}: set CARTINTEL_SHARED_DATA")
     return path
+
+
+def ingested_warehouse(
+    store: Storefront, out: Path, database: str = ":memory:"
+) -> duckdb.DuckDBPyConnection:
+    """Land `store` under `out` and ingest every day of it into a DuckDB warehouse."""
+    write_storefront(store, out)
+    con = duckdb.connect(database)
+    for i in range(store.config.days):
+        for spec in TABLES:
+            ingest_partition(con, spec, store.config.day(i), out / "landing", "test-key")
+    return con

@@ -14,7 +14,7 @@ No Dagster import.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, timedelta
 
 import duckdb
 import pandas as pd
@@ -215,3 +215,19 @@ def session_features(
     }
     con.execute(f"CREATE OR REPLACE TEMP TABLE {into} AS {sql}", params)
     return con.table(into).df()
+
+
+def day_features(
+    con: duckdb.DuckDBPyConnection, day: date, policy: CutoffPolicy, history_days: int = 365
+) -> pd.DataFrame:
+    """Features of the cart sessions that started on `day`, from the warehouse (batch scoring)."""
+    p = f"DATE '{day.isoformat()}'"
+    con.execute(
+        f"CREATE OR REPLACE TEMP VIEW _day_events AS SELECT * FROM raw_events WHERE partition_date = {p}"
+    )
+    con.execute(
+        f"CREATE OR REPLACE TEMP VIEW _day_sessions AS SELECT * FROM raw_sessions WHERE partition_date = {p}"
+    )
+    return session_features(
+        con, "_day_events", "_day_sessions", policy, day - timedelta(days=history_days), day
+    )

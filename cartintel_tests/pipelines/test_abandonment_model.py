@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
 from pathlib import Path
 
 import dagster as dg
@@ -14,14 +13,13 @@ from mlflow.tracking import MlflowClient
 
 from cartintel_assets.defs.abandonment.assets import GATES, MODEL_NAME, abandonment_model
 from cartintel_assets.ml.abandonment import RiskModel
-from cartintel_assets.ml.features import CutoffPolicy, session_features
-from cartintel_assets.ml.ingest import ingest_partition
+from cartintel_assets.ml.features import CutoffPolicy, day_features
 from cartintel_assets.ml.labels import cart_labels
-from cartintel_assets.ml.schema import TABLES
-from cartintel_assets.ml.simulation import StorefrontConfig, simulate, write_storefront
+from cartintel_assets.ml.simulation import StorefrontConfig, simulate
 from cartintel_assets.ml.warehouse import replace_partition
 from cartintel_assets.resources import WarehouseResource
 from cartintel_assets.resources.mlflow import MLflowResource
+from cartintel_tests.conftest import ingested_warehouse
 
 CFG = StorefrontConfig(days=16, sessions_per_day=1000, n_customers=4000)
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
@@ -30,24 +28,13 @@ QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 @pytest.fixture(scope="module")
 def warehouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("train")
-    write_storefront(simulate(CFG), out)
     db = out / "wh.duckdb"
-    con = duckdb.connect(str(db))
+    con = ingested_warehouse(simulate(CFG), out, str(db))
     for i in range(CFG.days):
-        for spec in TABLES:
-            ingest_partition(con, spec, CFG.day(i), out / "landing", "k")
-    for i in range(CFG.days):
-        day = CFG.day(i)
-        con.execute(
-            f"CREATE OR REPLACE TEMP VIEW e AS SELECT * FROM raw_events WHERE partition_date = DATE '{day}'"
-        )
-        con.execute(
-            f"CREATE OR REPLACE TEMP VIEW s AS SELECT * FROM raw_sessions WHERE partition_date = DATE '{day}'"
-        )
-        session_features(con, "e", "s", CutoffPolicy(), day - timedelta(days=365), day)
-        replace_partition(con, "session_features", "_session_features", day)
-        cart_labels(con, day)
-        replace_partition(con, "abandonment_labels", "_cart_labels", day)
+        day_features(con, CFG.day(i), CutoffPolicy())
+        replace_partition(con, "session_features", "_session_features", CFG.day(i))
+        cart_labels(con, CFG.day(i))
+        replace_partition(con, "abandonment_labels", "_cart_labels", CFG.day(i))
     con.close()
     return db
 

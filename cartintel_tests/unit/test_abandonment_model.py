@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
 from pathlib import Path
 
-import duckdb
 import numpy as np
 import pandas as pd
 import pytest
@@ -25,36 +23,23 @@ from cartintel_assets.ml.features import (
     CATEGORICAL_FEATURES,
     NUMERIC_FEATURES,
     CutoffPolicy,
-    session_features,
+    day_features,
 )
-from cartintel_assets.ml.ingest import ingest_partition
 from cartintel_assets.ml.labels import RETURN_WINDOW_DAYS, cart_labels
-from cartintel_assets.ml.schema import TABLES
-from cartintel_assets.ml.simulation import StorefrontConfig, simulate, write_storefront
+from cartintel_assets.ml.simulation import StorefrontConfig, simulate
+from cartintel_tests.conftest import ingested_warehouse
 
 CFG = StorefrontConfig(days=21, sessions_per_day=1500)
 
 
 @pytest.fixture(scope="module")
 def labelled(tmp_path_factory: pytest.TempPathFactory) -> pd.DataFrame:
-    out = tmp_path_factory.mktemp("model")
-    write_storefront(simulate(CFG), out)
-    con = duckdb.connect()
-    for i in range(CFG.days):
-        for spec in TABLES:
-            ingest_partition(con, spec, CFG.day(i), Path(out) / "landing", "k")
+    con = ingested_warehouse(simulate(CFG), tmp_path_factory.mktemp("model"))
     frames = []
     for i in range(CFG.days - RETURN_WINDOW_DAYS):
-        day = CFG.day(i)
-        con.execute(
-            f"CREATE OR REPLACE TEMP VIEW e AS SELECT * FROM raw_events WHERE partition_date = DATE '{day}'"
-        )
-        con.execute(
-            f"CREATE OR REPLACE TEMP VIEW s AS SELECT * FROM raw_sessions WHERE partition_date = DATE '{day}'"
-        )
-        f = session_features(con, "e", "s", CutoffPolicy(), day - timedelta(days=365), day)
-        labels = cart_labels(con, day)[["session_id", "abandoned", "harmful"]]
-        frames.append(f.merge(labels, on="session_id"))
+        features = day_features(con, CFG.day(i), CutoffPolicy())
+        labels = cart_labels(con, CFG.day(i))[["session_id", "abandoned", "harmful"]]
+        frames.append(features.merge(labels, on="session_id"))
     return pd.concat(frames, ignore_index=True)
 
 

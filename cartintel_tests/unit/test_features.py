@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import timedelta
-from pathlib import Path
 
 import duckdb
 import numpy as np
@@ -17,10 +16,9 @@ from cartintel_assets.ml.features import (
     CutoffPolicy,
     session_features,
 )
-from cartintel_assets.ml.ingest import ingest_partition
 from cartintel_assets.ml.labels import cart_labels
-from cartintel_assets.ml.schema import TABLES
-from cartintel_assets.ml.simulation import Storefront, StorefrontConfig, simulate, write_storefront
+from cartintel_assets.ml.simulation import Storefront, StorefrontConfig, simulate
+from cartintel_tests.conftest import ingested_warehouse
 
 CFG = StorefrontConfig(days=10, sessions_per_day=600, n_customers=2500, n_products=150)
 DAY = CFG.day(2)  # the last day whose 7-day label window has landed
@@ -31,13 +29,7 @@ def warehouse(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> tuple[Storefront, duckdb.DuckDBPyConnection]:
     store = simulate(CFG)
-    out = tmp_path_factory.mktemp("features")
-    write_storefront(store, out)
-    con = duckdb.connect()
-    for i in range(CFG.days):
-        for spec in TABLES:
-            ingest_partition(con, spec, CFG.day(i), Path(out) / "landing", "k")
-    return store, con
+    return store, ingested_warehouse(store, tmp_path_factory.mktemp("features"))
 
 
 def _features(con: duckdb.DuckDBPyConnection, events: str) -> pd.DataFrame:

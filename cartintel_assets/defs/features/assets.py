@@ -1,6 +1,6 @@
 """Conformed session tables, point-in-time features and outcome labels of cart sessions."""
 
-from datetime import date, timedelta
+from datetime import date
 
 import dagster as dg
 from pydantic import Field
@@ -10,9 +10,7 @@ from cartintel_assets.ml.features import (
     CATEGORICAL_FEATURES,
     NUMERIC_FEATURES,
     CutoffPolicy,
-)
-from cartintel_assets.ml.features import (
-    session_features as compute_features,
+    day_features,
 )
 from cartintel_assets.ml.labels import RETURN_WINDOW_DAYS, cart_labels
 from cartintel_assets.ml.sessions import build_cart_sessions
@@ -71,21 +69,9 @@ def session_features(
     and customer history, from events strictly before the cutoff and data of earlier days only.
     """
     day = date.fromisoformat(context.partition_key)
-    p = f"DATE '{day.isoformat()}'"
     with warehouse.get_connection() as con:
-        con.execute(
-            f"CREATE OR REPLACE TEMP VIEW _day_events AS SELECT * FROM raw_events WHERE partition_date = {p}"
-        )
-        con.execute(
-            f"CREATE OR REPLACE TEMP VIEW _day_sessions AS SELECT * FROM raw_sessions WHERE partition_date = {p}"
-        )
-        frame = compute_features(
-            con,
-            "_day_events",
-            "_day_sessions",
-            CutoffPolicy(config.minutes_after_first_cart),
-            history_from=day - timedelta(days=config.history_days),
-            history_to=day,
+        frame = day_features(
+            con, day, CutoffPolicy(config.minutes_after_first_cart), config.history_days
         )
         replace_partition(con, "session_features", "_session_features", day)
     coverage = {c: float(frame[c].notna().mean()) if len(frame) else 0.0 for c in NUMERIC_FEATURES}
