@@ -157,11 +157,13 @@ _QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 def cmd_demo(args: argparse.Namespace) -> int:
     import dagster as dg
 
+    from cartintel_assets.resources import LandingResource
+
     out = _simulate(args)
     landing, warehouse = out / "landing", settings.warehouse_path()
     # the job's landing resource reads this at run time; re-materialising a day replaces it
     os.environ["CARTINTEL_LANDING"] = str(landing)
-    days = sorted(p.name for p in landing.iterdir() if p.is_dir() and not p.name.startswith("_"))
+    days = LandingResource(root=str(landing)).days()
     home = ensure_dagster_home()
     where = f"runs kept in DAGSTER_HOME={home} (shown by `make dev`)"
     with dg.DagsterInstance.get() as instance:

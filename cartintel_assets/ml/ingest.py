@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -359,7 +358,7 @@ def ingest_partition(
         landed=int(counts[0]),
         accepted=int(counts[1]),
         quarantined=int(counts[2]),
-        by_rule=dict(Counter({str(k): int(v) for k, v in by_rule.items()})),
+        by_rule={str(k): int(v) for k, v in by_rule.items()},
     )
 
 

@@ -28,4 +28,7 @@ class LandingResource(dg.ConfigurableResource):
     def days(self) -> list[str]:
         """The day folders that have landed, in order."""
         root = self.path()
-        return sorted(p.name for p in root.iterdir() if p.is_dir()) if root.exists() else []
+        if not root.exists():
+            return []
+        # folders starting with "_" hold rejects of foreign logs, not days
+        return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("_"))
