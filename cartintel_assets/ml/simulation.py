@@ -71,14 +71,17 @@ class TypeParams:
     price_change: tuple[float, ...] = (-1.0, -12.0, -8.0, -1.0, -2.0, -2.0)
     promotion: tuple[float, ...] = (0.0, 0.3, 1.0, 0.0, 0.0, 0.0)
     # per unit of shipping cost / cart value
-    ship_share: tuple[float, ...] = (-0.5, -2.0, -2.0, -1.0, -1.0, -10.0)
+    ship_share: tuple[float, ...] = (-0.5, -4.0, -3.0, -1.5, -3.0, -12.0)
     # per delivery day beyond 3
-    delivery_days: tuple[float, ...] = (-0.02, -0.05, -0.05, 0.0, -0.05, -0.35)
+    delivery_days: tuple[float, ...] = (-0.02, -0.10, -0.10, 0.0, -0.10, -0.35)
     # per star of the carted products' mean rating above 4
     review: tuple[float, ...] = (0.3, 0.8, 0.5, 0.3, 0.8, 0.5)
     coupon_rate: tuple[float, ...] = (0.02, 0.15, 0.60, 0.05, 0.05, 0.10)
     # logit of buying the abandoned cart within 7 days without any intervention
     return_base: tuple[float, ...] = (0.8, -0.5, -1.0, -3.0, 1.5, -0.8)
+    # share of the cart's friction (price, shipping, delivery logit terms) that still holds the
+    # shopper back over the next 7 days: a cost that drove the cart away keeps it away
+    friction_persistence: float = 0.7
     # treatment effects on that logit: rows = types, columns = schema.TREATMENTS
     treatment_effect: tuple[tuple[float, ...], ...] = (
         (0.0, 0.05, 0.05, 0.05, 0.05),  # sure things
@@ -376,12 +379,15 @@ class _Sim:
         ship_cost = self.ship_cost[day, region, wclass]
         ship_days = self.ship_days[day, region, wclass]
         ship_share = np.where(cart_value > 0, ship_cost / np.maximum(cart_value, 1e-9), 0.0)
+        price_friction = np.array(tp.price_change)[ctype] * pchg
+        ship_friction = np.array(tp.ship_share)[ctype] * ship_share + np.array(tp.delivery_days)[
+            ctype
+        ] * (ship_days - 3)
+        friction = price_friction + ship_friction
         logit = (
             np.array(tp.purchase_base)[ctype]
-            + np.array(tp.price_change)[ctype] * pchg
+            + friction
             + np.array(tp.promotion)[ctype] * promo
-            + np.array(tp.ship_share)[ctype] * ship_share
-            + np.array(tp.delivery_days)[ctype] * (ship_days - 3)
             + np.array(tp.review)[ctype] * (rating - 4.0)
             - 0.3 * (device == 0)
         )
@@ -396,7 +402,7 @@ class _Sim:
         eff = np.array(tp.treatment_effect)[ctype]  # n x treatments
         ship_scale = np.clip(ship_share / 0.1, 0.3, 2.0)
         eff[:, 2] = eff[:, 2] * ship_scale
-        rbase = np.array(tp.return_base)[ctype]
+        rbase = np.array(tp.return_base)[ctype] + tp.friction_persistence * friction
         self.return_offset = _offset_for_mean(
             rbase[abandoned & calib], cfg.benign_abandonment_share
         )
@@ -429,6 +435,9 @@ class _Sim:
                 "ship_cost": ship_cost,
                 "ship_days": ship_days,
                 "ship_share": ship_share,
+                # the planted friction terms of the purchase logit (ground truth for reason codes)
+                "friction_price": np.where(has_cart, price_friction, 0.0),
+                "friction_shipping": np.where(has_cart, ship_friction, 0.0),
                 "p_purchase": p_buy,
                 "purchased": purchased,
                 "abandoned": abandoned,
