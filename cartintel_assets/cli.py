@@ -213,10 +213,18 @@ def _run_days(instance: DagsterInstance, days: list[str]) -> list[str]:
         failed_checks.append(
             "abandonment_model: training or a blocking gate failed (see the Dagster UI)"
         )
+        return failed_checks
+    say(f"scoring the open carts of {days[-1]} with models:/cartintel-abandonment@challenger")
+    result = defs.resolve_job_def("abandonment_scoring_job").execute_in_process(
+        partition_key=days[-1], instance=instance, raise_on_error=False, run_config=_QUIET
+    )
+    if not result.success:
+        failed_checks.append(f"abandonment_scores {days[-1]}: scoring failed (see the Dagster UI)")
     return failed_checks
 
 
 def _summary(warehouse: Path, days: list[str], failed_checks: list[str], where: str) -> None:
+    from cartintel_assets.ml.warehouse import has_table
     from cartintel_assets.resources import WarehouseResource
 
     window = {"lo": days[0], "hi": days[-1]}
@@ -237,6 +245,16 @@ def _summary(warehouse: Path, days: list[str], failed_checks: list[str], where: 
         n_features = con.execute(
             f"SELECT count(*) FROM session_features WHERE {in_window}", window
         ).fetchall()[0][0]
+        scores = (
+            con.execute(
+                "SELECT session_id, risk, risk_decile, reason_codes, model_version"
+                " FROM abandonment_scores WHERE partition_date = CAST($hi AS DATE)"
+                " ORDER BY risk DESC, session_id",
+                {"hi": days[-1]},
+            ).fetchall()
+            if has_table(con, "abandonment_scores")
+            else []
+        )
         card = con.execute(
             "SELECT standard, round(avg(row_score), 4) row_score, sum(blocking_failures)::BIGINT"
             f" blocking_failures, sum(warnings)::BIGINT warnings FROM data_quality_scorecard"
@@ -251,6 +269,13 @@ def _summary(warehouse: Path, days: list[str], failed_checks: list[str], where: 
         f" harmful {carts[2] or 0:.1%} of carts, benign {carts[3] or 0:.1%} of abandoned"
     )
     print(f"point-in-time feature rows: {n_features:,}")
+    if scores:
+        print(
+            f"\nrisk scores of {days[-1]}: {len(scores):,} open carts, model version"
+            f" {scores[0][4]}; the riskiest, with their reason codes:"
+        )
+        for session_id, risk, decile, reasons, _ in scores[:5]:
+            print(f"  {session_id}  risk {risk:.2f} (decile {decile})  {', '.join(reasons)}")
     print("\ndata-quality scorecard (mean row score, summed failures over the days):")
     print(card.to_string(index=False))
     print(

@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from cartintel_assets.defs.abandonment.assets import abandonment_model
+from cartintel_assets.defs.abandonment.assets import abandonment_model, abandonment_scores
 from cartintel_assets.defs.features.assets import (
     abandonment_labels,
     cart_sessions,
@@ -37,6 +37,13 @@ abandonment_training_job = dg.define_asset_job(
     description="Train, evaluate, gate and register the abandonment-risk model on all labelled carts.",
 )
 
+abandonment_scoring_job = dg.define_asset_job(
+    "abandonment_scoring_job",
+    selection=dg.AssetSelection.assets(abandonment_scores),
+    executor_def=dg.in_process_executor,
+    description="Score a day's open carts with the registered model by alias (reason codes, version).",
+)
+
 defs = dg.Definitions(
     assets=[
         *ingestion_assets,
@@ -45,10 +52,20 @@ defs = dg.Definitions(
         session_features,
         abandonment_labels,
         abandonment_model,
+        abandonment_scores,
     ],
     asset_checks=quality_gates,
-    jobs=[storefront_daily_job, abandonment_labels_job, abandonment_training_job],
-    schedules=[dg.build_schedule_from_partitioned_job(storefront_daily_job, hour_of_day=2)],
+    jobs=[
+        storefront_daily_job,
+        abandonment_labels_job,
+        abandonment_training_job,
+        abandonment_scoring_job,
+    ],
+    schedules=[
+        dg.build_schedule_from_partitioned_job(storefront_daily_job, hour_of_day=2),
+        # after the day's features exist; scores with whichever version holds the alias then
+        dg.build_schedule_from_partitioned_job(abandonment_scoring_job, hour_of_day=3),
+    ],
     resources={
         "warehouse": WarehouseResource(),
         "landing": LandingResource(),

@@ -6,6 +6,7 @@ No Dagster import; the MLflow tracking URI is set by the caller (the MLflow reso
 from __future__ import annotations
 
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,13 +52,15 @@ def log_risk_model(model: RiskModel, example: pd.DataFrame) -> str:
     return str(info.model_uri)
 
 
-def register(model_uri: str, name: str, alias: str, tags: dict[str, str]) -> str:
-    """Register `model_uri` as a new version of `name`, tag it and point `alias` at it."""
+def register(model_uri: str, name: str, alias: str | None, tags: dict[str, str]) -> str:
+    """Register `model_uri` as a new version of `name`, tag it and, unless `alias` is None,
+    point `alias` at it."""
     version = mlflow.register_model(model_uri, name)
     client = MlflowClient()
     for k, v in tags.items():
         client.set_model_version_tag(name, version.version, k, v)
-    client.set_registered_model_alias(name, alias, version.version)
+    if alias is not None:
+        client.set_registered_model_alias(name, alias, version.version)
     return str(version.version)
 
 
@@ -67,3 +70,32 @@ def version_by_alias(name: str, alias: str) -> str | None:
         return str(MlflowClient().get_model_version_by_alias(name, alias).version)
     except mlflow.exceptions.MlflowException:
         return None
+
+
+@dataclass(frozen=True)
+class RegisteredRiskModel:
+    """A risk model loaded from the registry, with the version an alias pointed at."""
+
+    model: RiskModel
+    name: str
+    alias: str
+    version: str
+    run_id: str
+
+
+def load_risk_model(name: str, alias: str) -> RegisteredRiskModel:
+    """Resolve `alias` to a version once, then load exactly that version's `RiskModel`."""
+    client = MlflowClient()
+    try:
+        found = client.get_model_version_by_alias(name, alias)
+    except mlflow.exceptions.MlflowException as err:
+        raise LookupError(
+            f"no version of the registered model {name!r} has the alias {alias!r}:"
+            " train one that passes its gates first (abandonment_training_job)"
+        ) from err
+    with tempfile.TemporaryDirectory() as tmp:
+        local = mlflow.artifacts.download_artifacts(
+            artifact_uri=f"models:/{name}/{found.version}", dst_path=tmp
+        )
+        model = RiskModel.load(Path(local) / "artifacts" / "risk_model")
+    return RegisteredRiskModel(model, name, alias, str(found.version), str(found.run_id))

@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
-import matplotlib
+import base64
+import io
 
-matplotlib.use("Agg")  # headless: no display on servers and CI
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure  # not pyplot: no global registry, no display, nothing leaks
+from sklearn.metrics import precision_recall_curve, roc_curve
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
+
+def _figure(width: float, height: float) -> tuple[Figure, Axes]:
+    fig = Figure(figsize=(width, height))
+    return fig, fig.subplots()
+
+
+def markdown_image(fig: Figure, title: str, dpi: int = 60) -> str:
+    """The figure as a Markdown image with an embedded PNG (shown by the Dagster UI, offline)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    return f"![{title}](data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()})"
 
 
 def evaluation_figures(
@@ -17,19 +28,19 @@ def evaluation_figures(
 ) -> dict[str, Figure]:
     """ROC, precision-recall, calibration and SHAP summary (mean |contribution|) figures."""
     figs: dict[str, Figure] = {}
-    fig, ax = plt.subplots(figsize=(5, 4))
+    fig, ax = _figure(5, 4)
     fpr, tpr, _ = roc_curve(y, p)
     ax.plot(fpr, tpr)
     ax.plot([0, 1], [0, 1], "--", color="grey")
     ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC (test period)")
     figs["roc.png"] = fig
-    fig, ax = plt.subplots(figsize=(5, 4))
+    fig, ax = _figure(5, 4)
     prec, rec, _ = precision_recall_curve(y, p)
     ax.plot(rec, prec)
     ax.axhline(y.mean(), ls="--", color="grey")
     ax.set(xlabel="recall", ylabel="precision", title="Precision-recall (test period)")
     figs["pr.png"] = fig
-    fig, ax = plt.subplots(figsize=(5, 4))
+    fig, ax = _figure(5, 4)
     edges = np.linspace(0, 1, 11)
     idx = np.clip(np.digitize(p, edges[1:-1]), 0, 9)
     xs = [p[idx == b].mean() for b in range(10) if (idx == b).any()]
@@ -38,7 +49,7 @@ def evaluation_figures(
     ax.plot([0, 1], [0, 1], "--", color="grey")
     ax.set(xlabel="predicted", ylabel="observed", title="Calibration (test period)")
     figs["calibration.png"] = fig
-    fig, ax = plt.subplots(figsize=(6, 6))
+    fig, ax = _figure(6, 6)
     imp = np.abs(contributions[:, :-1]).mean(axis=0)
     order = np.argsort(imp)[-15:]
     ax.barh(np.array(features)[order], imp[order])

@@ -18,7 +18,7 @@ import duckdb
 import pandas as pd
 
 from cartintel_assets.ml.schema import PRODUCT_EVENT_TYPES, TABLES_BY_NAME, TableSpec
-from cartintel_assets.ml.warehouse import replace_rows
+from cartintel_assets.ml.warehouse import has_table, replace_rows
 
 STANDARDS: tuple[str, ...] = ("accuracy", "completeness", "consistency", "timeliness")
 # Tables a partition cannot do without: an empty one is an ERROR, elsewhere a WARN.
@@ -337,12 +337,9 @@ def failed_blocking_checks(
     con: duckdb.DuckDBPyConnection, table: str, partition: date
 ) -> list[str]:
     """The ERROR-severity checks that failed for a table's partition (a missing record fails too)."""
-    exists = con.execute(
-        "SELECT count(*) FROM information_schema.tables WHERE table_name = 'dq_check_results'"
-    ).fetchall()[0][0]
     rows = (
         []
-        if not exists
+        if not has_table(con, "dq_check_results")
         else con.execute(
             "SELECT check_name, passed FROM dq_check_results WHERE table_name = ? AND partition_date = ? AND severity = 'ERROR'",
             [table, partition],

@@ -30,13 +30,19 @@ class MLflowResource(dg.ConfigurableResource):
             else settings.mlruns_dir() / "artifacts"
         )
 
-    def experiment_id(self, name: str) -> str:
-        """Point MLflow at the store (at run time) and get or create the experiment."""
+    def activate(self) -> None:
+        """Point MLflow (tracking and registry) at this store, at run time."""
         import mlflow
 
         if self.uri().startswith("sqlite:///"):
             Path(self.uri().removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         mlflow.set_tracking_uri(self.uri())
+
+    def experiment_id(self, name: str) -> str:
+        """Activate the store and get or create the experiment."""
+        import mlflow
+
+        self.activate()
         found = mlflow.get_experiment_by_name(name)
         if found is not None:
             return str(found.experiment_id)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import duckdb
@@ -11,7 +12,12 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from cartintel_assets.defs.abandonment.assets import GATES, MODEL_NAME, abandonment_model
+from cartintel_assets.defs.abandonment.assets import (
+    GATES,
+    MODEL_NAME,
+    abandonment_model,
+    abandonment_scores,
+)
 from cartintel_assets.ml.abandonment import RiskModel
 from cartintel_assets.ml.features import CutoffPolicy, day_features
 from cartintel_assets.ml.labels import cart_labels
@@ -39,17 +45,34 @@ def warehouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return db
 
 
+def _resources(db: Path, mlruns: Path) -> dict[str, Any]:
+    return {
+        "warehouse": WarehouseResource(database=str(db)),
+        "mlflow_tracking": MLflowResource(
+            tracking_uri=f"sqlite:///{mlruns / 'mlflow.db'}",
+            artifact_root=str(mlruns / "artifacts"),
+        ),
+    }
+
+
 def _train(db: Path, mlruns: Path, instance: dg.DagsterInstance) -> dg.ExecuteInProcessResult:
     return dg.materialize(
         [abandonment_model],
         instance=instance,
-        resources={
-            "warehouse": WarehouseResource(database=str(db)),
-            "mlflow_tracking": MLflowResource(
-                tracking_uri=f"sqlite:///{mlruns / 'mlflow.db'}",
-                artifact_root=str(mlruns / "artifacts"),
-            ),
-        },
+        resources=_resources(db, mlruns),
+        raise_on_error=False,
+        run_config=QUIET,
+    )
+
+
+def _score(
+    db: Path, mlruns: Path, instance: dg.DagsterInstance, day: str
+) -> dg.ExecuteInProcessResult:
+    return dg.materialize(
+        [abandonment_scores],
+        instance=instance,
+        resources=_resources(db, mlruns),
+        partition_key=day,
         raise_on_error=False,
         run_config=QUIET,
     )
@@ -81,6 +104,8 @@ def test_training_logs_registers_and_gates(warehouse: Path, tmp_path: Path) -> N
             f"plots/{n}" for n in ("roc.png", "pr.png", "calibration.png", "shap_summary.png")
         }
         assert str(client.get_model_version_by_alias(MODEL_NAME, "challenger").version) == "1"
+        assert run.data.metrics["abandoned_test_roc_auc"] > 0.8  # the secondary label, reported
+        assert meta["plots"].value.count("data:image/png;base64,") == 4
         # loads back by alias and scores like the model it logged
         loaded = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}@challenger")
         con = duckdb.connect(str(warehouse), read_only=True)
@@ -94,6 +119,30 @@ def test_training_logs_registers_and_gates(warehouse: Path, tmp_path: Path) -> N
         assert np.array_equal(
             np.asarray(loaded.predict(direct.typed(rows))), direct.predict_proba(rows)
         )
+
+        # batch scores of the latest day: every open cart, by alias, version on every row
+        last = CFG.day(CFG.days - 1).isoformat()
+        scored = _score(warehouse, mlruns, instance, last)
+        assert scored.success
+        con = duckdb.connect(str(warehouse), read_only=True)
+        features = con.execute(
+            "SELECT * FROM session_features WHERE partition_date = ? ORDER BY session_id", [last]
+        ).df()
+        scores = con.execute(
+            "SELECT * FROM abandonment_scores WHERE partition_date = ? ORDER BY session_id", [last]
+        ).df()
+        con.close()
+        assert len(scores) == len(features) > 500
+        assert scores["session_id"].tolist() == features["session_id"].tolist()
+        assert set(scores["model_version"]) == {"1"} and set(scores["model_alias"]) == {
+            "challenger"
+        }
+        assert set(scores["model_run_id"]) == {run.info.run_id}
+        assert np.allclose(scores["risk"], loaded.predict(direct.typed(features)), atol=1e-12)
+        assert set(scores["risk_decile"]) == set(range(1, 11))
+        named = {c for codes in scores["reason_codes"] for c in codes}
+        assert named and named <= set(direct.features)
+        assert all(len(c) <= 3 for c in scores["reason_codes"])
 
         # a second run is a new version; with a champion in place the gate compares against it
         client.set_registered_model_alias(MODEL_NAME, "champion", "1")
@@ -121,6 +170,14 @@ def test_gate_blocks_a_model_trained_on_shuffled_labels(warehouse: Path, tmp_pat
     con.close()
     with dg.instance_for_test() as instance:
         result = _train(db, tmp_path / "mlruns", instance)
-    checks = _checks(result)
-    assert not result.success  # a failed blocking check fails the step
-    assert not checks["abandonment_model_roc_auc_above_floor"]
+        checks = _checks(result)
+        assert not result.success  # a failed blocking check fails the step
+        assert not checks["abandonment_model_roc_auc_above_floor"]
+        # registered for the audit trail, but not the challenger: nothing can score with it
+        client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+        version = client.get_model_version(MODEL_NAME, "1")
+        assert version.tags["gate"] == "failed" and not version.aliases
+        scored = _score(db, tmp_path / "mlruns", instance, CFG.day(CFG.days - 1).isoformat())
+        assert not scored.success
+        failure = scored.get_step_failure_events()[0].event_specific_data
+        assert "has the alias 'challenger'" in str(failure.error)  # type: ignore[union-attr]

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import duckdb
+import mlflow
 import numpy as np
 import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
-from sklearn.model_selection import StratifiedKFold, train_test_split
 
 from cartintel_assets.ml.abandonment import (
+    RiskModel,
     XGBParams,
     baseline_proba,
     fit_logistic_baseline,
@@ -26,15 +28,22 @@ from cartintel_assets.ml.features import (
     day_features,
 )
 from cartintel_assets.ml.labels import RETURN_WINDOW_DAYS, cart_labels
-from cartintel_assets.ml.simulation import StorefrontConfig, simulate
+from cartintel_assets.ml.realdata import UCI_EXPERIMENT, load_uci, log_uci_runs
+from cartintel_assets.ml.scoring import SCORE_COLUMNS, score_carts, write_scores
+from cartintel_assets.ml.simulation import Storefront, StorefrontConfig, simulate
 from cartintel_tests.conftest import ingested_warehouse
 
 CFG = StorefrontConfig(days=21, sessions_per_day=1500)
 
 
 @pytest.fixture(scope="module")
-def labelled(tmp_path_factory: pytest.TempPathFactory) -> pd.DataFrame:
-    con = ingested_warehouse(simulate(CFG), tmp_path_factory.mktemp("model"))
+def store() -> Storefront:
+    return simulate(CFG)
+
+
+@pytest.fixture(scope="module")
+def labelled(store: Storefront, tmp_path_factory: pytest.TempPathFactory) -> pd.DataFrame:
+    con = ingested_warehouse(store, tmp_path_factory.mktemp("model"))
     frames = []
     for i in range(CFG.days - RETURN_WINDOW_DAYS):
         features = day_features(con, CFG.day(i), CutoffPolicy())
@@ -43,9 +52,25 @@ def labelled(tmp_path_factory: pytest.TempPathFactory) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def test_risk_model_beats_logistic_baseline_on_harmful_abandonment(labelled: pd.DataFrame) -> None:
+def _split_fit(labelled: pd.DataFrame) -> tuple[RiskModel, dict[str, pd.DataFrame]]:
     split = time_split(labelled["started_at"])
-    train, valid, test = (labelled[split == s] for s in ("train", "valid", "test"))
+    parts = {s: labelled[split == s] for s in ("train", "valid", "test")}
+    y = {s: parts[s]["harmful"].to_numpy(dtype=int) for s in parts}
+    model = fit_risk_model(
+        parts["train"],
+        y["train"],
+        parts["valid"],
+        y["valid"],
+        list(NUMERIC_FEATURES),
+        list(CATEGORICAL_FEATURES),
+        XGBParams(),
+    )
+    return model, parts
+
+
+def test_risk_model_beats_logistic_baseline_on_harmful_abandonment(labelled: pd.DataFrame) -> None:
+    model, parts = _split_fit(labelled)
+    train, valid, test = parts["train"], parts["valid"], parts["test"]
     assert (
         train["started_at"].max()
         < valid["started_at"].min()
@@ -53,18 +78,14 @@ def test_risk_model_beats_logistic_baseline_on_harmful_abandonment(labelled: pd.
         < test["started_at"].min()
     )
     num, cat = list(NUMERIC_FEATURES), list(CATEGORICAL_FEATURES)
-    y = {
-        name: part["harmful"].to_numpy(dtype=int)
-        for name, part in (("train", train), ("valid", valid), ("test", test))
-    }
-    model = fit_risk_model(train, y["train"], valid, y["valid"], num, cat, XGBParams())
+    y = {name: part["harmful"].to_numpy(dtype=int) for name, part in parts.items()}
     p = model.predict_proba(test)
     m = risk_metrics(y["test"], p, test["cart_value"].to_numpy())
     baseline = roc_auc_score(
         y["test"], baseline_proba(fit_logistic_baseline(train, y["train"], num), test, num)
     )
     assert m["roc_auc"] > 0.8
-    assert m["roc_auc"] - baseline > 0.005  # measured 0.839 vs 0.825 on this storefront
+    assert m["roc_auc"] - baseline > 0.01  # measured 0.858 vs 0.838 on this storefront
     assert m["calibration_error"] < 0.05
     assert m["top_decile_lift"] > 2.0
     # seeded: the same data gives the same model
@@ -72,6 +93,30 @@ def test_risk_model_beats_logistic_baseline_on_harmful_abandonment(labelled: pd.
     assert np.array_equal(again.predict_proba(test), p)
     codes = reason_codes(model, test.head(50))
     assert all(set(c) <= set(model.features) for c in codes) and any(codes)
+
+
+SHIPPING_REASONS = {"shipping_share", "shipping_cost", "delivery_days"}
+
+
+def test_reason_codes_name_the_planted_shipping_friction(
+    store: Storefront, labelled: pd.DataFrame
+) -> None:
+    """Where the simulator made shipping cost and delivery time hold a cart back (their planted
+    logit term), the cart's top-3 reason codes name a shipping feature; where it did not, they
+    rarely do. Features with no planted effect (hour, weekday) are almost never named."""
+    model, parts = _split_fit(labelled)
+    truth = store.truth_sessions.set_index("session_id")
+    test = parts["test"][parts["test"]["session_id"].isin(truth.index)]
+    codes = reason_codes(model, test)
+    named = np.array([bool(set(c) & SHIPPING_REASONS) for c in codes])
+    planted = truth.loc[test["session_id"], "friction_shipping"].to_numpy()
+    strong, weak = planted <= -1.0, planted > -0.2  # logit of buying, lowered by shipping
+    assert strong.sum() > 200 and weak.sum() > 500
+    # measured 0.50 vs 0.10 on this storefront
+    assert named[strong].mean() > 0.35
+    assert named[strong].mean() > 3 * named[weak].mean()
+    noise = np.mean([bool({"hour", "weekday"} & set(c)) for c in codes])
+    assert noise < 0.02
 
 
 def test_shuffled_labels_give_a_useless_model(labelled: pd.DataFrame) -> None:
@@ -95,21 +140,44 @@ def test_shuffled_labels_give_a_useless_model(labelled: pd.DataFrame) -> None:
 
 
 @pytest.mark.realdata
-def test_uci_online_shoppers_floor(shared_data: Path) -> None:
-    """Published reference: gradient boosting ROC-AUC ~0.93 (Heliyon 2023, e15163), random splits."""
-    df = pd.read_csv(shared_data / "online_shoppers_intention.csv")
-    assert len(df) == 12330
-    y = (~df["Revenue"].astype(bool)).to_numpy(dtype=int)  # abandonment = no purchase
-    df["Weekend"] = df["Weekend"].astype(int)
-    num = [c for c in df.columns if c not in ("Month", "VisitorType", "Revenue")]
-    cat = ["Month", "VisitorType"]
-    aucs = []
-    for train_idx, test_idx in StratifiedKFold(5, shuffle=True, random_state=7).split(df, y):
-        fit_idx, stop_idx = train_test_split(
-            train_idx, test_size=0.2, stratify=y[train_idx], random_state=7
-        )
-        model = fit_risk_model(
-            df.iloc[fit_idx], y[fit_idx], df.iloc[stop_idx], y[stop_idx], num, cat, XGBParams()
-        )
-        aucs.append(risk_metrics(y[test_idx], model.predict_proba(df.iloc[test_idx]))["roc_auc"])
-    assert np.mean(aucs) >= 0.92, aucs  # measured 0.929
+def test_uci_online_shoppers_floor(shared_data: Path, tmp_path: Path) -> None:
+    """Published reference: gradient boosting ROC-AUC ~0.93 (Heliyon 2023, e15163), random splits.
+    The runs land in their own MLflow experiment."""
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = mlflow.create_experiment(UCI_EXPERIMENT, (tmp_path / "art").as_uri())
+    runs = log_uci_runs(load_uci(shared_data), experiment, XGBParams())
+    client = mlflow.tracking.MlflowClient()
+    cv = client.get_run(runs["cv5"]).data.metrics
+    assert cv["cv_roc_auc"] >= 0.92, cv  # measured 0.929
+    assert cv["cv_pr_auc_purchase"] >= 0.70  # published ~0.75 with purchase as the positive class
+    folds = client.get_metric_history(runs["cv5"], "fold_roc_auc")
+    assert len(folds) == 5 and np.mean([m.value for m in folds]) == pytest.approx(cv["cv_roc_auc"])
+    month = client.get_run(runs["month"]).data.metrics
+    assert (month["test_rows_train"], month["test_rows_test"]) == (7605, 4725)
+    assert month["test_roc_auc"] > 0.80, month  # measured 0.828: the holiday months shift it
+
+
+def test_scores_keep_types_and_provenance_also_for_an_empty_day(labelled: pd.DataFrame) -> None:
+    model, parts = _split_fit(labelled)
+    test = parts["test"]
+    provenance = {
+        "model_name": "m",
+        "model_version": "3",
+        "model_alias": "challenger",
+        "model_run_id": "r",
+        "scored_by_run": "d",
+    }
+    con = duckdb.connect()
+    for frame in (test, test.head(0)):
+        scores = score_carts(model, frame)
+        write_scores(con, scores, provenance, "_s")
+        back = con.execute("SELECT * FROM _s").df()
+        assert list(back.columns) == list(SCORE_COLUMNS)
+        assert len(back) == len(frame)
+        types = dict(con.execute("SELECT column_name, column_type FROM (DESCRIBE _s)").fetchall())
+        assert types == SCORE_COLUMNS
+    full = score_carts(model, test)
+    assert np.array_equal(full["risk"].to_numpy(), model.predict_proba(test))
+    # deciles split the batch evenly and follow the risk
+    assert full.groupby("risk_decile")["risk"].max().is_monotonic_increasing
+    assert full["risk_decile"].value_counts().max() - full["risk_decile"].value_counts().min() <= 1

@@ -4,6 +4,7 @@ in MLflow (`cartintel-abandonment`, alias `challenger`), gated by blocking check
 import hashlib
 import subprocess
 from dataclasses import asdict
+from datetime import date
 from typing import Any
 
 import dagster as dg
@@ -11,6 +12,7 @@ import numpy as np
 import pandas as pd
 from pydantic import Field
 
+from cartintel_assets.defs.partitions import daily_partitions
 from cartintel_assets.ml.abandonment import (
     XGBParams,
     baseline_proba,
@@ -20,6 +22,7 @@ from cartintel_assets.ml.abandonment import (
     time_split,
 )
 from cartintel_assets.ml.features import CATEGORICAL_FEATURES, NUMERIC_FEATURES
+from cartintel_assets.ml.warehouse import has_table, replace_partition
 from cartintel_assets.resources import WarehouseResource
 from cartintel_assets.resources.mlflow import MLflowResource
 
@@ -90,7 +93,7 @@ def abandonment_model(
 
     from cartintel_assets.ml.abandonment import reason_codes
     from cartintel_assets.ml.model_registry import log_risk_model, register, version_by_alias
-    from cartintel_assets.ml.plots import evaluation_figures
+    from cartintel_assets.ml.plots import evaluation_figures, markdown_image
 
     with warehouse.reader() as con:
         data = con.execute(
@@ -118,6 +121,13 @@ def abandonment_model(
     metrics = risk_metrics(ys["test"], p, test["cart_value"].to_numpy())
     baseline = fit_logistic_baseline(parts["train"], ys["train"], num)
     base_metrics = risk_metrics(ys["test"], baseline_proba(baseline, test, num))
+    # the other label (abandoned in-session vs harmful), reported beside the primary model
+    other = "abandoned" if config.target == "harmful" else "harmful"
+    oy = {s: parts[s][other].to_numpy(dtype=int) for s in parts}
+    other_model = fit_risk_model(
+        parts["train"], oy["train"], parts["valid"], oy["valid"], num, cat, params
+    )
+    other_metrics = risk_metrics(oy["test"], other_model.predict_proba(test))
     digest = hashlib.sha256(
         pd.util.hash_pandas_object(data, index=False).values.tobytes()
     ).hexdigest()[:16]
@@ -140,11 +150,11 @@ def abandonment_model(
         mlflow.log_metrics({f"rows_{s}": len(parts[s]) for s in parts})
         mlflow.log_metrics({f"test_{k}": v for k, v in metrics.items()})
         mlflow.log_metrics({f"baseline_test_{k}": v for k, v in base_metrics.items()})
+        mlflow.log_metrics({f"{other}_test_{k}": v for k, v in other_metrics.items()})
         mlflow.log_metric("best_iteration", model.best_iteration)
         sample = test.sample(min(len(test), 2000), random_state=0)
-        for name, fig in evaluation_figures(
-            ys["test"], p, model.contributions(sample), model.features
-        ).items():
+        figures = evaluation_figures(ys["test"], p, model.contributions(sample), model.features)
+        for name, fig in figures.items():
             mlflow.log_figure(fig, f"plots/{name}")
         model_uri = log_risk_model(model, test)
         champion = version_by_alias(MODEL_NAME, "champion")
@@ -164,10 +174,12 @@ def abandonment_model(
         }
         gate = "passed" if all(passes.values()) else "failed"
         mlflow.set_tag("gate", gate)
+        # every run is a registered version (audit); only one that passes its gates becomes the
+        # challenger, the one version eligible for promotion
         version = register(
             model_uri,
             MODEL_NAME,
-            "challenger",
+            "challenger" if gate == "passed" else None,
             {"gate": gate, "dagster.run_id": context.run.run_id},
         )
     top_reasons = pd.Series([r[0] for r in reason_codes(model, sample) if r]).value_counts().head(5)
@@ -181,12 +193,17 @@ def abandonment_model(
             "test_pr_auc": metrics["pr_auc"],
             "test_calibration_error": metrics["calibration_error"],
             "baseline_test_roc_auc": base_metrics["roc_auc"],
+            f"{other}_test_roc_auc": other_metrics["roc_auc"],
             "top_decile_lift": metrics["top_decile_lift"],
             "rows": dg.MetadataValue.json({s: len(parts[s]) for s in parts}),
             "top_reason_codes": dg.MetadataValue.json(
                 {str(k): int(v) for k, v in top_reasons.items()}
             ),
             "gate": gate,
+            "alias": "challenger" if gate == "passed" else "none (gate failed)",
+            "plots": dg.MetadataValue.md(
+                "\n\n".join(markdown_image(f, n.removesuffix(".png")) for n, f in figures.items())
+            ),
         }
     )
     observed: dict[str, dict[str, Any]] = {
@@ -205,3 +222,77 @@ def abandonment_model(
         yield dg.AssetCheckResult(
             check_name=name, passed=bool(passes[name]), metadata=observed[name]
         )
+
+
+class AbandonmentScoresConfig(dg.Config):
+    """Which registered model scores the carts, and how many reasons each score carries."""
+
+    alias: str = Field(
+        default="challenger",
+        description="Alias of cartintel-abandonment to score with; only versions that passed"
+        " their gates carry `challenger`.",
+    )
+    reason_codes: int = Field(default=3, ge=1, description="Reason codes per cart.")
+
+
+@dg.asset(
+    group_name="abandonment",
+    partitions_def=daily_partitions,
+    deps=["session_features", "abandonment_model"],
+    kinds={"duckdb", "mlflow"},
+)
+def abandonment_scores(
+    context: dg.AssetExecutionContext,
+    config: AbandonmentScoresConfig,
+    warehouse: WarehouseResource,
+    mlflow_tracking: MLflowResource,
+) -> dg.MaterializeResult:
+    """Risk of harmful abandonment for every open cart of the day, at its point-in-time cutoff,
+    with the top reason codes (SHAP) and the registry version that scored it on every row."""
+    from cartintel_assets.ml.model_registry import load_risk_model
+    from cartintel_assets.ml.scoring import score_carts, write_scores
+
+    mlflow_tracking.activate()
+    registered = load_risk_model(MODEL_NAME, config.alias)
+    day = date.fromisoformat(context.partition_key)
+    with warehouse.get_connection() as con:
+        if not has_table(con, "session_features"):
+            raise ValueError("no session_features yet: materialise that asset for this day first")
+        features = con.execute(
+            "SELECT * FROM session_features WHERE partition_date = ? ORDER BY session_id", [day]
+        ).df()
+        scores = score_carts(registered.model, features, config.reason_codes)
+        write_scores(
+            con,
+            scores,
+            {
+                "model_name": registered.name,
+                "model_version": registered.version,
+                "model_alias": registered.alias,
+                "model_run_id": registered.run_id,
+                "scored_by_run": context.run.run_id,
+            },
+            "_abandonment_scores",
+        )
+        replace_partition(con, "abandonment_scores", "_abandonment_scores", day)
+    n = len(scores)
+    reasons = pd.Series([r[0] for r in scores.get("reason_codes", []) if len(r)]).value_counts()
+    riskiest = scores.nlargest(10, "risk") if n else scores
+    preview = "| session | risk | reasons |\n|---|---|---|\n" + "".join(
+        f"| {r.session_id} | {r.risk:.3f} | {', '.join(r.reason_codes)} |\n"
+        for r in riskiest.itertuples()
+    )
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": n,
+            "model_version": registered.version,
+            "model_alias": registered.alias,
+            "model_uri": f"models:/{MODEL_NAME}/{registered.version}",
+            "mean_risk": float(scores["risk"].mean()) if n else 0.0,
+            "share_risk_above_0_5": float((scores["risk"] > 0.5).mean()) if n else 0.0,
+            "top_reason_codes": dg.MetadataValue.json(
+                {str(k): int(v) for k, v in reasons.head(8).items()}
+            ),
+            "riskiest_carts": dg.MetadataValue.md(preview),
+        }
+    )
