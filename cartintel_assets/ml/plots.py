@@ -6,6 +6,7 @@ import base64
 import io
 
 import numpy as np
+import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure  # not pyplot: no global registry, no display, nothing leaks
 from sklearn.metrics import precision_recall_curve, roc_curve
@@ -14,6 +15,24 @@ from sklearn.metrics import precision_recall_curve, roc_curve
 def _figure(width: float, height: float) -> tuple[Figure, Axes]:
     fig = Figure(figsize=(width, height))
     return fig, fig.subplots()
+
+
+def markdown_table(frame: pd.DataFrame, columns: list[str], rows: int = 10) -> str:
+    """The first `rows` rows of `frame` as a Markdown table (floats to 3 decimals, lists joined)."""
+
+    def cell(v: object) -> str:
+        if isinstance(v, float):
+            return f"{v:.3f}"
+        if isinstance(v, list | tuple | np.ndarray):
+            return ", ".join(map(str, v))
+        return str(v)
+
+    head = "| " + " | ".join(columns) + " |\n|" + "---|" * len(columns) + "\n"
+    body = "".join(
+        "| " + " | ".join(cell(v) for v in r) + " |\n"
+        for r in frame[columns].head(rows).itertuples(index=False)
+    )
+    return head + body
 
 
 def markdown_image(fig: Figure, title: str, dpi: int = 60) -> str:

@@ -148,6 +148,9 @@ def test_training_logs_registers_and_gates(warehouse: Path, tmp_path: Path) -> N
         client.set_registered_model_alias(MODEL_NAME, "champion", "1")
         second = _train(warehouse, mlruns, instance)
         assert second.success and _checks(second)["abandonment_model_no_worse_than_champion"]
+        second_meta = second.asset_materializations_for_node("abandonment_model")[0].metadata
+        assert str(second_meta["champion"].value).startswith("version 1, test ROC-AUC")
+        assert str(meta["champion"].value).startswith("none")
         assert str(client.get_model_version_by_alias(MODEL_NAME, "challenger").version) == "2"
         second_run = client.get_run(
             second.asset_materializations_for_node("abandonment_model")[0]

@@ -160,7 +160,7 @@ def abandonment_model(
         champion = version_by_alias(MODEL_NAME, "champion")
         champion_auc = None
         if champion is not None:
-            champ = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}@champion")
+            champ = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}/{champion}")
             champion_auc = risk_metrics(ys["test"], np.asarray(champ.predict(model.typed(test))))[
                 "roc_auc"
             ]
@@ -200,6 +200,9 @@ def abandonment_model(
                 {str(k): int(v) for k, v in top_reasons.items()}
             ),
             "gate": gate,
+            "champion": f"version {champion}, test ROC-AUC {champion_auc:.4f} on the same days"
+            if champion is not None and champion_auc is not None
+            else "none: no version holds the alias champion yet",
             "alias": "challenger" if gate == "passed" else "none (gate failed)",
             "plots": dg.MetadataValue.md(
                 "\n\n".join(markdown_image(f, n.removesuffix(".png")) for n, f in figures.items())
@@ -250,6 +253,7 @@ def abandonment_scores(
     """Risk of harmful abandonment for every open cart of the day, at its point-in-time cutoff,
     with the top reason codes (SHAP) and the registry version that scored it on every row."""
     from cartintel_assets.ml.model_registry import load_risk_model
+    from cartintel_assets.ml.plots import markdown_table
     from cartintel_assets.ml.scoring import score_carts, write_scores
 
     mlflow_tracking.activate()
@@ -278,10 +282,7 @@ def abandonment_scores(
     n = len(scores)
     reasons = pd.Series([r[0] for r in scores.get("reason_codes", []) if len(r)]).value_counts()
     riskiest = scores.nlargest(10, "risk") if n else scores
-    preview = "| session | risk | reasons |\n|---|---|---|\n" + "".join(
-        f"| {r.session_id} | {r.risk:.3f} | {', '.join(r.reason_codes)} |\n"
-        for r in riskiest.itertuples()
-    )
+    preview = markdown_table(riskiest, ["session_id", "risk", "reason_codes"])
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": n,
