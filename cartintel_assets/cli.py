@@ -198,6 +198,12 @@ def _run_days(instance: DagsterInstance, days: list[str]) -> list[str]:
             partition_key=day, instance=instance, raise_on_error=False, run_config=_QUIET
         )
         say(f"[{i}/{len(days)}] {day}: labels {'ok' if result.success else 'FAILED'}")
+    result = defs.resolve_job_def("friction_job").execute_in_process(
+        instance=instance, raise_on_error=False, run_config=_QUIET
+    )
+    say(f"review signals per product and category: {'ok' if result.success else 'FAILED'}")
+    if not result.success:
+        failed_checks.append("friction_job: review aggregates failed (see the Dagster UI)")
     say("training the abandonment-risk model (MLflow run, registry version, gates)")
     result = defs.resolve_job_def("abandonment_training_job").execute_in_process(
         instance=instance, raise_on_error=False, run_config=_QUIET
@@ -205,9 +211,10 @@ def _run_days(instance: DagsterInstance, days: list[str]) -> list[str]:
     for m in result.asset_materializations_for_node("abandonment_model"):
         md = {k: v.value for k, v in m.metadata.items()}
         say(
-            f"model version {md['model_version']} ({md['model_uri']}), alias challenger, gate {md['gate']}:"
+            f"model version {md['model_version']} ({md['model_uri']}), alias {md['alias']}, gate {md['gate']}:"
             f" test ROC-AUC {md['test_roc_auc']:.3f} (logistic baseline {md['baseline_test_roc_auc']:.3f}),"
-            f" PR-AUC {md['test_pr_auc']:.3f}, calibration error {md['test_calibration_error']:.3f}"
+            f" PR-AUC {md['test_pr_auc']:.3f}, calibration error {md['test_calibration_error']:.3f};"
+            f" champion: {md['champion']}"
         )
     if not result.success:
         failed_checks.append(
@@ -255,6 +262,15 @@ def _summary(warehouse: Path, days: list[str], failed_checks: list[str], where: 
             if has_table(con, "abandonment_scores")
             else []
         )
+        categories = (
+            con.execute(
+                "SELECT category, reviews, round(mean_rating, 2), round(negative_share, 3),"
+                " round(share_negative_shipping, 3) FROM category_review_signals"
+                " ORDER BY negative_share DESC"
+            ).fetchall()
+            if has_table(con, "category_review_signals")
+            else []
+        )
         card = con.execute(
             "SELECT standard, round(avg(row_score), 4) row_score, sum(blocking_failures)::BIGINT"
             f" blocking_failures, sum(warnings)::BIGINT warnings FROM data_quality_scorecard"
@@ -276,6 +292,12 @@ def _summary(warehouse: Path, days: list[str], failed_checks: list[str], where: 
         )
         for session_id, risk, decile, reasons, _ in scores[:5]:
             print(f"  {session_id}  risk {risk:.2f} (decile {decile})  {', '.join(reasons)}")
+    if categories:
+        print("\nreviews by category (share negative, share complaining about shipping):")
+        for cat, n, rating, neg, ship in categories:
+            print(
+                f"  {cat:<12} {n:>5} reviews, mean rating {rating}, negative {neg:.1%}, shipping {ship:.1%}"
+            )
     print("\ndata-quality scorecard (mean row score, summed failures over the days):")
     print(card.to_string(index=False))
     print(

@@ -8,6 +8,7 @@ from cartintel_assets.defs.features.assets import (
     cart_sessions,
     session_features,
 )
+from cartintel_assets.defs.friction.assets import review_aggregates, review_signals
 from cartintel_assets.defs.ingestion.assets import ingestion_assets, quality_gates
 from cartintel_assets.defs.quality.assets import data_quality_scorecard
 from cartintel_assets.resources import LandingResource, WarehouseResource
@@ -17,7 +18,9 @@ from cartintel_assets.resources.mlflow import MLflowResource
 # writer at a time anyway.
 storefront_daily_job = dg.define_asset_job(
     "storefront_daily_job",
-    selection=dg.AssetSelection.all() - dg.AssetSelection.groups("abandonment"),
+    selection=dg.AssetSelection.all()
+    - dg.AssetSelection.groups("abandonment")
+    - dg.AssetSelection.assets(review_aggregates),
     executor_def=dg.in_process_executor,
     description="Ingest one landed day, gate it with the data-quality checks and build what follows.",
 )
@@ -44,6 +47,14 @@ abandonment_scoring_job = dg.define_asset_job(
     description="Score a day's open carts with the registered model by alias (reason codes, version).",
 )
 
+# Over all days so far (not partitioned): re-run after new days land.
+friction_job = dg.define_asset_job(
+    "friction_job",
+    selection=dg.AssetSelection.assets(review_aggregates),
+    executor_def=dg.in_process_executor,
+    description="Aggregate review signals per product and category over all landed days.",
+)
+
 defs = dg.Definitions(
     assets=[
         *ingestion_assets,
@@ -53,6 +64,8 @@ defs = dg.Definitions(
         abandonment_labels,
         abandonment_model,
         abandonment_scores,
+        review_signals,
+        review_aggregates,
     ],
     asset_checks=quality_gates,
     jobs=[
@@ -60,6 +73,7 @@ defs = dg.Definitions(
         abandonment_labels_job,
         abandonment_training_job,
         abandonment_scoring_job,
+        friction_job,
     ],
     schedules=[
         dg.build_schedule_from_partitioned_job(storefront_daily_job, hour_of_day=2),

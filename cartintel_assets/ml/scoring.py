@@ -12,6 +12,7 @@ import pandas as pd
 
 from cartintel_assets.ml.abandonment import RiskModel, reason_codes
 from cartintel_assets.ml.features import KEY_COLUMNS
+from cartintel_assets.ml.warehouse import typed_temp_table
 
 # The scores table, in column order; the warehouse adds `partition_date`.
 SCORE_COLUMNS: dict[str, str] = {
@@ -49,13 +50,4 @@ def write_scores(
 ) -> None:
     """Keep `scores` plus the model's provenance (name, version, alias, run, scoring run) in the
     temporary table `into`, with the types of SCORE_COLUMNS, ready to replace a partition."""
-    frame = scores.assign(**provenance)
-    missing = set(SCORE_COLUMNS) - set(frame.columns)
-    if missing:
-        raise ValueError(f"scores lack columns {sorted(missing)}")
-    select = ", ".join(f'CAST("{c}" AS {t}) AS "{c}"' for c, t in SCORE_COLUMNS.items())
-    con.register("_scores_frame", frame[list(SCORE_COLUMNS)])
-    try:
-        con.execute(f"CREATE OR REPLACE TEMP TABLE {into} AS SELECT {select} FROM _scores_frame")
-    finally:
-        con.unregister("_scores_frame")
+    typed_temp_table(con, scores.assign(**provenance), SCORE_COLUMNS, into)

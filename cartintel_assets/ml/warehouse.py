@@ -30,6 +30,22 @@ def has_table(con: duckdb.DuckDBPyConnection, name: str) -> bool:
     return bool(found and found[0])
 
 
+def typed_temp_table(
+    con: duckdb.DuckDBPyConnection, frame: pd.DataFrame, columns: dict[str, str], into: str
+) -> None:
+    """Keep `frame`'s `columns` in the temporary table `into`, cast to the given SQL types (so an
+    empty frame, whose pandas types say nothing, still makes a well-typed table)."""
+    missing = set(columns) - set(frame.columns)
+    if missing:
+        raise ValueError(f"{into}: the frame lacks columns {sorted(missing)}")
+    select = ", ".join(f'CAST("{c}" AS {t}) AS "{c}"' for c, t in columns.items())
+    con.register("_typed_frame", frame[list(columns)])
+    try:
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {into} AS SELECT {select} FROM _typed_frame")
+    finally:
+        con.unregister("_typed_frame")
+
+
 def replace_rows(
     con: duckdb.DuckDBPyConnection,
     table: str,

@@ -66,6 +66,7 @@ def test_dev_serves_the_workspace_and_stops_on_sigterm(tmp_path: Path) -> None:
             "quality",
             "features",
             "abandonment",
+            "friction",
         }
         assert nodes["raw_events"]["hasAssetChecks"]
         assert (tmp_path / "home" / "dagster.yaml").exists()  # a persistent instance

@@ -76,8 +76,14 @@ def test_daily_job_materialises_everything_and_gates_pass(
         if e.event_type_value == "ASSET_MATERIALIZATION"
     }
     graph = defs.resolve_asset_graph()
-    # trained by its own job on all labelled days; scored by its own job once a model exists
-    trained = {"abandonment_model", "abandonment_scores"}
+    # trained by its own job on all labelled days; scored by its own job once a model exists;
+    # review aggregates span all days (friction_job)
+    trained = {
+        "abandonment_model",
+        "abandonment_scores",
+        "product_review_signals",
+        "category_review_signals",
+    }
     assert set(mats) == {k.to_user_string() for k in graph.get_all_asset_keys()} - trained
     checks = _checks(result)
     daily_checks = [
@@ -95,6 +101,26 @@ def test_daily_job_materialises_everything_and_gates_pass(
     assert events["rows_quarantined"].value > 0
     card = mats["data_quality_scorecard"].metadata
     assert card["consistency_row_score"].value < 1.0 and card["accuracy_status"].value == "pass"
+
+    # review signals: one row per accepted review of the day; aggregates over all days so far
+    assert _run(small_landing, wh, SMALL.day(2).isoformat()).success  # day 1 has few reviews
+    with dg.instance_for_test() as instance:
+        friction = defs.resolve_job_def("friction_job").execute_in_process(
+            instance=instance,
+            resources={"warehouse": WarehouseResource(database=str(wh))},
+            run_config={**QUIET, "ops": {"review_aggregates": {"config": {"min_reviews": 1}}}},
+        )
+    assert friction.success
+    con = duckdb.connect(str(wh), read_only=True)
+    n_reviews, n_signals, n_dropped = con.execute(
+        "SELECT (SELECT count(*) FROM raw_reviews), (SELECT count(*) FROM review_signals),"
+        " (SELECT count(*) FROM raw_reviews r ANTI JOIN review_signals s USING (review_id))"
+    ).fetchall()[0]
+    assert n_reviews == n_signals > 0 and n_dropped == 0
+    by_category = con.execute("SELECT sum(reviews) FROM category_review_signals").fetchall()[0][0]
+    by_product = con.execute("SELECT sum(reviews) FROM product_review_signals").fetchall()[0][0]
+    assert by_category == by_product == n_reviews
+    con.close()
 
     # re-materialising the partition replaces it: same counts, no duplicates
     con = duckdb.connect(str(wh), read_only=True)
