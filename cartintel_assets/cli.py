@@ -204,6 +204,18 @@ def _run_days(instance: DagsterInstance, days: list[str]) -> list[str]:
     say(f"review signals per product and category: {'ok' if result.success else 'FAILED'}")
     if not result.success:
         failed_checks.append("friction_job: review aggregates failed (see the Dagster UI)")
+    say("segmenting customers (latent-class model, MLflow run, registry version)")
+    result = defs.resolve_job_def("segmentation_job").execute_in_process(
+        instance=instance, raise_on_error=False, run_config=_QUIET
+    )
+    for m in result.asset_materializations_for_node("segmentation"):
+        if m.asset_key.to_user_string() == "segment_profiles":
+            md = {k: v.value for k, v in m.metadata.items()}
+            say(
+                f"segmentation version {md['model_version']}: {md['matched_segments']} segments kept their ids"
+            )
+    if not result.success:
+        failed_checks.append("segmentation_job: segmentation failed (see the Dagster UI)")
     say("training the abandonment-risk model (MLflow run, registry version, gates)")
     result = defs.resolve_job_def("abandonment_training_job").execute_in_process(
         instance=instance, raise_on_error=False, run_config=_QUIET
@@ -271,6 +283,14 @@ def _summary(warehouse: Path, days: list[str], failed_checks: list[str], where: 
             if has_table(con, "category_review_signals")
             else []
         )
+        segments = (
+            con.execute(
+                "SELECT segment_id, segment_name, count(*), avg(probability) FROM customer_segments"
+                " GROUP BY ALL ORDER BY segment_id"
+            ).fetchall()
+            if has_table(con, "customer_segments")
+            else []
+        )
         card = con.execute(
             "SELECT standard, round(avg(row_score), 4) row_score, sum(blocking_failures)::BIGINT"
             f" blocking_failures, sum(warnings)::BIGINT warnings FROM data_quality_scorecard"
@@ -292,6 +312,10 @@ def _summary(warehouse: Path, days: list[str], failed_checks: list[str], where: 
         )
         for session_id, risk, decile, reasons, _ in scores[:5]:
             print(f"  {session_id}  risk {risk:.2f} (decile {decile})  {', '.join(reasons)}")
+    if segments:
+        print("\ncustomer segments (id, profile, customers, mean assignment probability):")
+        for sid, name, n, prob in segments:
+            print(f"  {sid}  {name:<28} {n:>5}  {prob:.2f}")
     if categories:
         print("\nreviews by category (share negative, share complaining about shipping):")
         for cat, n, rating, neg, ship in categories:

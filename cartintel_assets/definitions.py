@@ -11,6 +11,7 @@ from cartintel_assets.defs.features.assets import (
 from cartintel_assets.defs.friction.assets import review_aggregates, review_signals
 from cartintel_assets.defs.ingestion.assets import ingestion_assets, quality_gates
 from cartintel_assets.defs.quality.assets import data_quality_scorecard
+from cartintel_assets.defs.segmentation.assets import segmentation
 from cartintel_assets.resources import LandingResource, WarehouseResource
 from cartintel_assets.resources.mlflow import MLflowResource
 
@@ -18,9 +19,8 @@ from cartintel_assets.resources.mlflow import MLflowResource
 # writer at a time anyway.
 storefront_daily_job = dg.define_asset_job(
     "storefront_daily_job",
-    selection=dg.AssetSelection.all()
-    - dg.AssetSelection.groups("abandonment")
-    - dg.AssetSelection.assets(review_aggregates),
+    selection=dg.AssetSelection.groups("ingestion", "quality", "features")
+    | dg.AssetSelection.assets(review_signals),
     executor_def=dg.in_process_executor,
     description="Ingest one landed day, gate it with the data-quality checks and build what follows.",
 )
@@ -55,6 +55,13 @@ friction_job = dg.define_asset_job(
     description="Aggregate review signals per product and category over all landed days.",
 )
 
+segmentation_job = dg.define_asset_job(
+    "segmentation_job",
+    selection=dg.AssetSelection.assets(segmentation),
+    executor_def=dg.in_process_executor,
+    description="Re-segment customers on their recent behaviour; ids carry over from the last model.",
+)
+
 defs = dg.Definitions(
     assets=[
         *ingestion_assets,
@@ -66,6 +73,7 @@ defs = dg.Definitions(
         abandonment_scores,
         review_signals,
         review_aggregates,
+        segmentation,
     ],
     asset_checks=quality_gates,
     jobs=[
@@ -74,6 +82,7 @@ defs = dg.Definitions(
         abandonment_training_job,
         abandonment_scoring_job,
         friction_job,
+        segmentation_job,
     ],
     schedules=[
         dg.build_schedule_from_partitioned_job(storefront_daily_job, hour_of_day=2),

@@ -54,3 +54,23 @@ def ingested_warehouse(
         for spec in TABLES:
             ingest_partition(con, spec, store.config.day(i), out / "landing", "test-key")
     return con
+
+
+def labelled_warehouse(
+    store: Storefront, out: Path, database: str = ":memory:", features: bool = False
+) -> duckdb.DuckDBPyConnection:
+    """`ingested_warehouse` plus every day's abandonment labels (and, if asked, its point-in-time
+    session features), as the daily assets write them."""
+    from cartintel_assets.ml.features import CutoffPolicy, day_features
+    from cartintel_assets.ml.labels import cart_labels
+    from cartintel_assets.ml.warehouse import replace_partition
+
+    con = ingested_warehouse(store, out, database)
+    for i in range(store.config.days):
+        day = store.config.day(i)
+        if features:
+            day_features(con, day, CutoffPolicy())
+            replace_partition(con, "session_features", "_session_features", day)
+        cart_labels(con, day)
+        replace_partition(con, "abandonment_labels", "_cart_labels", day)
+    return con

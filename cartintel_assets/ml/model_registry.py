@@ -18,6 +18,7 @@ from mlflow.pyfunc import PythonModel
 from mlflow.tracking import MlflowClient
 
 from cartintel_assets.ml.abandonment import RiskModel
+from cartintel_assets.ml.segmentation import SegmentationModel, evidence_frame
 
 # Pinned to the lock, passed explicitly (inference costs seconds and guesses both xgboost names).
 PIP_REQUIREMENTS = ["xgboost-cpu==3.2.0", "scikit-learn==1.9.1", "pandas==2.3.3", "numpy==2.4.6"]
@@ -50,6 +51,47 @@ def log_risk_model(model: RiskModel, example: pd.DataFrame) -> str:
             pip_requirements=PIP_REQUIREMENTS,
         )
     return str(info.model_uri)
+
+
+class SegmentationPyfunc(PythonModel):
+    """Serves segment ids from a saved `SegmentationModel`, given customers' behaviour counts."""
+
+    def load_context(self, context: Any) -> None:
+        self.model = SegmentationModel.load(Path(context.artifacts["segmentation"]))
+
+    def predict(
+        self, context: Any, model_input: pd.DataFrame, params: dict | None = None
+    ) -> np.ndarray:
+        return self.model.predict(model_input)
+
+
+def log_segmentation_model(model: SegmentationModel, example: pd.DataFrame) -> str:
+    """Log the segmentation model in the active run; return its model URI."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "segmentation.json"
+        model.save(path)
+        sample = evidence_frame(example.head(5).reset_index(drop=True))
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=SegmentationPyfunc(),
+            artifacts={"segmentation": str(path)},
+            signature=infer_signature(sample, model.predict(sample)),
+            input_example=sample,
+            pip_requirements=PIP_REQUIREMENTS,
+        )
+    return str(info.model_uri)
+
+
+def load_segmentation_model(name: str, alias: str) -> SegmentationModel | None:
+    """The segmentation model an alias points at, or None when no version holds it."""
+    version = version_by_alias(name, alias)
+    if version is None:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        local = mlflow.artifacts.download_artifacts(
+            artifact_uri=f"models:/{name}/{version}", dst_path=tmp
+        )
+        return SegmentationModel.load(Path(local) / "artifacts" / "segmentation.json")
 
 
 def register(model_uri: str, name: str, alias: str | None, tags: dict[str, str]) -> str:

@@ -77,6 +77,16 @@ class TypeParams:
     # per star of the carted products' mean rating above 4
     review: tuple[float, ...] = (0.3, 0.8, 0.5, 0.3, 0.8, 0.5)
     coupon_rate: tuple[float, ...] = (0.02, 0.15, 0.60, 0.05, 0.05, 0.10)
+    # extra chance that a viewed product is one on promotion that day (deal seekers browse sales)
+    promo_affinity: tuple[float, ...] = (0.0, 0.1, 0.6, 0.05, 0.0, 0.05)
+    # browsing tempo: mean seconds between a session's events (decisive buyers are quick, window
+    # shoppers linger)
+    dwell_seconds: tuple[float, ...] = (18.0, 45.0, 32.0, 70.0, 40.0, 26.0)
+    # share of recommendation impressions that get a click
+    rec_click_rate: tuple[float, ...] = (0.08, 0.12, 0.25, 0.45, 0.20, 0.10)
+    # share of abandoned carts that reached checkout first (cost-sensitive shoppers go there to see
+    # the shipping cost, then leave)
+    checkout_before_abandoning: tuple[float, ...] = (0.5, 0.4, 0.5, 0.15, 0.35, 0.9)
     # logit of buying the abandoned cart within 7 days without any intervention
     return_base: tuple[float, ...] = (0.8, -0.5, -1.0, -3.0, 1.5, -0.8)
     # share of the cart's friction (price, shipping, delivery logit terms) that still holds the
@@ -193,9 +203,10 @@ def _segment_positions(counts: np.ndarray) -> np.ndarray:
 
 
 def _session_clock(
-    sess: np.ndarray, n: int, mean_gap_s: float, rng: np.random.Generator
+    sess: np.ndarray, n: int, mean_gap_s: float | np.ndarray, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
-    """For events sorted by session: position in the session and seconds since its first event."""
+    """For events sorted by session: position in the session and seconds since its first event
+    (`mean_gap_s`: one mean gap, or one per event)."""
     counts = np.bincount(sess, minlength=n)
     seq = _segment_positions(counts)
     gap = rng.exponential(mean_gap_s, len(sess))
@@ -357,6 +368,14 @@ class _Sim:
         n_cart = np.where(has_cart, np.minimum(1 + rng.binomial(2, 0.3, n), n_views), 0)
         # viewed products; the first n_cart views are the carted ones
         view_prod = rng.choice(cfg.n_products, int(n_views.sum()), p=self.popularity)
+        view_sess = np.repeat(np.arange(n), n_views)
+        to_promo = rng.random(len(view_prod)) < np.array(tp.promo_affinity)[ctype[view_sess]]
+        for di in range(cfg.days):
+            on_sale = np.flatnonzero(self.promo_window[di])
+            pick = to_promo & (day[view_sess] == di)
+            if len(on_sale) and pick.any():
+                w = self.popularity[on_sale]
+                view_prod[pick] = rng.choice(on_sale, int(pick.sum()), p=w / w.sum())
         view_start = np.cumsum(n_views) - n_views
         region = self.cust_region[cust]
         # cart friction, from the carted products
@@ -414,7 +433,9 @@ class _Sim:
         returned = abandoned & (u_ret < p_conv[np.arange(n), treatment])
         return_delay = np.where(ctype == 4, rng.integers(1, 4, n), rng.integers(1, 8, n))
         coupon = has_cart & (rng.random(n) < np.array(tp.coupon_rate)[ctype])
-        reach_checkout = purchased | (abandoned & (rng.random(n) < 0.5))
+        reach_checkout = purchased | (
+            abandoned & (rng.random(n) < np.array(tp.checkout_before_abandoning)[ctype])
+        )
         self.s = pd.DataFrame(
             {
                 "session_idx": np.arange(n),
@@ -464,11 +485,11 @@ class _Sim:
         ctype = s["ctype"].to_numpy()
         n_search = (rng.random(n) < np.where(ctype == 1, 0.8, 0.35)).astype(int)
         rec_imp = (rng.random(n) < 0.6).astype(int)
-        rec_click = rec_imp * (rng.random(n) < 0.2)
+        rec_click = rec_imp * (rng.random(n) < np.array(self.tp.rec_click_rate)[ctype])
         n_cart = s["n_cart"].to_numpy()
         remove = (n_cart > 1) & (rng.random(n) < 0.15)
         checkout = s["reach_checkout"].to_numpy()
-        coupon = s["coupon"].to_numpy() & checkout
+        coupon = s["coupon"].to_numpy()  # tried in the cart or at checkout
         purchased = s["purchased"].to_numpy()
         blocks: list[tuple[str, np.ndarray]] = [
             ("search", n_search),
@@ -505,7 +526,7 @@ class _Sim:
             ["sess", "block", "pos"], kind="stable"
         )
         sess = ev["sess"].to_numpy()
-        seq, offset = _session_clock(sess, n, 35.0, rng)
+        seq, offset = _session_clock(sess, n, np.array(self.tp.dwell_seconds)[ctype[sess]], rng)
         day = s["day"].to_numpy()[sess]
         sec = s["sec"].to_numpy()[sess] + offset
         prod = ev["prod"].to_numpy()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import dagster as dg
@@ -51,3 +52,23 @@ class MLflowResource(dg.ConfigurableResource):
                 name, artifact_location=(self.artifacts() / name.replace("/", "_")).as_uri()
             )
         )
+
+    def run_tags(self, context: dg.AssetExecutionContext) -> dict[str, str]:
+        """The provenance tags every training run carries: Dagster run, asset, partition, commit."""
+        return {
+            "dagster.run_id": context.run.run_id,
+            "dagster.asset_key": ",".join(k.to_user_string() for k in context.selected_asset_keys),
+            "dagster.partition": context.partition_key if context.has_partition_key else "none",
+            "git.commit": git_commit(),
+        }
+
+
+def git_commit() -> str:
+    """The commit of the code that runs, or "unknown" outside a git checkout."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
+        )
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"

@@ -19,13 +19,10 @@ from cartintel_assets.defs.abandonment.assets import (
     abandonment_scores,
 )
 from cartintel_assets.ml.abandonment import RiskModel
-from cartintel_assets.ml.features import CutoffPolicy, day_features
-from cartintel_assets.ml.labels import cart_labels
 from cartintel_assets.ml.simulation import StorefrontConfig, simulate
-from cartintel_assets.ml.warehouse import replace_partition
 from cartintel_assets.resources import WarehouseResource
 from cartintel_assets.resources.mlflow import MLflowResource
-from cartintel_tests.conftest import ingested_warehouse
+from cartintel_tests.conftest import labelled_warehouse
 
 CFG = StorefrontConfig(days=16, sessions_per_day=1000, n_customers=4000)
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
@@ -35,12 +32,7 @@ QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 def warehouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("train")
     db = out / "wh.duckdb"
-    con = ingested_warehouse(simulate(CFG), out, str(db))
-    for i in range(CFG.days):
-        day_features(con, CFG.day(i), CutoffPolicy())
-        replace_partition(con, "session_features", "_session_features", CFG.day(i))
-        cart_labels(con, CFG.day(i))
-        replace_partition(con, "abandonment_labels", "_cart_labels", CFG.day(i))
+    con = labelled_warehouse(simulate(CFG), out, str(db), features=True)
     con.close()
     return db
 

@@ -83,6 +83,8 @@ def test_daily_job_materialises_everything_and_gates_pass(
         "abandonment_scores",
         "product_review_signals",
         "category_review_signals",
+        "customer_segments",
+        "segment_profiles",
     }
     assert set(mats) == {k.to_user_string() for k in graph.get_all_asset_keys()} - trained
     checks = _checks(result)
@@ -168,9 +170,15 @@ def test_a_failed_blocking_check_stops_downstream_assets_in_the_same_run(tmp_pat
     assert "cart_sessions" not in mats  # downstream of the failed blocking gate
     assert "data_quality_scorecard" in mats  # reports the failure instead of hiding it
     con = duckdb.connect(str(tmp_path / "wh.duckdb"), read_only=True)
-    status = dict(con.execute("SELECT standard, status FROM data_quality_scorecard").fetchall())
+    card = {
+        standard: (status, score)
+        for standard, status, score in con.execute(
+            "SELECT standard, status, row_score FROM data_quality_scorecard"
+        ).fetchall()
+    }
     con.close()
-    assert status["consistency"] != "pass"
+    assert card["accuracy"][0] == "fail"  # the quarantine-share check is an accuracy check
+    assert all(score < 0.99 for _, score in card.values())  # 20 % bad rows show in every standard
 
 
 def _ingest_in_process(args: tuple[str, str, str]) -> int:

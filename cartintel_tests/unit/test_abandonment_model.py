@@ -85,7 +85,7 @@ def test_risk_model_beats_logistic_baseline_on_harmful_abandonment(labelled: pd.
         y["test"], baseline_proba(fit_logistic_baseline(train, y["train"], num), test, num)
     )
     assert m["roc_auc"] > 0.8
-    assert m["roc_auc"] - baseline > 0.01  # measured 0.858 vs 0.838 on this storefront
+    assert m["roc_auc"] - baseline > 0.015  # measured 0.863 vs 0.827 on this storefront
     assert m["calibration_error"] < 0.05
     assert m["top_decile_lift"] > 2.0
     # seeded: the same data gives the same model
@@ -112,9 +112,9 @@ def test_reason_codes_name_the_planted_shipping_friction(
     planted = truth.loc[test["session_id"], "friction_shipping"].to_numpy()
     strong, weak = planted <= -1.0, planted > -0.2  # logit of buying, lowered by shipping
     assert strong.sum() > 200 and weak.sum() > 500
-    # measured 0.50 vs 0.10 on this storefront
-    assert named[strong].mean() > 0.35
-    assert named[strong].mean() > 3 * named[weak].mean()
+    # measured 0.64 vs 0.12 on this storefront
+    assert named[strong].mean() > 0.5
+    assert named[strong].mean() > 4 * named[weak].mean()
     noise = np.mean([bool({"hour", "weekday"} & set(c)) for c in codes])
     assert noise < 0.02
 

@@ -53,7 +53,14 @@ def test_every_asset_has_a_group_and_a_description() -> None:
     graph = defs.resolve_asset_graph()
     for key in graph.get_all_asset_keys():
         node = graph.get(key)
-        assert node.group_name in {"ingestion", "quality", "features", "abandonment", "friction"}, key
+        assert node.group_name in {
+            "ingestion",
+            "quality",
+            "features",
+            "abandonment",
+            "friction",
+            "segmentation",
+        }, key
         assert node.description, key
 
 

@@ -2,7 +2,6 @@
 in MLflow (`cartintel-abandonment`, alias `challenger`), gated by blocking checks."""
 
 import hashlib
-import subprocess
 from dataclasses import asdict
 from datetime import date
 from typing import Any
@@ -59,16 +58,6 @@ class AbandonmentModelConfig(dg.Config):
     champion_tolerance: float = Field(
         default=0.01, description="Gate: allowed ROC-AUC shortfall vs the champion."
     )
-
-
-def _git_commit() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
-        )
-        return out.stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 @dg.asset(
@@ -133,13 +122,7 @@ def abandonment_model(
     ).hexdigest()[:16]
 
     experiment = mlflow_tracking.experiment_id(EXPERIMENT)
-    tags = {
-        "dagster.run_id": context.run.run_id,
-        "dagster.asset_key": context.asset_key.to_user_string(),
-        "dagster.partition": "none",
-        "git.commit": _git_commit(),
-        "target": config.target,
-    }
+    tags = {**mlflow_tracking.run_tags(context), "target": config.target}
     with mlflow.start_run(experiment_id=experiment, tags=tags) as run:
         mlflow.log_params(
             {**asdict(params), "target": config.target, "features": len(model.features)}
