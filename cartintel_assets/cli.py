@@ -211,9 +211,7 @@ def _run_days(instance: DagsterInstance, days: list[str]) -> list[str]:
     for m in result.asset_materializations_for_node("segmentation"):
         if m.asset_key.to_user_string() == "segment_profiles":
             md = {k: v.value for k, v in m.metadata.items()}
-            say(
-                f"segmentation version {md['model_version']}: {md['matched_segments']} segments kept their ids"
-            )
+            say(f"segmentation version {md['model_version']}: {md['match_summary']}")
     if not result.success:
         failed_checks.append("segmentation_job: segmentation failed (see the Dagster UI)")
     say("training the abandonment-risk model (MLflow run, registry version, gates)")

@@ -64,6 +64,8 @@ def test_each_retrain_is_a_tracked_version_and_keeps_segment_ids(
         == metas[0]["customer_segments"]["segments"].value
     )
     assert "window shoppers" in metas[0]["segment_profiles"]["profiles"].value
+    assert metas[0]["segment_profiles"]["match_summary"].value.startswith("first version")
+    assert "kept their ids" in metas[1]["segment_profiles"]["match_summary"].value
     mlflow.set_tracking_uri(f"sqlite:///{mlruns / 'mlflow.db'}")
     client = MlflowClient()
     assert str(client.get_model_version_by_alias(MODEL_NAME, "challenger").version) == "2"

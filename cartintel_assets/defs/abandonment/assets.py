@@ -248,6 +248,11 @@ def abandonment_scores(
         features = con.execute(
             "SELECT * FROM session_features WHERE partition_date = ? ORDER BY session_id", [day]
         ).df()
+        if features.empty:
+            context.log.warning(
+                f"no session_features rows for {day}: no open carts that day, or the day's"
+                " features are not materialised yet (run storefront_daily_job for it)"
+            )
         scores = score_carts(registered.model, features, config.reason_codes)
         write_scores(
             con,

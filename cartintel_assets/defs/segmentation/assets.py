@@ -199,5 +199,11 @@ def segmentation(
                 )
             ),
             "matched_segments": int((report["status"] == "matched").sum()),
+            "match_summary": (
+                f"first version: {model.k} new segments"
+                if previous is None
+                else f"{int((report['status'] == 'matched').sum())} of {model.k} segments kept"
+                " their ids from the previous version"
+            ),
         },
     )
