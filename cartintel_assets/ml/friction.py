@@ -2,16 +2,17 @@
 segment, category and region, with support and bootstrap stability; and a friction index per
 category. No Dagster import.
 
-Drivers are mean absolute SHAP contributions of a risk model fitted with the abandonment
-model's own training code (`fit_risk_model`) on the carts of each scope. One global model does
-not do: with a few thousand labelled carts it gives shipping cost the same weight for every kind
-of shopper (measured on the default storefront: mean positive SHAP 0.034-0.044 for all six
-planted types), while a model per scope finds where a friction actually bites.
+Drivers come from one explanatory model per run, fitted with the abandonment model's training
+code (`fit_risk_model`) on the labelled carts with the customer's segment and the cart's main
+category as extra inputs. Without them the production risk model, trained on a few thousand
+carts, gives shipping cost the same weight for every kind of shopper (measured on the default
+storefront: mean positive SHAP 0.034-0.044 for all six planted types); with them the trees can
+let a friction bite where it does. A scope's drivers are its carts' mean |SHAP| per feature; their
+stability is the mean Spearman correlation between the scope's top-5 ranking and the ranks the
+same five features get in bootstrap resamples of the scope's carts.
 """
 
 from __future__ import annotations
-
-from dataclasses import replace
 
 import duckdb
 import numpy as np
@@ -19,7 +20,7 @@ import pandas as pd
 from scipy.stats import spearmanr
 from sklearn.model_selection import train_test_split
 
-from cartintel_assets.ml.abandonment import XGBParams, fit_risk_model
+from cartintel_assets.ml.abandonment import RiskModel, XGBParams, fit_risk_model
 
 FRICTION_GROUPS: dict[str, tuple[str, ...]] = {
     "shipping": ("shipping_share", "shipping_cost", "delivery_days"),
@@ -32,112 +33,98 @@ FRICTION_GROUPS: dict[str, tuple[str, ...]] = {
     "reviews": ("review_rating", "review_count"),
 }
 FRICTION_OF = {f: g for g, fs in FRICTION_GROUPS.items() for f in fs}
+SCOPE_INPUTS: tuple[str, ...] = ("segment_name", "category")
 TOP = 5
 
 
-def _importance(
-    data: pd.DataFrame, y: np.ndarray, numeric: list[str], categorical: list[str], params: XGBParams
-) -> pd.Series:
-    """Mean |SHAP| per feature of a model fitted on `data` (a stratified quarter stops it)."""
-    idx = np.arange(len(data))
-    fit, stop = train_test_split(idx, test_size=0.25, random_state=params.seed, stratify=y)
-    model = fit_risk_model(
-        data.iloc[fit], y[fit], data.iloc[stop], y[stop], numeric, categorical, params,
-        calibrate=False,
-    )
-    contrib = np.abs(model.contributions(data)[:, :-1]).mean(axis=0)
-    return pd.Series(contrib, index=model.features)
-
-
-def scope_drivers(
-    data: pd.DataFrame,
-    y: np.ndarray,
+def fit_driver_model(
+    carts: pd.DataFrame,
+    target: str,
     numeric: list[str],
     categorical: list[str],
     params: XGBParams,
-    bootstraps: int = 10,
-) -> tuple[pd.DataFrame, float]:
-    """Drivers of one scope ranked by mean |SHAP|, and their stability: the mean Spearman
-    correlation, over bootstrap resamples (each refitted), between the full fit's top-5 ranking
-    and the ranks the resample gives those five features."""
-    full = _importance(data, y, numeric, categorical, params)
-    ranks = full.rank(ascending=False, method="first")
+) -> RiskModel:
+    """The explanatory model: the risk features plus segment and category; a stratified quarter
+    of the carts stops it early (no calibration: only its contributions are used)."""
+    y = carts[target].to_numpy(dtype=int)
+    fit, stop = train_test_split(
+        np.arange(len(carts)), test_size=0.25, random_state=params.seed, stratify=y
+    )
+    return fit_risk_model(
+        carts.iloc[fit],
+        y[fit],
+        carts.iloc[stop],
+        y[stop],
+        numeric,
+        [*categorical, *SCOPE_INPUTS],
+        params,
+        calibrate=False,
+    )
+
+
+def _stability(contrib: pd.DataFrame, rng: np.random.Generator, bootstraps: int) -> float:
+    full = contrib.mean()
     top = list(full.sort_values(ascending=False).index[:TOP])
-    rng = np.random.default_rng(params.seed)
-    correlations = []
-    for b in range(bootstraps):
-        pick = rng.integers(0, len(data), len(data))
-        if len(np.unique(y[pick])) < 2:
-            continue
-        boot = _importance(
-            data.iloc[pick].reset_index(drop=True),
-            y[pick],
-            numeric,
-            categorical,
-            replace(params, seed=params.seed + b + 1),
+    ranks = full.rank(ascending=False, method="first")[top].to_numpy()
+    values = contrib.to_numpy()
+    rhos = []
+    for _ in range(bootstraps):
+        boot = pd.Series(
+            values[rng.integers(0, len(values), len(values))].mean(axis=0), index=contrib.columns
         )
-        boot_ranks = boot.rank(ascending=False, method="first")
-        rho = spearmanr(ranks[top].to_numpy(), boot_ranks[top].to_numpy()).statistic
-        correlations.append(float(rho) if np.isfinite(rho) else 0.0)
-    out = pd.DataFrame(
-        {
-            "feature": full.index,
-            "mean_abs_shap": full.to_numpy(),
-            "rank": ranks.astype(int).to_numpy(),
-        }
-    )
-    out["friction"] = out["feature"].map(FRICTION_OF)
-    friction = out[out["friction"].notna()].sort_values("mean_abs_shap", ascending=False)
-    out["friction_rank"] = out["feature"].map(
-        dict(zip(friction["feature"], range(1, len(friction) + 1), strict=True))
-    )
-    out["support"] = len(data)
-    stability = float(np.mean(correlations)) if correlations else float("nan")
-    out["stability"] = stability
-    return out.sort_values("rank").reset_index(drop=True), stability
+        rho = spearmanr(ranks, boot.rank(ascending=False, method="first")[top].to_numpy()).statistic
+        rhos.append(float(rho) if np.isfinite(rho) else 0.0)
+    return float(np.mean(rhos))
 
 
 def driver_table(
-    data: pd.DataFrame,
-    target: str,
+    carts: pd.DataFrame,
+    model: RiskModel,
     scopes: dict[str, str | None],
-    numeric: list[str],
-    categorical: list[str],
-    params: XGBParams,
-    min_support: int = 300,
-    bootstraps: int = 10,
-    progress: object = None,
+    min_support: int = 100,
+    bootstraps: int = 50,
+    seed: int = 7,
 ) -> pd.DataFrame:
-    """Drivers for the global scope (column None) and for every value of each scope column with
-    at least `min_support` carts (and both outcomes); smaller scopes are listed with no drivers."""
+    """One row per scope and feature: mean |SHAP|, rank among all features and among the
+    friction features, support and the scope's stability. Scopes: the global one (column None)
+    and every value of each scope column; a scope with fewer than `min_support` carts is listed
+    with its support and a note, without drivers."""
+    contrib = pd.DataFrame(
+        np.abs(model.contributions(carts)[:, :-1]), columns=model.features, index=carts.index
+    )
+    rng = np.random.default_rng(seed)
     frames = []
-    jobs: list[tuple[str, str, pd.DataFrame]] = []
     for scope_type, column in scopes.items():
-        if column is None:
-            jobs.append((scope_type, "all", data))
-            continue
-        for value, part in data.groupby(column, dropna=False):
-            jobs.append((scope_type, str(value), part))
-    for scope_type, scope, part in jobs:
-        y = part[target].to_numpy(dtype=int)
-        if len(part) < min_support or y.min() == y.max():
-            frames.append(
-                pd.DataFrame(
-                    {
-                        "scope_type": [scope_type],
-                        "scope": [scope],
-                        "support": [len(part)],
-                        "note": [f"fewer than {min_support} carts or one outcome only"],
-                    }
-                )
-            )
-            continue
-        drivers, _ = scope_drivers(
-            part.reset_index(drop=True), y, numeric, categorical, params, bootstraps
+        groups = (
+            [("all", carts.index)]
+            if column is None
+            else [(str(k), idx) for k, idx in carts.groupby(column, dropna=False).groups.items()]
         )
-        if callable(progress):
-            progress(f"drivers of {scope_type} {scope}: {len(part):,} carts")
-        frames.append(drivers.assign(scope_type=scope_type, scope=scope, note=None))
+        for scope, idx in groups:
+            if len(idx) < min_support:
+                frames.append(
+                    pd.DataFrame(
+                        {
+                            "scope_type": [scope_type],
+                            "scope": [scope],
+                            "support": [len(idx)],
+                            "note": [f"fewer than {min_support} carts"],
+                        }
+                    )
+                )
+                continue
+            part = contrib.loc[idx]
+            mean = part.mean()
+            table = pd.DataFrame({"feature": mean.index, "mean_abs_shap": mean.to_numpy()})
+            table["rank"] = table["mean_abs_shap"].rank(ascending=False, method="first").astype(int)
+            table["friction"] = table["feature"].map(FRICTION_OF)
+            fr = table["friction"].notna()
+            table.loc[fr, "friction_rank"] = table.loc[fr, "mean_abs_shap"].rank(
+                ascending=False, method="first"
+            )
+            table["support"] = len(idx)
+            table["stability"] = _stability(part, rng, bootstraps)
+            frames.append(table.assign(scope_type=scope_type, scope=scope, note=None))
     columns = [
         "scope_type",
         "scope",
@@ -150,7 +137,10 @@ def driver_table(
         "stability",
         "note",
     ]
-    return pd.concat(frames, ignore_index=True).reindex(columns=columns)
+    out = pd.concat(frames, ignore_index=True).reindex(columns=columns)
+    return out.sort_values(["scope_type", "scope", "rank"], na_position="last").reset_index(
+        drop=True
+    )
 
 
 def friction_index(
@@ -183,16 +173,14 @@ def friction_index(
             "share_negative_shipping": "review_shipping_complaints",
             "share_negative_price": "review_price_complaints",
         }
-        out = out.merge(
-            reviews[[by, *review_cols]].rename(columns=review_cols), on=by, how="left"
-        )
+        out = out.merge(reviews[[by, *review_cols]].rename(columns=review_cols), on=by, how="left")
         components += list(review_cols.values())
     enough = out["carts"] >= min_support
     z = out.loc[enough, components]
     z = (z - z.mean()) / z.std(ddof=0).replace(0, np.nan)
     out["friction_index"] = np.nan
     out.loc[enough, "friction_index"] = z.mean(axis=1, skipna=True)
-    out["note"] = np.where(enough, None, f"fewer than {min_support} carts")
+    out["note"] = [None if ok else f"fewer than {min_support} carts" for ok in enough]
     return out.sort_values("friction_index", ascending=False, na_position="last").reset_index(
         drop=True
     )
