@@ -198,12 +198,6 @@ def _run_days(instance: DagsterInstance, days: list[str]) -> list[str]:
             partition_key=day, instance=instance, raise_on_error=False, run_config=_QUIET
         )
         say(f"[{i}/{len(days)}] {day}: labels {'ok' if result.success else 'FAILED'}")
-    result = defs.resolve_job_def("friction_job").execute_in_process(
-        instance=instance, raise_on_error=False, run_config=_QUIET
-    )
-    say(f"review signals per product and category: {'ok' if result.success else 'FAILED'}")
-    if not result.success:
-        failed_checks.append("friction_job: review aggregates failed (see the Dagster UI)")
     say("segmenting customers (latent-class model, MLflow run, registry version)")
     result = defs.resolve_job_def("segmentation_job").execute_in_process(
         instance=instance, raise_on_error=False, run_config=_QUIET
@@ -214,6 +208,14 @@ def _run_days(instance: DagsterInstance, days: list[str]) -> list[str]:
             say(f"segmentation version {md['model_version']}: {md['match_summary']}")
     if not result.success:
         failed_checks.append("segmentation_job: segmentation failed (see the Dagster UI)")
+    say("friction: review signals per product and category, drivers per segment/category/region")
+    result = defs.resolve_job_def("friction_job").execute_in_process(
+        instance=instance, raise_on_error=False, run_config=_QUIET
+    )
+    if not result.success:
+        failed_checks.append(
+            "friction_job: review aggregates or friction drivers failed (see the Dagster UI)"
+        )
     say("training the abandonment-risk model (MLflow run, registry version, gates)")
     result = defs.resolve_job_def("abandonment_training_job").execute_in_process(
         instance=instance, raise_on_error=False, run_config=_QUIET
@@ -289,6 +291,15 @@ def _summary(warehouse: Path, days: list[str], failed_checks: list[str], where: 
             if has_table(con, "customer_segments")
             else []
         )
+        frictions = (
+            con.execute(
+                "SELECT scope, feature, round(mean_abs_shap, 3), round(stability, 2)"
+                " FROM friction_drivers WHERE scope_type = 'segment' AND friction_rank = 1"
+                " ORDER BY mean_abs_shap DESC"
+            ).fetchall()
+            if has_table(con, "friction_drivers")
+            else []
+        )
         card = con.execute(
             "SELECT standard, round(avg(row_score), 4) row_score, sum(blocking_failures)::BIGINT"
             f" blocking_failures, sum(warnings)::BIGINT warnings FROM data_quality_scorecard"
@@ -314,6 +325,12 @@ def _summary(warehouse: Path, days: list[str], failed_checks: list[str], where: 
         print("\ncustomer segments (id, profile, customers, mean assignment probability):")
         for sid, name, n, prob in segments:
             print(f"  {sid}  {name:<28} {n:>5}  {prob:.2f}")
+    if frictions:
+        print(
+            "\ntop friction driver per segment (mean |SHAP| towards harmful abandonment, stability):"
+        )
+        for scope, feature, shap, stab in frictions:
+            print(f"  {scope:<28} {feature:<22} {shap:.3f}  {stab:.2f}")
     if categories:
         print("\nreviews by category (share negative, share complaining about shipping):")
         for cat, n, rating, neg, ship in categories:

@@ -8,7 +8,11 @@ from cartintel_assets.defs.features.assets import (
     cart_sessions,
     session_features,
 )
-from cartintel_assets.defs.friction.assets import review_aggregates, review_signals
+from cartintel_assets.defs.friction.assets import (
+    friction_analysis,
+    review_aggregates,
+    review_signals,
+)
 from cartintel_assets.defs.ingestion.assets import ingestion_assets, quality_gates
 from cartintel_assets.defs.quality.assets import data_quality_scorecard
 from cartintel_assets.defs.segmentation.assets import segmentation
@@ -50,9 +54,10 @@ abandonment_scoring_job = dg.define_asset_job(
 # Over all days so far (not partitioned): re-run after new days land.
 friction_job = dg.define_asset_job(
     "friction_job",
-    selection=dg.AssetSelection.assets(review_aggregates),
+    selection=dg.AssetSelection.assets(review_aggregates, friction_analysis),
     executor_def=dg.in_process_executor,
-    description="Aggregate review signals per product and category over all landed days.",
+    description="Review signals per product and category, friction drivers and the friction"
+    " index, over all labelled carts and landed reviews (after segmentation_job).",
 )
 
 segmentation_job = dg.define_asset_job(
@@ -74,6 +79,7 @@ defs = dg.Definitions(
         review_signals,
         review_aggregates,
         segmentation,
+        friction_analysis,
     ],
     asset_checks=quality_gates,
     jobs=[

@@ -76,3 +76,20 @@ def evaluation_figures(
     fig.tight_layout()
     figs["shap_summary.png"] = fig
     return figs
+
+
+def heatmap(frame: pd.DataFrame, title: str, colorbar: str) -> Figure:
+    """A rows x columns heatmap of a numeric frame, with its values written in the cells."""
+    fig, ax = _figure(1.2 + 0.9 * len(frame.columns), 1.0 + 0.45 * len(frame.index))
+    values = frame.to_numpy(dtype=float)
+    image = ax.imshow(values, aspect="auto", cmap="viridis")
+    ax.set_xticks(
+        range(len(frame.columns)), [str(c) for c in frame.columns], rotation=45, ha="right"
+    )
+    ax.set_yticks(range(len(frame.index)), [str(i) for i in frame.index])
+    for (r, c), v in np.ndenumerate(values):
+        ax.text(c, r, f"{v:.2f}", ha="center", va="center", color="white", fontsize=7)
+    ax.set_title(title)
+    fig.colorbar(image, ax=ax, label=colorbar)
+    fig.tight_layout()
+    return fig

@@ -11,6 +11,7 @@ import duckdb
 import pytest
 
 from cartintel_assets.definitions import defs, storefront_daily_job
+from cartintel_assets.defs.friction.assets import review_aggregates
 from cartintel_assets.ml.ingest import ingest_partition
 from cartintel_assets.ml.schema import TABLES_BY_NAME
 from cartintel_assets.ml.simulation import StorefrontConfig, simulate, write_storefront
@@ -85,6 +86,8 @@ def test_daily_job_materialises_everything_and_gates_pass(
         "category_review_signals",
         "customer_segments",
         "segment_profiles",
+        "friction_drivers",
+        "friction_index",
     }
     assert set(mats) == {k.to_user_string() for k in graph.get_all_asset_keys()} - trained
     checks = _checks(result)
@@ -107,7 +110,8 @@ def test_daily_job_materialises_everything_and_gates_pass(
     # review signals: one row per accepted review of the day; aggregates over all days so far
     assert _run(small_landing, wh, SMALL.day(2).isoformat()).success  # day 1 has few reviews
     with dg.instance_for_test() as instance:
-        friction = defs.resolve_job_def("friction_job").execute_in_process(
+        friction = dg.materialize(
+            [review_aggregates],
             instance=instance,
             resources={"warehouse": WarehouseResource(database=str(wh))},
             run_config={**QUIET, "ops": {"review_aggregates": {"config": {"min_reviews": 1}}}},

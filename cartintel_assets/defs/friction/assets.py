@@ -8,10 +8,11 @@ import dagster as dg
 from pydantic import Field
 
 from cartintel_assets.defs.partitions import daily_partitions
-from cartintel_assets.ml.plots import markdown_table
+from cartintel_assets.ml.plots import heatmap, markdown_image, markdown_table
 from cartintel_assets.ml.reviews import ASPECTS, aggregate_signals, day_review_signals
 from cartintel_assets.ml.warehouse import has_table, replace_partition, typed_temp_table
 from cartintel_assets.resources import WarehouseResource
+from cartintel_assets.resources.mlflow import MLflowResource
 
 
 @dg.asset(
@@ -98,3 +99,149 @@ def review_aggregates(
                     ),
                 },
             )
+
+
+class FrictionDriversConfig(dg.Config):
+    """How the drivers are estimated and which groups are too small to rank."""
+
+    target: str = Field(default="harmful", description="Label the drivers explain.")
+    min_support: int = Field(default=100, ge=10, description="Carts a scope needs to be ranked.")
+    bootstraps: int = Field(default=50, ge=5, description="Resamples for the stability measure.")
+    seed: int = Field(default=7, description="Random seed.")
+
+
+@dg.multi_asset(
+    group_name="friction",
+    specs=[
+        dg.AssetSpec(
+            "friction_drivers",
+            deps=["session_features", "abandonment_labels", "customer_segments", "raw_products"],
+            kinds={"duckdb", "mlflow"},
+            description="Per scope (global, segment, category, region) and feature: mean |SHAP|"
+            " towards harmful abandonment, rank, friction rank, support and stability.",
+        ),
+        dg.AssetSpec(
+            "friction_index",
+            deps=["session_features", "abandonment_labels", "category_review_signals"],
+            kinds={"duckdb"},
+            description="Per category: harmful-abandonment lift, shipping and price friction,"
+            " review complaints, and the friction index combining them.",
+        ),
+    ],
+)
+def friction_analysis(
+    context: dg.AssetExecutionContext,
+    config: FrictionDriversConfig,
+    warehouse: WarehouseResource,
+    mlflow_tracking: MLflowResource,
+) -> Iterator[dg.MaterializeResult]:
+    """Which frictions (shipping cost, delivery time, price changes, promotions, reviews) drive
+    harmful abandonment, for whom, where and in which categories."""
+    import mlflow
+
+    from cartintel_assets.ml.abandonment import XGBParams
+    from cartintel_assets.ml.features import CATEGORICAL_FEATURES, NUMERIC_FEATURES
+    from cartintel_assets.ml.friction import (
+        driver_table,
+        fit_driver_model,
+        friction_index,
+        labelled_carts,
+    )
+
+    with warehouse.reader() as con:
+        for table in ("session_features", "abandonment_labels", "customer_segments"):
+            if not has_table(con, table):
+                raise ValueError(f"no {table} yet: materialise it before the friction analysis")
+        carts = labelled_carts(con)
+        reviews = (
+            con.execute("SELECT * FROM category_review_signals").df()
+            if has_table(con, "category_review_signals")
+            else None
+        )
+    if len(carts) < 2 * config.min_support:
+        raise ValueError(f"{len(carts)} labelled carts are too few for the friction analysis")
+    model = fit_driver_model(
+        carts,
+        config.target,
+        list(NUMERIC_FEATURES),
+        list(CATEGORICAL_FEATURES),
+        XGBParams(seed=config.seed),
+    )
+    scopes = {"global": None, "segment": "segment_name", "category": "category", "region": "region"}
+    drivers = driver_table(carts, model, scopes, config.min_support, config.bootstraps, config.seed)
+    index = friction_index(carts, reviews, "category", config.target, config.min_support)
+    with warehouse.get_connection() as con:
+        for name, frame in (("friction_drivers", drivers), ("friction_index", index)):
+            con.register("_friction_frame", frame)
+            try:
+                con.execute(f"CREATE OR REPLACE TABLE {name} AS SELECT * FROM _friction_frame")
+            finally:
+                con.unregister("_friction_frame")
+    experiment = mlflow_tracking.experiment_id("cartintel/friction")
+    with mlflow.start_run(experiment_id=experiment, tags=mlflow_tracking.run_tags(context)) as run:
+        mlflow.log_params({**config.model_dump(), "carts": len(carts)})
+        mlflow.log_table(drivers, "friction_drivers.json")
+        mlflow.log_table(index, "friction_index.json")
+        by_segment = drivers[(drivers["scope_type"] == "segment") & drivers["friction"].notna()]
+        grid = by_segment.pivot_table(index="scope", columns="feature", values="mean_abs_shap")
+        figure = (
+            heatmap(grid, "Friction drivers by segment (mean |SHAP|)", "mean |SHAP|")
+            if not grid.empty
+            else None
+        )
+        if figure is not None:
+            mlflow.log_figure(figure, "plots/friction_by_segment.png")
+    plot = (
+        markdown_image(figure, "friction by segment")
+        if figure is not None
+        else "no segment has enough carts to rank its drivers"
+    )
+    top = drivers[(drivers["friction_rank"] == 1)]
+    ranked = drivers[drivers["note"].isna()]
+    stability = ranked.groupby(["scope_type", "scope"])["stability"].first()
+    yield dg.MaterializeResult(
+        asset_key="friction_drivers",
+        metadata={
+            "dagster/row_count": len(drivers),
+            "mlflow_run_id": run.info.run_id,
+            "labelled_carts": len(carts),
+            "top_friction_per_scope": dg.MetadataValue.md(
+                markdown_table(
+                    top,
+                    [
+                        "scope_type",
+                        "scope",
+                        "feature",
+                        "mean_abs_shap",
+                        "rank",
+                        "support",
+                        "stability",
+                    ],
+                    rows=40,
+                )
+            ),
+            "min_stability": float(stability.min()),
+            "friction_by_segment": dg.MetadataValue.md(plot),
+            "scopes_below_support": int(drivers["note"].notna().sum()),
+        },
+    )
+    yield dg.MaterializeResult(
+        asset_key="friction_index",
+        metadata={
+            "dagster/row_count": len(index),
+            "mlflow_run_id": run.info.run_id,
+            "categories": dg.MetadataValue.md(
+                markdown_table(
+                    index,
+                    [
+                        "category",
+                        "carts",
+                        "friction_index",
+                        "harmful_lift",
+                        "shipping_share",
+                        "price_rise",
+                    ],
+                )
+            ),
+        },
+    )

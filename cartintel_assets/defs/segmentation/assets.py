@@ -9,7 +9,7 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
-from cartintel_assets.ml.plots import markdown_table
+from cartintel_assets.ml.plots import heatmap, markdown_image, markdown_table
 from cartintel_assets.ml.segmentation import PROFILE_COLUMNS, customer_behaviour
 from cartintel_assets.ml.warehouse import has_table, replace_rows, typed_temp_table
 from cartintel_assets.resources import WarehouseResource
@@ -125,6 +125,10 @@ def segmentation(
             mlflow.log_metrics({"icl": row["icl"], "bic": row["bic"]}, step=int(row["k"]))
         mlflow.log_table(profiles, "segment_profiles.json")
         mlflow.log_table(report, "segment_matches.json")
+        shown_profiles = profiles.set_index("segment_name")[list(PROFILE_COLUMNS)]
+        z = (shown_profiles - shown_profiles.mean()) / shown_profiles.std(ddof=0).replace(0, 1)
+        figure = heatmap(z, "Segment profiles (z-score per column)", "z-score")
+        mlflow.log_figure(figure, "plots/segment_profiles.png")
         model_uri = log_segmentation_model(model, counts)
         version = register(
             model_uri, MODEL_NAME, "challenger", {"dagster.run_id": context.run.run_id}
@@ -185,6 +189,7 @@ def segmentation(
             **common,
             "dagster/row_count": len(profiles),
             "profiles": dg.MetadataValue.md(markdown_table(profiles, shown)),
+            "profile_plot": dg.MetadataValue.md(markdown_image(figure, "segment profiles")),
             "matches": dg.MetadataValue.md(
                 markdown_table(
                     report,
