@@ -1,5 +1,6 @@
-"""Review signals (sentiment and friction aspects per review) and their aggregates per product
-and category: the review side of the friction analysis."""
+"""The friction group: review signals (sentiment and friction aspects per review) and their
+aggregates per product and category; friction drivers per segment, category and region; and the
+category friction index."""
 
 from collections.abc import Iterator
 from datetime import date
