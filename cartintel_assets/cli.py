@@ -8,7 +8,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from cartintel_assets import settings
 from cartintel_assets.ml.simulation import StorefrontConfig, parse_date, parse_drift
@@ -192,33 +192,30 @@ def _run_days(instance: DagsterInstance, days: list[str]) -> list[str]:
         failed_checks += bad
         state = "ok" if result.success else "FAILED"
         say(f"[{i}/{len(days)}] {day}: run {state}, {len(evals)} checks, {len(bad)} failed")
-    labels = defs.resolve_job_def("abandonment_labels_job")
-    for i, day in enumerate(days, 1):  # now that later days have landed, labels can be final
-        result = labels.execute_in_process(
-            partition_key=day, instance=instance, raise_on_error=False, run_config=_QUIET
+
+    def run(job_name: str, partition_key: str | None = None, failure: str | None = None) -> Any:
+        result = defs.resolve_job_def(job_name).execute_in_process(
+            partition_key=partition_key, instance=instance, raise_on_error=False, run_config=_QUIET
         )
+        if failure and not result.success:
+            failed_checks.append(f"{failure} (see the Dagster UI)")
+        return result
+
+    for i, day in enumerate(days, 1):  # now that later days have landed, labels can be final
+        result = run("abandonment_labels_job", day)
         say(f"[{i}/{len(days)}] {day}: labels {'ok' if result.success else 'FAILED'}")
     say("segmenting customers (latent-class model, MLflow run, registry version)")
-    result = defs.resolve_job_def("segmentation_job").execute_in_process(
-        instance=instance, raise_on_error=False, run_config=_QUIET
-    )
+    result = run("segmentation_job", failure="segmentation_job: segmentation failed")
     for m in result.asset_materializations_for_node("segmentation"):
         if m.asset_key.to_user_string() == "segment_profiles":
             md = {k: v.value for k, v in m.metadata.items()}
             say(f"segmentation version {md['model_version']}: {md['match_summary']}")
-    if not result.success:
-        failed_checks.append("segmentation_job: segmentation failed (see the Dagster UI)")
     say("friction: review signals per product and category, drivers per segment/category/region")
-    result = defs.resolve_job_def("friction_job").execute_in_process(
-        instance=instance, raise_on_error=False, run_config=_QUIET
-    )
-    if not result.success:
-        failed_checks.append(
-            "friction_job: review aggregates or friction drivers failed (see the Dagster UI)"
-        )
+    run("friction_job", failure="friction_job: review aggregates or friction drivers failed")
     say("training the abandonment-risk model (MLflow run, registry version, gates)")
-    result = defs.resolve_job_def("abandonment_training_job").execute_in_process(
-        instance=instance, raise_on_error=False, run_config=_QUIET
+    result = run(
+        "abandonment_training_job",
+        failure="abandonment_model: training or a blocking gate failed",
     )
     for m in result.asset_materializations_for_node("abandonment_model"):
         md = {k: v.value for k, v in m.metadata.items()}
@@ -229,16 +226,9 @@ def _run_days(instance: DagsterInstance, days: list[str]) -> list[str]:
             f" champion: {md['champion']}"
         )
     if not result.success:
-        failed_checks.append(
-            "abandonment_model: training or a blocking gate failed (see the Dagster UI)"
-        )
         return failed_checks
     say(f"scoring the open carts of {days[-1]} with models:/cartintel-abandonment@challenger")
-    result = defs.resolve_job_def("abandonment_scoring_job").execute_in_process(
-        partition_key=days[-1], instance=instance, raise_on_error=False, run_config=_QUIET
-    )
-    if not result.success:
-        failed_checks.append(f"abandonment_scores {days[-1]}: scoring failed (see the Dagster UI)")
+    run("abandonment_scoring_job", days[-1], f"abandonment_scores {days[-1]}: scoring failed")
     return failed_checks
 
 

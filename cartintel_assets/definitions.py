@@ -19,52 +19,55 @@ from cartintel_assets.defs.segmentation.assets import segmentation
 from cartintel_assets.resources import LandingResource, WarehouseResource
 from cartintel_assets.resources.mlflow import MLflowResource
 
-# In-process: a step per process would re-import the stack (~8.5 s a step) and DuckDB takes one
-# writer at a time anyway.
-storefront_daily_job = dg.define_asset_job(
+
+def _job(
+    name: str, selection: dg.AssetSelection, description: str
+) -> dg.UnresolvedAssetJobDefinition:
+    # In-process: a step per process would re-import the stack (~8.5 s a step) and DuckDB takes
+    # one writer at a time anyway.
+    return dg.define_asset_job(
+        name, selection=selection, executor_def=dg.in_process_executor, description=description
+    )
+
+
+storefront_daily_job = _job(
     "storefront_daily_job",
-    selection=dg.AssetSelection.groups("ingestion", "quality", "features")
+    dg.AssetSelection.groups("ingestion", "quality", "features")
     | dg.AssetSelection.assets(review_signals),
-    executor_def=dg.in_process_executor,
-    description="Ingest one landed day, gate it with the data-quality checks and build what follows.",
+    "Ingest one landed day, gate it with the data-quality checks and build what follows.",
 )
 
 # Labels need the 7 days after a cart: re-run this once those days have landed.
-abandonment_labels_job = dg.define_asset_job(
+abandonment_labels_job = _job(
     "abandonment_labels_job",
-    selection=dg.AssetSelection.assets(abandonment_labels),
-    executor_def=dg.in_process_executor,
-    description="Recompute the harmful/benign labels of a day once its 7-day window has landed.",
+    dg.AssetSelection.assets(abandonment_labels),
+    "Recompute the harmful/benign labels of a day once its 7-day window has landed.",
 )
 
-abandonment_training_job = dg.define_asset_job(
+abandonment_training_job = _job(
     "abandonment_training_job",
-    selection=dg.AssetSelection.assets(abandonment_model),
-    executor_def=dg.in_process_executor,
-    description="Train, evaluate, gate and register the abandonment-risk model on all labelled carts.",
+    dg.AssetSelection.assets(abandonment_model),
+    "Train, evaluate, gate and register the abandonment-risk model on all labelled carts.",
 )
 
-abandonment_scoring_job = dg.define_asset_job(
+abandonment_scoring_job = _job(
     "abandonment_scoring_job",
-    selection=dg.AssetSelection.assets(abandonment_scores),
-    executor_def=dg.in_process_executor,
-    description="Score a day's open carts with the registered model by alias (reason codes, version).",
+    dg.AssetSelection.assets(abandonment_scores),
+    "Score a day's open carts with the registered model by alias (reason codes, version).",
 )
 
 # Over all days so far (not partitioned): re-run after new days land.
-friction_job = dg.define_asset_job(
+friction_job = _job(
     "friction_job",
-    selection=dg.AssetSelection.assets(review_aggregates, friction_analysis),
-    executor_def=dg.in_process_executor,
-    description="Review signals per product and category, friction drivers and the friction"
+    dg.AssetSelection.assets(review_aggregates, friction_analysis),
+    "Review signals per product and category, friction drivers and the friction"
     " index, over all labelled carts and landed reviews (after segmentation_job).",
 )
 
-segmentation_job = dg.define_asset_job(
+segmentation_job = _job(
     "segmentation_job",
-    selection=dg.AssetSelection.assets(segmentation),
-    executor_def=dg.in_process_executor,
-    description="Re-segment customers on their recent behaviour; ids carry over from the last model.",
+    dg.AssetSelection.assets(segmentation),
+    "Re-segment customers on their recent behaviour; ids carry over from the last model.",
 )
 
 defs = dg.Definitions(

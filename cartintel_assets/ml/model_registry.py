@@ -6,6 +6,8 @@ No Dagster import; the MLflow tracking URI is set by the caller (the MLflow reso
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,21 +38,30 @@ class RiskModelPyfunc(PythonModel):
         return self.model.predict_proba(model_input)
 
 
+def _log_pyfunc(
+    python_model: PythonModel, artifacts: dict[str, str], sample: pd.DataFrame, output: Any
+) -> str:
+    """Log a pyfunc with its artifacts, signature and input example in the active run."""
+    info = mlflow.pyfunc.log_model(
+        name="model",
+        python_model=python_model,
+        artifacts=artifacts,
+        signature=infer_signature(sample, output),
+        input_example=sample,
+        pip_requirements=PIP_REQUIREMENTS,
+    )
+    return str(info.model_uri)
+
+
 def log_risk_model(model: RiskModel, example: pd.DataFrame) -> str:
     """Log the model in the active run; return its model URI."""
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "risk_model"
         model.save(folder)
         sample = model.typed(example.head(5))
-        info = mlflow.pyfunc.log_model(
-            name="model",
-            python_model=RiskModelPyfunc(),
-            artifacts={"risk_model": str(folder)},
-            signature=infer_signature(sample, model.predict_proba(sample)),
-            input_example=sample,
-            pip_requirements=PIP_REQUIREMENTS,
+        return _log_pyfunc(
+            RiskModelPyfunc(), {"risk_model": str(folder)}, sample, model.predict_proba(sample)
         )
-    return str(info.model_uri)
 
 
 class SegmentationPyfunc(PythonModel):
@@ -71,15 +82,19 @@ def log_segmentation_model(model: SegmentationModel, example: pd.DataFrame) -> s
         path = Path(tmp) / "segmentation.json"
         model.save(path)
         sample = evidence_frame(example.head(5).reset_index(drop=True))
-        info = mlflow.pyfunc.log_model(
-            name="model",
-            python_model=SegmentationPyfunc(),
-            artifacts={"segmentation": str(path)},
-            signature=infer_signature(sample, model.predict(sample)),
-            input_example=sample,
-            pip_requirements=PIP_REQUIREMENTS,
+        return _log_pyfunc(
+            SegmentationPyfunc(), {"segmentation": str(path)}, sample, model.predict(sample)
         )
-    return str(info.model_uri)
+
+
+@contextmanager
+def _version_artifacts(name: str, version: str) -> Iterator[Path]:
+    """The `artifacts/` folder of a registered version, downloaded to a temporary folder."""
+    with tempfile.TemporaryDirectory() as tmp:
+        local = mlflow.artifacts.download_artifacts(
+            artifact_uri=f"models:/{name}/{version}", dst_path=tmp
+        )
+        yield Path(local) / "artifacts"
 
 
 def load_segmentation_model(name: str, alias: str) -> SegmentationModel | None:
@@ -87,11 +102,8 @@ def load_segmentation_model(name: str, alias: str) -> SegmentationModel | None:
     version = version_by_alias(name, alias)
     if version is None:
         return None
-    with tempfile.TemporaryDirectory() as tmp:
-        local = mlflow.artifacts.download_artifacts(
-            artifact_uri=f"models:/{name}/{version}", dst_path=tmp
-        )
-        return SegmentationModel.load(Path(local) / "artifacts" / "segmentation.json")
+    with _version_artifacts(name, version) as artifacts:
+        return SegmentationModel.load(artifacts / "segmentation.json")
 
 
 def register(model_uri: str, name: str, alias: str | None, tags: dict[str, str]) -> str:
@@ -135,9 +147,6 @@ def load_risk_model(name: str, alias: str) -> RegisteredRiskModel:
             f"no version of the registered model {name!r} has the alias {alias!r}:"
             " train one that passes its gates first (abandonment_training_job)"
         ) from err
-    with tempfile.TemporaryDirectory() as tmp:
-        local = mlflow.artifacts.download_artifacts(
-            artifact_uri=f"models:/{name}/{found.version}", dst_path=tmp
-        )
-        model = RiskModel.load(Path(local) / "artifacts" / "risk_model")
+    with _version_artifacts(name, str(found.version)) as artifacts:
+        model = RiskModel.load(artifacts / "risk_model")
     return RegisteredRiskModel(model, name, alias, str(found.version), str(found.run_id))

@@ -46,6 +46,31 @@ def typed_temp_table(
         con.unregister("_typed_frame")
 
 
+def require_tables(con: duckdb.DuckDBPyConnection, *names: str) -> None:
+    """Fail with a clear message when an upstream table has not been materialised yet."""
+    missing = [n for n in names if not has_table(con, n)]
+    if missing:
+        raise ValueError(f"no {', '.join(missing)} in the warehouse yet: materialise it first")
+
+
+def replace_table(
+    con: duckdb.DuckDBPyConnection,
+    table: str,
+    frame: pd.DataFrame,
+    columns: dict[str, str] | None = None,
+) -> None:
+    """Replace a whole table by `frame` in one statement (typed by `columns` when given)."""
+    if columns is not None:
+        typed_temp_table(con, frame, columns, "_replacement_table")
+        con.execute(f"CREATE OR REPLACE TABLE {table} AS SELECT * FROM _replacement_table")
+        return
+    con.register("_replacement_frame", frame)
+    try:
+        con.execute(f"CREATE OR REPLACE TABLE {table} AS SELECT * FROM _replacement_frame")
+    finally:
+        con.unregister("_replacement_frame")
+
+
 def replace_rows(
     con: duckdb.DuckDBPyConnection,
     table: str,

@@ -21,7 +21,7 @@ from cartintel_assets.ml.abandonment import (
     time_split,
 )
 from cartintel_assets.ml.features import CATEGORICAL_FEATURES, NUMERIC_FEATURES
-from cartintel_assets.ml.warehouse import has_table, replace_partition
+from cartintel_assets.ml.warehouse import replace_partition, require_tables
 from cartintel_assets.resources import WarehouseResource
 from cartintel_assets.resources.mlflow import MLflowResource
 
@@ -243,8 +243,7 @@ def abandonment_scores(
     registered = load_risk_model(MODEL_NAME, config.alias)
     day = date.fromisoformat(context.partition_key)
     with warehouse.get_connection() as con:
-        if not has_table(con, "session_features"):
-            raise ValueError("no session_features yet: materialise that asset for this day first")
+        require_tables(con, "session_features")
         features = con.execute(
             "SELECT * FROM session_features WHERE partition_date = ? ORDER BY session_id", [day]
         ).df()

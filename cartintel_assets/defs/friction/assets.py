@@ -11,7 +11,12 @@ from pydantic import Field
 from cartintel_assets.defs.partitions import daily_partitions
 from cartintel_assets.ml.plots import heatmap, markdown_image, markdown_table
 from cartintel_assets.ml.reviews import ASPECTS, aggregate_signals, day_review_signals
-from cartintel_assets.ml.warehouse import has_table, replace_partition, typed_temp_table
+from cartintel_assets.ml.warehouse import (
+    has_table,
+    replace_partition,
+    replace_table,
+    require_tables,
+)
 from cartintel_assets.resources import WarehouseResource
 from cartintel_assets.resources.mlflow import MLflowResource
 
@@ -67,8 +72,7 @@ def review_aggregates(
     sentiment, share of negative reviews, and per aspect the share of reviews mentioning it and
     complaining about it. Groups with fewer than `min_reviews` reviews are left out."""
     with warehouse.get_connection() as con:
-        if not has_table(con, "review_signals"):
-            raise ValueError("no review_signals yet: materialise that asset first")
+        require_tables(con, "review_signals")
         signals = con.execute("SELECT * FROM review_signals").df()
         for key, by in (
             ("product_review_signals", ["product_id", "category"]),
@@ -79,8 +83,7 @@ def review_aggregates(
             columns = {c: "VARCHAR" for c in by} | {
                 c: ("BIGINT" if c == "reviews" else "DOUBLE") for c in table.columns if c not in by
             }
-            typed_temp_table(con, table, columns, "_review_aggregate")
-            con.execute(f"CREATE OR REPLACE TABLE {key} AS SELECT * FROM _review_aggregate")
+            replace_table(con, key, table, columns)
             yield dg.MaterializeResult(
                 asset_key=key,
                 metadata={
@@ -150,9 +153,7 @@ def friction_analysis(
     )
 
     with warehouse.reader() as con:
-        for table in ("session_features", "abandonment_labels", "customer_segments"):
-            if not has_table(con, table):
-                raise ValueError(f"no {table} yet: materialise it before the friction analysis")
+        require_tables(con, "session_features", "abandonment_labels", "customer_segments")
         carts = labelled_carts(con)
         reviews = (
             con.execute("SELECT * FROM category_review_signals").df()
@@ -172,12 +173,8 @@ def friction_analysis(
     drivers = driver_table(carts, model, scopes, config.min_support, config.bootstraps, config.seed)
     index = friction_index(carts, reviews, "category", config.target, config.min_support)
     with warehouse.get_connection() as con:
-        for name, frame in (("friction_drivers", drivers), ("friction_index", index)):
-            con.register("_friction_frame", frame)
-            try:
-                con.execute(f"CREATE OR REPLACE TABLE {name} AS SELECT * FROM _friction_frame")
-            finally:
-                con.unregister("_friction_frame")
+        replace_table(con, "friction_drivers", drivers)
+        replace_table(con, "friction_index", index)
     experiment = mlflow_tracking.experiment_id("cartintel/friction")
     with mlflow.start_run(experiment_id=experiment, tags=mlflow_tracking.run_tags(context)) as run:
         mlflow.log_params({**config.model_dump(), "carts": len(carts)})

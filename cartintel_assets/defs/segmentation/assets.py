@@ -11,7 +11,12 @@ from pydantic import Field
 
 from cartintel_assets.ml.plots import heatmap, markdown_image, markdown_table
 from cartintel_assets.ml.segmentation import PROFILE_COLUMNS, customer_behaviour
-from cartintel_assets.ml.warehouse import has_table, replace_rows, typed_temp_table
+from cartintel_assets.ml.warehouse import (
+    replace_rows,
+    replace_table,
+    require_tables,
+    typed_temp_table,
+)
 from cartintel_assets.resources import WarehouseResource
 from cartintel_assets.resources.mlflow import MLflowResource
 
@@ -92,8 +97,7 @@ def segmentation(
     from cartintel_assets.ml.segmentation import align_segments, fit_segmentation
 
     with warehouse.reader() as con:
-        if not has_table(con, "abandonment_labels"):
-            raise ValueError("no abandonment_labels yet: materialise the daily assets first")
+        require_tables(con, "raw_sessions", "abandonment_labels")
         end = con.execute("SELECT max(partition_date) FROM raw_sessions").fetchone()[0]  # type: ignore[index]
         start = end - timedelta(days=config.history_days - 1)
         counts = customer_behaviour(con, start, end)
@@ -149,8 +153,7 @@ def segmentation(
     profile_rows = profiles.rename(columns={"distance": "match_distance", "status": "match_status"})
     profile_rows = profile_rows.assign(model_version=version, as_of=end)
     with warehouse.get_connection() as con:
-        typed_temp_table(con, assignments, ASSIGNMENT_COLUMNS, "_customer_segments")
-        con.execute("CREATE OR REPLACE TABLE customer_segments AS SELECT * FROM _customer_segments")
+        replace_table(con, "customer_segments", assignments, ASSIGNMENT_COLUMNS)
         typed_temp_table(con, profile_rows, PROFILE_TABLE_COLUMNS, "_segment_profiles")
         con.execute(
             "CREATE TABLE IF NOT EXISTS segment_profiles AS SELECT * FROM _segment_profiles LIMIT 0"
