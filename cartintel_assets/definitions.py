@@ -22,7 +22,7 @@ from cartintel_assets.resources.mlflow import MLflowResource
 
 def _job(
     name: str, selection: dg.AssetSelection, description: str
-) -> dg.UnresolvedAssetJobDefinition:
+) -> "dg.UnresolvedAssetJobDefinition":
     # In-process: a step per process would re-import the stack (~8.5 s a step) and DuckDB takes
     # one writer at a time anyway.
     return dg.define_asset_job(
