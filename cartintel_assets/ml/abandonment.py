@@ -34,6 +34,8 @@ class XGBParams:
     early_stopping_rounds: int = 40
     seed: int = 7
     nthread: int = 2
+    # binary:logistic for probabilities; reg:squarederror for effects (the X-learner's 2nd stage)
+    objective: str = "binary:logistic"
 
 
 @dataclass
@@ -139,8 +141,8 @@ def fit_risk_model(
     dvalid = xgb.DMatrix(model.matrix(valid), label=y_valid, feature_names=model.features)
     booster = xgb.train(
         {
-            "objective": "binary:logistic",
-            "eval_metric": "logloss",
+            "objective": params.objective,
+            "eval_metric": "logloss" if params.objective.startswith("binary:") else "rmse",
             "tree_method": "hist",
             "max_depth": params.max_depth,
             "eta": params.learning_rate,

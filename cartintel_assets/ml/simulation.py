@@ -134,7 +134,9 @@ class StorefrontConfig:
     cart_abandonment_rate: float = 0.70  # Baymard average, calibrated before any drift
     benign_abandonment_share: float = 0.48  # share of abandoners who come back and buy in 7 days
     consent_rate: float = 0.65
-    experiment_rate: float = 0.5  # share of eligible abandoned carts entering the experiment
+    # share of eligible abandoned carts entering the randomised experiment: the shop randomises
+    # every consenting abandoner (the arms include control) until the uplift model is trusted
+    experiment_rate: float = 1.0
     review_rate: float = 0.15
     new_customer_share: float = 0.15  # customers who sign up during the simulated window
     drift: tuple[DriftSpec, ...] = ()
@@ -417,22 +419,26 @@ class _Sim:
         u_buy = rng.random(n)
         purchased = has_cart & (u_buy < p_buy)
         abandoned = has_cart & ~purchased
+        # the randomness of what follows, drawn in a fixed order (the stream stays reproducible)
+        consented = self.consent[cust]
+        in_exp = abandoned & consented & (rng.random(n) < cfg.experiment_rate)
+        treatment = np.where(in_exp, rng.integers(0, len(schema.TREATMENTS), n), 0)
+        u_ret = rng.random(n)
+        return_delay = np.where(ctype == 4, rng.integers(1, 4, n), rng.integers(1, 8, n))
+        coupon = has_cart & (rng.random(n) < np.array(tp.coupon_rate)[ctype])
         # 7-day outcome of an abandoned cart under each intervention (common random numbers)
         eff = np.array(tp.treatment_effect)[ctype]  # n x treatments
-        ship_scale = np.clip(ship_share / 0.1, 0.3, 2.0)
-        eff[:, 2] = eff[:, 2] * ship_scale
+        # free shipping moves those whose shipping share is high; a discount moves those who
+        # were hunting for one (tried a coupon) or whose cart got dearer than its usual price
+        eff[:, 2] = eff[:, 2] * np.clip(ship_share / 0.1, 0.3, 2.0)
+        discount_scale = (0.5 + 1.5 * coupon) * np.clip(1 + 5 * np.maximum(pchg, 0), 1.0, 2.0)
+        eff[:, 3:] = eff[:, 3:] * discount_scale[:, None]
         rbase = np.array(tp.return_base)[ctype] + tp.friction_persistence * friction
         self.return_offset = _offset_for_mean(
             rbase[abandoned & calib], cfg.benign_abandonment_share
         )
         p_conv = _sigmoid(rbase[:, None] + self.return_offset + eff)
-        consented = self.consent[cust]
-        in_exp = abandoned & consented & (rng.random(n) < cfg.experiment_rate)
-        treatment = np.where(in_exp, rng.integers(0, len(schema.TREATMENTS), n), 0)
-        u_ret = rng.random(n)
         returned = abandoned & (u_ret < p_conv[np.arange(n), treatment])
-        return_delay = np.where(ctype == 4, rng.integers(1, 4, n), rng.integers(1, 8, n))
-        coupon = has_cart & (rng.random(n) < np.array(tp.coupon_rate)[ctype])
         reach_checkout = purchased | (
             abandoned & (rng.random(n) < np.array(tp.checkout_before_abandoning)[ctype])
         )
@@ -1069,6 +1075,7 @@ def simulate(cfg: StorefrontConfig, progress: Callable[[str], None] | None = Non
         "return_logit_offset": sim.return_offset,
         "mobile_purchase_logit": -0.3,
         "free_shipping_effect_scale": "clip(shipping_share / 0.1, 0.3, 2.0)",
+        "discount_effect_scale": "(0.5 + 1.5 * coupon tried) * clip(1 + 5 * max(price_change, 0), 1, 2)",
         "drift": [dataclasses.asdict(d) for d in cfg.drift],
     }
     return Storefront(
@@ -1080,6 +1087,11 @@ def simulate(cfg: StorefrontConfig, progress: Callable[[str], None] | None = Non
         truth_bad_rows=pd.DataFrame(bad_log, columns=["day", "table", "event_id", "kind", "rule"]),
         truth_effects=effects,
     )
+
+
+# What `cartintel demo` lands: twice the default traffic, so the randomised intervention log
+# holds ~10k carts, about what the uplift model needs to rank effects (see the uplift tests).
+DEMO_STOREFRONT = StorefrontConfig(sessions_per_day=3000, n_customers=12000)
 
 
 def write_storefront(store: Storefront, out_dir: Path | str) -> dict[str, Path]:

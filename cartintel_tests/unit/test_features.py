@@ -107,8 +107,9 @@ def test_labels_agree_with_the_simulator_truth(warehouse) -> None:
     assert len(m) > 300
     assert (m["abandoned"] == m["t_abandoned"]).all()
     # a later, unrelated purchase of the same product reads as a comeback (deal seekers keep
-    # buying the same promoted products): measured 0.992
-    assert (m["harmful"] == m["t_harmful"]).mean() > 0.99
+    # buying the same promoted products, and every consenting abandoner now enters the
+    # experiment, where 4 in 5 are nudged to buy again): measured 0.987
+    assert (m["harmful"] == m["t_harmful"]).mean() > 0.98
     assert (labels["harmful"] | labels["benign"]).eq(labels["abandoned"]).all()
     late = cart_labels(con, CFG.day(CFG.days - 2))
     assert not late["label_complete"].any()  # 7 later days have not landed yet
