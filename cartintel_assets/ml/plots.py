@@ -93,3 +93,30 @@ def heatmap(frame: pd.DataFrame, title: str, colorbar: str) -> Figure:
     fig.colorbar(image, ax=ax, label=colorbar)
     fig.tight_layout()
     return fig
+
+
+def uplift_figures(
+    effects: pd.DataFrame, treatment: np.ndarray, y: np.ndarray
+) -> dict[str, Figure]:
+    """Out-of-fold Qini and uplift curves, one line per arm against control, with the random
+    line of each (the diagonal to the curve's end)."""
+    from cartintel_assets.ml.uplift_metrics import qini_curve, uplift_curve
+
+    treatment, y = np.asarray(treatment), np.asarray(y)
+    figs: dict[str, Figure] = {}
+    for name, curve in (("qini", qini_curve), ("uplift", uplift_curve)):
+        fig, ax = _figure(6, 4)
+        for arm in effects.columns:
+            m = (treatment == arm) | (treatment == "control")
+            x, v = curve(y[m], effects[arm].to_numpy()[m], (treatment[m] == arm).astype(int))
+            (line,) = ax.plot(x / x[-1], v, label=arm)
+            ax.plot([0, 1], [0, v[-1]], ls=":", color=line.get_color())
+        ax.axhline(0, color="grey", lw=0.5)
+        ax.set(
+            xlabel="share of carts targeted (by predicted effect)",
+            ylabel="incremental conversions" if name == "qini" else "uplift x carts",
+            title=f"{name.capitalize()} curves (out of fold; dotted: random)",
+        )
+        ax.legend(fontsize=7)
+        figs[f"{name}_curves.png"] = fig
+    return figs
