@@ -11,7 +11,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cartintel_assets import settings
-from cartintel_assets.ml.simulation import StorefrontConfig, parse_date, parse_drift
+from cartintel_assets.ml.simulation import (
+    DEMO_STOREFRONT,
+    StorefrontConfig,
+    parse_date,
+    parse_drift,
+)
 
 if TYPE_CHECKING:
     from dagster import DagsterInstance
@@ -229,6 +234,19 @@ def _run_days(instance: DagsterInstance, days: list[str]) -> list[str]:
         return failed_checks
     say(f"scoring the open carts of {days[-1]} with models:/cartintel-abandonment@challenger")
     run("abandonment_scoring_job", days[-1], f"abandonment_scores {days[-1]}: scoring failed")
+    say("training the uplift model on the intervention log (T- vs X-learner, Qini, gates)")
+    result = run("uplift_training_job", failure="uplift_model: training or a blocking gate failed")
+    for m in result.asset_materializations_for_node("uplift_model"):
+        md = {k: v.value for k, v in m.metadata.items()}
+        say(
+            f"uplift version {md['model_version']} ({md['learner']}), alias {md['alias']},"
+            f" gate {md['gate']}: arms allowed {md['allowed_arms']}; policy value (DR)"
+            f" {md['policy_value_dr']:.0f} vs top-k by risk {md['top_k_by_risk_value_dr']:.0f}"
+        )
+    if not result.success:
+        return failed_checks
+    say(f"planning the interventions of {days[-1]} (budget, consent, caps, holdout, ethics)")
+    run("intervention_plan_job", days[-1], f"intervention_plan {days[-1]}: planning failed")
     return failed_checks
 
 
@@ -290,6 +308,25 @@ def _summary(warehouse: Path, days: list[str], failed_checks: list[str], where: 
             if has_table(con, "friction_drivers")
             else []
         )
+        plan = (
+            con.execute(
+                "SELECT action, count(*), sum(expected_cost), sum(incremental_conversion),"
+                " sum(incremental_margin) FROM intervention_plan"
+                " WHERE partition_date = CAST($hi AS DATE) GROUP BY 1 ORDER BY 2 DESC",
+                {"hi": days[-1]},
+            ).fetchall()
+            if has_table(con, "intervention_plan")
+            else []
+        )
+        plan_reasons = (
+            con.execute(
+                "SELECT reason, count(*) FROM intervention_plan WHERE action = 'none'"
+                " AND partition_date = CAST($hi AS DATE) GROUP BY 1 ORDER BY 2 DESC",
+                {"hi": days[-1]},
+            ).fetchall()
+            if has_table(con, "intervention_plan")
+            else []
+        )
         card = con.execute(
             "SELECT standard, round(avg(row_score), 4) row_score, sum(blocking_failures)::BIGINT"
             f" blocking_failures, sum(warnings)::BIGINT warnings FROM data_quality_scorecard"
@@ -327,6 +364,14 @@ def _summary(warehouse: Path, days: list[str], failed_checks: list[str], where: 
             print(
                 f"  {cat:<12} {n:>5} reviews, mean rating {rating}, negative {neg:.1%}, shipping {ship:.1%}"
             )
+    if plan:
+        print(
+            f"\nintervention plan of {days[-1]} (carts, expected spend, incremental conversions"
+            " and margin):"
+        )
+        for action, n, cost, conv, margin in plan:
+            print(f"  {action:<16} {n:>5}  {cost:>8.2f}  {conv:>6.1f}  {margin:>8.2f}")
+        print("  no action because: " + "; ".join(f"{r} {n}" for r, n in plan_reasons))
     print("\ndata-quality scorecard (mean row score, summed failures over the days):")
     print(card.to_string(index=False))
     print(
@@ -350,7 +395,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "demo", help="simulate the default storefront and run the daily job on every day"
     )
-    _add_storefront_args(p, days=14, sessions=1500)
+    _add_storefront_args(p, days=DEMO_STOREFRONT.days, sessions=DEMO_STOREFRONT.sessions_per_day)
+    p.set_defaults(customers=DEMO_STOREFRONT.n_customers)
     # 0.5 % defective event lines, so the quarantine and the checks have something to show
     p.set_defaults(func=cmd_demo, bad_row_rate=0.005)
     p = sub.add_parser("dev", help="the Dagster UI (webserver + daemon) on workspace.yaml")

@@ -16,6 +16,7 @@ from cartintel_assets.defs.friction.assets import (
 from cartintel_assets.defs.ingestion.assets import ingestion_assets, quality_gates
 from cartintel_assets.defs.quality.assets import data_quality_scorecard
 from cartintel_assets.defs.segmentation.assets import segmentation
+from cartintel_assets.defs.uplift.assets import intervention_plan, uplift_model
 from cartintel_assets.resources import LandingResource, WarehouseResource
 from cartintel_assets.resources.mlflow import MLflowResource
 
@@ -70,6 +71,18 @@ segmentation_job = _job(
     "Re-segment customers on their recent behaviour; ids carry over from the last model.",
 )
 
+uplift_training_job = _job(
+    "uplift_training_job",
+    dg.AssetSelection.assets(uplift_model),
+    "Cross-fit, gate and register the multi-treatment uplift model on the intervention log.",
+)
+
+intervention_plan_job = _job(
+    "intervention_plan_job",
+    dg.AssetSelection.assets(intervention_plan),
+    "Plan a day's interventions from its risk scores with the registered uplift model.",
+)
+
 defs = dg.Definitions(
     assets=[
         *ingestion_assets,
@@ -83,6 +96,8 @@ defs = dg.Definitions(
         review_aggregates,
         segmentation,
         friction_analysis,
+        uplift_model,
+        intervention_plan,
     ],
     asset_checks=quality_gates,
     jobs=[
@@ -92,11 +107,15 @@ defs = dg.Definitions(
         abandonment_scoring_job,
         friction_job,
         segmentation_job,
+        uplift_training_job,
+        intervention_plan_job,
     ],
     schedules=[
         dg.build_schedule_from_partitioned_job(storefront_daily_job, hour_of_day=2),
         # after the day's features exist; scores with whichever version holds the alias then
         dg.build_schedule_from_partitioned_job(abandonment_scoring_job, hour_of_day=3),
+        # after the day's scores exist
+        dg.build_schedule_from_partitioned_job(intervention_plan_job, hour_of_day=4),
     ],
     resources={
         "warehouse": WarehouseResource(),

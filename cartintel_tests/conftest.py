@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pytest
@@ -74,3 +75,29 @@ def labelled_warehouse(
         cart_labels(con, day)
         replace_partition(con, "abandonment_labels", "_cart_labels", day)
     return con
+
+
+@pytest.fixture(scope="session")
+def demo_store() -> Storefront:
+    """The storefront `make demo` lands (twice the default traffic)."""
+    from cartintel_assets.ml.simulation import DEMO_STOREFRONT
+
+    return simulate(DEMO_STOREFRONT)
+
+
+@pytest.fixture(scope="session")
+def demo_warehouse(demo_store: Storefront, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo storefront ingested, labelled and featurised into a DuckDB file."""
+    out = tmp_path_factory.mktemp("demo_warehouse")
+    db = out / "wh.duckdb"
+    labelled_warehouse(demo_store, out, str(db), features=True).close()
+    return db
+
+
+def check_results(result: Any) -> dict[str, bool]:
+    """Pass/fail of every asset check evaluated in a Dagster run result."""
+    return {
+        e.event_specific_data.check_name: e.event_specific_data.passed
+        for e in result.all_events
+        if e.event_type_value == "ASSET_CHECK_EVALUATION"
+    }

@@ -21,6 +21,7 @@ from mlflow.tracking import MlflowClient
 
 from cartintel_assets.ml.abandonment import RiskModel
 from cartintel_assets.ml.segmentation import SegmentationModel, evidence_frame
+from cartintel_assets.ml.uplift import UpliftModel
 
 # Pinned to the lock, passed explicitly (inference costs seconds and guesses both xgboost names).
 PIP_REQUIREMENTS = ["xgboost-cpu==3.2.0", "scikit-learn==1.9.1", "pandas==2.3.3", "numpy==2.4.6"]
@@ -87,6 +88,61 @@ def log_segmentation_model(model: SegmentationModel, example: pd.DataFrame) -> s
         )
 
 
+class UpliftPyfunc(PythonModel):
+    """Serves, per cart, the chance of buying without intervention and the effect of each arm."""
+
+    def load_context(self, context: Any) -> None:
+        self.model = UpliftModel.load(Path(context.artifacts["uplift"]))
+
+    def predict(
+        self, context: Any, model_input: pd.DataFrame, params: dict | None = None
+    ) -> pd.DataFrame:
+        effects = self.model.effects(model_input)
+        return effects.assign(p_baseline=self.model.baseline(model_input))
+
+
+def log_uplift_model(model: UpliftModel, example: pd.DataFrame) -> str:
+    """Log the uplift model in the active run; return its model URI."""
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "uplift"
+        model.save(folder)
+        sample = model.outcome["control"].typed(example.head(5))
+        output = model.effects(sample).assign(p_baseline=model.baseline(sample))
+        return _log_pyfunc(UpliftPyfunc(), {"uplift": str(folder)}, sample, output)
+
+
+@dataclass(frozen=True)
+class RegisteredUpliftModel:
+    """An uplift model loaded by alias, with the arms its gate allows the plan to use."""
+
+    model: UpliftModel
+    name: str
+    alias: str
+    version: str
+    run_id: str
+    allowed_arms: list[str]
+
+
+def load_uplift_model(name: str, alias: str) -> RegisteredUpliftModel:
+    """Resolve `alias` once, load that version and read its `allowed_arms` tag."""
+    found = _by_alias(name, alias, "uplift_training_job")
+    with _version_artifacts(name, str(found.version)) as artifacts:
+        model = UpliftModel.load(artifacts / "uplift")
+    arms = [a for a in found.tags.get("allowed_arms", "").split(",") if a]
+    return RegisteredUpliftModel(model, name, alias, str(found.version), str(found.run_id), arms)
+
+
+def _by_alias(name: str, alias: str, trained_by: str) -> Any:
+    """The model version an alias points at; a clear error naming the job when there is none."""
+    try:
+        return MlflowClient().get_model_version_by_alias(name, alias)
+    except mlflow.exceptions.MlflowException as err:
+        raise LookupError(
+            f"no version of the registered model {name!r} has the alias {alias!r}:"
+            f" train one that passes its gates first ({trained_by})"
+        ) from err
+
+
 @contextmanager
 def _version_artifacts(name: str, version: str) -> Iterator[Path]:
     """The `artifacts/` folder of a registered version, downloaded to a temporary folder."""
@@ -139,14 +195,7 @@ class RegisteredRiskModel:
 
 def load_risk_model(name: str, alias: str) -> RegisteredRiskModel:
     """Resolve `alias` to a version once, then load exactly that version's `RiskModel`."""
-    client = MlflowClient()
-    try:
-        found = client.get_model_version_by_alias(name, alias)
-    except mlflow.exceptions.MlflowException as err:
-        raise LookupError(
-            f"no version of the registered model {name!r} has the alias {alias!r}:"
-            " train one that passes its gates first (abandonment_training_job)"
-        ) from err
+    found = _by_alias(name, alias, "abandonment_training_job")
     with _version_artifacts(name, str(found.version)) as artifacts:
         model = RiskModel.load(artifacts / "risk_model")
     return RegisteredRiskModel(model, name, alias, str(found.version), str(found.run_id))

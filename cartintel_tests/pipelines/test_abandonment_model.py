@@ -22,7 +22,7 @@ from cartintel_assets.ml.abandonment import RiskModel
 from cartintel_assets.ml.simulation import StorefrontConfig, simulate
 from cartintel_assets.resources import WarehouseResource
 from cartintel_assets.resources.mlflow import MLflowResource
-from cartintel_tests.conftest import labelled_warehouse
+from cartintel_tests.conftest import check_results, labelled_warehouse
 
 CFG = StorefrontConfig(days=16, sessions_per_day=1000, n_customers=4000)
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
@@ -70,20 +70,12 @@ def _score(
     )
 
 
-def _checks(result: dg.ExecuteInProcessResult) -> dict[str, bool]:
-    return {
-        e.event_specific_data.check_name: e.event_specific_data.passed  # type: ignore[union-attr]
-        for e in result.all_events
-        if e.event_type_value == "ASSET_CHECK_EVALUATION"
-    }
-
-
 def test_training_logs_registers_and_gates(warehouse: Path, tmp_path: Path) -> None:
     mlruns = tmp_path / "mlruns"
     with dg.instance_for_test() as instance:
         first = _train(warehouse, mlruns, instance)
         assert first.success
-        assert _checks(first) == dict.fromkeys(GATES, True)
+        assert check_results(first) == dict.fromkeys(GATES, True)
         meta = first.asset_materializations_for_node("abandonment_model")[0].metadata
         assert meta["model_version"].value == "1" and meta["gate"].value == "passed"
         mlflow.set_tracking_uri(f"sqlite:///{mlruns / 'mlflow.db'}")
@@ -139,7 +131,7 @@ def test_training_logs_registers_and_gates(warehouse: Path, tmp_path: Path) -> N
         # a second run is a new version; with a champion in place the gate compares against it
         client.set_registered_model_alias(MODEL_NAME, "champion", "1")
         second = _train(warehouse, mlruns, instance)
-        assert second.success and _checks(second)["abandonment_model_no_worse_than_champion"]
+        assert second.success and check_results(second)["abandonment_model_no_worse_than_champion"]
         second_meta = second.asset_materializations_for_node("abandonment_model")[0].metadata
         assert str(second_meta["champion"].value).startswith("version 1, test ROC-AUC")
         assert str(meta["champion"].value).startswith("none")
@@ -165,7 +157,7 @@ def test_gate_blocks_a_model_trained_on_shuffled_labels(warehouse: Path, tmp_pat
     con.close()
     with dg.instance_for_test() as instance:
         result = _train(db, tmp_path / "mlruns", instance)
-        checks = _checks(result)
+        checks = check_results(result)
         assert not result.success  # a failed blocking check fails the step
         assert not checks["abandonment_model_roc_auc_above_floor"]
         # registered for the audit trail, but not the challenger: nothing can score with it

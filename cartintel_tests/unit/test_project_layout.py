@@ -60,6 +60,7 @@ def test_every_asset_has_a_group_and_a_description() -> None:
             "abandonment",
             "friction",
             "segmentation",
+            "uplift",
         }, key
         assert node.description, key
 

@@ -1,0 +1,489 @@
+"""Uplift of each intervention on the randomised log (`cartintel-uplift`, gated) and the daily
+intervention plan: the action per abandoned cart that pays, or none with the reason, within
+budget, consent, contact caps, discount caps, the persistent holdout and the catalogue's
+ethics rules."""
+
+import hashlib
+from datetime import date, timedelta
+from typing import Any
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+from pydantic import Field
+
+from cartintel_assets.defs.partitions import daily_partitions
+from cartintel_assets.ml.policy import DEFAULT_CATALOGUE
+from cartintel_assets.ml.warehouse import has_table, replace_partition, require_tables
+from cartintel_assets.resources import WarehouseResource
+from cartintel_assets.resources.mlflow import MLflowResource
+
+MODEL_NAME = "cartintel-uplift"
+EXPERIMENT = "cartintel/uplift"
+RISK_MODEL = "cartintel-abandonment"
+GATES = ("uplift_model_qini_above_zero", "uplift_model_beats_top_k_by_risk")
+PLAN_CHECKS = ("intervention_plan_within_rules", "intervention_plan_disparity_within_bound")
+
+
+class UpliftModelConfig(dg.Config):
+    """Learners compared, evaluation and the gate's settings."""
+
+    learners: list[str] = Field(
+        default=["t-learner", "x-learner"], description="Meta-learners compared by Qini."
+    )
+    folds: int = Field(default=5, ge=2, description="Cross-fitting folds.")
+    bootstrap: int = Field(default=200, ge=50, description="Bootstrap replicates per interval.")
+    margin_rate: float = Field(default=0.4, gt=0, le=1, description="Gross margin on cart value.")
+    gate_budget_share: float = Field(
+        default=0.5,
+        gt=0,
+        le=1,
+        description="Gate budget: this share of what treating every cart that pays would cost.",
+    )
+    risk_alias: str = Field(
+        default="challenger", description="Alias of the risk model the top-k yardstick ranks by."
+    )
+    catalogue_path: str = Field(
+        default=str(DEFAULT_CATALOGUE), description="The intervention catalogue (YAML)."
+    )
+
+
+@dg.asset(
+    group_name="uplift",
+    deps=["raw_interventions", "session_features", "abandonment_model"],
+    kinds={"xgboost", "mlflow"},
+    check_specs=[dg.AssetCheckSpec(g, asset="uplift_model", blocking=True) for g in GATES],
+)
+def uplift_model(
+    context: dg.AssetExecutionContext,
+    config: UpliftModelConfig,
+    warehouse: WarehouseResource,
+    mlflow_tracking: MLflowResource,
+) -> Any:
+    """Incremental effect of each intervention on buying an abandoned cart within 7 days.
+
+    T- and X-learners on XGBoost are cross-fitted on the randomised intervention log; the one
+    with the higher mean Qini is refit on the whole log and registered as a version of
+    `cartintel-uplift`. Only arms whose Qini interval is above 0 may be planned; the version gets
+    the alias `challenger` only if its policy also beats top-k-by-risk at the same budget.
+    """
+    import mlflow
+
+    from cartintel_assets.ml.model_registry import (
+        load_risk_model,
+        log_uplift_model,
+        register,
+    )
+    from cartintel_assets.ml.plots import markdown_image, markdown_table, uplift_figures
+    from cartintel_assets.ml.policy import load_catalogue, uplift_gate
+    from cartintel_assets.ml.uplift import (
+        LEARNERS,
+        TARGETING_EXCLUDED,
+        calibrated,
+        cross_fit,
+        effect_calibration,
+        intervention_log,
+        targeting_features,
+        uplift_report,
+    )
+
+    unknown = set(config.learners) - set(LEARNERS)
+    if unknown:
+        raise ValueError(f"unknown learners {sorted(unknown)}; expected some of {sorted(LEARNERS)}")
+    catalogue = load_catalogue(config.catalogue_path)
+    with warehouse.reader() as con:
+        require_tables(con, "raw_interventions", "session_features")
+        log, missing = intervention_log(con)
+    if log["treatment"].nunique() < 2:
+        raise ValueError("the intervention log needs control and at least one arm: land more days")
+    treatment, y = log["treatment"].to_numpy(), log["converted_7d"].to_numpy(dtype=int)
+    num, cat = targeting_features()
+    fits, reports = {}, {}
+    for learner in config.learners:
+        context.log.info(f"cross-fitting the {learner} on {len(log):,} logged carts")
+        fits[learner] = cross_fit(log, treatment, y, learner, num, cat, config.folds)
+        reports[learner] = uplift_report(fits[learner].effects, treatment, y, config.bootstrap)
+    best = max(reports, key=lambda k: float(reports[k]["qini"].mean()))
+    report = reports[best]
+    # margins need effect sizes, not just rankings: calibrate out of fold (Qini is unchanged)
+    calibration = effect_calibration(fits[best], treatment, y)
+    fit = calibrated(fits[best], calibration)
+    mlflow_tracking.activate()
+    risk_model = load_risk_model(RISK_MODEL, config.risk_alias)
+    risk = risk_model.model.predict_proba(log)
+    evidence = uplift_gate(
+        log,
+        report,
+        fit.baseline,
+        fit.effects,
+        risk,
+        catalogue,
+        config.margin_rate,
+        config.gate_budget_share,
+    )
+    gate = "passed" if evidence.passed else "failed"
+    context.log.info(f"refitting the {best} on the whole log")
+    model = LEARNERS[best](log, treatment, y, num, cat)
+    model.calibration = calibration
+    digest = hashlib.sha256(
+        pd.util.hash_pandas_object(log[["assignment_id", "treatment", "converted_7d"]], index=False)
+        .to_numpy()
+        .tobytes()
+    ).hexdigest()[:16]
+
+    experiment = mlflow_tracking.experiment_id(EXPERIMENT)
+    with mlflow.start_run(experiment_id=experiment, tags=mlflow_tracking.run_tags(context)) as run:
+        mlflow.log_params(
+            {
+                "learner": best,
+                "learners_compared": ",".join(config.learners),
+                "folds": config.folds,
+                "bootstrap": config.bootstrap,
+                "margin_rate": config.margin_rate,
+                "gate_budget_share": config.gate_budget_share,
+                "features": len(model.features),
+                "excluded_for_targeting": ",".join(TARGETING_EXCLUDED),
+                "dataset_digest": digest,
+                "risk_model_version": risk_model.version,
+            }
+        )
+        mlflow.log_metrics(
+            {
+                "rows_log": len(log) + missing,
+                "rows_without_features": missing,
+                "policy_value_dr": evidence.policy_value,
+                "top_k_by_risk_value_dr": evidence.top_k_value,
+                "gate_budget": evidence.budget,
+            }
+        )
+        for learner, rep in reports.items():
+            for arm, row in rep.iterrows():
+                for k in ("qini", "qini_lo", "qini_hi", "auuc", "uplift_at_10", "uplift_at_30"):
+                    mlflow.log_metric(f"{learner}.{arm}.{k}", float(row[k]))
+        figures = uplift_figures(fit.effects, treatment, y)
+        for name, fig in figures.items():
+            mlflow.log_figure(fig, f"plots/{name}")
+        mlflow.log_text(report.to_csv(), "uplift_report.csv")
+        mlflow.log_dict(
+            {a: {"intercept": c[0], "slope": c[1]} for a, c in calibration.items()},
+            "effect_calibration.json",
+        )
+        mlflow.set_tag("gate", gate)
+        model_uri = log_uplift_model(model, log)
+        version = register(
+            model_uri,
+            MODEL_NAME,
+            "challenger" if evidence.passed else None,
+            {
+                "gate": gate,
+                "learner": best,
+                "allowed_arms": ",".join(evidence.allowed_arms),
+                "dagster.run_id": context.run.run_id,
+            },
+        )
+    shown = report.reset_index()
+    yield dg.MaterializeResult(
+        metadata={
+            "mlflow_run_id": run.info.run_id,
+            "model_version": version,
+            "model_uri": f"models:/{MODEL_NAME}/{version}",
+            "learner": best,
+            "gate": gate,
+            "alias": "challenger" if evidence.passed else "none (gate failed)",
+            "allowed_arms": dg.MetadataValue.json(evidence.allowed_arms),
+            "excluded_arms": dg.MetadataValue.json(evidence.excluded_arms),
+            "rows_log": len(log) + missing,
+            "rows_without_features": missing,
+            "mean_qini_by_learner": dg.MetadataValue.json(
+                {k: round(float(r["qini"].mean()), 4) for k, r in reports.items()}
+            ),
+            "uplift_report": dg.MetadataValue.md(
+                markdown_table(
+                    shown,
+                    ["arm", "qini", "qini_lo", "qini_hi", "auuc", "uplift_at_30", "ate", "n_arm"],
+                )
+            ),
+            "policy_value_dr": evidence.policy_value,
+            "top_k_by_risk_value_dr": evidence.top_k_value,
+            "effect_calibration": dg.MetadataValue.json(
+                {
+                    a: {"intercept": round(c[0], 4), "slope": round(c[1], 3)}
+                    for a, c in calibration.items()
+                }
+            ),
+            "plots": dg.MetadataValue.md(
+                "\n\n".join(markdown_image(f, n.removesuffix(".png")) for n, f in figures.items())
+            ),
+        }
+    )
+    yield dg.AssetCheckResult(
+        check_name=GATES[0],
+        passed=bool(evidence.allowed_arms),
+        metadata={
+            "allowed_arms": dg.MetadataValue.json(evidence.allowed_arms),
+            "excluded_arms": dg.MetadataValue.json(evidence.excluded_arms),
+        },
+    )
+    yield dg.AssetCheckResult(
+        check_name=GATES[1],
+        passed=bool(evidence.passed),
+        metadata={
+            "policy_value_dr": evidence.policy_value,
+            "top_k_by_risk_value_dr": evidence.top_k_value,
+            "top_k_arm": evidence.top_k_arm,
+            "budget": evidence.budget,
+        },
+    )
+
+
+PLAN_COLUMNS: dict[str, str] = {
+    "session_id": "VARCHAR",
+    "customer_id": "VARCHAR",
+    "segment": "VARCHAR",
+    "region": "VARCHAR",
+    "device": "VARCHAR",
+    "returning_customer": "BOOLEAN",
+    "risk": "DOUBLE",
+    "consent": "BOOLEAN",
+    "in_holdout": "BOOLEAN",
+    "send_at": "TIMESTAMP",
+    "action": "VARCHAR",
+    "intervention_id": "VARCHAR",
+    "reason": "VARCHAR",
+    "p_baseline": "DOUBLE",
+    "p_treated": "DOUBLE",
+    "incremental_conversion": "DOUBLE",
+    "incremental_margin": "DOUBLE",
+    "expected_cost": "DOUBLE",
+    "uplift_model_version": "VARCHAR",
+    "risk_model_version": "VARCHAR",
+    "planned_by_run": "VARCHAR",
+}
+
+# The day's scored carts with what the plan needs; a cart bought in its session needs nothing.
+_CARTS_SQL = """
+WITH bought AS (
+    SELECT DISTINCT session_id FROM raw_events
+    WHERE partition_date = $day AND event_type = 'purchase'
+),
+consent AS (  -- each customer's latest record up to the day
+    SELECT customer_id, arg_max(marketing_consent, partition_date) AS consent
+    FROM raw_customers WHERE partition_date <= $day GROUP BY customer_id
+)
+SELECT f.*, s.risk, s.model_version AS risk_model_version,
+       b.session_id IS NOT NULL AS bought_in_session,
+       coalesce(c.consent, false) AS consent
+FROM abandonment_scores s
+JOIN session_features f ON f.session_id = s.session_id AND f.partition_date = s.partition_date
+LEFT JOIN bought b ON b.session_id = s.session_id
+LEFT JOIN consent c ON c.customer_id = s.customer_id
+WHERE s.partition_date = $day
+ORDER BY s.session_id
+"""
+
+# Contacts that count towards the caps: the experiment's sends before the day and every other
+# day's plan (a re-planned day replaces its own contacts).
+_HISTORY_SQL = """
+SELECT customer_id, assigned_at AS sent_at FROM raw_interventions
+WHERE treatment <> 'control' AND assigned_at < CAST($day AS TIMESTAMP)
+"""
+_PLAN_HISTORY_SQL = """
+UNION ALL SELECT customer_id, send_at FROM intervention_plan
+WHERE action <> 'none' AND partition_date <> $day
+"""
+
+
+class InterventionPlanConfig(dg.Config):
+    """Budget, economics and the rules every plan obeys."""
+
+    budget: float = Field(default=150.0, ge=0, description="Expected spend allowed per day.")
+    margin_rate: float = Field(default=0.4, gt=0, le=1, description="Gross margin on cart value.")
+    uplift_alias: str = Field(default="challenger", description="Alias of cartintel-uplift.")
+    catalogue_path: str = Field(
+        default=str(DEFAULT_CATALOGUE), description="The intervention catalogue (YAML)."
+    )
+    holdout_share: float = Field(
+        default=0.05, ge=0, lt=1, description="Persistent holdout never contacted."
+    )
+    holdout_salt: str = Field(
+        default="cartintel-holdout-v1",
+        description="Salt of the holdout hash; changing it reshuffles the holdout.",
+    )
+    min_hours_between_contacts: float = Field(default=16.0, ge=0, description="Contact gap.")
+    max_contacts_per_week: int = Field(default=3, ge=1, description="Contacts per 7 days.")
+    send_delay_minutes: float = Field(
+        default=60.0, ge=0, description="When a nudge goes out after the cart's cutoff."
+    )
+    max_discount: float = Field(default=0.10, ge=0, lt=1, description="Deepest discount.")
+    max_discount_by_segment: dict[str, float] = Field(
+        default={},
+        description="Deepest discount per segment name, e.g. {'deal seekers': 0.05} so deal"
+        " seekers are not trained to wait for discounts.",
+    )
+    disparity_bound: float = Field(
+        default=0.10,
+        ge=0,
+        le=1,
+        description="Largest gap, in percentage points of carts, between the intervention rates"
+        " of the groups of region, device or new-vs-returning (blocking).",
+    )
+    min_group_size: int = Field(
+        default=30, ge=1, description="Groups smaller than this are reported, not bounded."
+    )
+
+
+@dg.asset(
+    group_name="uplift",
+    partitions_def=daily_partitions,
+    deps=["abandonment_scores", "session_features", "uplift_model", "customer_segments"],
+    kinds={"duckdb", "mlflow"},
+    check_specs=[
+        dg.AssetCheckSpec(c, asset="intervention_plan", blocking=True) for c in PLAN_CHECKS
+    ],
+)
+def intervention_plan(
+    context: dg.AssetExecutionContext,
+    config: InterventionPlanConfig,
+    warehouse: WarehouseResource,
+    mlflow_tracking: MLflowResource,
+) -> Any:
+    """Per scored cart of the day, the intervention that maximises expected incremental margin,
+    or none with the reason, within the day's budget, consent, contact caps, discount caps per
+    segment and the persistent holdout; the catalogue is linted for manipulative designs first."""
+    from cartintel_assets.ml.model_registry import load_uplift_model
+    from cartintel_assets.ml.plots import markdown_table
+    from cartintel_assets.ml.policy import (
+        ContactRules,
+        PlanRules,
+        action_table,
+        choose_actions,
+        constraint_violations,
+        in_holdout,
+        intervention_rates,
+        load_catalogue,
+        totals,
+    )
+    from cartintel_assets.ml.warehouse import typed_temp_table
+
+    catalogue = load_catalogue(config.catalogue_path)  # refuses manipulative designs
+    mlflow_tracking.activate()
+    registered = load_uplift_model(MODEL_NAME, config.uplift_alias)
+    usable = [i for i in catalogue if i.arm in registered.allowed_arms]
+    day = date.fromisoformat(context.partition_key)
+    with warehouse.get_connection() as con:
+        require_tables(con, "abandonment_scores", "session_features", "raw_customers")
+        carts = con.execute(_CARTS_SQL, {"day": day}).df()
+        segments = (
+            con.execute("SELECT customer_id, segment_name FROM customer_segments").df()
+            if has_table(con, "customer_segments")
+            else pd.DataFrame(columns=["customer_id", "segment_name"])
+        )
+        history_sql = _HISTORY_SQL + (
+            _PLAN_HISTORY_SQL if has_table(con, "intervention_plan") else ""
+        )
+        history = con.execute(history_sql, {"day": day}).df()
+    if carts.empty:
+        context.log.warning(f"no scored carts on {day}: run abandonment_scoring_job for it first")
+    seg = dict(zip(segments["customer_id"], segments["segment_name"], strict=True))
+    carts["segment"] = carts["customer_id"].map(seg)
+    carts["in_holdout"] = in_holdout(
+        carts["customer_id"], config.holdout_share, config.holdout_salt
+    )
+    carts["holdout"] = carts["in_holdout"]
+    carts["send_at"] = carts["cutoff_at"] + timedelta(minutes=config.send_delay_minutes)
+    carts["blocked"] = np.select(
+        [carts["bought_in_session"], ~carts["consent"], carts["in_holdout"]],
+        ["bought in session", "no marketing consent", "holdout"],
+        "",
+    )
+    rules = PlanRules(
+        budget=config.budget,
+        contact=ContactRules(config.min_hours_between_contacts, config.max_contacts_per_week),
+        max_discount=config.max_discount,
+        max_discount_by_segment=dict(config.max_discount_by_segment),
+    )
+    if len(carts) and usable:
+        predicted = registered.model.effects(carts)
+        options = action_table(
+            carts, registered.model.baseline(carts), predicted, usable, config.margin_rate
+        )
+    else:
+        options = pd.DataFrame(
+            columns=[
+                "cart",
+                "arm",
+                "intervention_id",
+                "discount",
+                "p_treated",
+                "p_baseline",
+                "incremental_conversion",
+                "expected_cost",
+                "incremental_margin",
+            ]
+        )
+    plan = choose_actions(carts, options, rules, history)
+    violations = constraint_violations(plan, carts, rules, history, catalogue)
+    total = totals(plan, carts, config.margin_rate)
+    carts["returning_customer"] = carts["returning_customer"].astype(bool)
+    out = pd.concat([carts.drop(columns=["holdout", "blocked"]), plan], axis=1).assign(
+        uplift_model_version=registered.version, planned_by_run=context.run.run_id
+    )
+    with warehouse.get_connection() as con:
+        typed_temp_table(con, out[list(PLAN_COLUMNS)], PLAN_COLUMNS, "_intervention_plan")
+        replace_partition(con, "intervention_plan", "_intervention_plan", day)
+
+    # disparity: intervention rates among the carts that could be contacted at all
+    open_carts = ~carts["bought_in_session"].to_numpy()
+    groups = carts.assign(customer=np.where(carts["returning_customer"], "returning", "new")).loc[
+        open_carts
+    ]
+    rates, gaps = {}, {}
+    for by in ("region", "device", "customer"):
+        r = intervention_rates(plan.loc[open_carts], groups, by)
+        rates[by] = {str(k): round(float(v), 4) for k, v in r["mean"].items()}
+        big = r[r["size"] >= config.min_group_size]["mean"]
+        gaps[by] = float(big.max() - big.min()) if len(big) > 1 else 0.0
+    worst = max(gaps.values(), default=0.0)
+    actions = plan["action"].value_counts()
+    reasons = plan.loc[plan["action"] == "none", "reason"].value_counts()
+    treated = out[out["action"] != "none"].nlargest(10, "incremental_margin")
+    yield dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": len(out),
+            "uplift_model_version": registered.version,
+            "allowed_arms": dg.MetadataValue.json(registered.allowed_arms),
+            "budget": config.budget,
+            **{k: float(v) if isinstance(v, float) else int(v) for k, v in total.items()},
+            "actions": dg.MetadataValue.json({str(k): int(v) for k, v in actions.items()}),
+            "reasons_for_none": dg.MetadataValue.json({str(k): int(v) for k, v in reasons.items()}),
+            "intervention_rates": dg.MetadataValue.json(rates),
+            "totals": dg.MetadataValue.md(
+                f"**{total['treated']:,} nudges**, expected spend {total['spend']:.2f} of"
+                f" {config.budget:.2f}; incremental conversions {total['incremental_conversions']:.1f}"
+                f" (95 % {total['incremental_conversions_lo']:.1f} to"
+                f" {total['incremental_conversions_hi']:.1f}); incremental margin"
+                f" {total['incremental_margin']:.2f} (95 % {total['incremental_margin_lo']:.2f} to"
+                f" {total['incremental_margin_hi']:.2f})"
+            ),
+            "best_nudges": dg.MetadataValue.md(
+                markdown_table(
+                    treated,
+                    ["session_id", "segment", "risk", "action", "incremental_margin"],
+                )
+            ),
+        }
+    )
+    yield dg.AssetCheckResult(
+        check_name=PLAN_CHECKS[0],
+        passed=sum(violations.values()) == 0,
+        metadata={k: int(v) for k, v in violations.items()},
+    )
+    yield dg.AssetCheckResult(
+        check_name=PLAN_CHECKS[1],
+        passed=worst <= config.disparity_bound,
+        metadata={
+            "bound": config.disparity_bound,
+            **{f"gap_{k}": round(v, 4) for k, v in gaps.items()},
+            "rates": dg.MetadataValue.json(rates),
+        },
+    )

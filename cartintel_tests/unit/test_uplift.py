@@ -1,0 +1,220 @@
+"""Uplift on the demo storefront's randomised log: metrics, effect recovery against the
+simulator's true effects, the gate (a good model passes, a shuffled one fails) and the plan
+against the oracle and top-k-by-risk yardsticks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pytest
+
+from cartintel_assets.ml import policy as P
+from cartintel_assets.ml.simulation import Storefront
+from cartintel_assets.ml.uplift import (
+    ARMS,
+    CONTROL,
+    TARGETING_EXCLUDED,
+    CrossFit,
+    cross_fit,
+    effect_calibration,
+    effect_error,
+    fit_x_learner,
+    intervention_log,
+    targeting_features,
+    uplift_report,
+)
+from cartintel_assets.ml.uplift_metrics import qini_auc_score, uplift_at_k, uplift_auc_score
+
+MARGIN = 0.4
+
+
+def true_effects(store: Storefront, session_ids: pd.Series) -> tuple[np.ndarray, pd.DataFrame]:
+    """The simulator's chance of buying without intervention and each arm's true effect."""
+    t = store.truth_sessions.set_index("session_id").loc[session_ids]
+    p0 = t[f"p_conv_{CONTROL}"].to_numpy()
+    return p0, pd.DataFrame({a: t[f"p_conv_{a}"].to_numpy() - p0 for a in ARMS})
+
+
+@pytest.fixture(scope="module")
+def log(demo_warehouse: Path) -> pd.DataFrame:
+    with duckdb.connect(str(demo_warehouse), read_only=True) as con:
+        frame, missing = intervention_log(con)
+    assert missing == 0  # every logged cart has its point-in-time features
+    return frame
+
+
+@pytest.fixture(scope="module")
+def fits(log: pd.DataFrame) -> dict[str, CrossFit]:
+    num, cat = targeting_features()
+    t, y = log["treatment"].to_numpy(), log["converted_7d"].to_numpy(dtype=int)
+    return {k: cross_fit(log, t, y, k, num, cat) for k in ("t-learner", "x-learner")}
+
+
+def test_metrics_follow_scikit_uplift_normalisation() -> None:
+    """A hand-computed case, then: perfect ranking scores 1, a reversed one is negative, random
+    is near 0; uplift at k."""
+    # Qini points (0,0) (1,1) (2,1) (3,-1) (4,0): area 1; the perfect curve's area is 3
+    y4, t4 = np.array([1, 0, 1, 0]), np.array([1, 1, 0, 0])
+    assert qini_auc_score(y4, np.array([4, 3, 2, 1]), t4) == pytest.approx(1 / 3)
+    rng = np.random.default_rng(0)
+    n = 4000
+    t = rng.integers(0, 2, n)
+    x = rng.random(n)
+    y = (rng.random(n) < 0.2 + 0.3 * x * t).astype(int)  # the effect grows with x
+    assert qini_auc_score(y, x, t) > 0.08
+    assert qini_auc_score(y, -x, t) < -0.08
+    assert abs(qini_auc_score(y, rng.random(n), t)) < 0.04
+    assert qini_auc_score(y, y * t - y * (1 - t), t) == pytest.approx(1.0)
+    assert uplift_auc_score(y, y * t - y * (1 - t), t) == pytest.approx(1.0)
+    # top 30 % by x: true uplift 0.3 * mean(x | x > 0.7) = 0.255
+    assert uplift_at_k(y, x, t, 0.3) == pytest.approx(0.255, abs=0.05)
+
+
+def test_protected_proxies_are_never_targeting_inputs(log: pd.DataFrame) -> None:
+    num, cat = targeting_features()
+    assert not set(TARGETING_EXCLUDED) & set(num + cat)
+    model = fit_x_learner(
+        log, log["treatment"].to_numpy(), log["converted_7d"].to_numpy(dtype=int), num, cat
+    )
+    assert "region" not in model.features and "device" not in model.features
+    # the effects do not move when only the protected attributes change
+    swapped = log.head(200).assign(region="US", device="desktop")
+    pd.testing.assert_frame_equal(model.effects(log.head(200)), model.effects(swapped))
+
+
+def test_learners_recover_the_true_effects(
+    demo_store: Storefront, log: pd.DataFrame, fits: dict[str, CrossFit]
+) -> None:
+    """Out of fold, against the simulator's per-cart effects. Measured on the demo storefront
+    (10.5k logged carts): X-learner RMSE 0.05-0.15 per arm and correlation 0.2-0.5; the
+    T-learner is noisier. Both beat predicting every cart the arm's average effect."""
+    _, truth = true_effects(demo_store, log["session_id"])
+    errors = {k: effect_error(f.effects, truth) for k, f in fits.items()}
+    x, tl = errors["x-learner"], errors["t-learner"]
+    print("\nX-learner vs truth\n", x.round(3), "\nT-learner vs truth\n", tl.round(3))
+    assert (x["rmse"] < 0.17).all()
+    assert (x["corr"] > 0.15).all() and x["corr"].mean() > 0.3
+    assert x["rmse"].mean() < tl["rmse"].mean()
+    # the mean effect is recovered (within sampling error of the arm sizes)
+    assert ((x["mean_predicted"] - x["mean_true"]).abs() < 0.04).all()
+    for arm in ARMS:
+        constant = np.sqrt(np.mean((truth[arm] - truth[arm].mean()) ** 2))
+        assert x.loc[arm, "rmse"] < constant + 0.02, arm
+
+
+def test_gate_passes_a_good_model_and_fails_a_shuffled_one(
+    log: pd.DataFrame, fits: dict[str, CrossFit]
+) -> None:
+    t, y = log["treatment"].to_numpy(), log["converted_7d"].to_numpy(dtype=int)
+    fit = fits["x-learner"]
+    catalogue = P.load_catalogue()
+    # for an abandoned cart, the risk of losing it for good is 1 - P(bought anyway)
+    risk = 1 - fit.baseline
+    report = uplift_report(fit.effects, t, y)
+    good = P.uplift_gate(log, report, fit.baseline, fit.effects, risk, catalogue, MARGIN)
+    print("\n", report.round(3), "\n", good)
+    assert good.passed and good.allowed_arms
+    assert good.policy_value > good.top_k_value
+    shuffled = fit.effects.sample(frac=1.0, random_state=3).reset_index(drop=True)
+    bad_report = uplift_report(shuffled, t, y)
+    bad = P.uplift_gate(log, bad_report, fit.baseline, shuffled, risk, catalogue, MARGIN)
+    assert not bad.passed
+    assert set(bad.excluded_arms) == set(ARMS)  # no arm's Qini interval clears 0
+
+
+def _plan_carts(store: Storefront, con: duckdb.DuckDBPyConnection, days: list[str]) -> pd.DataFrame:
+    """The abandoned carts of `days` with what the plan needs (truth decides abandonment)."""
+    f = con.execute(
+        "SELECT * FROM session_features WHERE CAST(partition_date AS VARCHAR) IN"
+        " (SELECT unnest($days)) ORDER BY session_id",
+        {"days": days},
+    ).df()
+    t = store.truth_sessions.set_index("session_id")
+    f = f[f["session_id"].isin(t.index)]
+    f = f[t.loc[f["session_id"], "abandoned"].to_numpy()].reset_index(drop=True)
+    consent = t.loc[f["session_id"], "consented"].to_numpy()
+    holdout = P.in_holdout(f["customer_id"], 0.05, "test")
+    return f.assign(
+        consent=consent,
+        holdout=holdout,
+        blocked=np.select([~consent, holdout], ["no marketing consent", "holdout"], ""),
+        send_at=f["cutoff_at"] + pd.Timedelta(hours=1),
+        segment=t.loc[f["session_id"], "latent_type"]
+        .map({"deal_seeker": "deal seekers"})
+        .to_numpy(),
+    )
+
+
+def test_plan_against_the_oracle_and_top_k_by_risk(
+    demo_store: Storefront, demo_warehouse: Path, log: pd.DataFrame
+) -> None:
+    """Train on the first 11 days' log, plan the abandoned carts of the last 3 days with a budget
+    of 150 a day (only the arms whose Qini interval clears 0; effects calibrated out of fold),
+    and value every policy with the simulator's true probabilities.
+
+    Measured on the demo storefront: only discount_10 clears the Qini gate on 11 days of log;
+    the plan makes +128 of true incremental margin, while sending any single arm to the
+    riskiest carts loses money (best: -44, reminder e-mail). The oracle, which knows every
+    cart's true effect and may use every arm, makes 2,830 (mostly cheap e-mails to the shoppers
+    they move): the plan reaches 4.5 % of it, far below the issue's 90 % target (see the README).
+    """
+    days = sorted(log["partition_date"].astype(str).unique())
+    test_days = days[-3:]
+    train = log[~log["partition_date"].astype(str).isin(test_days)]
+    num, cat = targeting_features()
+    model = fit_x_learner(
+        train, train["treatment"].to_numpy(), train["converted_7d"].to_numpy(dtype=int), num, cat
+    )
+    with duckdb.connect(str(demo_warehouse), read_only=True) as con:
+        carts = _plan_carts(demo_store, con, test_days)
+        history = con.execute(
+            "SELECT customer_id, assigned_at AS sent_at FROM raw_interventions"
+            " WHERE treatment <> 'control' AND CAST(partition_date AS VARCHAR) < $d",
+            {"d": test_days[0]},
+        ).df()
+    catalogue = P.load_catalogue()
+    p0, truth = true_effects(demo_store, carts["session_id"])
+    true_options = P.action_table(carts, p0, truth, catalogue, MARGIN)
+    # as in the asset: only arms whose out-of-fold Qini interval (on the training days) clears 0
+    t, y = train["treatment"].to_numpy(), train["converted_7d"].to_numpy(dtype=int)
+    oof = cross_fit(train, t, y, "x-learner", num, cat)
+    report = uplift_report(oof.effects, t, y)
+    allowed = [a for a in ARMS if report.loc[a, "qini_lo"] > 0]
+    model.calibration = effect_calibration(oof, t, y)
+    everything = P.action_table(
+        carts, model.baseline(carts), model.effects(carts), catalogue, MARGIN
+    )
+    options = everything[everything["arm"].isin(allowed)]
+    rules = P.PlanRules(budget=150.0 * len(test_days))
+    plan = P.choose_actions(carts, options, rules, history)
+    oracle = P.choose_actions(carts, true_options, rules, history)
+    value = P.plan_value(plan, true_options)
+    best = P.plan_value(oracle, true_options)
+    # the yardstick sends one arm to the riskiest carts; the arm that did best in hindsight
+    carts["risk"] = 1 - model.baseline(carts)
+    top_k = {
+        arm: P.plan_value(P.top_k_by_risk(carts, everything, arm, rules, history), true_options)
+        for arm in ARMS
+    }
+    top_arm = max(top_k, key=lambda a: top_k[a]["incremental_margin"])
+    ratio = value["incremental_margin"] / best["incremental_margin"]
+    print(
+        f"\ncalibration {model.calibration}\narms {allowed}\nplan {value}\noracle {best}\ntop-k by risk {top_k}\nratio {ratio:.3f}"
+    )
+    assert P.constraint_violations(plan, carts, rules, history, catalogue) == dict.fromkeys(
+        [
+            "over_budget",
+            "contacted_without_consent",
+            "contacted_in_holdout",
+            "discount_over_cap",
+            "unknown_intervention",
+            "contact_cap",
+        ],
+        0,
+    )
+    assert value["incremental_margin"] > 0
+    assert value["incremental_margin"] >= 1.2 * max(top_k[top_arm]["incremental_margin"], 0.0)
+    assert ratio >= 0.03  # measured 0.045: a regression guard, not the issue's 0.9
