@@ -40,13 +40,18 @@ class RiskModelPyfunc(PythonModel):
 
 
 def _log_pyfunc(
-    python_model: PythonModel, artifacts: dict[str, str], sample: pd.DataFrame, output: Any
+    python_model: PythonModel,
+    artifacts: dict[str, str],
+    sample: pd.DataFrame,
+    output: Any,
+    model_config: dict[str, Any] | None = None,
 ) -> str:
     """Log a pyfunc with its artifacts, signature and input example in the active run."""
     info = mlflow.pyfunc.log_model(
         name="model",
         python_model=python_model,
         artifacts=artifacts,
+        model_config=model_config,
         signature=infer_signature(sample, output),
         input_example=sample,
         pip_requirements=PIP_REQUIREMENTS,
@@ -89,26 +94,57 @@ def log_segmentation_model(model: SegmentationModel, example: pd.DataFrame) -> s
 
 
 class UpliftPyfunc(PythonModel):
-    """Serves, per cart, the chance of buying without intervention and the effect of each arm."""
+    """Serves, per cart, the chance of buying without intervention and, per arm, the effect on
+    that chance (`<arm>`) and on expected margin (`margin_<arm>`, with the catalogue's costs and
+    the margin rate the model was registered with)."""
 
     def load_context(self, context: Any) -> None:
+        from cartintel_assets.ml.policy import load_catalogue
+
         self.model = UpliftModel.load(Path(context.artifacts["uplift"]))
+        self.catalogue = load_catalogue(context.artifacts["catalogue"])
+        self.margin_rate = float(context.model_config["margin_rate"])
 
     def predict(
         self, context: Any, model_input: pd.DataFrame, params: dict | None = None
     ) -> pd.DataFrame:
-        effects = self.model.effects(model_input)
-        return effects.assign(p_baseline=self.model.baseline(model_input))
+        return uplift_predictions(self.model, model_input, self.catalogue, self.margin_rate)
 
 
-def log_uplift_model(model: UpliftModel, example: pd.DataFrame) -> str:
-    """Log the uplift model in the active run; return its model URI."""
+def uplift_predictions(
+    model: UpliftModel, frame: pd.DataFrame, catalogue: list[Any], margin_rate: float
+) -> pd.DataFrame:
+    """Effects on conversion per arm, the baseline, and incremental margin per arm."""
+    from cartintel_assets.ml.policy import action_table
+
+    effects = model.effects(frame).reset_index(drop=True)
+    baseline = model.baseline(frame)
+    margins = action_table(frame, baseline, effects, catalogue, margin_rate)
+    wide = margins.pivot(index="cart", columns="arm", values="incremental_margin")
+    out = effects.assign(p_baseline=baseline)
+    for arm in effects.columns:
+        out[f"margin_{arm}"] = wide[arm].to_numpy()
+    return out
+
+
+def log_uplift_model(
+    model: UpliftModel, example: pd.DataFrame, catalogue_path: str, margin_rate: float
+) -> str:
+    """Log the uplift model with its catalogue and margin rate in the active run; return its URI."""
+    from cartintel_assets.ml.policy import load_catalogue
+
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "uplift"
         model.save(folder)
         sample = model.outcome["control"].typed(example.head(5))
-        output = model.effects(sample).assign(p_baseline=model.baseline(sample))
-        return _log_pyfunc(UpliftPyfunc(), {"uplift": str(folder)}, sample, output)
+        output = uplift_predictions(model, sample, load_catalogue(catalogue_path), margin_rate)
+        return _log_pyfunc(
+            UpliftPyfunc(),
+            {"uplift": str(folder), "catalogue": catalogue_path},
+            sample,
+            output,
+            {"margin_rate": margin_rate},
+        )
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from datetime import date
 from pathlib import Path
 
 import duckdb
@@ -60,17 +61,49 @@ ORDER BY i.assigned_at, i.assignment_id
 """
 
 
+# An abandoned-cart nudge goes out after the session, so besides the point-in-time features (cut
+# at checkout) the uplift model may use what the whole session showed: a coupon tried at
+# checkout, the shipping quote seen, how long the shopper stayed.
+SESSION_FACTS: tuple[str, ...] = (
+    "session_coupon_attempts",
+    "session_reached_checkout",
+    "session_saw_shipping_quote",
+    "session_events",
+    "session_seconds",
+)
+_FACTS_SQL = """
+SELECT session_id,
+       count(*) FILTER (WHERE event_type = 'coupon_attempt') AS session_coupon_attempts,
+       bool_or(event_type = 'begin_checkout')::INTEGER AS session_reached_checkout,
+       bool_or(event_type = 'shipping_quote_shown')::INTEGER AS session_saw_shipping_quote,
+       count(*) AS session_events,
+       date_diff('second', min(ts), max(ts)) AS session_seconds,
+       max(ts) AS session_ended_at
+FROM raw_events {where} GROUP BY session_id
+"""
+
+
+def session_facts(con: duckdb.DuckDBPyConnection, day: date | None = None) -> pd.DataFrame:
+    """SESSION_FACTS and the end time of every session (of one day, or of all days)."""
+    if day is None:
+        return con.execute(_FACTS_SQL.format(where="")).df()
+    return con.execute(_FACTS_SQL.format(where="WHERE partition_date = $day"), {"day": day}).df()
+
+
 def intervention_log(con: duckdb.DuckDBPyConnection) -> tuple[pd.DataFrame, int]:
-    """The randomised log joined to each cart's point-in-time features, and how many logged
-    carts have no feature row (they cannot be learnt from; counted, never hidden)."""
+    """The randomised log joined to each cart's point-in-time features and session facts, and
+    how many logged carts have no feature row (they cannot be learnt from; counted, never
+    hidden)."""
     joined = con.execute(_LOG_SQL).df()
     missing = joined["session_id"].isna()
-    return joined[~missing].reset_index(drop=True), int(missing.sum())
+    log = joined[~missing].reset_index(drop=True)
+    return log.merge(session_facts(con), on="session_id", how="left"), int(missing.sum())
 
 
 def targeting_features() -> tuple[list[str], list[str]]:
-    """The numeric and categorical features an uplift model may use (protected proxies removed)."""
-    num = [f for f in NUMERIC_FEATURES if f not in TARGETING_EXCLUDED]
+    """The numeric and categorical features an uplift model may use: the point-in-time features
+    without protected proxies, plus the session facts."""
+    num = [f for f in NUMERIC_FEATURES if f not in TARGETING_EXCLUDED] + list(SESSION_FACTS)
     cat = [f for f in CATEGORICAL_FEATURES if f not in TARGETING_EXCLUDED]
     return num, cat
 

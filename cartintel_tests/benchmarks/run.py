@@ -157,6 +157,7 @@ def uplift_stages(con: duckdb.DuckDBPyConnection, features: pd.DataFrame, k: int
         cross_fit,
         fit_x_learner,
         intervention_log,
+        session_facts,
         targeting_features,
         uplift_report,
     )
@@ -177,7 +178,8 @@ def uplift_stages(con: duckdb.DuckDBPyConnection, features: pd.DataFrame, k: int
     day = features[features["partition_date"] == features["partition_date"].max()].reset_index(
         drop=True
     )
-    carts = day.assign(blocked="", segment=None, send_at=day["cutoff_at"])
+    day = day.merge(session_facts(con), on="session_id", how="left")
+    carts = day.assign(blocked="", segment=None, send_at=day["session_ended_at"])
     t2 = time.perf_counter()
     options = policy.action_table(
         carts, model.baseline(carts), model.effects(carts), policy.load_catalogue(), 0.4

@@ -24,8 +24,9 @@ from cartintel_assets.defs.uplift.assets import (
     uplift_model,
 )
 from cartintel_assets.ml.model_registry import load_uplift_model
+from cartintel_assets.ml.policy import action_table, load_catalogue
 from cartintel_assets.ml.simulation import DEMO_STOREFRONT, Storefront
-from cartintel_assets.ml.uplift import TARGETING_EXCLUDED
+from cartintel_assets.ml.uplift import TARGETING_EXCLUDED, session_facts
 from cartintel_assets.resources import WarehouseResource
 from cartintel_assets.resources.mlflow import MLflowResource
 from cartintel_tests.conftest import check_results
@@ -88,7 +89,8 @@ def test_uplift_model_and_plan(
         mlflow.set_tracking_uri(f"sqlite:///{mlruns / 'mlflow.db'}")
         served = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}@challenger")
         con = duckdb.connect(str(db), read_only=True)
-        rows = con.execute("SELECT * FROM session_features LIMIT 50").df()
+        rows = con.execute("SELECT * FROM session_features ORDER BY session_id LIMIT 50").df()
+        rows = rows.merge(session_facts(con), on="session_id", how="left")
         con.close()
         features = [c.name for c in served.metadata.signature.inputs.inputs]
         assert "region" not in features and "device" not in features
@@ -99,8 +101,19 @@ def test_uplift_model_and_plan(
         expected = registered.model.effects(typed)
         assert np.allclose(out[expected.columns].to_numpy(), expected.to_numpy())
         assert np.allclose(out["p_baseline"], registered.model.baseline(typed))
+        # and the effect on expected margin per arm, with the catalogue's costs
+        margins = action_table(
+            typed, registered.model.baseline(typed), expected, load_catalogue(), 0.4
+        )
+        for arm in expected.columns:
+            want = margins.loc[margins["arm"] == arm, "incremental_margin"].to_numpy()
+            assert np.allclose(out[f"margin_{arm}"], want)
 
         planned = _run([intervention_plan], db, mlruns, instance, partition_key=LAST)
+        for e in planned.all_events:
+            if e.event_type_value == "ASSET_CHECK_EVALUATION":
+                ev = e.event_specific_data
+                print(ev.check_name, {k: v.value for k, v in ev.metadata.items()})  # type: ignore[union-attr]
         assert planned.success
         assert check_results(planned) == dict.fromkeys(PLAN_CHECKS, True)
         pm = {
@@ -141,3 +154,21 @@ def test_uplift_model_and_plan(
         n = con.execute("SELECT count(*) FROM intervention_plan").fetchone()
         con.close()
         assert n is not None and n[0] == len(plan)  # re-planning replaces, never duplicates
+
+        # a tighter disparity bound than the plan's region gap fails the blocking check
+        strict = dg.materialize(
+            [intervention_plan],
+            instance=instance,
+            resources={
+                "warehouse": WarehouseResource(database=str(db)),
+                "mlflow_tracking": MLflowResource(tracking_uri=f"sqlite:///{mlruns / 'mlflow.db'}"),
+            },
+            partition_key=LAST,
+            raise_on_error=False,
+            run_config={
+                **QUIET,
+                "ops": {"intervention_plan": {"config": {"disparity_bound": 0.01}}},
+            },
+        )
+        assert not strict.success
+        assert check_results(strict) == {PLAN_CHECKS[0]: True, PLAN_CHECKS[1]: False}

@@ -23,6 +23,7 @@ from cartintel_assets.ml.uplift import (
     effect_error,
     fit_x_learner,
     intervention_log,
+    session_facts,
     targeting_features,
     uplift_report,
 )
@@ -89,14 +90,14 @@ def test_learners_recover_the_true_effects(
     demo_store: Storefront, log: pd.DataFrame, fits: dict[str, CrossFit]
 ) -> None:
     """Out of fold, against the simulator's per-cart effects. Measured on the demo storefront
-    (10.5k logged carts): X-learner RMSE 0.05-0.15 per arm and correlation 0.2-0.5; the
-    T-learner is noisier. Both beat predicting every cart the arm's average effect."""
+    (10.5k logged carts): X-learner RMSE 0.055-0.122 per arm and correlation 0.16-0.61 (the
+    reminder e-mail's small, mixed-sign effect is the hardest); the T-learner is noisier."""
     _, truth = true_effects(demo_store, log["session_id"])
     errors = {k: effect_error(f.effects, truth) for k, f in fits.items()}
     x, tl = errors["x-learner"], errors["t-learner"]
     print("\nX-learner vs truth\n", x.round(3), "\nT-learner vs truth\n", tl.round(3))
     assert (x["rmse"] < 0.17).all()
-    assert (x["corr"] > 0.15).all() and x["corr"].mean() > 0.3
+    assert (x["corr"] > 0.1).all() and x["corr"].mean() > 0.35
     assert x["rmse"].mean() < tl["rmse"].mean()
     # the mean effect is recovered (within sampling error of the arm sizes)
     assert ((x["mean_predicted"] - x["mean_true"]).abs() < 0.04).all()
@@ -135,13 +136,14 @@ def _plan_carts(store: Storefront, con: duckdb.DuckDBPyConnection, days: list[st
     t = store.truth_sessions.set_index("session_id")
     f = f[f["session_id"].isin(t.index)]
     f = f[t.loc[f["session_id"], "abandoned"].to_numpy()].reset_index(drop=True)
+    f = f.merge(session_facts(con), on="session_id", how="left")
     consent = t.loc[f["session_id"], "consented"].to_numpy()
     holdout = P.in_holdout(f["customer_id"], 0.05, "test")
     return f.assign(
         consent=consent,
         holdout=holdout,
         blocked=np.select([~consent, holdout], ["no marketing consent", "holdout"], ""),
-        send_at=f["cutoff_at"] + pd.Timedelta(hours=1),
+        send_at=f["session_ended_at"] + pd.Timedelta(hours=1),
         segment=t.loc[f["session_id"], "latent_type"]
         .map({"deal_seeker": "deal seekers"})
         .to_numpy(),
@@ -155,11 +157,13 @@ def test_plan_against_the_oracle_and_top_k_by_risk(
     of 150 a day (only the arms whose Qini interval clears 0; effects calibrated out of fold),
     and value every policy with the simulator's true probabilities.
 
-    Measured on the demo storefront: only discount_10 clears the Qini gate on 11 days of log;
-    the plan makes +128 of true incremental margin, while sending any single arm to the
-    riskiest carts loses money (best: -44, reminder e-mail). The oracle, which knows every
-    cart's true effect and may use every arm, makes 2,830 (mostly cheap e-mails to the shoppers
-    they move): the plan reaches 4.5 % of it, far below the issue's 90 % target (see the README).
+    Measured on the demo storefront: free shipping and both discounts clear the Qini gate on 11
+    days of log; the plan makes +147 of true incremental margin, while sending any single arm to
+    the riskiest carts loses money (best: -47, reminder e-mail). The oracle, which knows every
+    cart's true effect, makes 2,830 with every arm (mostly cheap e-mails to the shoppers they
+    move) and 1,352 with the plan's arms: the plan reaches 5 % and 11 % of them, far below the
+    issue's 90 % target. Its chosen carts' effects are overestimated about twofold (selection on
+    noisy estimates), see the README.
     """
     days = sorted(log["partition_date"].astype(str).unique())
     test_days = days[-3:]
@@ -193,6 +197,11 @@ def test_plan_against_the_oracle_and_top_k_by_risk(
     oracle = P.choose_actions(carts, true_options, rules, history)
     value = P.plan_value(plan, true_options)
     best = P.plan_value(oracle, true_options)
+    # the oracle limited to the arms the gate let the plan use
+    same_arms = P.plan_value(
+        P.choose_actions(carts, true_options[true_options["arm"].isin(allowed)], rules, history),
+        true_options,
+    )
     # the yardstick sends one arm to the riskiest carts; the arm that did best in hindsight
     carts["risk"] = 1 - model.baseline(carts)
     top_k = {
@@ -201,9 +210,8 @@ def test_plan_against_the_oracle_and_top_k_by_risk(
     }
     top_arm = max(top_k, key=lambda a: top_k[a]["incremental_margin"])
     ratio = value["incremental_margin"] / best["incremental_margin"]
-    print(
-        f"\ncalibration {model.calibration}\narms {allowed}\nplan {value}\noracle {best}\ntop-k by risk {top_k}\nratio {ratio:.3f}"
-    )
+    print(f"\ncalibration {model.calibration}\narms {allowed}\nplan {value}\noracle {best}")
+    print(f"oracle on the same arms {same_arms}\ntop-k by risk {top_k}\nratio {ratio:.3f}")
     assert P.constraint_violations(plan, carts, rules, history, catalogue) == dict.fromkeys(
         [
             "over_budget",
@@ -217,4 +225,4 @@ def test_plan_against_the_oracle_and_top_k_by_risk(
     )
     assert value["incremental_margin"] > 0
     assert value["incremental_margin"] >= 1.2 * max(top_k[top_arm]["incremental_margin"], 0.0)
-    assert ratio >= 0.03  # measured 0.045: a regression guard, not the issue's 0.9
+    assert ratio >= 0.03  # measured 0.052: a regression guard, not the issue's 0.9
