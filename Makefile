@@ -8,6 +8,8 @@ STAMP := $(VENV)/.installed
 export DO_NOT_TRACK := true
 export DAGSTER_DISABLE_TELEMETRY := 1
 export MLFLOW_DISABLE_TELEMETRY := true
+# progress bars of artifact downloads would bury the demo's own progress lines
+export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
 # A persistent local instance (git-ignored), so runs of `make demo` show up in `make dev`.
 export DAGSTER_HOME := $(CURDIR)/.dagster_home
 
