@@ -57,15 +57,6 @@ def hillstrom_floor(
     return HillstromResult(learner, arm, report.loc[arm])
 
 
-def floor_table(results: list[HillstromResult]) -> pd.DataFrame:
-    """One row per (arm, learner) with the metrics the README and BENCHMARKS quote."""
-    rows = [
-        {"arm": r.arm, "learner": r.learner, **{k: float(v) for k, v in r.report.items()}}
-        for r in results
-    ]
-    return pd.DataFrame(rows).astype({"n_arm": int, "n_control": int})
-
-
 def random_qini(frame: pd.DataFrame, arm: str, seed: int = 0) -> float:
     """Qini of a random score on the same rows: what 'clearly above random' is measured against."""
     from cartintel_assets.ml.uplift_metrics import qini_auc_score

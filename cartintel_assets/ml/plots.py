@@ -100,6 +100,7 @@ def uplift_figures(
 ) -> dict[str, Figure]:
     """Out-of-fold Qini and uplift curves, one line per arm against control, with the random
     line of each (the diagonal to the curve's end)."""
+    from cartintel_assets.ml.uplift import CONTROL
     from cartintel_assets.ml.uplift_metrics import qini_curve, uplift_curve
 
     treatment, y = np.asarray(treatment), np.asarray(y)
@@ -107,7 +108,7 @@ def uplift_figures(
     for name, curve in (("qini", qini_curve), ("uplift", uplift_curve)):
         fig, ax = _figure(6, 4)
         for arm in effects.columns:
-            m = (treatment == arm) | (treatment == "control")
+            m = (treatment == arm) | (treatment == CONTROL)
             x, v = curve(y[m], effects[arm].to_numpy()[m], (treatment[m] == arm).astype(int))
             (line,) = ax.plot(x / x[-1], v, label=arm)
             ax.plot([0, 1], [0, v[-1]], ls=":", color=line.get_color())

@@ -158,6 +158,23 @@ def load_catalogue(path: Path | str = DEFAULT_CATALOGUE) -> list[Intervention]:
 
 # ---- economics ---------------------------------------------------------------------------------
 
+ACTION_COLUMNS: tuple[str, ...] = (
+    "cart",
+    "arm",
+    "intervention_id",
+    "discount",
+    "p_treated",
+    "p_baseline",
+    "incremental_conversion",
+    "expected_cost",
+    "incremental_margin",
+)
+
+
+def _paid_if_bought(item: Intervention, value: np.ndarray, shipping: np.ndarray) -> np.ndarray:
+    """What an intervention costs on a cart that is bought: the discount and the shipping."""
+    return item.discount * value + item.free_shipping * shipping
+
 
 def action_table(
     carts: pd.DataFrame,
@@ -177,7 +194,7 @@ def action_table(
         if item.arm not in effects.columns:
             continue
         pa = np.clip(p0 + effects[item.arm].to_numpy(dtype=float), 0, 1)
-        if_bought = item.discount * v + item.free_shipping * s
+        if_bought = _paid_if_bought(item, v, s)
         parts.append(
             pd.DataFrame(
                 {
@@ -195,6 +212,8 @@ def action_table(
                 }
             )
         )
+    if not parts:  # no usable intervention: no option for any cart
+        return pd.DataFrame(columns=list(ACTION_COLUMNS))
     return pd.concat(parts, ignore_index=True)
 
 
@@ -209,7 +228,7 @@ def realised_margin(
     out = y * v * margin_rate
     for item in catalogue:
         m = arm == item.arm
-        out[m] -= item.send_cost + y[m] * (item.discount * v[m] + item.free_shipping * s[m])
+        out[m] -= item.send_cost + y[m] * _paid_if_bought(item, v[m], s[m])
     return out
 
 
@@ -257,6 +276,15 @@ def in_holdout(customer_ids: pd.Series, share: float, salt: str) -> np.ndarray:
         return int.from_bytes(digest[:8], "big") / 2**64
 
     return np.array([u(str(c)) < share for c in customer_ids], dtype=bool)
+
+
+def _contacts_by_customer(history: pd.DataFrame | None) -> dict[str, list[pd.Timestamp]]:
+    """Earlier contacts (customer_id, sent_at) as send times per customer."""
+    contacts: dict[str, list[pd.Timestamp]] = {}
+    if history is not None:
+        for cid, at in zip(history["customer_id"], history["sent_at"], strict=True):
+            contacts.setdefault(str(cid), []).append(pd.Timestamp(at))
+    return contacts
 
 
 def _discount_cap(rules: PlanRules, segment: Any) -> float:
@@ -326,10 +354,7 @@ def choose_actions(
         chosen[cart_idx] = np.arange(len(opts))
         priority = np.where(chosen >= 0, np.asarray(order, dtype=float), -np.inf)
 
-    contacts: dict[str, list[pd.Timestamp]] = {}
-    if history is not None and len(history):
-        for cid, t in zip(history["customer_id"], history["sent_at"], strict=True):
-            contacts.setdefault(str(cid), []).append(pd.Timestamp(t))
+    contacts = _contacts_by_customer(history)
     customer = carts["customer_id"].astype(str).to_numpy()
     send_at = pd.to_datetime(carts["send_at"]).to_numpy()
     action = np.full(n, -1)
@@ -453,10 +478,7 @@ def constraint_violations(
     caps = np.array([_discount_cap(rules, s) for s in seg])
     # every planned contact must keep the caps against the customer's other contacts (earlier
     # sends, and the plan's own); breaches among past sends alone are not the plan's doing
-    contacts: dict[str, list[pd.Timestamp]] = {}
-    if history is not None:
-        for cid, at in zip(history["customer_id"], history["sent_at"], strict=True):
-            contacts.setdefault(str(cid), []).append(pd.Timestamp(at))
+    contacts = _contacts_by_customer(history)
     planned = list(
         zip(
             carts.loc[t, "customer_id"].astype(str),
@@ -474,7 +496,7 @@ def constraint_violations(
     return {
         "over_budget": int(plan["expected_cost"].sum() > rules.budget + 1e-6),
         "contacted_without_consent": int((t & ~carts["consent"].to_numpy(dtype=bool)).sum()),
-        "contacted_in_holdout": int((t & carts["holdout"].to_numpy(dtype=bool)).sum()),
+        "contacted_in_holdout": int((t & carts["in_holdout"].to_numpy(dtype=bool)).sum()),
         "discount_over_cap": int((t & (discount > caps + 1e-12)).sum()),
         "unknown_intervention": int(sum(a not in by_arm for a in plan.loc[t, "action"])),
         "contact_cap": int(cap_breaks),

@@ -103,7 +103,7 @@ def _carts(n: int, **cols: object) -> pd.DataFrame:
             "segment": "decisive buyers",
             "blocked": "",
             "consent": True,
-            "holdout": False,
+            "in_holdout": False,
             "cart_value": 100.0,
             "shipping_cost": 5.0,
             "risk": np.linspace(0.9, 0.1, n),
@@ -132,7 +132,7 @@ def test_economics_count_the_discount_paid_to_buyers_anyway() -> None:
 def test_rules_hold_and_reasons_are_given() -> None:
     carts = _carts(6)
     carts.loc[1, "blocked"], carts.loc[1, "consent"] = "no marketing consent", False
-    carts.loc[2, "blocked"], carts.loc[2, "holdout"] = "holdout", True
+    carts.loc[2, "blocked"], carts.loc[2, "in_holdout"] = "holdout", True
     carts.loc[3, "customer_id"] = "c0"  # same customer as cart 0, 2 hours later
     carts.loc[3, "send_at"] = pd.Timestamp("2026-10-10 14:00")
     carts.loc[4, "segment"] = "deal seekers"

@@ -141,7 +141,7 @@ def _plan_carts(store: Storefront, con: duckdb.DuckDBPyConnection, days: list[st
     holdout = P.in_holdout(f["customer_id"], 0.05, "test")
     return f.assign(
         consent=consent,
-        holdout=holdout,
+        in_holdout=holdout,
         blocked=np.select([~consent, holdout], ["no marketing consent", "holdout"], ""),
         send_at=f["session_ended_at"] + pd.Timedelta(hours=1),
         segment=t.loc[f["session_id"], "latent_type"]

@@ -402,7 +402,6 @@ def intervention_plan(
     carts["in_holdout"] = in_holdout(
         carts["customer_id"], config.holdout_share, config.holdout_salt
     )
-    carts["holdout"] = carts["in_holdout"]
     carts = carts.merge(facts, on="session_id", how="left")
     # a nudge goes out once the session is over
     ended = carts["session_ended_at"].fillna(carts["cutoff_at"])
@@ -418,30 +417,18 @@ def intervention_plan(
         max_discount=config.max_discount,
         max_discount_by_segment=dict(config.max_discount_by_segment),
     )
-    if len(carts) and usable:
-        predicted = registered.model.effects(carts)
-        options = action_table(
-            carts, registered.model.baseline(carts), predicted, usable, config.margin_rate
-        )
-    else:
-        options = pd.DataFrame(
-            columns=[
-                "cart",
-                "arm",
-                "intervention_id",
-                "discount",
-                "p_treated",
-                "p_baseline",
-                "incremental_conversion",
-                "expected_cost",
-                "incremental_margin",
-            ]
-        )
+    options = action_table(
+        carts,
+        registered.model.baseline(carts),
+        registered.model.effects(carts),
+        usable,
+        config.margin_rate,
+    )
     plan = choose_actions(carts, options, rules, history)
     violations = constraint_violations(plan, carts, rules, history, catalogue)
     total = totals(plan, carts, config.margin_rate)
     carts["returning_customer"] = carts["returning_customer"].astype(bool)
-    out = pd.concat([carts.drop(columns=["holdout", "blocked"]), plan], axis=1).assign(
+    out = pd.concat([carts.drop(columns=["blocked"]), plan], axis=1).assign(
         uplift_model_version=registered.version, planned_by_run=context.run.run_id
     )
     with warehouse.get_connection() as con:
