@@ -50,3 +50,8 @@ def mlruns_dir() -> Path:
 def mlflow_tracking_uri() -> str:
     """$MLFLOW_TRACKING_URI, else the project's SQLite store (an absolute path, as MLflow needs)."""
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{mlruns_dir() / 'mlflow.db'}"
+
+
+def reports_dir() -> Path:
+    """Generated reports (Evidently drift reports, ...): $CARTINTEL_REPORTS, default data/reports."""
+    return _path("CARTINTEL_REPORTS", "data/reports")

@@ -229,9 +229,27 @@ class RegisteredRiskModel:
     run_id: str
 
 
+def load_risk_model_version(name: str, version: str) -> RiskModel:
+    """One registered version's `RiskModel`."""
+    with _version_artifacts(name, version) as artifacts:
+        return RiskModel.load(artifacts / "risk_model")
+
+
 def load_risk_model(name: str, alias: str) -> RegisteredRiskModel:
     """Resolve `alias` to a version once, then load exactly that version's `RiskModel`."""
     found = _by_alias(name, alias, "abandonment_training_job")
-    with _version_artifacts(name, str(found.version)) as artifacts:
-        model = RiskModel.load(artifacts / "risk_model")
+    model = load_risk_model_version(name, str(found.version))
     return RegisteredRiskModel(model, name, alias, str(found.version), str(found.run_id))
+
+
+def latest_version(name: str) -> tuple[str, dict[str, str]] | None:
+    """The newest registered version of `name` (whatever its gate) and its tags, or None."""
+    try:
+        found = MlflowClient().search_model_versions(
+            f"name = '{name}'", order_by=["version_number DESC"], max_results=1
+        )
+    except mlflow.exceptions.MlflowException:
+        return None
+    if not found:
+        return None
+    return str(found[0].version), dict(found[0].tags)
