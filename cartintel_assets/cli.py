@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -155,6 +156,8 @@ def cmd_dev(args: argparse.Namespace) -> int:
     return 0  # not reached
 
 
+DEMO_MONITORED_DAYS = 3  # the latest days are scored by phase and checked for drift
+
 # Progress is printed per day; Dagster's per-event console log would bury it (the UI keeps it all).
 _QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
@@ -228,12 +231,25 @@ def _run_days(instance: DagsterInstance, days: list[str]) -> list[str]:
             f"model version {md['model_version']} ({md['model_uri']}), alias {md['alias']}, gate {md['gate']}:"
             f" test ROC-AUC {md['test_roc_auc']:.3f} (logistic baseline {md['baseline_test_roc_auc']:.3f}),"
             f" PR-AUC {md['test_pr_auc']:.3f}, calibration error {md['test_calibration_error']:.3f};"
-            f" champion: {md['champion']}"
+            f" global: {md['global']}"
         )
     if not result.success:
         return failed_checks
-    say(f"scoring the open carts of {days[-1]} with models:/cartintel-abandonment@challenger")
-    run("abandonment_scoring_job", days[-1], f"abandonment_scores {days[-1]}: scoring failed")
+    md = _move(instance, "abandonment", "promote", "pilot", "cartintel demo")
+    say(f"promote to pilot: {md['outcome']} (version {md['to_version']}): {md['reason']}")
+    if md["outcome"] != "moved":
+        failed_checks.append(f"model_promotions: promotion to pilot refused: {md['reason']}")
+    for day in days[-DEMO_MONITORED_DAYS:]:
+        say(f"scoring {day} by phase ({md['aliases_now']}) and its drift (Evidently)")
+        run("abandonment_scoring_job", day, f"abandonment_scores {day}: scoring failed")
+        result = run("monitoring_job", day, f"abandonment_drift {day}: monitoring failed")
+        for e in result.all_events:
+            if e.event_type_value == "ASSET_CHECK_EVALUATION":
+                ev = e.event_specific_data
+                state = "passed" if ev.passed else "FAILED"  # type: ignore[union-attr]
+                say(f"  {ev.check_name}: {state}")  # type: ignore[union-attr]
+                if not ev.passed:  # type: ignore[union-attr]
+                    failed_checks.append(f"{day} {ev.check_name} (WARN)")  # type: ignore[union-attr]
     say("training the uplift model on the intervention log (T- vs X-learner, Qini, gates)")
     result = run("uplift_training_job", failure="uplift_model: training or a blocking gate failed")
     for m in result.asset_materializations_for_node("uplift_model"):
@@ -327,6 +343,23 @@ def _summary(warehouse: Path, days: list[str], failed_checks: list[str], where: 
             if has_table(con, "intervention_plan")
             else []
         )
+        drift = (
+            con.execute(
+                "SELECT partition_date, model_version, check_name, passed, round(value, 3),"
+                " detail FROM monitoring_results WHERE check_name = 'abandonment_feature_drift'"
+                " ORDER BY partition_date, model_version"
+            ).fetchall()
+            if has_table(con, "monitoring_results")
+            else []
+        )
+        moves = (
+            con.execute(
+                "SELECT logged_at, phase, action, outcome, from_version, to_version"
+                " FROM promotion_log ORDER BY logged_at"
+            ).fetchall()
+            if has_table(con, "promotion_log")
+            else []
+        )
         card = con.execute(
             "SELECT standard, round(avg(row_score), 4) row_score, sum(blocking_failures)::BIGINT"
             f" blocking_failures, sum(warnings)::BIGINT warnings FROM data_quality_scorecard"
@@ -372,6 +405,16 @@ def _summary(warehouse: Path, days: list[str], failed_checks: list[str], where: 
         for action, n, cost, conv, margin in plan:
             print(f"  {action:<16} {n:>5}  {cost:>8.2f}  {conv:>6.1f}  {margin:>8.2f}")
         print("  no action because: " + "; ".join(f"{r} {n}" for r, n in plan_reasons))
+    if moves:
+        print("\npromotion log of cartintel-abandonment (MLflow aliases challenger/pilot/global):")
+        for at, phase, action, outcome, before, after in moves:
+            print(f"  {at:%Y-%m-%d %H:%M:%S}  {action} {phase}: {outcome} ({before} -> {after})")
+    if drift:
+        print("\nfeature drift against each scoring version's reference (Evidently reports):")
+        for day, version, _, passed, share, detail in drift:
+            report = json.loads(detail)["report"]
+            state = "passed" if passed else "FAILED"
+            print(f"  {day}  v{version}  drifted share {share:.3f}  {state}  {report}")
     print("\ndata-quality scorecard (mean row score, summed failures over the days):")
     print(card.to_string(index=False))
     print(
@@ -382,6 +425,42 @@ def _summary(warehouse: Path, days: list[str], failed_checks: list[str], where: 
         "look at it: `make dev` -> http://127.0.0.1:3000 (assets, checks, run metadata);"
         " `make mlflow` -> http://127.0.0.1:5000"
     )
+
+
+def _move(instance: DagsterInstance, model: str, action: str, phase: str, by: str) -> dict:
+    """Run the promotion or rollback job for one move; return its materialisation metadata."""
+    from cartintel_assets.definitions import defs
+
+    job = "promote_model_job" if action == "promote" else "rollback_model_job"
+    config = {"model": model, "action": action, "phase": phase, "triggered_by": by}
+    result = defs.resolve_job_def(job).execute_in_process(
+        instance=instance,
+        raise_on_error=False,
+        run_config={**_QUIET, "ops": {"model_promotions": {"config": config}}},
+    )
+    found = result.asset_materializations_for_node("model_promotions")
+    if not found:
+        raise RuntimeError(f"{job} failed before recording the move (run {result.run_id})")
+    return {"run_id": result.run_id, **{k: v.value for k, v in found[0].metadata.items()}}
+
+
+def cmd_move(args: argparse.Namespace) -> int:
+    """`cartintel promote` and `cartintel rollback`: one gated move, logged, exit 1 if refused."""
+    import getpass
+
+    import dagster as dg
+
+    action = "promote" if args.command == "promote" else "rollback"
+    phase = args.to if action == "promote" else args.phase
+    ensure_dagster_home()
+    with dg.DagsterInstance.get() as instance:
+        md = _move(instance, args.model, action, phase, f"cli:{getpass.getuser()}")
+    print(
+        f"{action} {md['model']} {phase}: {md['outcome']} (version {md['from_version']} ->"
+        f" {md['to_version']})\nreason: {md['reason']}\naliases now: {md['aliases_now']}"
+        f"\nlogged in promotion_log and the Dagster run {md['run_id']}"
+    )
+    return 0 if md["outcome"] == "moved" else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -413,6 +492,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--landing", type=Path, default=None, help="landing folder (default $CARTINTEL_LANDING)"
     )
     p.set_defaults(func=cmd_land_events)
+    p = sub.add_parser("promote", help="move a model to the next phase through its gate")
+    p.add_argument("--model", choices=["abandonment"], default="abandonment")
+    p.add_argument("--to", choices=["pilot", "global"], required=True)
+    p.set_defaults(func=cmd_move)
+    p = sub.add_parser("rollback", help="restore the version a phase held before (from the log)")
+    p.add_argument("--model", choices=["abandonment"], default="abandonment")
+    p.add_argument("--phase", choices=["pilot", "global"], required=True)
+    p.set_defaults(func=cmd_move)
     return parser
 
 

@@ -2,7 +2,11 @@
 
 import dagster as dg
 
-from cartintel_assets.defs.abandonment.assets import abandonment_model, abandonment_scores
+from cartintel_assets.defs.abandonment.assets import (
+    abandonment_model,
+    abandonment_scores,
+    retraining_request,
+)
 from cartintel_assets.defs.features.assets import (
     abandonment_labels,
     cart_sessions,
@@ -14,20 +18,31 @@ from cartintel_assets.defs.friction.assets import (
     review_signals,
 )
 from cartintel_assets.defs.ingestion.assets import ingestion_assets, quality_gates
+from cartintel_assets.defs.monitoring.assets import abandonment_drift, abandonment_performance
+from cartintel_assets.defs.monitoring.sensors import abandonment_retraining_sensor
 from cartintel_assets.defs.quality.assets import data_quality_scorecard
+from cartintel_assets.defs.registry.assets import PromotionConfig, model_promotions
 from cartintel_assets.defs.segmentation.assets import segmentation
 from cartintel_assets.defs.uplift.assets import intervention_plan, uplift_model
 from cartintel_assets.resources import LandingResource, WarehouseResource
 from cartintel_assets.resources.mlflow import MLflowResource
+from cartintel_assets.resources.rollout import RolloutResource
 
 
 def _job(
-    name: str, selection: dg.AssetSelection, description: str
+    name: str,
+    selection: dg.AssetSelection,
+    description: str,
+    config: dict | None = None,
 ) -> "dg.UnresolvedAssetJobDefinition":
     # In-process: a step per process would re-import the stack (~8.5 s a step) and DuckDB takes
     # one writer at a time anyway.
     return dg.define_asset_job(
-        name, selection=selection, executor_def=dg.in_process_executor, description=description
+        name,
+        selection=selection,
+        executor_def=dg.in_process_executor,
+        description=description,
+        config=config,
     )
 
 
@@ -83,6 +98,51 @@ intervention_plan_job = _job(
     "Plan a day's interventions from its risk scores with the registered uplift model.",
 )
 
+monitoring_job = _job(
+    "monitoring_job",
+    dg.AssetSelection.assets(abandonment_drift),
+    "Drift of a scored day against the reference of the version that scored it (Evidently).",
+)
+
+# a day's outcomes are final 7 days later: run this for the day that just completed
+performance_job = _job(
+    "performance_job",
+    dg.AssetSelection.assets(abandonment_performance),
+    "Realised ROC-AUC and calibration of a scored day once its outcomes are final.",
+)
+
+
+@dg.schedule(cron_schedule="45 4 * * *", job=performance_job, execution_timezone="UTC")
+def performance_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
+    """Each morning, the realised performance of the day whose 7-day outcomes just became final
+    (that day's labels are recomputed by abandonment_labels_job once its window has landed)."""
+    from datetime import timedelta
+
+    from cartintel_assets.ml.labels import RETURN_WINDOW_DAYS
+
+    day = context.scheduled_execution_time.date() - timedelta(days=RETURN_WINDOW_DAYS + 1)
+    return dg.RunRequest(partition_key=day.isoformat())
+
+
+def _promotion_config(action: str, phase: str) -> dict:
+    move = PromotionConfig(action=action, phase=phase)  # type: ignore[arg-type]
+    return {"ops": {"model_promotions": {"config": move.model_dump()}}}
+
+
+promote_model_job = _job(
+    "promote_model_job",
+    dg.AssetSelection.assets(model_promotions),
+    "Move a model to the next phase (challenger -> pilot -> global) through its gate.",
+    _promotion_config("promote", "pilot"),
+)
+
+rollback_model_job = _job(
+    "rollback_model_job",
+    dg.AssetSelection.assets(model_promotions),
+    "Restore the version a phase held before its latest promotion (from the promotion log).",
+    _promotion_config("rollback", "global"),
+)
+
 defs = dg.Definitions(
     assets=[
         *ingestion_assets,
@@ -98,6 +158,10 @@ defs = dg.Definitions(
         friction_analysis,
         uplift_model,
         intervention_plan,
+        retraining_request,
+        abandonment_drift,
+        abandonment_performance,
+        model_promotions,
     ],
     asset_checks=quality_gates,
     jobs=[
@@ -109,6 +173,19 @@ defs = dg.Definitions(
         segmentation_job,
         uplift_training_job,
         intervention_plan_job,
+        monitoring_job,
+        performance_job,
+        promote_model_job,
+        rollback_model_job,
+    ],
+    sensors=[
+        abandonment_retraining_sensor,
+        # evaluates the automation conditions (weekly or requested retraining, blocking-aware)
+        dg.AutomationConditionSensorDefinition(
+            "retraining_automation",
+            target=dg.AssetSelection.assets(abandonment_model),
+            default_status=dg.DefaultSensorStatus.RUNNING,
+        ),
     ],
     schedules=[
         dg.build_schedule_from_partitioned_job(storefront_daily_job, hour_of_day=2),
@@ -116,10 +193,14 @@ defs = dg.Definitions(
         dg.build_schedule_from_partitioned_job(abandonment_scoring_job, hour_of_day=3),
         # after the day's scores exist
         dg.build_schedule_from_partitioned_job(intervention_plan_job, hour_of_day=4),
+        # after the day's scores exist
+        dg.build_schedule_from_partitioned_job(monitoring_job, hour_of_day=4, minute_of_hour=30),
+        performance_schedule,
     ],
     resources={
         "warehouse": WarehouseResource(),
         "landing": LandingResource(),
         "mlflow_tracking": MLflowResource(),
+        "rollout": RolloutResource(),
     },
 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,8 @@ from cartintel_assets.ml.simulation import Storefront, StorefrontConfig, simulat
 os.environ.setdefault("DO_NOT_TRACK", "true")
 os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+# drift reports of test runs go to a temporary folder, never into the checkout's data/
+os.environ.setdefault("CARTINTEL_REPORTS", tempfile.mkdtemp(prefix="cartintel-reports-"))
 
 SMALL = StorefrontConfig(days=3, sessions_per_day=400, n_customers=1500, n_products=120)
 
@@ -100,4 +103,22 @@ def check_results(result: Any) -> dict[str, bool]:
         e.event_specific_data.check_name: e.event_specific_data.passed
         for e in result.all_events
         if e.event_type_value == "ASSET_CHECK_EVALUATION"
+    }
+
+
+def asset_resources(db: Path, mlruns: Path, **overrides: Any) -> dict[str, Any]:
+    """The resources every materialising test passes: its warehouse file, its MLflow store and
+    the default rollout settings (override any by keyword)."""
+    from cartintel_assets.resources import WarehouseResource
+    from cartintel_assets.resources.mlflow import MLflowResource
+    from cartintel_assets.resources.rollout import RolloutResource
+
+    return {
+        "warehouse": WarehouseResource(database=str(db)),
+        "mlflow_tracking": MLflowResource(
+            tracking_uri=f"sqlite:///{mlruns / 'mlflow.db'}",
+            artifact_root=str(mlruns / "artifacts"),
+        ),
+        "rollout": RolloutResource(),
+        **overrides,
     }

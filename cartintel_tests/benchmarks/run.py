@@ -138,6 +138,9 @@ def model_stages(
     score_carts(model, features)
     t_score = time.perf_counter() - t4
     n, k = len(features), n_sessions // 1000
+    drift = drift_stages(
+        parts["train"], parts["test"], model.predict_proba(parts["test"]), features, model, k
+    )
     uplift = uplift_stages(con, features, k)
     return [
         f"| {k:,}k | point-in-time features, {cfg.days} days | {n:,} carts | {t_feat:.1f} s | {n / t_feat:,.0f} carts/s |",
@@ -145,7 +148,66 @@ def model_stages(
         f"| {k:,}k | **train** (early stopping at {model.best_iteration + 1} rounds, isotonic calibration; test ROC-AUC {auc:.3f}) | {len(parts['train']):,} train + {len(parts['valid']):,} valid | **{t_train:.1f} s** | {(len(parts['train']) + len(parts['valid'])) / t_train:,.0f} rows/s |",
         f"| {k:,}k | risk only (`predict_proba`) | {n:,} carts | {t_pred:.2f} s | {n / t_pred:,.0f} rows/s |",
         f"| {k:,}k | **batch scores** (risk + decile + 3 SHAP reason codes, `score_carts`) | {n:,} carts | **{t_score:.2f} s** | **{n / t_score:,.0f} rows/s** |",
+        *drift,
         *uplift,
+    ]
+
+
+DRIFT_ROWS = 100_000
+
+
+def drift_stages(
+    train: pd.DataFrame,
+    test: pd.DataFrame,
+    test_risk: np.ndarray,
+    features: pd.DataFrame,
+    model: object,
+    k: int,
+) -> list[str]:
+    """One version's reference built once (as at registration), then one partition of 100k carts
+    checked against it: the work of `abandonment_drift`, and the same check against the whole
+    training window instead of the cached reference sample, side by side."""
+    from cartintel_assets.ml.drift import (
+        DriftOptions,
+        drift_by_slice,
+        feature_drift,
+        reference_sample,
+        score_drift,
+        unstable_features,
+    )
+
+    say = lambda m: print(f"  {m}", flush=True)  # noqa: E731
+    options = DriftOptions()
+    t0 = time.perf_counter()
+    reference = reference_sample(test, test_risk)
+    unstable = unstable_features(train, test, options)
+    t_ref = time.perf_counter() - t0
+    current = features.sample(DRIFT_ROWS, replace=len(features) < DRIFT_ROWS, random_state=1)
+    current = current.assign(risk=model.predict_proba(current))  # type: ignore[attr-defined]
+    judged = [c for c in reference.columns if c not in unstable]
+    say(f"drift: reference {len(reference):,} rows, {len(current):,} current rows")
+    t1 = time.perf_counter()
+    overall = feature_drift(reference, current, options, judged)
+    t_features = time.perf_counter() - t1
+    t2 = time.perf_counter()
+    score_drift(reference, current, options)
+    t_score = time.perf_counter() - t2
+    t3 = time.perf_counter()
+    slices = drift_by_slice(reference, current, "region", options, judged)
+    t_slices = time.perf_counter() - t3
+    whole = train.assign(risk=model.predict_proba(train))  # type: ignore[attr-defined]
+    t4 = time.perf_counter()
+    feature_drift(whole, current, options, judged)
+    t_whole = time.perf_counter() - t4
+    total = t_features + t_score + t_slices
+    cols = overall.rows_reference and len(overall.scores)
+    return [
+        f"| {k:,}k | drift reference of a version, once (5k-cart sample of its test window + features drifting inside its training window) | {len(test):,} test + {len(train):,} train carts | {t_ref:.1f} s | |",
+        f"| {k:,}k | **drift of one partition vs the cached reference** (Evidently preset, {cols} judged features, HTML-ready) | {len(current):,} carts | **{t_features:.1f} s** | {len(current) / t_features:,.0f} rows/s |",
+        f"| {k:,}k | score drift (risk) | {len(current):,} carts | {t_score:.1f} s | |",
+        f"| {k:,}k | drift per region ({len(slices)} slices, drifted share) | {len(current):,} carts | {t_slices:.1f} s | |",
+        f"| {k:,}k | **one partition's monitoring, total** | {len(current):,} carts | **{total:.1f} s** | |",
+        f"| {k:,}k | the same feature drift against the whole training window instead of the cached sample | {len(whole):,} reference carts | {t_whole:.1f} s | cached reference is {t_whole / t_features:.1f}× faster |",
     ]
 
 

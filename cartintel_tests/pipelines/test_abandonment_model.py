@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import dagster as dg
 import duckdb
@@ -20,9 +19,7 @@ from cartintel_assets.defs.abandonment.assets import (
 )
 from cartintel_assets.ml.abandonment import RiskModel
 from cartintel_assets.ml.simulation import StorefrontConfig, simulate
-from cartintel_assets.resources import WarehouseResource
-from cartintel_assets.resources.mlflow import MLflowResource
-from cartintel_tests.conftest import check_results, labelled_warehouse
+from cartintel_tests.conftest import asset_resources, check_results, labelled_warehouse
 
 CFG = StorefrontConfig(days=16, sessions_per_day=1000, n_customers=4000)
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
@@ -37,21 +34,11 @@ def warehouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return db
 
 
-def _resources(db: Path, mlruns: Path) -> dict[str, Any]:
-    return {
-        "warehouse": WarehouseResource(database=str(db)),
-        "mlflow_tracking": MLflowResource(
-            tracking_uri=f"sqlite:///{mlruns / 'mlflow.db'}",
-            artifact_root=str(mlruns / "artifacts"),
-        ),
-    }
-
-
 def _train(db: Path, mlruns: Path, instance: dg.DagsterInstance) -> dg.ExecuteInProcessResult:
     return dg.materialize(
         [abandonment_model],
         instance=instance,
-        resources=_resources(db, mlruns),
+        resources=asset_resources(db, mlruns),
         raise_on_error=False,
         run_config=QUIET,
     )
@@ -63,7 +50,7 @@ def _score(
     return dg.materialize(
         [abandonment_scores],
         instance=instance,
-        resources=_resources(db, mlruns),
+        resources=asset_resources(db, mlruns),
         partition_key=day,
         raise_on_error=False,
         run_config=QUIET,
@@ -128,20 +115,20 @@ def test_training_logs_registers_and_gates(warehouse: Path, tmp_path: Path) -> N
         assert named and named <= set(direct.features)
         assert all(len(c) <= 3 for c in scores["reason_codes"])
 
-        # a second run is a new version; with a champion in place the gate compares against it
-        client.set_registered_model_alias(MODEL_NAME, "champion", "1")
+        # a second run is a new version; with a global version in place the gate compares against it
+        client.set_registered_model_alias(MODEL_NAME, "global", "1")
         second = _train(warehouse, mlruns, instance)
-        assert second.success and check_results(second)["abandonment_model_no_worse_than_champion"]
+        assert second.success and check_results(second)["abandonment_model_no_worse_than_global"]
         second_meta = second.asset_materializations_for_node("abandonment_model")[0].metadata
-        assert str(second_meta["champion"].value).startswith("version 1, test ROC-AUC")
-        assert str(meta["champion"].value).startswith("none")
+        assert str(second_meta["global"].value).startswith("version 1, test ROC-AUC")
+        assert str(meta["global"].value).startswith("none")
         assert str(client.get_model_version_by_alias(MODEL_NAME, "challenger").version) == "2"
         second_run = client.get_run(
             second.asset_materializations_for_node("abandonment_model")[0]
             .metadata["mlflow_run_id"]
             .value
         )
-        assert second_run.data.metrics["champion_test_roc_auc"] == pytest.approx(
+        assert second_run.data.metrics["global_test_roc_auc"] == pytest.approx(
             run.data.metrics["test_roc_auc"], abs=1e-9
         )
 

@@ -78,8 +78,13 @@ def test_daily_job_materialises_everything_and_gates_pass(
     }
     graph = defs.resolve_asset_graph()
     # trained by its own job on all labelled days; scored by its own job once a model exists;
-    # review aggregates span all days (friction_job); uplift and the plan have their own jobs
+    # review aggregates span all days (friction_job); uplift and the plan have their own jobs,
+    # and so have monitoring, promotion and the sensor-recorded retraining request
     trained = {
+        "abandonment_drift",
+        "abandonment_performance",
+        "model_promotions",
+        "retraining_request",
         "uplift_model",
         "intervention_plan",
         "abandonment_model",

@@ -27,9 +27,7 @@ from cartintel_assets.ml.model_registry import load_uplift_model
 from cartintel_assets.ml.policy import action_table, load_catalogue
 from cartintel_assets.ml.simulation import DEMO_STOREFRONT, Storefront
 from cartintel_assets.ml.uplift import TARGETING_EXCLUDED, session_facts
-from cartintel_assets.resources import WarehouseResource
-from cartintel_assets.resources.mlflow import MLflowResource
-from cartintel_tests.conftest import check_results
+from cartintel_tests.conftest import asset_resources, check_results
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 LAST = DEMO_STOREFRONT.day(DEMO_STOREFRONT.days - 1).isoformat()
@@ -39,13 +37,7 @@ def _run(assets: list[Any], db: Path, mlruns: Path, instance: dg.DagsterInstance
     return dg.materialize(
         assets,
         instance=instance,
-        resources={
-            "warehouse": WarehouseResource(database=str(db)),
-            "mlflow_tracking": MLflowResource(
-                tracking_uri=f"sqlite:///{mlruns / 'mlflow.db'}",
-                artifact_root=str(mlruns / "artifacts"),
-            ),
-        },
+        resources=asset_resources(db, mlruns),
         raise_on_error=False,
         run_config=QUIET,
         **kw,
@@ -159,10 +151,7 @@ def test_uplift_model_and_plan(
         strict = dg.materialize(
             [intervention_plan],
             instance=instance,
-            resources={
-                "warehouse": WarehouseResource(database=str(db)),
-                "mlflow_tracking": MLflowResource(tracking_uri=f"sqlite:///{mlruns / 'mlflow.db'}"),
-            },
+            resources=asset_resources(db, mlruns),
             partition_key=LAST,
             raise_on_error=False,
             run_config={

@@ -45,7 +45,15 @@ def test_dagster_cli_lists_ingestion_and_quality_assets() -> None:
 
 def test_definitions_load_with_every_job_resolved() -> None:
     dg.Definitions.validate_loadable(defs)
-    for job in ("storefront_daily_job", "abandonment_labels_job", "abandonment_training_job"):
+    for job in (
+        "storefront_daily_job",
+        "abandonment_labels_job",
+        "abandonment_training_job",
+        "monitoring_job",
+        "performance_job",
+        "promote_model_job",
+        "rollback_model_job",
+    ):
         assert defs.resolve_job_def(job).name == job
 
 
@@ -61,6 +69,8 @@ def test_every_asset_has_a_group_and_a_description() -> None:
             "friction",
             "segmentation",
             "uplift",
+            "monitoring",
+            "registry",
         }, key
         assert node.description, key
 

@@ -1,5 +1,6 @@
 """The abandonment-risk model: trained on labelled point-in-time features, tracked and registered
-in MLflow (`cartintel-abandonment`, alias `challenger`), gated by blocking checks."""
+in MLflow (`cartintel-abandonment`, alias `challenger`), gated by blocking checks; scored with
+`pilot` in the pilot regions and `global` elsewhere."""
 
 import hashlib
 from dataclasses import asdict
@@ -24,6 +25,7 @@ from cartintel_assets.ml.features import CATEGORICAL_FEATURES, NUMERIC_FEATURES
 from cartintel_assets.ml.warehouse import replace_partition, require_tables
 from cartintel_assets.resources import WarehouseResource
 from cartintel_assets.resources.mlflow import MLflowResource
+from cartintel_assets.resources.rollout import RolloutResource
 
 MODEL_NAME = "cartintel-abandonment"
 EXPERIMENT = "cartintel/abandonment"
@@ -31,7 +33,7 @@ GATES = (
     "abandonment_model_roc_auc_above_floor",
     "abandonment_model_pr_auc_above_floor",
     "abandonment_model_calibrated",
-    "abandonment_model_no_worse_than_champion",
+    "abandonment_model_no_worse_than_global",
 )
 
 
@@ -55,16 +57,50 @@ class AbandonmentModelConfig(dg.Config):
     max_calibration_error: float = Field(
         default=0.05, description="Gate: maximum expected calibration error."
     )
-    champion_tolerance: float = Field(
-        default=0.01, description="Gate: allowed ROC-AUC shortfall vs the champion."
+    global_tolerance: float = Field(
+        default=0.01,
+        description="Gate: allowed ROC-AUC shortfall vs the version serving as `global`.",
     )
+
+
+# Retrain weekly, or when the retraining sensor records a request (drift or realised performance
+# failed and enough new labels exist), but never while the latest data-quality gate of any day
+# it learns from has failed, even when that gate ran in another run (dagster #25112).
+WEEKLY_RETRAINING_CRON = "0 5 * * 1"
+_UPSTREAM_GATE_FAILED = dg.AutomationCondition.any_deps_match(
+    dg.AutomationCondition.any_deps_match(
+        dg.AutomationCondition.any_checks_match(
+            dg.AutomationCondition.check_failed(), blocking_only=True
+        )
+    )
+).with_label("a blocking data-quality check upstream failed")
+_RETRAINING_TRIGGER: dg.AutomationCondition = dg.AutomationCondition.cron_tick_passed(
+    WEEKLY_RETRAINING_CRON
+).with_label("weekly") | dg.AutomationCondition.any_deps_match(
+    dg.AutomationCondition.newly_updated()
+).allow(dg.AssetSelection.assets("retraining_request")).with_label("retraining requested")
+RETRAINING_CONDITION = (
+    _RETRAINING_TRIGGER.since_last_handled()
+    & ~_UPSTREAM_GATE_FAILED
+    & ~dg.AutomationCondition.in_progress()
+    & ~dg.AutomationCondition.any_deps_in_progress()
+).with_label("weekly or on request, upstream quality gates passed")
+
+retraining_request = dg.AssetSpec(
+    "retraining_request",
+    group_name="monitoring",
+    description="Recorded by `abandonment_retraining_sensor` when drift or realised performance"
+    " failed and enough carts were labelled since the last training; its update triggers"
+    " abandonment_model through the model's automation condition.",
+)
 
 
 @dg.asset(
     group_name="abandonment",
-    deps=["session_features", "abandonment_labels"],
+    deps=["session_features", "abandonment_labels", "retraining_request"],
     kinds={"xgboost", "mlflow"},
     check_specs=[dg.AssetCheckSpec(g, asset="abandonment_model", blocking=True) for g in GATES],
+    automation_condition=RETRAINING_CONDITION,
 )
 def abandonment_model(
     context: dg.AssetExecutionContext,
@@ -81,6 +117,13 @@ def abandonment_model(
     import mlflow
 
     from cartintel_assets.ml.abandonment import reason_codes
+    from cartintel_assets.ml.drift import (
+        REFERENCE_DAYS,
+        DriftOptions,
+        reference_sample,
+        store_reference,
+        unstable_features,
+    )
     from cartintel_assets.ml.model_registry import log_risk_model, register, version_by_alias
     from cartintel_assets.ml.plots import evaluation_figures, markdown_image
 
@@ -140,31 +183,54 @@ def abandonment_model(
         for name, fig in figures.items():
             mlflow.log_figure(fig, f"plots/{name}")
         model_uri = log_risk_model(model, test)
-        champion = version_by_alias(MODEL_NAME, "champion")
-        champion_auc = None
-        if champion is not None:
-            champ = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}/{champion}")
-            champion_auc = risk_metrics(ys["test"], np.asarray(champ.predict(model.typed(test))))[
+        incumbent = version_by_alias(MODEL_NAME, "global")
+        incumbent_auc = None
+        if incumbent is not None:
+            served = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}/{incumbent}")
+            incumbent_auc = risk_metrics(ys["test"], np.asarray(served.predict(model.typed(test))))[
                 "roc_auc"
             ]
-            mlflow.log_metric("champion_test_roc_auc", champion_auc)
+            mlflow.log_metric("global_test_roc_auc", incumbent_auc)
         passes = {
             GATES[0]: metrics["roc_auc"] >= config.min_roc_auc,
             GATES[1]: metrics["pr_auc"] >= config.min_pr_auc,
             GATES[2]: metrics["calibration_error"] <= config.max_calibration_error,
-            GATES[3]: champion_auc is None
-            or metrics["roc_auc"] >= champion_auc - config.champion_tolerance,
+            GATES[3]: incumbent_auc is None
+            or metrics["roc_auc"] >= incumbent_auc - config.global_tolerance,
         }
         gate = "passed" if all(passes.values()) else "failed"
         mlflow.set_tag("gate", gate)
+        # the drift reference of this version, computed once: the latest landed days (not learnt
+        # from) with their scores, and the features that already drift since its training window
+        with warehouse.reader() as con:
+            recent = con.execute(
+                "SELECT * FROM session_features WHERE partition_date >"
+                " (SELECT max(partition_date) FROM session_features) - ?::INTEGER",
+                [REFERENCE_DAYS],
+            ).df()
+        recent = recent[~recent["session_id"].isin(data["session_id"])]
+        if recent.empty:  # every landed day was learnt from: its test window is the best left
+            recent = test
+        reference = reference_sample(recent, model.predict_proba(recent))
+        unstable = unstable_features(parts["train"], recent, DriftOptions())
+        mlflow.log_dict(unstable, "reference/unstable_features.json")
         # every run is a registered version (audit); only one that passes its gates becomes the
         # challenger, the one version eligible for promotion
         version = register(
             model_uri,
             MODEL_NAME,
             "challenger" if gate == "passed" else None,
-            {"gate": gate, "dagster.run_id": context.run.run_id},
+            {
+                "gate": gate,
+                "dagster.run_id": context.run.run_id,
+                "test_from": str(test["started_at"].min()),
+                "data_to": str(data["started_at"].max()),
+                "labelled_carts": str(len(data)),
+                "drift.unstable_features": ",".join(sorted(unstable)),
+            },
         )
+    with warehouse.get_connection() as con:
+        store_reference(con, MODEL_NAME, version, reference)
     top_reasons = pd.Series([r[0] for r in reason_codes(model, sample) if r]).value_counts().head(5)
     yield dg.MaterializeResult(
         metadata={
@@ -183,9 +249,12 @@ def abandonment_model(
                 {str(k): int(v) for k, v in top_reasons.items()}
             ),
             "gate": gate,
-            "champion": f"version {champion}, test ROC-AUC {champion_auc:.4f} on the same days"
-            if champion is not None and champion_auc is not None
-            else "none: no version holds the alias champion yet",
+            "global": f"version {incumbent}, test ROC-AUC {incumbent_auc:.4f} on the same days"
+            if incumbent is not None and incumbent_auc is not None
+            else "none: no version holds the alias global yet",
+            "drift_reference": f"{len(reference)} carts of the latest {REFERENCE_DAYS} landed"
+            f" days; not judged (drifted since the training window):"
+            f" {', '.join(sorted(unstable)) or 'none'}",
             "alias": "challenger" if gate == "passed" else "none (gate failed)",
             "plots": dg.MetadataValue.md(
                 "\n\n".join(markdown_image(f, n.removesuffix(".png")) for n, f in figures.items())
@@ -201,7 +270,7 @@ def abandonment_model(
         },
         GATES[3]: {
             "test_roc_auc": metrics["roc_auc"],
-            "champion_test_roc_auc": champion_auc if champion_auc is not None else "no champion",
+            "global_test_roc_auc": incumbent_auc if incumbent_auc is not None else "no global",
         },
     }
     for name in GATES:
@@ -214,9 +283,9 @@ class AbandonmentScoresConfig(dg.Config):
     """Which registered model scores the carts, and how many reasons each score carries."""
 
     alias: str = Field(
-        default="challenger",
-        description="Alias of cartintel-abandonment to score with; only versions that passed"
-        " their gates carry `challenger`.",
+        default="",
+        description="Empty: by phase (`pilot` in the pilot regions, `global` elsewhere, the"
+        " `challenger` before anything was promoted). An alias scores every cart with it.",
     )
     reason_codes: int = Field(default=3, ge=1, description="Reason codes per cart.")
 
@@ -232,15 +301,19 @@ def abandonment_scores(
     config: AbandonmentScoresConfig,
     warehouse: WarehouseResource,
     mlflow_tracking: MLflowResource,
+    rollout: RolloutResource,
 ) -> dg.MaterializeResult:
     """Risk of harmful abandonment for every open cart of the day, at its point-in-time cutoff,
-    with the top reason codes (SHAP) and the registry version that scored it on every row."""
+    with the top reason codes (SHAP) and the registry version and alias that scored it on every
+    row: `pilot` in the pilot regions, `global` elsewhere."""
     from cartintel_assets.ml.model_registry import load_risk_model
     from cartintel_assets.ml.plots import markdown_table
+    from cartintel_assets.ml.promotion import aliases
     from cartintel_assets.ml.scoring import score_carts, write_scores
 
     mlflow_tracking.activate()
-    registered = load_risk_model(MODEL_NAME, config.alias)
+    plan = rollout.plan()
+    available = set(aliases(MODEL_NAME))
     day = date.fromisoformat(context.partition_key)
     with warehouse.get_connection() as con:
         require_tables(con, "session_features")
@@ -252,19 +325,29 @@ def abandonment_scores(
                 f"no session_features rows for {day}: no open carts that day, or the day's"
                 " features are not materialised yet (run storefront_daily_job for it)"
             )
-        scores = score_carts(registered.model, features, config.reason_codes)
-        write_scores(
-            con,
-            scores,
-            {
-                "model_name": registered.name,
-                "model_version": registered.version,
-                "model_alias": registered.alias,
-                "model_run_id": registered.run_id,
-                "scored_by_run": context.run.run_id,
-            },
-            "_abandonment_scores",
+        serving = (
+            pd.Series(config.alias, index=features.index)
+            if config.alias
+            else features["region"].map(lambda r: plan.serving_alias(str(r), available))
         )
+        parts, served = [], {}
+        for alias in sorted(set(serving)) or [plan.serving_alias("", available)]:
+            registered = load_risk_model(MODEL_NAME, alias)
+            rows = features[serving == alias] if len(features) else features
+            parts.append(
+                score_carts(registered.model, rows, config.reason_codes).assign(
+                    model_name=registered.name,
+                    model_version=registered.version,
+                    model_alias=registered.alias,
+                    model_run_id=registered.run_id,
+                )
+            )
+            served[alias] = {"version": registered.version, "carts": len(rows)}
+        scores = pd.concat(parts, ignore_index=True).sort_values("session_id", ignore_index=True)
+        if len(scores):  # deciles over the whole day, whichever version scored the cart
+            ranks = scores["risk"].rank(method="first", pct=True).to_numpy()
+            scores["risk_decile"] = np.ceil(ranks * 10).astype(int)
+        write_scores(con, scores, {"scored_by_run": context.run.run_id}, "_abandonment_scores")
         replace_partition(con, "abandonment_scores", "_abandonment_scores", day)
     n = len(scores)
     reasons = pd.Series([r[0] for r in scores.get("reason_codes", []) if len(r)]).value_counts()
@@ -273,9 +356,8 @@ def abandonment_scores(
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": n,
-            "model_version": registered.version,
-            "model_alias": registered.alias,
-            "model_uri": f"models:/{MODEL_NAME}/{registered.version}",
+            "served_by": dg.MetadataValue.json(served),
+            "pilot_regions": dg.MetadataValue.json(list(plan.pilot_regions)),
             "mean_risk": float(scores["risk"].mean()) if n else 0.0,
             "share_risk_above_0_5": float((scores["risk"] > 0.5).mean()) if n else 0.0,
             "top_reason_codes": dg.MetadataValue.json(

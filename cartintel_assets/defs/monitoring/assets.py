@@ -1,0 +1,372 @@
+"""Monitoring of the abandonment-risk model: drift of each scored day against the reference of
+the version that scored it (Evidently 0.7), and realised performance once outcomes are final.
+Failed checks here, with enough new labels, make the retraining sensor request a retraining."""
+
+import json
+from datetime import date
+from typing import Any
+
+import dagster as dg
+import pandas as pd
+from pydantic import Field
+
+from cartintel_assets import settings
+from cartintel_assets.defs.abandonment.assets import MODEL_NAME
+from cartintel_assets.defs.partitions import daily_partitions
+from cartintel_assets.ml.drift import DriftOptions, PerformanceBounds
+from cartintel_assets.ml.warehouse import replace_rows, require_tables
+from cartintel_assets.resources import WarehouseResource
+from cartintel_assets.resources.mlflow import MLflowResource
+
+DRIFT_CHECKS = ("abandonment_feature_drift", "abandonment_score_drift")
+PERFORMANCE_CHECK = "abandonment_realised_performance"
+RESULTS_TABLE = "monitoring_results"
+RESULT_COLUMNS: dict[str, str] = {
+    "partition_date": "DATE",
+    "model_name": "VARCHAR",
+    "model_version": "VARCHAR",
+    "check_name": "VARCHAR",
+    "passed": "BOOLEAN",
+    "value": "DOUBLE",
+    "rows": "BIGINT",
+    "detail": "VARCHAR",  # JSON
+    "dagster_run_id": "VARCHAR",
+}
+_D = DriftOptions()
+
+
+class DriftMonitorConfig(dg.Config):
+    """How drift is measured (Evidently methods, named explicitly) and what fails the checks."""
+
+    method: str = Field(default=_D.method, description="Evidently stat test for numeric features.")
+    cat_method: str = Field(default=_D.cat_method, description="Stat test for categorical ones.")
+    threshold: float = Field(default=_D.threshold, description="Per-feature drift threshold.")
+    max_drift_share: float = Field(
+        default=_D.max_drift_share,
+        description="Fail when more than this share of judged features drift, overall or in any"
+        " region or segment.",
+    )
+    score_threshold: float = Field(
+        default=_D.score_threshold, description="Drift threshold of the risk score."
+    )
+    min_slice_rows: int = Field(
+        default=_D.min_slice_rows, description="Smaller slices are reported, not judged."
+    )
+
+    def options(self) -> DriftOptions:
+        return DriftOptions(
+            method=self.method,
+            cat_method=self.cat_method,
+            threshold=self.threshold,
+            max_drift_share=self.max_drift_share,
+            score_threshold=self.score_threshold,
+            min_slice_rows=self.min_slice_rows,
+        )
+
+
+_SCORED_SQL = """
+SELECT f.*, s.risk, s.model_version, s.model_alias, s.model_run_id,
+       coalesce(g.segment_name, 'unsegmented') AS segment
+FROM abandonment_scores s
+JOIN session_features f USING (session_id)
+LEFT JOIN {segments} g ON g.customer_id = f.customer_id
+WHERE s.partition_date = ? AND s.model_name = ?
+"""
+
+
+def write_results(con: Any, day: date, check: str, rows: list[dict[str, Any]]) -> None:
+    """Replace one check's results of one day in `monitoring_results` (the sensor reads them)."""
+    from cartintel_assets.ml.warehouse import typed_temp_table
+
+    cols = ", ".join(f"{c} {t}" for c, t in RESULT_COLUMNS.items())
+    con.execute(f"CREATE TABLE IF NOT EXISTS {RESULTS_TABLE} ({cols})")
+    frame = pd.DataFrame(rows, columns=list(RESULT_COLUMNS))
+    typed_temp_table(con, frame, RESULT_COLUMNS, "_monitoring_rows")
+    replace_rows(
+        con,
+        RESULTS_TABLE,
+        con.execute("SELECT * FROM _monitoring_rows").df(),
+        "partition_date = ? AND check_name = ?",
+        [day, check],
+    )
+
+
+@dg.asset(
+    group_name="monitoring",
+    partitions_def=daily_partitions,
+    deps=["abandonment_scores", "session_features", "customer_segments"],
+    kinds={"evidently", "mlflow"},
+    check_specs=[dg.AssetCheckSpec(c, asset="abandonment_drift") for c in DRIFT_CHECKS],
+)
+def abandonment_drift(
+    context: dg.AssetExecutionContext,
+    config: DriftMonitorConfig,
+    warehouse: WarehouseResource,
+    mlflow_tracking: MLflowResource,
+) -> Any:
+    """Drift of the day's scored carts against the reference of the version that scored them:
+    every judged feature overall, per region and per customer segment, and the risk score.
+
+    The reference (a sample of the version's test window with its out-of-sample scores, and the
+    features that already drifted inside its own training window) is written once, when the
+    version is trained. The Evidently HTML report is kept under the reports folder and in the
+    version's MLflow run (`monitoring/<day>/`).
+    """
+    from mlflow.tracking import MlflowClient
+
+    from cartintel_assets.ml.drift import (
+        MONITORED_CATEGORICAL,
+        MONITORED_NUMERIC,
+        drift_by_slice,
+        feature_drift,
+        load_reference,
+        score_drift,
+        slices_over,
+    )
+    from cartintel_assets.ml.plots import markdown_table
+    from cartintel_assets.ml.warehouse import has_table
+
+    options = config.options()
+    day = date.fromisoformat(context.partition_key)
+    mlflow_tracking.activate()
+    client = MlflowClient()
+    with warehouse.reader() as con:
+        require_tables(con, "abandonment_scores", "session_features")
+        segments = (
+            "customer_segments"
+            if has_table(con, "customer_segments")
+            else ("(SELECT NULL::VARCHAR AS customer_id, NULL::VARCHAR AS segment_name)")
+        )
+        scored = con.execute(_SCORED_SQL.format(segments=segments), [day, MODEL_NAME]).df()
+        if scored.empty:
+            raise ValueError(
+                f"no scored carts of {MODEL_NAME} on {day}: materialise abandonment_scores first"
+            )
+        references = {
+            v: load_reference(con, MODEL_NAME, v) for v in scored["model_version"].unique()
+        }
+        segment_of = con.execute(
+            f"SELECT DISTINCT customer_id, segment_name AS segment FROM {segments}"
+        ).df()
+
+    feature_rows: list[dict[str, Any]] = []
+    score_rows: list[dict[str, Any]] = []
+    report_links: dict[str, str] = {}
+    shown: list[dict[str, Any]] = []
+    slice_tables: list[pd.DataFrame] = []
+    for version, current in scored.groupby("model_version"):
+        version = str(version)
+        mv = client.get_model_version(MODEL_NAME, version)
+        unstable = [c for c in mv.tags.get("drift.unstable_features", "").split(",") if c]
+        judged = [c for c in (*MONITORED_NUMERIC, *MONITORED_CATEGORICAL) if c not in unstable]
+        # compare like with like: a pilot version serves only the pilot regions
+        reference = references[version]
+        reference = reference[reference["region"].isin(set(current["region"]))]
+        if reference.empty:
+            raise ValueError(
+                f"the drift reference of version {version} has no carts of the regions it scored"
+                f" on {day} ({sorted(set(current['region']))}): retrain to rebuild it"
+            )
+        # segments are read now for both sides, so a re-segmentation does not fake drift
+        reference = reference.merge(segment_of, on="customer_id", how="left")
+        reference["segment"] = reference["segment"].fillna("unsegmented")
+        overall = feature_drift(reference, current, options, judged)
+        scores = score_drift(reference, current, options)
+        slices = drift_by_slice(reference, current, "region", options, judged)
+        if current["segment"].nunique() > 1:
+            slices += drift_by_slice(reference, current, "segment", options, judged)
+        over = slices_over(slices, options.max_drift_share)
+        features_ok = overall.share <= options.max_drift_share and not over
+
+        folder = settings.reports_dir() / "drift" / MODEL_NAME / f"v{version}"
+        html = overall.save_html(folder / f"{day}_features.html")
+        score_html = scores.save_html(folder / f"{day}_score.html")
+        client.log_artifact(mv.run_id, str(html), f"monitoring/{day}")
+        client.log_artifact(mv.run_id, str(score_html), f"monitoring/{day}")
+        report_links[f"v{version} features"] = str(html)
+        report_links[f"v{version} score"] = str(score_html)
+
+        detail = {
+            "judged": len(judged),
+            "share": overall.share,
+            "drifted": overall.drifted_scores(),
+            "slices_over": [
+                {"by": s.by, "value": s.value, "share": s.share, "drifted": s.drifted} for s in over
+            ],
+            "not_judged_unstable": unstable,
+            "report": str(html),
+        }
+        feature_rows.append(
+            {
+                "partition_date": day,
+                "model_name": MODEL_NAME,
+                "model_version": version,
+                "check_name": DRIFT_CHECKS[0],
+                "passed": features_ok,
+                "value": max([overall.share, *[s.share or 0.0 for s in over]]),
+                "rows": len(current),
+                "detail": json.dumps(detail),
+                "dagster_run_id": context.run.run_id,
+            }
+        )
+        score_value = scores.scores.get("risk", 0.0)
+        score_rows.append(
+            {
+                "partition_date": day,
+                "model_name": MODEL_NAME,
+                "model_version": version,
+                "check_name": DRIFT_CHECKS[1],
+                "passed": not scores.drifted,
+                "value": score_value,
+                "rows": len(current),
+                "detail": json.dumps(
+                    {
+                        "method": options.method,
+                        "threshold": options.score_threshold,
+                        "reference_mean_risk": float(reference["risk"].mean()),
+                        "current_mean_risk": float(current["risk"].mean()),
+                        "report": str(score_html),
+                    }
+                ),
+                "dagster_run_id": context.run.run_id,
+            }
+        )
+        shown.append(
+            {
+                "version": version,
+                "alias": ",".join(sorted(set(current["model_alias"]))),
+                "carts": len(current),
+                "share_drifted": overall.share,
+                "drifted": ", ".join(f"{k} {v:.2f}" for k, v in overall.drifted_scores().items()),
+                "score_drift": score_value,
+            }
+        )
+        slice_tables.append(
+            pd.DataFrame(
+                [
+                    {
+                        "version": version,
+                        "slice": f"{s.by}={s.value}",
+                        "carts": s.rows_current,
+                        "share_drifted": s.share if s.judged else float("nan"),
+                        "drifted": ", ".join(f"{k} {v:.2f}" for k, v in s.drifted.items())
+                        or ("" if s.judged else "too few rows"),
+                    }
+                    for s in slices
+                ]
+            )
+        )
+    with warehouse.get_connection() as con:
+        write_results(con, day, DRIFT_CHECKS[0], feature_rows)
+        write_results(con, day, DRIFT_CHECKS[1], score_rows)
+
+    table = pd.DataFrame(shown)
+    slices_frame = pd.concat(slice_tables, ignore_index=True)
+    yield dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": len(scored),
+            "versions": dg.MetadataValue.json(
+                sorted(str(v) for v in scored["model_version"].unique())
+            ),
+            "drift": dg.MetadataValue.md(
+                markdown_table(table, list(table.columns), rows=len(table))
+            ),
+            "drift_by_slice": dg.MetadataValue.md(
+                markdown_table(slices_frame, list(slices_frame.columns), rows=len(slices_frame))
+            ),
+            **{f"report {k}": dg.MetadataValue.path(v) for k, v in report_links.items()},
+            "mlflow_artifacts": f"runs of the scoring versions, monitoring/{day}/",
+            "method": f"{options.method} / {options.cat_method}, threshold {options.threshold},"
+            f" max drifted share {options.max_drift_share}",
+        }
+    )
+    for check, rows in ((DRIFT_CHECKS[0], feature_rows), (DRIFT_CHECKS[1], score_rows)):
+        yield dg.AssetCheckResult(
+            check_name=check,
+            passed=all(r["passed"] for r in rows),
+            severity=dg.AssetCheckSeverity.WARN,
+            metadata={
+                f"v{r['model_version']}": dg.MetadataValue.json(
+                    {"passed": r["passed"], "value": r["value"], **json.loads(r["detail"])}
+                )
+                for r in rows
+            },
+        )
+
+
+class PerformanceConfig(dg.Config):
+    """Bounds the realised performance of a scored day must keep."""
+
+    min_roc_auc: float = Field(default=PerformanceBounds().min_roc_auc)
+    max_calibration_error: float = Field(default=PerformanceBounds().max_calibration_error)
+    min_labelled: int = Field(
+        default=PerformanceBounds().min_labelled,
+        description="Fewer carts with final outcomes: the check reports `pending`.",
+    )
+
+
+_OUTCOME_SQL = """
+SELECT s.model_version, s.risk, l.harmful
+FROM abandonment_scores s JOIN abandonment_labels l USING (session_id)
+WHERE s.partition_date = ? AND s.model_name = ? AND l.label_complete
+"""
+
+
+@dg.asset(
+    group_name="monitoring",
+    partitions_def=daily_partitions,
+    deps=["abandonment_scores", "abandonment_labels"],
+    kinds={"duckdb"},
+    check_specs=[dg.AssetCheckSpec(PERFORMANCE_CHECK, asset="abandonment_performance")],
+)
+def abandonment_performance(
+    context: dg.AssetExecutionContext, config: PerformanceConfig, warehouse: WarehouseResource
+) -> Any:
+    """Realised ROC-AUC and calibration of a scored day, per scoring version, once its carts'
+    7-day outcomes are final (re-materialise when the day's labels complete)."""
+    from cartintel_assets.ml.drift import realised_performance
+
+    bounds = PerformanceBounds(
+        config.min_roc_auc, config.max_calibration_error, config.min_labelled
+    )
+    day = date.fromisoformat(context.partition_key)
+    with warehouse.reader() as con:
+        require_tables(con, "abandonment_scores", "abandonment_labels")
+        outcomes = con.execute(_OUTCOME_SQL, [day, MODEL_NAME]).df()
+    rows, results = [], {}
+    for version, g in outcomes.groupby("model_version"):
+        r = realised_performance(g["harmful"].to_numpy(), g["risk"].to_numpy(), bounds)
+        results[f"v{version}"] = r
+        rows.append(
+            {
+                "partition_date": day,
+                "model_name": MODEL_NAME,
+                "model_version": str(version),
+                "check_name": PERFORMANCE_CHECK,
+                "passed": r["passed"],
+                "value": r.get("roc_auc"),
+                "rows": r["labelled"],
+                "detail": json.dumps(r),
+                "dagster_run_id": context.run.run_id,
+            }
+        )
+    with warehouse.get_connection() as con:
+        write_results(con, day, PERFORMANCE_CHECK, rows)
+    status = (
+        "pending"
+        if not results or all(r["status"] == "pending" for r in results.values())
+        else "measured"
+    )
+    yield dg.MaterializeResult(
+        metadata={
+            "labelled_carts": len(outcomes),
+            "status": status,
+            "by_version": dg.MetadataValue.json(results),
+        }
+    )
+    yield dg.AssetCheckResult(
+        check_name=PERFORMANCE_CHECK,
+        passed=all(r["passed"] for r in results.values()),
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={"status": status, **{k: dg.MetadataValue.json(v) for k, v in results.items()}},
+    )

@@ -1,0 +1,166 @@
+"""Promotion across the roadmap's phases: challenger -> pilot -> global, each move through its
+gate, every move (and every refusal) appended to the promotion log, and rollback from the log."""
+
+import json
+from typing import Any, Literal
+
+import dagster as dg
+from pydantic import Field
+
+from cartintel_assets.ml.promotion import PHASES
+from cartintel_assets.resources import WarehouseResource
+from cartintel_assets.resources.mlflow import MLflowResource
+from cartintel_assets.resources.rollout import RolloutResource
+
+GATE_CHECK = "model_promotion_gate"
+
+
+class PromotionConfig(dg.Config):
+    """One move of one registered model."""
+
+    model: Literal["abandonment"] = Field(
+        default="abandonment", description="Which model: abandonment (cartintel-abandonment)."
+    )
+    action: Literal["promote", "rollback"] = Field(default="promote")
+    phase: Literal["pilot", "global"] = Field(
+        default="pilot",
+        description="promote: the phase to move into (pilot takes the challenger, global takes"
+        " the pilot). rollback: the phase whose previous version is restored.",
+    )
+    triggered_by: str = Field(default="dagster-ui", description="Who or what asked for the move.")
+
+
+def _candidate_gate(con: Any, name: str, phase: str, candidate: str, plan: Any) -> Any:
+    """The gate of one move: blocking training checks, then the phase's own evidence."""
+    from mlflow.tracking import MlflowClient
+
+    from cartintel_assets.ml.model_registry import load_risk_model_version, version_by_alias
+    from cartintel_assets.ml.promotion import (
+        GateResult,
+        compare_on_window,
+        held_out_window,
+        judge_pilot,
+        pilot_results,
+    )
+
+    tags = MlflowClient().get_model_version(name, candidate).tags
+    if tags.get("gate") != "passed":
+        return GateResult(
+            False,
+            f"version {candidate} did not pass its blocking training checks"
+            f" (gate {tags.get('gate', 'missing')})",
+            {"gate": tags.get("gate")},
+        )
+    if phase == "pilot":
+        incumbent = version_by_alias(name, "global")
+        if incumbent is None:
+            return GateResult(True, "first rollout: no global version to beat", {"global": None})
+        window = held_out_window(con, tags["test_from"])
+        if window.empty:
+            return GateResult(False, "no labelled carts in the held-out window", {})
+        cand = load_risk_model_version(name, candidate)
+        inc = load_risk_model_version(name, incumbent)
+        result = compare_on_window(
+            window, cand.predict_proba(window), inc.predict_proba(window), plan
+        )
+        result.evidence["global_version"] = incumbent
+        return result
+    return judge_pilot(pilot_results(con, name, candidate), plan)
+
+
+@dg.asset(
+    group_name="registry",
+    kinds={"mlflow", "duckdb"},
+    check_specs=[dg.AssetCheckSpec(GATE_CHECK, asset="model_promotions", blocking=True)],
+)
+def model_promotions(
+    context: dg.AssetExecutionContext,
+    config: PromotionConfig,
+    warehouse: WarehouseResource,
+    mlflow_tracking: MLflowResource,
+    rollout: RolloutResource,
+) -> Any:
+    """The append-only promotion log (`promotion_log`): each materialisation is one requested
+    move of a registered model between phases, with its gate's evidence, whether the alias moved,
+    who asked and the Dagster run. MLflow keeps no alias history; this log is the history."""
+    from cartintel_assets.ml.model_registry import version_by_alias
+    from cartintel_assets.ml.plots import markdown_table
+    from cartintel_assets.ml.promotion import (
+        MODELS,
+        GateResult,
+        Move,
+        aliases,
+        previous_version,
+        read_log,
+        record,
+        set_alias,
+    )
+
+    name = MODELS[config.model]
+    mlflow_tracking.activate()
+    plan = rollout.plan()
+    phase = config.phase
+    current = version_by_alias(name, phase)
+    with warehouse.get_connection() as con:
+        if config.action == "promote":
+            source = PHASES[PHASES.index(phase) - 1]
+            target = version_by_alias(name, source)
+            if target is None:
+                gate = GateResult(False, f"no version of {name} holds {source!r} to promote", {})
+            elif target == current:
+                gate = GateResult(False, f"version {target} already holds {phase!r}", {})
+            else:
+                gate = _candidate_gate(con, name, phase, target, plan)
+        else:
+            target = previous_version(con, name, phase)
+            gate = (
+                GateResult(True, f"restores version {target}, which {phase!r} held before", {})
+                if target is not None
+                else GateResult(
+                    False,
+                    f"the promotion log has no version that held {phase!r} before"
+                    f" version {current}",
+                    {},
+                )
+            )
+        if gate.passed and target is not None:
+            set_alias(name, phase, target)
+        move = Move(
+            model_name=name,
+            phase=phase,
+            action=config.action,
+            outcome="moved" if gate.passed else "refused",
+            from_version=current,
+            to_version=target,
+            triggered_by=config.triggered_by,
+            reason=gate.reason,
+            evidence=gate.evidence,
+            dagster_run_id=context.run.run_id,
+        )
+        record(con, move)
+        log = read_log(con, name)
+    context.log.info(f"{config.action} {name} to {phase}: {move.outcome} ({gate.reason})")
+    shown = log.tail(10)[
+        ["logged_at", "phase", "action", "outcome", "from_version", "to_version", "reason"]
+    ]
+    yield dg.MaterializeResult(
+        metadata={
+            "model": name,
+            "action": config.action,
+            "phase": phase,
+            "outcome": move.outcome,
+            "from_version": current or "none",
+            "to_version": target or "none",
+            "reason": gate.reason,
+            "evidence": dg.MetadataValue.json(json.loads(move.row()["evidence"])),
+            "triggered_by": config.triggered_by,
+            "aliases_now": dg.MetadataValue.json(aliases(name)),
+            "log_rows": len(log),
+            "recent_moves": dg.MetadataValue.md(markdown_table(shown, list(shown.columns))),
+        }
+    )
+    yield dg.AssetCheckResult(
+        check_name=GATE_CHECK,
+        passed=gate.passed,
+        metadata={"reason": gate.reason, "outcome": move.outcome},
+    )
