@@ -156,7 +156,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
     return 0  # not reached
 
 
-DEMO_MONITORED_DAYS = 3  # the latest days are scored by phase and checked for drift
+DEMO_MONITORED_DAYS = 3  # days checked for drift (before the reference's latest 3)
 
 # Progress is printed per day; Dagster's per-event console log would bury it (the UI keeps it all).
 _QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
@@ -239,15 +239,20 @@ def _run_days(instance: DagsterInstance, days: list[str]) -> list[str]:
     say(f"promote to pilot: {md['outcome']} (version {md['to_version']}): {md['reason']}")
     if md["outcome"] != "moved":
         failed_checks.append(f"model_promotions: promotion to pilot refused: {md['reason']}")
-    for day in days[-DEMO_MONITORED_DAYS:]:
-        say(f"scoring {day} by phase ({md['aliases_now']}) and its drift (Evidently)")
+    # The version's drift reference is the latest 3 landed days; the 3 days before them were
+    # not learnt from either (their outcomes are not final yet), so they are the ones to check.
+    monitored = days[-2 * DEMO_MONITORED_DAYS : -DEMO_MONITORED_DAYS]
+    for day in [*monitored, days[-1]]:
+        say(f"scoring {day} by phase ({md['aliases_now']})")
         run("abandonment_scoring_job", day, f"abandonment_scores {day}: scoring failed")
+        if day not in monitored:
+            continue
         result = run("monitoring_job", day, f"abandonment_drift {day}: monitoring failed")
         for e in result.all_events:
             if e.event_type_value == "ASSET_CHECK_EVALUATION":
                 ev = e.event_specific_data
                 state = "passed" if ev.passed else "FAILED"  # type: ignore[union-attr]
-                say(f"  {ev.check_name}: {state}")  # type: ignore[union-attr]
+                say(f"  drift vs the reference, {ev.check_name}: {state}")  # type: ignore[union-attr]
                 if not ev.passed:  # type: ignore[union-attr]
                     failed_checks.append(f"{day} {ev.check_name} (WARN)")  # type: ignore[union-attr]
     say("training the uplift model on the intervention log (T- vs X-learner, Qini, gates)")

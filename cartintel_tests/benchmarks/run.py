@@ -202,7 +202,7 @@ def drift_stages(
     total = t_features + t_score + t_slices
     cols = overall.rows_reference and len(overall.scores)
     return [
-        f"| {k:,}k | drift reference of a version, once (5k-cart sample of its test window + features drifting inside its training window) | {len(test):,} test + {len(train):,} train carts | {t_ref:.1f} s | |",
+        f"| {k:,}k | drift reference of a version, once (5k-cart sample of unseen days, here its test window, + the features drifting since its training window) | {len(test):,} test + {len(train):,} train carts | {t_ref:.1f} s | |",
         f"| {k:,}k | **drift of one partition vs the cached reference** (Evidently preset, {cols} judged features, HTML-ready) | {len(current):,} carts | **{t_features:.1f} s** | {len(current) / t_features:,.0f} rows/s |",
         f"| {k:,}k | score drift (risk) | {len(current):,} carts | {t_score:.1f} s | |",
         f"| {k:,}k | drift per region ({len(slices)} slices, drifted share) | {len(current):,} carts | {t_slices:.1f} s | |",
