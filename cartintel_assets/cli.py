@@ -413,7 +413,10 @@ def _summary(warehouse: Path, days: list[str], failed_checks: list[str], where: 
     if moves:
         print("\npromotion log of cartintel-abandonment (MLflow aliases challenger/pilot/global):")
         for at, phase, action, outcome, before, after in moves:
-            print(f"  {at:%Y-%m-%d %H:%M:%S}  {action} {phase}: {outcome} ({before} -> {after})")
+            print(
+                f"  {at:%Y-%m-%d %H:%M:%S}  {action} {phase}: {outcome}"
+                f" ({before or 'none'} -> {after or 'none'})"
+            )
     if drift:
         print("\nfeature drift against each scoring version's reference (Evidently reports):")
         for day, version, _, passed, share, detail in drift:

@@ -44,7 +44,6 @@ class PhasePlan:
     """Which regions pilot a new version and the bounds each move must meet."""
 
     pilot_regions: tuple[str, ...] = ("NL", "ES")
-    holdout_share: float = 0.05
     # to pilot: the candidate must beat the global version on the same held-out carts, ranking
     # better by a margin without materially worse probabilities
     pilot_min_auc_gain: float = 0.005

@@ -19,7 +19,11 @@ class RolloutResource(dg.ConfigurableResource):
         default=list(_D.pilot_regions), description="Regions scored by the `pilot` version."
     )
     holdout_share: float = Field(
-        default=_D.holdout_share, ge=0.0, lt=1.0, description="Share of carts never intervened."
+        default=0.05,
+        ge=0.0,
+        lt=1.0,
+        description="Persistent holdout: share of customers the plan never contacts"
+        " (the baseline of measured lift).",
     )
     pilot_min_auc_gain: float = Field(
         default=_D.pilot_min_auc_gain,
@@ -59,7 +63,6 @@ class RolloutResource(dg.ConfigurableResource):
     def plan(self) -> PhasePlan:
         return PhasePlan(
             pilot_regions=tuple(self.pilot_regions),
-            holdout_share=self.holdout_share,
             pilot_min_auc_gain=self.pilot_min_auc_gain,
             pilot_max_log_loss_ratio=self.pilot_max_log_loss_ratio,
             global_min_labelled=self.global_min_labelled,

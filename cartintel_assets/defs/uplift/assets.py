@@ -17,6 +17,7 @@ from cartintel_assets.ml.policy import DEFAULT_CATALOGUE
 from cartintel_assets.ml.warehouse import has_table, replace_partition, require_tables
 from cartintel_assets.resources import WarehouseResource
 from cartintel_assets.resources.mlflow import MLflowResource
+from cartintel_assets.resources.rollout import RolloutResource
 
 MODEL_NAME = "cartintel-uplift"
 EXPERIMENT = "cartintel/uplift"
@@ -311,9 +312,6 @@ class InterventionPlanConfig(dg.Config):
     catalogue_path: str = Field(
         default=str(DEFAULT_CATALOGUE), description="The intervention catalogue (YAML)."
     )
-    holdout_share: float = Field(
-        default=0.05, ge=0, lt=1, description="Persistent holdout never contacted."
-    )
     holdout_salt: str = Field(
         default="cartintel-holdout-v1",
         description="Salt of the holdout hash; changing it reshuffles the holdout.",
@@ -357,6 +355,7 @@ def intervention_plan(
     config: InterventionPlanConfig,
     warehouse: WarehouseResource,
     mlflow_tracking: MLflowResource,
+    rollout: RolloutResource,
 ) -> Any:
     """Per scored cart of the day, the intervention that maximises expected incremental margin,
     or none with the reason, within the day's budget, consent, contact caps, discount caps per
@@ -400,7 +399,7 @@ def intervention_plan(
     seg = dict(zip(segments["customer_id"], segments["segment_name"], strict=True))
     carts["segment"] = carts["customer_id"].map(seg)
     carts["in_holdout"] = in_holdout(
-        carts["customer_id"], config.holdout_share, config.holdout_salt
+        carts["customer_id"], rollout.holdout_share, config.holdout_salt
     )
     carts = carts.merge(facts, on="session_id", how="left")
     # a nudge goes out once the session is over
