@@ -38,7 +38,7 @@ class DriftOptions:
     cat_method: str = CATEGORICAL_DRIFT_METHOD
     # A day's region-level shocks (a carrier a day late, a promotion) move single features of one
     # region by up to ~0.6 reference standard deviations on the simulator; a doubled shipping
-    # cost moves that region's shipping cost by 1.4-2.
+    # cost moves that region's shipping cost by 1.2-2.
     threshold: float = 0.7
     max_drift_share: float = 0.0  # share of judged features that may drift (overall, any slice)
     score_threshold: float = 0.5

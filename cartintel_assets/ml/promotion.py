@@ -60,7 +60,8 @@ class PhasePlan:
 
     def serving_alias(self, region: str, available: set[str]) -> str:
         """The alias that scores a cart of `region`: pilot in pilot regions (when one exists),
-        global elsewhere; before any global exists, the challenger."""
+        global elsewhere; until a version holds global the pilot serves every region, and before
+        any promotion the challenger does."""
         if region in self.pilot_regions and "pilot" in available:
             return "pilot"
         if "global" in available:
