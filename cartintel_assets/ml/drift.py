@@ -86,6 +86,32 @@ def _typed(frame: pd.DataFrame, numeric: list[str], categorical: list[str]) -> p
     return out
 
 
+def _run_report(
+    metrics: list[Any],
+    reference: pd.DataFrame,
+    current: pd.DataFrame,
+    numeric: list[str],
+    categorical: list[str],
+    include_tests: bool = False,
+) -> Any:
+    """One Evidently report over the typed columns of both frames; returns its snapshot."""
+    from evidently import DataDefinition, Dataset, Report
+
+    definition = DataDefinition(numerical_columns=numeric, categorical_columns=categorical)
+    return Report(metrics, include_tests=include_tests).run(
+        Dataset.from_pandas(_typed(current, numeric, categorical), data_definition=definition),
+        Dataset.from_pandas(_typed(reference, numeric, categorical), data_definition=definition),
+    )
+
+
+def _judged_columns(judged: list[str] | None, without: str = "") -> tuple[list[str], list[str]]:
+    """The numeric and categorical monitored features to judge (default: all), minus `without`."""
+    columns = judged if judged is not None else [*MONITORED_NUMERIC, *MONITORED_CATEGORICAL]
+    numeric = [c for c in MONITORED_NUMERIC if c in columns]
+    categorical = [c for c in MONITORED_CATEGORICAL if c in columns and c != without]
+    return numeric, categorical
+
+
 def compare(
     reference: pd.DataFrame,
     current: pd.DataFrame,
@@ -96,29 +122,18 @@ def compare(
 ) -> DriftResult:
     """Evidently's data-drift preset on the given columns, with the method named explicitly;
     a column is drifted when Evidently's own per-column drift test fails."""
-    from evidently import DataDefinition, Dataset, Report
     from evidently.presets import DataDriftPreset
 
     if current.empty:
         raise ValueError("no current rows to compare with the reference")
-    definition = DataDefinition(numerical_columns=numeric, categorical_columns=categorical)
-    cut = options.threshold if threshold is None else threshold
-    report = Report(
-        [
-            DataDriftPreset(
-                columns=numeric + categorical,
-                method=options.method,
-                cat_method=options.cat_method,
-                threshold=cut,
-                drift_share=options.max_drift_share,
-            )
-        ],
-        include_tests=True,
+    preset = DataDriftPreset(
+        columns=numeric + categorical,
+        method=options.method,
+        cat_method=options.cat_method,
+        threshold=options.threshold if threshold is None else threshold,
+        drift_share=options.max_drift_share,
     )
-    snapshot = report.run(
-        Dataset.from_pandas(_typed(current, numeric, categorical), data_definition=definition),
-        Dataset.from_pandas(_typed(reference, numeric, categorical), data_definition=definition),
-    )
+    snapshot = _run_report([preset], reference, current, numeric, categorical, True)
     raw = snapshot.dict()
     scores = {
         m["config"]["column"]: float(m["value"])
@@ -149,9 +164,7 @@ def feature_drift(
     judged: list[str] | None = None,
 ) -> DriftResult:
     """Drift of the judged features (default: every monitored feature)."""
-    columns = judged if judged is not None else [*MONITORED_NUMERIC, *MONITORED_CATEGORICAL]
-    numeric = [c for c in MONITORED_NUMERIC if c in columns]
-    categorical = [c for c in MONITORED_CATEGORICAL if c in columns]
+    numeric, categorical = _judged_columns(judged)
     return compare(reference, current, numeric, categorical, options)
 
 
@@ -198,20 +211,15 @@ def _drifted_share(
     options: DriftOptions,
 ) -> float:
     """Evidently's drifted-columns share alone (about a tenth of the full preset's cost)."""
-    from evidently import DataDefinition, Dataset, Report
     from evidently.metrics import DriftedColumnsCount
 
-    definition = DataDefinition(numerical_columns=numeric, categorical_columns=categorical)
     metric = DriftedColumnsCount(
         columns=numeric + categorical,
         method=options.method,
         cat_method=options.cat_method,
         threshold=options.threshold,
     )
-    snapshot = Report([metric]).run(
-        Dataset.from_pandas(_typed(current, numeric, categorical), data_definition=definition),
-        Dataset.from_pandas(_typed(reference, numeric, categorical), data_definition=definition),
-    )
+    snapshot = _run_report([metric], reference, current, numeric, categorical)
     return float(snapshot.dict()["metrics"][0]["value"]["share"])
 
 
@@ -226,9 +234,7 @@ def drift_by_slice(
     `min_slice_rows` rows on either side are listed but not judged. The drifted columns are
     named only for slices over `max_drift_share`."""
     out: list[SliceDrift] = []
-    columns = judged if judged is not None else [*MONITORED_NUMERIC, *MONITORED_CATEGORICAL]
-    numeric = [c for c in MONITORED_NUMERIC if c in columns]
-    categorical = [c for c in MONITORED_CATEGORICAL if c in columns and c != by]
+    numeric, categorical = _judged_columns(judged, without=by)
     for value in sorted(set(current[by].dropna().astype(str))):
         cur = current[current[by].astype(str) == value]
         ref = reference[reference[by].astype(str) == value]

@@ -6,6 +6,8 @@ service: both pass point-in-time feature rows from `features.session_features`. 
 
 from __future__ import annotations
 
+from typing import Any
+
 import duckdb
 import numpy as np
 import pandas as pd
@@ -38,11 +40,16 @@ def score_carts(model: RiskModel, features: pd.DataFrame, k: int = 3) -> pd.Data
     if features.empty:
         return out.assign(risk=[], risk_decile=[], reason_codes=[])
     risk = model.predict_proba(features)
-    ranks = pd.Series(risk).rank(method="first", pct=True).to_numpy()
     out["risk"] = risk
-    out["risk_decile"] = np.ceil(ranks * 10).astype(int)
+    out["risk_decile"] = risk_deciles(risk)
     out["reason_codes"] = reason_codes(model, features, k)
     return out
+
+
+def risk_deciles(risk: Any) -> np.ndarray:
+    """Decile of each risk within its batch (10 = riskiest; ties broken by order)."""
+    ranks = pd.Series(risk).rank(method="first", pct=True).to_numpy()
+    return np.ceil(ranks * 10).astype(int)
 
 
 def write_scores(

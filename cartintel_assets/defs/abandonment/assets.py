@@ -309,7 +309,7 @@ def abandonment_scores(
     from cartintel_assets.ml.model_registry import load_risk_model
     from cartintel_assets.ml.plots import markdown_table
     from cartintel_assets.ml.promotion import aliases
-    from cartintel_assets.ml.scoring import score_carts, write_scores
+    from cartintel_assets.ml.scoring import risk_deciles, score_carts, write_scores
 
     mlflow_tracking.activate()
     plan = rollout.plan()
@@ -345,8 +345,7 @@ def abandonment_scores(
             served[alias] = {"version": registered.version, "carts": len(rows)}
         scores = pd.concat(parts, ignore_index=True).sort_values("session_id", ignore_index=True)
         if len(scores):  # deciles over the whole day, whichever version scored the cart
-            ranks = scores["risk"].rank(method="first", pct=True).to_numpy()
-            scores["risk_decile"] = np.ceil(ranks * 10).astype(int)
+            scores["risk_decile"] = risk_deciles(scores["risk"].to_numpy())
         write_scores(con, scores, {"scored_by_run": context.run.run_id}, "_abandonment_scores")
         replace_partition(con, "abandonment_scores", "_abandonment_scores", day)
     n = len(scores)
