@@ -50,14 +50,22 @@ class RiskModel:
 
     def matrix(self, frame: pd.DataFrame) -> np.ndarray:
         """Encode a feature frame as the float matrix the booster expects (unknown category: -1)."""
-        cols = []
-        for f in self.features:
-            if f in self.categories:
+        out = np.empty((len(frame), len(self.features)))
+        for j, f in enumerate(self.features):
+            col = frame[f]
+            if f in self.categories:  # position in the training categories; unknown or NaN: -1
                 codes = {v: i for i, v in enumerate(self.categories[f])}
-                cols.append(frame[f].map(codes).fillna(-1).to_numpy(dtype=float))
+                if len(frame) > 1000:  # pandas' map is faster on big frames, a loop on small ones
+                    out[:, j] = col.map(codes).fillna(-1).to_numpy(dtype=float)
+                else:
+                    out[:, j] = [codes.get(v, -1) for v in col.to_numpy()]
+            elif isinstance(col.dtype, np.dtype) and col.dtype.kind in "fiub":
+                out[:, j] = col.to_numpy()
+            elif col.dtype.kind in "fiub":  # nullable extension types
+                out[:, j] = col.to_numpy(dtype=float, na_value=np.nan)
             else:
-                cols.append(pd.to_numeric(frame[f], errors="coerce").to_numpy(dtype=float))
-        return np.column_stack(cols) if cols else np.empty((len(frame), 0))
+                out[:, j] = pd.to_numeric(col, errors="coerce").to_numpy(dtype=float)
+        return out
 
     def save(self, folder: Path) -> None:
         """Write the booster (XGBoost JSON) and the encoding and calibration (JSON); no pickle."""

@@ -63,6 +63,19 @@ class CutoffPolicy:
     minutes_after_first_cart: float = 10.0
 
 
+# What customer history needs of each earlier session; batch reads it inline from the raw tables,
+# the scoring service from a copy it made with this same query.
+SESSION_SUMMARY_SQL = """
+SELECT ps.session_id, ps.customer_id, ps.partition_date, max(pe.ts) AS last_event_at,
+       bool_or(pe.event_type = 'purchase') AS purchased,
+       bool_or(pe.event_type = 'add_to_cart') AS had_cart,
+       sum(pe.order_value) AS order_value
+FROM raw_sessions ps JOIN raw_events pe
+  ON pe.session_id = ps.session_id AND pe.partition_date = ps.partition_date
+WHERE ps.partition_date BETWEEN $history_from AND $history_to
+GROUP BY ps.session_id, ps.customer_id, ps.partition_date
+"""
+
 _SQL = """
 WITH ev AS (SELECT * FROM {events}),
 s AS (SELECT * FROM {sessions}),
@@ -153,14 +166,7 @@ history AS (  -- the customer's earlier sessions, as they stood when this sessio
            date_diff('second', max(p.last_event_at), min(cur.started_at)) / 86400.0 AS days_since_last_session
     FROM s cur JOIN cut USING (session_id)
     LEFT JOIN (
-        SELECT ps.session_id, ps.customer_id, max(pe.ts) AS last_event_at,
-               bool_or(pe.event_type = 'purchase') AS purchased,
-               bool_or(pe.event_type = 'add_to_cart') AS had_cart,
-               sum(pe.order_value) AS order_value
-        FROM raw_sessions ps JOIN raw_events pe
-          ON pe.session_id = ps.session_id AND pe.partition_date = ps.partition_date
-        WHERE ps.partition_date BETWEEN $history_from AND $history_to
-        GROUP BY ps.session_id, ps.customer_id
+        SELECT * FROM {history} WHERE partition_date BETWEEN $history_from AND $history_to
     ) p ON p.customer_id = cur.customer_id AND p.session_id <> cur.session_id
        AND p.last_event_at < cur.started_at
     GROUP BY cur.session_id
@@ -199,15 +205,20 @@ def session_features(
     history_from: date,
     history_to: date,
     into: str = "_session_features",
+    history: str | None = None,
 ) -> pd.DataFrame:
     """Features of the cart sessions in table `sessions` from their events in table `events`.
 
-    Reference tables (`raw_products`, `raw_shipping_quotes`, `raw_reviews`, and earlier
-    `raw_sessions`/`raw_events` between `history_from` and `history_to` for customer history)
-    are read from the same connection. Sessions without an add-to-cart before checkout get no row.
-    The rows are also kept, with their SQL types, in the temporary table `into`.
+    Reference tables (`raw_products`, `raw_shipping_quotes`, `raw_reviews`) are read from the
+    same connection, and customer history from the earlier sessions between `history_from` and
+    `history_to`: summarised from `raw_sessions`/`raw_events` by SESSION_SUMMARY_SQL, or read
+    from table `history` that holds those summaries already. Sessions without an add-to-cart
+    before checkout get no row. The rows are also kept, with their SQL types, in the temporary
+    table `into`.
     """
-    sql = _SQL.format(events=events, sessions=sessions)
+    sql = _SQL.format(
+        events=events, sessions=sessions, history=history or f"({SESSION_SUMMARY_SQL})"
+    )
     params = {
         "window": pd.Timedelta(minutes=policy.minutes_after_first_cart).to_pytimedelta(),
         "history_from": history_from,

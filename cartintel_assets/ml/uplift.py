@@ -79,15 +79,19 @@ SELECT session_id,
        count(*) AS session_events,
        date_diff('second', min(ts), max(ts)) AS session_seconds,
        max(ts) AS session_ended_at
-FROM raw_events {where} GROUP BY session_id
+FROM {events} {where} GROUP BY session_id
 """
 
 
-def session_facts(con: duckdb.DuckDBPyConnection, day: date | None = None) -> pd.DataFrame:
-    """SESSION_FACTS and the end time of every session (of one day, or of all days)."""
+def session_facts(
+    con: duckdb.DuckDBPyConnection, day: date | None = None, events: str = "raw_events"
+) -> pd.DataFrame:
+    """SESSION_FACTS and the end time of every session in table `events` (of one day, or of all
+    days; the scoring service passes a request's events as they stand)."""
     if day is None:
-        return con.execute(_FACTS_SQL.format(where="")).df()
-    return con.execute(_FACTS_SQL.format(where="WHERE partition_date = $day"), {"day": day}).df()
+        return con.execute(_FACTS_SQL.format(events=events, where="")).df()
+    where = "WHERE partition_date = $day"
+    return con.execute(_FACTS_SQL.format(events=events, where=where), {"day": day}).df()
 
 
 def intervention_log(con: duckdb.DuckDBPyConnection) -> tuple[pd.DataFrame, int]:

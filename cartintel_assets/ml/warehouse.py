@@ -26,8 +26,8 @@ def has_table(con: duckdb.DuckDBPyConnection, name: str) -> bool:
     """Whether the warehouse has a table (or view) of that name yet."""
     found = con.execute(
         "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [name]
-    ).fetchone()
-    return bool(found and found[0])
+    ).fetchall()
+    return bool(found[0][0])
 
 
 def typed_temp_table(
