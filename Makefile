@@ -13,7 +13,7 @@ export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
 # A persistent local instance (git-ignored), so runs of `make demo` show up in `make dev`.
 export DAGSTER_HOME := $(CURDIR)/.dagster_home
 
-.PHONY: venv demo test dev mlflow bench check lock clean
+.PHONY: venv system-packages demo test dev mlflow serve bench check lock clean
 
 venv: $(STAMP)
 
@@ -26,10 +26,14 @@ $(STAMP): requirements.lock pyproject.toml
 	$(BIN)/pip install --disable-pip-version-check --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
 
+# Debian's chromium (the dashboard's browser test) and wrk (the serving benchmark's load generator)
+system-packages:
+	@bash infra/scripts/install-system-packages.sh
+
 demo: venv
 	$(BIN)/cartintel demo
 
-test: venv
+test: venv system-packages
 	$(BIN)/pytest -n 2 --dist loadfile
 
 dev: venv
@@ -40,7 +44,10 @@ mlflow: venv
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db \
 	  --default-artifact-root $(CURDIR)/mlruns/artifacts --host 127.0.0.1 --port 5000
 
-bench: venv
+serve: venv
+	$(BIN)/cartintel serve --host 127.0.0.1 --port 8000
+
+bench: venv system-packages
 	$(BIN)/python -m cartintel_tests.benchmarks.run --out BENCHMARKS.md
 
 check: venv

@@ -268,10 +268,13 @@ def _run_days(instance: DagsterInstance, days: list[str]) -> list[str]:
         return failed_checks
     say(f"planning the interventions of {days[-1]} (budget, consent, caps, holdout, ethics)")
     run("intervention_plan_job", days[-1], f"intervention_plan {days[-1]}: planning failed")
+    say("building the executive dashboard (self-contained HTML)")
+    run("reporting_job", failure="executive_dashboard: the dashboard failed")
     return failed_checks
 
 
 def _summary(warehouse: Path, days: list[str], failed_checks: list[str], where: str) -> None:
+    from cartintel_assets.ml.dashboard import page_path
     from cartintel_assets.ml.warehouse import has_table
     from cartintel_assets.resources import WarehouseResource
 
@@ -433,6 +436,17 @@ def _summary(warehouse: Path, days: list[str], failed_checks: list[str], where: 
         "look at it: `make dev` -> http://127.0.0.1:3000 (assets, checks, run metadata);"
         " `make mlflow` -> http://127.0.0.1:5000"
     )
+    dashboard = page_path(settings.reports_dir())
+    if dashboard.exists():
+        print(f"executive dashboard: {dashboard} (open it in a browser; no network needed)")
+    print(
+        "real-time scoring: `make serve` (cartintel serve) -> http://127.0.0.1:8000/docs, then\n"
+        f"  curl -s -X POST http://127.0.0.1:8000/score -H 'content-type: application/json'"
+        f" -d @{os.path.relpath(SAMPLE_REQUEST)}\n  and the dashboard at http://127.0.0.1:8000/dashboard"
+    )
+
+
+SAMPLE_REQUEST = Path(__file__).parent / "serving" / "sample_request.json"
 
 
 def _move(instance: DagsterInstance, model: str, action: str, phase: str, by: str) -> dict:
@@ -469,6 +483,30 @@ def cmd_move(args: argparse.Namespace) -> int:
         f"\nlogged in promotion_log and the Dagster run {md['run_id']}"
     )
     return 0 if md["outcome"] == "moved" else 1
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """The scoring API on uvicorn; each worker process loads the models and a snapshot."""
+    import uvicorn
+
+    # one XGBoost/OpenMP thread per worker: two workers with two threads each thrash 2 cores
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ["CARTINTEL_SERVE_SHADOW"] = "0" if args.no_shadow else "1"
+    print(
+        f"cartintel scoring API on http://{args.host}:{args.port} ({args.workers} worker(s)):"
+        f" POST /score, GET /health, GET /models, GET /dashboard, OpenAPI at /docs",
+        flush=True,
+    )
+    uvicorn.run(
+        "cartintel_assets.serving.app:app_from_env",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        log_level=args.log_level,
+        access_log=False,
+    )
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -508,6 +546,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", choices=["abandonment"], default="abandonment")
     p.add_argument("--phase", choices=["pilot", "global"], required=True)
     p.set_defaults(func=cmd_move)
+    p = sub.add_parser("serve", help="the real-time scoring API (and the dashboard)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--workers", type=int, default=1, help="worker processes (one per core)")
+    p.add_argument("--no-shadow", action="store_true", help="do not shadow-score the challenger")
+    p.add_argument("--log-level", default="info")
+    p.set_defaults(func=cmd_serve)
     return parser
 
 

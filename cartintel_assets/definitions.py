@@ -22,6 +22,7 @@ from cartintel_assets.defs.monitoring.assets import abandonment_drift, abandonme
 from cartintel_assets.defs.monitoring.sensors import abandonment_retraining_sensor
 from cartintel_assets.defs.quality.assets import data_quality_scorecard
 from cartintel_assets.defs.registry.assets import PromotionConfig, model_promotions
+from cartintel_assets.defs.reporting.assets import executive_dashboard
 from cartintel_assets.defs.segmentation.assets import segmentation
 from cartintel_assets.defs.uplift.assets import intervention_plan, uplift_model
 from cartintel_assets.resources import LandingResource, WarehouseResource
@@ -124,6 +125,20 @@ def performance_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest
     return dg.RunRequest(partition_key=day.isoformat())
 
 
+reporting_job = _job(
+    "reporting_job",
+    dg.AssetSelection.assets(executive_dashboard),
+    "Rebuild the executive dashboard from the latest scores, plan, friction, data quality and"
+    " registry aliases.",
+)
+
+
+@dg.schedule(cron_schedule="0 5 * * *", job=reporting_job, execution_timezone="UTC")
+def reporting_schedule() -> dg.RunRequest:
+    """Each morning, once the day's scores, plan and drift checks exist."""
+    return dg.RunRequest()
+
+
 def _promotion_config(action: str, phase: str) -> dict:
     move = PromotionConfig(action=action, phase=phase)  # type: ignore[arg-type]
     return {"ops": {"model_promotions": {"config": move.model_dump()}}}
@@ -162,6 +177,7 @@ defs = dg.Definitions(
         abandonment_drift,
         abandonment_performance,
         model_promotions,
+        executive_dashboard,
     ],
     asset_checks=quality_gates,
     jobs=[
@@ -177,6 +193,7 @@ defs = dg.Definitions(
         performance_job,
         promote_model_job,
         rollback_model_job,
+        reporting_job,
     ],
     sensors=[
         abandonment_retraining_sensor,
@@ -196,6 +213,7 @@ defs = dg.Definitions(
         # after the day's scores exist
         dg.build_schedule_from_partitioned_job(monitoring_job, hour_of_day=4, minute_of_hour=30),
         performance_schedule,
+        reporting_schedule,
     ],
     resources={
         "warehouse": WarehouseResource(),

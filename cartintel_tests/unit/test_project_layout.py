@@ -53,6 +53,7 @@ def test_definitions_load_with_every_job_resolved() -> None:
         "performance_job",
         "promote_model_job",
         "rollback_model_job",
+        "reporting_job",
     ):
         assert defs.resolve_job_def(job).name == job
 
@@ -71,6 +72,7 @@ def test_every_asset_has_a_group_and_a_description() -> None:
             "uplift",
             "monitoring",
             "registry",
+            "reporting",
         }, key
         assert node.description, key
 
