@@ -153,7 +153,8 @@ class Snapshot:
             parts = [sql for table, sql in _CONTACTS.items() if has_table(wh, table)]
             if has_table(wh, "decision_log"):
                 parts.append(
-                    "SELECT customer_id, decided_at AS sent_at FROM decision_log"
+                    # the service's own recommendations, at the moment they were for
+                    "SELECT customer_id, cutoff_at AS sent_at FROM decision_log"
                     " WHERE action <> 'none'"
                 )
             copy("contacts", " UNION ALL ".join(parts) if parts else "SELECT NULL LIMIT 0")
@@ -208,12 +209,6 @@ class Models:
     risk: dict[str, RegisteredRiskModel]  # by alias
     uplift: RegisteredUpliftModel | None
     shadow: RegisteredRiskModel | None
-
-    @property
-    def versions(self) -> dict[str, str | None]:
-        out: dict[str, str | None] = {f"{RISK_MODEL}@{a}": m.version for a, m in self.risk.items()}
-        out[f"{UPLIFT_MODEL}@{SHADOW_ALIAS}"] = self.uplift.version if self.uplift else None
-        return out
 
 
 def registry_state(uplift_alias: str = "challenger") -> dict[str, str | None]:
@@ -322,7 +317,8 @@ class ContactLedger:
                         "SELECT sent_at FROM contacts WHERE customer_id = ?", [customer]
                     )
                 ]
-                why = rules.contact.violation([*earlier, *mine], at)
+                # the same contact may be known twice (ledger, and the logged decision)
+                why = rules.contact.violation(sorted({*earlier, *mine}), at)
                 if why:
                     db.execute("ROLLBACK")
                     return why
@@ -449,22 +445,21 @@ class Scorer:
         """One decision per request (its session row and its events, in the canonical schema;
         customer ids as the shop knows them, pseudonymised here). The same session twice in a
         batch (a retry, or its events so far at two moments) is scored once per request."""
-        rounds: list[list[int]] = []  # request positions, each session at most once per round
+        rounds: list[tuple[set[str], list[int]]] = []  # each session at most once per round
         for i, (s, _) in enumerate(requests):
-            sid = s["session_id"].iloc[0]
-            free = next(
-                (r for r in rounds if sid not in {requests[j][0]["session_id"].iloc[0] for j in r}),
-                None,
-            )
-            if free is None:
-                rounds.append([i])
+            sid = str(s["session_id"].iloc[0])
+            for seen, members in rounds:
+                if sid not in seen:
+                    seen.add(sid)
+                    members.append(i)
+                    break
             else:
-                free.append(i)
+                rounds.append(({sid}, [i]))
         if len(rounds) == 1:
             return self._score(requests)
         out: dict[int, Decision] = {}
-        for r in rounds:
-            out.update(zip(r, self._score([requests[j] for j in r]), strict=True))
+        for _, members in rounds:
+            out.update(zip(members, self._score([requests[j] for j in members]), strict=True))
         return [out[i] for i in range(len(requests))]
 
     def _score(self, requests: list[tuple[pd.DataFrame, pd.DataFrame]]) -> list[Decision]:
@@ -572,12 +567,9 @@ class Scorer:
             max_discount=plan.rules.max_discount,
             max_discount_by_segment=plan.rules.max_discount_by_segment,
         )
+        claimed = self.ledger.contacts_of(customers)
         history = pd.DataFrame(
-            [
-                (c, t)
-                for c in customers
-                for t in [*earlier[c], *self.ledger.contacts_of([c]).get(c, [])]
-            ],
+            [(c, t) for c in customers for t in sorted({*earlier[c], *claimed.get(c, [])})],
             columns=["customer_id", "sent_at"],
         )
         chosen = choose_actions(carts, options, rules, history)

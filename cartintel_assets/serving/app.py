@@ -182,6 +182,7 @@ class Service:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="scorer")
         self._queue: asyncio.Queue[tuple[ScoreRequest, asyncio.Future[Decision]]] | None = None
         self._batcher: asyncio.Task[None] | None = None
+        self.batches, self.scored, self.busy_s = 0, 0, 0.0
 
     # -- models and snapshot ----------------------------------------------------------------
     def reload(self, snapshot: bool = False) -> dict[str, Any]:
@@ -258,6 +259,7 @@ class Service:
                     f.set_result(d)
 
     def _score_batch(self, requests: list[ScoreRequest]) -> list[Decision]:
+        started = time.perf_counter()
         frames = [
             request_frames(r.session.model_dump(), [e.model_dump() for e in r.events])  # type: ignore[attr-defined]
             for r in requests
@@ -265,6 +267,9 @@ class Service:
         decisions = self.scorer.score(frames)
         now = datetime.now(UTC).replace(tzinfo=None)
         self.writer.add([d.log_row(now) for d in decisions])
+        self.batches += 1
+        self.scored += len(requests)
+        self.busy_s += time.perf_counter() - started
         return decisions
 
     # -- views ------------------------------------------------------------------------------
@@ -361,6 +366,12 @@ def create_app(cfg: ServiceSettings | None = None) -> FastAPI:
             },
             "decisions_logged": s.writer.written,
             "decisions_pending": len(s.writer.pending),
+            "scoring": {
+                "requests": s.scored,
+                "batches": s.batches,
+                "mean_batch": round(s.scored / s.batches, 2) if s.batches else 0,
+                "mean_batch_ms": round(1000 * s.busy_s / s.batches, 1) if s.batches else 0,
+            },
         }
 
     @app.get("/models", tags=["operations"])

@@ -168,6 +168,11 @@ def test_online_scores_equal_batch_for_a_whole_day(
     assert mismatched == {}, (
         f"{len(mismatched)} of {len(batch)} carts differ: {list(mismatched.items())[:3]}"
     )
+    # the same session twice in one batch (a retry) is answered twice, identically
+    twice = service.scorer.score(frames[:3] + frames[:3])
+    assert [d.session_id for d in twice] == [d.session_id for d in decisions[:3]] * 2
+    assert [d.risk for d in twice[:3]] == [d.risk for d in twice[3:]]
+    assert len({d.request_id for d in twice}) == 6
     # sessions without a cart before the cutoff are answered, not scored
     unscored = [d for d in decisions if not d.scored]
     assert unscored and all(d.risk is None and "nothing to score" in d.reason for d in unscored)
