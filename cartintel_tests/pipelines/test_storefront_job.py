@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing as mp
+from concurrent.futures import ProcessPoolExecutor
 from datetime import date
 from pathlib import Path
 
@@ -79,7 +80,7 @@ def test_daily_job_materialises_everything_and_gates_pass(
     graph = defs.resolve_asset_graph()
     # trained by its own job on all labelled days; scored by its own job once a model exists;
     # review aggregates span all days (friction_job); uplift and the plan have their own jobs,
-    # and so have monitoring, promotion and the sensor-recorded retraining request
+    # and so have monitoring, promotion, the dashboard and the sensor-recorded retraining request
     trained = {
         "abandonment_drift",
         "abandonment_performance",
@@ -95,6 +96,7 @@ def test_daily_job_materialises_everything_and_gates_pass(
         "segment_profiles",
         "friction_drivers",
         "friction_index",
+        "executive_dashboard",
     }
     assert set(mats) == {k.to_user_string() for k in graph.get_all_asset_keys()} - trained
     checks = _checks(result)
@@ -209,8 +211,10 @@ def _ingest_in_process(args: tuple[str, str, str]) -> int:
 def test_concurrent_runs_serialise_on_the_warehouse(small_landing: Path, tmp_path: Path) -> None:
     wh = str(tmp_path / "wh.duckdb")
     days = [SMALL.day(i).isoformat() for i in range(SMALL.days)] * 2
-    with mp.get_context("spawn").Pool(2) as pool:
-        totals = pool.map(_ingest_in_process, [(str(small_landing), wh, d) for d in days])
+    # a process pool that reports a dead worker (BrokenProcessPool) instead of waiting forever
+    with ProcessPoolExecutor(2, mp_context=mp.get_context("spawn")) as pool:
+        jobs = [(str(small_landing), wh, d) for d in days]
+        totals = list(pool.map(_ingest_in_process, jobs, timeout=600))
     assert all(t > 0 for t in totals)
     con = duckdb.connect(wh, read_only=True)
     per_day = con.execute(
