@@ -21,7 +21,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -561,12 +561,7 @@ class Scorer:
         earlier = {c: list(self.snapshot.contacts.get(c, [])) for c in customers}
         days = sorted(set(carts["send_at"].dt.date))
         budget = max(plan.rules.budget - sum(self.ledger.spent(x) for x in days), 0.0)
-        rules = PlanRules(
-            budget=budget,
-            contact=plan.rules.contact,
-            max_discount=plan.rules.max_discount,
-            max_discount_by_segment=plan.rules.max_discount_by_segment,
-        )
+        rules = replace(plan.rules, budget=budget)  # what is left of the day's budget
         claimed = self.ledger.contacts_of(customers)
         history = pd.DataFrame(
             [(c, t) for c in customers for t in sorted({*earlier[c], *claimed.get(c, [])})],

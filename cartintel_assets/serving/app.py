@@ -77,17 +77,12 @@ class ServiceSettings:
 def plan_settings() -> PlanSettings:
     """The daily plan's rules and the rollout's holdout, from their one definition each."""
     from cartintel_assets.defs.uplift.assets import InterventionPlanConfig
-    from cartintel_assets.ml.policy import ContactRules, PlanRules, load_catalogue
+    from cartintel_assets.ml.policy import load_catalogue
     from cartintel_assets.resources.rollout import RolloutResource
 
     c = InterventionPlanConfig()
     return PlanSettings(
-        rules=PlanRules(
-            budget=c.budget,
-            contact=ContactRules(c.min_hours_between_contacts, c.max_contacts_per_week),
-            max_discount=c.max_discount,
-            max_discount_by_segment=dict(c.max_discount_by_segment),
-        ),
+        rules=c.rules(),
         catalogue=load_catalogue(c.catalogue_path),
         margin_rate=c.margin_rate,
         holdout_share=RolloutResource().holdout_share,

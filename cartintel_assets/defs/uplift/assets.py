@@ -5,7 +5,7 @@ ethics rules."""
 
 import hashlib
 from datetime import date, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 import numpy as np
@@ -18,6 +18,9 @@ from cartintel_assets.ml.warehouse import has_table, replace_partition, require_
 from cartintel_assets.resources import WarehouseResource
 from cartintel_assets.resources.mlflow import MLflowResource
 from cartintel_assets.resources.rollout import RolloutResource
+
+if TYPE_CHECKING:
+    from cartintel_assets.ml.policy import PlanRules
 
 MODEL_NAME = "cartintel-uplift"
 EXPERIMENT = "cartintel/uplift"
@@ -340,6 +343,17 @@ class InterventionPlanConfig(dg.Config):
         default=30, ge=1, description="Groups smaller than this are reported, not bounded."
     )
 
+    def rules(self) -> "PlanRules":
+        """The plan's rules (the scoring service applies the same ones)."""
+        from cartintel_assets.ml.policy import ContactRules, PlanRules
+
+        return PlanRules(
+            budget=self.budget,
+            contact=ContactRules(self.min_hours_between_contacts, self.max_contacts_per_week),
+            max_discount=self.max_discount,
+            max_discount_by_segment=dict(self.max_discount_by_segment),
+        )
+
 
 @dg.asset(
     group_name="uplift",
@@ -363,8 +377,6 @@ def intervention_plan(
     from cartintel_assets.ml.model_registry import load_uplift_model
     from cartintel_assets.ml.plots import markdown_table
     from cartintel_assets.ml.policy import (
-        ContactRules,
-        PlanRules,
         action_table,
         choose_actions,
         constraint_violations,
@@ -410,12 +422,7 @@ def intervention_plan(
         ["bought in session", "no marketing consent", "holdout"],
         "",
     )
-    rules = PlanRules(
-        budget=config.budget,
-        contact=ContactRules(config.min_hours_between_contacts, config.max_contacts_per_week),
-        max_discount=config.max_discount,
-        max_discount_by_segment=dict(config.max_discount_by_segment),
-    )
+    rules = config.rules()
     options = action_table(
         carts,
         registered.model.baseline(carts),
