@@ -5,10 +5,12 @@ Online Shoppers) go through the same code. No Dagster import.
 
 from __future__ import annotations
 
+import functools
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 import pandas as pd
@@ -18,6 +20,9 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score, brier_score_loss, log_loss, roc_auc_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+
+# feature rows: a frame, or (the scoring service) numpy columns of equal length
+Rows: TypeAlias = pd.DataFrame | Mapping[str, np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -48,17 +53,21 @@ class RiskModel:
     categories: dict[str, list[str]] = field(default_factory=dict)
     best_iteration: int = 0
 
-    def matrix(self, frame: pd.DataFrame) -> np.ndarray:
-        """Encode a feature frame as the float matrix the booster expects (unknown category: -1)."""
-        out = np.empty((len(frame), len(self.features)))
+    def matrix(self, frame: Rows) -> np.ndarray:
+        """Encode feature rows (a frame, or columns of equal length) as the float matrix the
+        booster expects (unknown category: -1)."""
+        n = len(frame) if isinstance(frame, pd.DataFrame) else len(next(iter(frame.values())))
+        out = np.empty((n, len(self.features)))
         for j, f in enumerate(self.features):
             col = frame[f]
             if f in self.categories:  # position in the training categories; unknown or NaN: -1
-                codes = {v: i for i, v in enumerate(self.categories[f])}
-                if len(frame) > 1000:  # pandas' map is faster on big frames, a loop on small ones
-                    out[:, j] = col.map(codes).fillna(-1).to_numpy(dtype=float)
+                codes = self._codes[f]
+                if n > 1000:  # pandas' map is faster on big inputs, a loop on small ones
+                    out[:, j] = pd.Series(col).map(codes).fillna(-1).to_numpy(dtype=float)
                 else:
-                    out[:, j] = [codes.get(v, -1) for v in col.to_numpy()]
+                    out[:, j] = [codes.get(v, -1) for v in np.asarray(col)]
+            elif isinstance(col, np.ndarray):
+                out[:, j] = col
             elif isinstance(col.dtype, np.dtype) and col.dtype.kind in "fiub":
                 out[:, j] = col.to_numpy()
             elif col.dtype.kind in "fiub":  # nullable extension types
@@ -66,6 +75,14 @@ class RiskModel:
             else:
                 out[:, j] = pd.to_numeric(col, errors="coerce").to_numpy(dtype=float)
         return out
+
+    @functools.cached_property
+    def _codes(self) -> dict[str, dict[Any, int]]:
+        return {f: {v: i for i, v in enumerate(vs)} for f, vs in self.categories.items()}
+
+    def encodes_like(self, other: RiskModel) -> bool:
+        """Whether `other` encodes rows into the same matrix (one encoding serves both)."""
+        return self.features == other.features and self.categories == other.categories
 
     def save(self, folder: Path) -> None:
         """Write the booster (XGBoost JSON) and the encoding and calibration (JSON); no pickle."""
@@ -107,21 +124,45 @@ class RiskModel:
                 out[f] = pd.to_numeric(frame[f], errors="coerce").astype(float)
         return out
 
-    def raw_score(self, frame: pd.DataFrame) -> np.ndarray:
-        return self.booster.inplace_predict(
-            self.matrix(frame), iteration_range=(0, self.best_iteration + 1)
-        )
+    def dmatrix(self, frame: Rows) -> xgb.DMatrix:
+        """The rows encoded once, for several predictions (risk, reason codes, a dozen uplift
+        boosters): a shared DMatrix predicts faster than `inplace_predict` call by call."""
+        x = self.matrix(frame)
+        # columns in the booster's order by construction, so no names to check (they cost more
+        # than the prediction on a few rows); threads pay off on big batches only
+        return xgb.DMatrix(x, nthread=1 if len(x) < 1000 else -1)
 
-    def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
-        """Calibrated probability of the positive class."""
-        p = np.asarray(self.raw_score(frame), dtype=float)
-        return self.calibrator.predict(p) if self.calibrator is not None else p
+    def raw_score(self, frame: Rows, matrix: np.ndarray | xgb.DMatrix | None = None) -> np.ndarray:
+        x = self.matrix(frame) if matrix is None else matrix
+        if isinstance(x, xgb.DMatrix):
+            return self.booster.predict(
+                x, iteration_range=(0, self.best_iteration + 1), validate_features=False
+            )
+        return self.booster.inplace_predict(x, iteration_range=(0, self.best_iteration + 1))
 
-    def contributions(self, frame: pd.DataFrame) -> np.ndarray:
+    def predict_proba(
+        self, frame: Rows, matrix: np.ndarray | xgb.DMatrix | None = None
+    ) -> np.ndarray:
+        """Calibrated probability of the positive class (`matrix`: the rows already encoded)."""
+        p = np.asarray(self.raw_score(frame, matrix), dtype=float)
+        if self.calibrator is None:
+            return p
+        # the isotonic map is piecewise linear between its knots (what `predict` computes,
+        # without its per-call validation)
+        return np.interp(p, self.calibrator.X_thresholds_, self.calibrator.y_thresholds_)
+
+    def contributions(
+        self, frame: Rows, matrix: np.ndarray | xgb.DMatrix | None = None
+    ) -> np.ndarray:
         """Exact SHAP contributions per feature (last column: bias), on the margin scale."""
-        dm = xgb.DMatrix(self.matrix(frame), feature_names=self.features)
+        x = self.dmatrix(frame) if matrix is None else matrix
+        if not isinstance(x, xgb.DMatrix):
+            x = xgb.DMatrix(x)
         return self.booster.predict(
-            dm, pred_contribs=True, iteration_range=(0, self.best_iteration + 1)
+            x,
+            pred_contribs=True,
+            iteration_range=(0, self.best_iteration + 1),
+            validate_features=False,
         )
 
 
@@ -223,9 +264,11 @@ def risk_metrics(y: np.ndarray, p: np.ndarray, value: np.ndarray | None = None) 
     return out
 
 
-def reason_codes(model: RiskModel, frame: pd.DataFrame, k: int = 3) -> list[list[str]]:
+def reason_codes(
+    model: RiskModel, frame: Rows, k: int = 3, matrix: np.ndarray | xgb.DMatrix | None = None
+) -> list[list[str]]:
     """The k features pushing each row's risk up the most (positive SHAP contributions)."""
-    contrib = model.contributions(frame)[:, :-1]
+    contrib = model.contributions(frame, matrix)[:, :-1]
     top = np.argsort(-contrib, axis=1)[:, :k]
     names = np.array(model.features)
     return [[str(names[j]) for j in row if contrib[i, j] > 0] for i, row in enumerate(top)]

@@ -5,9 +5,12 @@ Each cart session gets a cutoff: the moment checkout begins (or a purchase happe
 strictly before the cutoff, reference data of earlier days (prices, reviews written before the
 cutoff) and the customer's earlier sessions are used, so a feature never reveals the outcome.
 
-One implementation serves batch and online scoring: `session_features` takes the names of the
-events and sessions to featurise (warehouse tables for a partition, or a request's events
-registered as a table) and reads the reference tables from the same connection.
+One implementation serves batch and online scoring: `compute_features` turns sessions and their
+events (numpy columns) and a `FeatureReference` (the day's catalogue and carrier quotes, reviews,
+customer history) into feature columns, vectorised, so a day of 100k sessions and one open cart
+take the same path. Batch (`session_features`, `day_features`) reads its arrays and reference
+from the warehouse; the scoring service builds the reference once from its snapshot and passes a
+request's events. `session_facts` (what the whole session showed, for the uplift model) likewise.
 No Dagster import.
 """
 
@@ -15,9 +18,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date, timedelta
+from typing import Any
 
 import duckdb
+import numpy as np
 import pandas as pd
+
+from cartintel_assets.ml.schema import EVENT_TYPES, WEIGHT_CLASSES
 
 # The columns a model may use, in order; identifiers and the cutoff are kept beside them.
 NUMERIC_FEATURES: tuple[str, ...] = (
@@ -66,135 +73,552 @@ class CutoffPolicy:
 # What customer history needs of each earlier session; batch reads it inline from the raw tables,
 # the scoring service from a copy it made with this same query.
 SESSION_SUMMARY_SQL = """
-SELECT ps.session_id, ps.customer_id, ps.partition_date, max(pe.ts) AS last_event_at,
+SELECT ps.session_id, ps.customer_id, ps.partition_date, ps.started_at,
+       max(pe.ts) AS last_event_at,
        bool_or(pe.event_type = 'purchase') AS purchased,
        bool_or(pe.event_type = 'add_to_cart') AS had_cart,
        sum(pe.order_value) AS order_value
 FROM raw_sessions ps JOIN raw_events pe
   ON pe.session_id = ps.session_id AND pe.partition_date = ps.partition_date
 WHERE ps.partition_date BETWEEN $history_from AND $history_to
-GROUP BY ps.session_id, ps.customer_id, ps.partition_date
+GROUP BY ps.session_id, ps.customer_id, ps.partition_date, ps.started_at
 """
 
-_SQL = """
-WITH ev AS (SELECT * FROM {events}),
-s AS (SELECT * FROM {sessions}),
-bounds AS (
-    SELECT session_id,
-           min(ts) FILTER (WHERE event_type = 'add_to_cart') AS first_cart_at,
-           min(ts) FILTER (WHERE event_type IN ('begin_checkout', 'purchase')) AS checkout_at
-    FROM ev GROUP BY session_id
-),
-cut AS (
-    SELECT session_id, first_cart_at,
-           least(coalesce(checkout_at, first_cart_at + $window), first_cart_at + $window) AS cutoff_at
-    FROM bounds
-    WHERE first_cart_at IS NOT NULL AND first_cart_at < coalesce(checkout_at, first_cart_at + $window)
-),
-pre AS (  -- the events the shop has seen at the cutoff
-    SELECT ev.*, cut.cutoff_at, cut.first_cart_at FROM ev JOIN cut USING (session_id)
-    WHERE ev.ts < cut.cutoff_at
-),
-behaviour AS (
-    SELECT session_id,
-           count(*) AS n_events,
-           count(*) FILTER (WHERE event_type = 'product_view') AS n_views,
-           count(DISTINCT product_id) FILTER (WHERE event_type = 'product_view') AS n_products_viewed,
-           count(*) FILTER (WHERE event_type = 'search') AS n_searches,
-           count(*) FILTER (WHERE event_type = 'recommendation_impression') AS n_rec_impressions,
-           count(*) FILTER (WHERE event_type = 'recommendation_click') AS n_rec_clicks,
-           count(*) FILTER (WHERE event_type = 'add_to_cart') AS n_cart_adds,
-           count(*) FILTER (WHERE event_type = 'remove_from_cart') AS n_cart_removes,
-           count(*) FILTER (WHERE event_type = 'coupon_attempt') AS coupon_attempts,
-           date_diff('millisecond', min(first_cart_at), max(ts)) / 1000.0 AS secs_since_first_cart
-    FROM pre GROUP BY session_id
-),
-cart_lines AS (  -- the cart at the cutoff, with the latest and first price seen in the session
-    SELECT session_id, product_id,
-           sum(CASE WHEN event_type = 'add_to_cart' THEN coalesce(quantity, 1)
-                    WHEN event_type = 'remove_from_cart' THEN -coalesce(quantity, 1) ELSE 0 END) AS qty,
-           arg_max(price, ts) FILTER (WHERE price IS NOT NULL) AS last_price,
-           arg_min(price, ts) FILTER (WHERE price IS NOT NULL) AS first_price
-    FROM pre WHERE product_id IS NOT NULL GROUP BY session_id, product_id
-),
-cart AS (
-    SELECT c.*, s.region, CAST(s.started_at AS DATE) AS day
-    FROM cart_lines c JOIN s USING (session_id) WHERE c.qty > 0
-),
-catalogue AS (  -- each carted product on the session's day, and its median price over the 30 days before
-    SELECT cart.session_id, cart.product_id, cart.qty, cart.last_price, cart.first_price,
-           today.weight_class, today.on_promotion,
-           (SELECT median(h.price) FROM raw_products h
-             WHERE h.product_id = cart.product_id AND h.partition_date < cart.day
-               AND h.partition_date >= cart.day - 30) AS median_30d
-    FROM cart LEFT JOIN raw_products today
-      ON today.product_id = cart.product_id AND today.partition_date = cart.day
-),
-reviews AS (
-    SELECT cart.session_id, avg(r.rating) AS review_rating, count(r.rating) AS review_count
-    FROM cart JOIN cut USING (session_id)
-    LEFT JOIN raw_reviews r ON r.product_id = cart.product_id AND r.ts < cut.cutoff_at
-    GROUP BY cart.session_id
-),
-friction AS (
-    SELECT session_id,
-           sum(qty) AS cart_items,
-           sum(qty * coalesce(last_price, 0)) AS cart_value,
-           sum(qty * coalesce(last_price, 0) * (last_price / nullif(median_30d, 0) - 1))
-             / nullif(sum(qty * coalesce(last_price, 0)) FILTER (WHERE median_30d IS NOT NULL), 0) AS price_vs_30d_median,
-           sum(qty * coalesce(last_price - first_price, 0)) / nullif(sum(qty * coalesce(first_price, 0)), 0) AS price_change_in_session,
-           CAST(bool_or(coalesce(on_promotion, FALSE)) AS INTEGER) AS carted_on_promotion,
-           max(CASE weight_class WHEN 'small' THEN 0 WHEN 'medium' THEN 1 WHEN 'large' THEN 2
-                                 WHEN 'bulky' THEN 3 END) AS weight_rank
-    FROM catalogue GROUP BY session_id
-),
-shipping AS (
-    SELECT f.session_id, q.shipping_cost, q.delivery_days
-    FROM friction f JOIN s USING (session_id)
-    LEFT JOIN raw_shipping_quotes q
-      ON q.region = s.region AND q.partition_date = CAST(s.started_at AS DATE)
-     AND q.weight_class = (['small', 'medium', 'large', 'bulky'])[f.weight_rank + 1]
-),
-history AS (  -- the customer's earlier sessions, as they stood when this session started
-    SELECT cur.session_id,
-           count(p.session_id) AS prior_sessions,
-           count(p.session_id) FILTER (WHERE p.purchased) AS prior_orders,
-           coalesce(sum(p.order_value), 0) AS prior_revenue,
-           count(p.session_id) FILTER (WHERE p.had_cart) AS prior_cart_sessions,
-           count(p.session_id) FILTER (WHERE p.had_cart AND NOT p.purchased)
-             / nullif(count(p.session_id) FILTER (WHERE p.had_cart), 0) AS prior_abandonment_rate,
-           date_diff('second', max(p.last_event_at), min(cur.started_at)) / 86400.0 AS days_since_last_session
-    FROM s cur JOIN cut USING (session_id)
-    LEFT JOIN (
-        SELECT * FROM {history} WHERE partition_date BETWEEN $history_from AND $history_to
-    ) p ON p.customer_id = cur.customer_id AND p.session_id <> cur.session_id
-       AND p.last_event_at < cur.started_at
-    GROUP BY cur.session_id
+# ---- the one implementation: arrays in, feature columns out -------------------------------------
+
+_US = 1_000_000
+_TYPE = {t: i for i, t in enumerate(EVENT_TYPES)}
+_WEIGHT_RANK = {w: float(i) for i, w in enumerate(WEIGHT_CLASSES)}
+
+
+@dataclass(frozen=True)
+class Timeline:
+    """Rows grouped by a key (product, customer), each group in time order, with running totals
+    inside the group: how many rows, and how much of each value, a group had before a moment."""
+
+    keys: dict[Any, int]  # key -> group
+    start: np.ndarray  # group g's rows are start[g]:start[g + 1]
+    at: np.ndarray  # epoch microseconds
+    totals: dict[str, np.ndarray]  # running sums within the group, the row included
+    rows: dict[Any, int]  # each row's own id (history: the session) -> its first row
+
+    @classmethod
+    def build(
+        cls,
+        key: np.ndarray,
+        at: np.ndarray,
+        values: dict[str, np.ndarray],
+        row_id: np.ndarray | None = None,
+    ) -> Timeline:
+        """From rows already sorted by (key, at); `row_id`: the ids of the rows to be found by
+        id (None for the others)."""
+        codes, uniques = pd.factorize(np.asarray(key, dtype=object), sort=False)
+        if len(codes) and np.any(np.diff(codes) < 0):
+            raise ValueError("Timeline.build needs rows sorted by key, then time")
+        start = np.searchsorted(codes, np.arange(len(uniques) + 1))
+        totals = {
+            k: pd.Series(np.asarray(v, dtype=float)).groupby(codes).cumsum().to_numpy()
+            for k, v in values.items()
+        }
+        ids: dict[Any, int] = {}
+        if row_id is not None:
+            for i in np.flatnonzero(pd.notna(row_id)).tolist():
+                ids.setdefault(row_id[i], i)
+        keys = {k: g for g, k in enumerate(uniques)}
+        return cls(keys, start, np.asarray(at, dtype=np.int64), totals, ids)
+
+    def before(self, key: np.ndarray, moment: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per query, where its group starts and where its rows before `moment` end (the same
+        position when the key is unknown or nothing came before)."""
+        if not len(self.keys):
+            zero = np.zeros(len(key), dtype=np.int64)
+            return zero, zero
+        g = lookup(self.keys, key)
+        lo = np.where(g >= 0, self.start[np.maximum(g, 0)], 0)
+        hi = np.where(g >= 0, self.start[np.maximum(g, 0) + 1], 0)
+        first = lo.copy()
+        last = len(self.at) - 1
+        while True:  # a binary search inside each query's group, all queries at once
+            open_ = lo < hi
+            if not open_.any():
+                return first, lo
+            mid = (lo + hi) // 2
+            earlier = open_ & (self.at[np.minimum(mid, last)] < moment)
+            lo = np.where(earlier, mid + 1, lo)
+            hi = np.where(open_ & ~earlier, mid, hi)
+
+    def total(self, name: str, first: np.ndarray, end: np.ndarray) -> np.ndarray:
+        """Sum of `name` over rows first:end of their group (first: the group's start)."""
+        if not len(self.at):
+            return np.zeros(len(end))
+        return np.where(end > first, self.totals[name][np.maximum(end - 1, 0)], 0.0)
+
+    def row_value(self, name: str, row: np.ndarray, first: np.ndarray) -> np.ndarray:
+        """`name` of single rows (row >= first, its group's start)."""
+        run = self.totals[name]
+        return run[row] - np.where(row > first, run[np.maximum(row - 1, 0)], 0.0)
+
+    def position(self, ids: np.ndarray) -> np.ndarray:
+        """Each id's row (-1: none; an id held twice counts as its first row)."""
+        return lookup(self.rows, ids)
+
+
+def lookup(positions: dict[Any, int], keys: np.ndarray | list[Any]) -> np.ndarray:
+    """Each key's position (-1: unknown); a dict beats a pandas index on a request's few keys
+    and keeps up on a day's."""
+    return np.fromiter((positions.get(k, -1) for k in keys), dtype=np.int64, count=len(keys))
+
+
+@dataclass(frozen=True)
+class DayCatalogue:
+    """One day's reference rows: each product's weight class, promotion flag and median price
+    over the 30 days before, and the carrier's quote per (region, weight class)."""
+
+    products: dict[Any, int]
+    weight_rank: np.ndarray  # 0 small .. 3 bulky, NaN unknown
+    on_promotion: np.ndarray  # 1.0, 0.0, NaN unknown
+    median_30d: np.ndarray  # NaN: no price in the 30 days before
+    quotes: dict[Any, int]  # "region|weight class" -> row
+    shipping_cost: np.ndarray
+    delivery_days: np.ndarray
+
+
+@dataclass
+class FeatureReference:
+    """Everything a feature reads besides the session's own events."""
+
+    days: dict[date, DayCatalogue]
+    reviews: Timeline
+    history: Timeline
+
+
+def _codes(values: np.ndarray, known: dict[str, int]) -> np.ndarray:
+    return (
+        np.array([known.get(v, -1) for v in values], dtype=np.int64)
+        if len(values) < 64
+        else (pd.Series(values, dtype=object).map(known).fillna(-1).to_numpy(dtype=np.int64))
+    )
+
+
+def _floor_div(us: np.ndarray, unit: int) -> np.ndarray:
+    return np.floor_divide(us, unit)
+
+
+def _group_first(group: np.ndarray, n: int, values: np.ndarray, fill: Any) -> np.ndarray:
+    """Per group 0..n-1, the value of its first row (rows sorted by group); `fill` if none."""
+    out = np.full(n, fill, dtype=values.dtype)
+    if len(group):
+        g, first = np.unique(group, return_index=True)
+        out[g] = values[first]
+    return out
+
+
+def _group_last(group: np.ndarray, n: int, values: np.ndarray, fill: Any) -> np.ndarray:
+    out = np.full(n, fill, dtype=values.dtype)
+    if len(group):
+        rev = group[::-1]
+        g, first = np.unique(rev, return_index=True)
+        out[g] = values[::-1][first]
+    return out
+
+
+def _sum_or_nan(group: np.ndarray, n: int, values: np.ndarray) -> np.ndarray:
+    """SQL's sum: NaNs ignored, NaN when a group has no non-NaN value."""
+    ok = ~np.isnan(values)
+    total = np.bincount(group[ok], weights=values[ok], minlength=n)
+    return np.where(np.bincount(group[ok], minlength=n) > 0, total, np.nan)
+
+
+def _safe_div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a / nullif(b, 0), NaN in, NaN out."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where((b == 0) | np.isnan(b), np.nan, a / np.where(b == 0, 1.0, b))
+
+
+def compute_features(
+    sessions: dict[str, np.ndarray],
+    events: dict[str, np.ndarray],
+    reference: FeatureReference,
+    policy: CutoffPolicy,
+) -> dict[str, np.ndarray]:
+    """Feature columns (KEY_COLUMNS, NUMERIC_FEATURES, CATEGORICAL_FEATURES, in that order) of the
+    cart sessions in `sessions`, in session-id order, from their `events`.
+
+    `sessions`: session_id, customer_id, started_at (epoch µs), device, traffic_source, region.
+    `events`: session_id, ts (epoch µs), seq, event_type, product_id (None: none), price and
+    quantity (NaN: none). Sessions without an add-to-cart before checkout get no row.
+    """
+    sid = np.asarray(sessions["session_id"], dtype=object)
+    order = np.argsort(sid, kind="stable")
+    sid = sid[order]
+    s_cols = {k: np.asarray(v)[order] for k, v in sessions.items()}
+    n = len(sid)
+    ev_s = pd.Index(sid).get_indexer(np.asarray(events["session_id"], dtype=object))
+    keep = ev_s >= 0
+    ts = np.asarray(events["ts"], dtype=np.int64)[keep]
+    seq = np.asarray(events["seq"], dtype=np.int64)[keep]
+    ev_s = ev_s[keep]
+    srt = np.lexsort((seq, ts, ev_s))
+    ev_s, ts = ev_s[srt], ts[srt]
+    etype = _codes(np.asarray(events["event_type"], dtype=object)[keep][srt], _TYPE)
+    product = np.asarray(events["product_id"], dtype=object)[keep][srt]
+    price = np.asarray(events["price"], dtype=float)[keep][srt]
+    qty = np.asarray(events["quantity"], dtype=float)[keep][srt]
+
+    # the cutoff: checkout (or purchase), or the window after the first add-to-cart
+    window = pd.Timedelta(minutes=policy.minutes_after_first_cart).to_pytimedelta() // timedelta(
+        microseconds=1
+    )
+    never = np.iinfo(np.int64).max
+    cart_ev = etype == _TYPE["add_to_cart"]
+    fc = _group_first(ev_s[cart_ev], n, ts[cart_ev], never)
+    has_cart = fc != never
+    co = (etype == _TYPE["begin_checkout"]) | (etype == _TYPE["purchase"])
+    checkout = _group_first(ev_s[co], n, ts[co], never)
+    cutoff = np.where(has_cart, np.minimum(checkout, np.where(has_cart, fc, 0) + window), never)
+    valid = has_cart & (fc < cutoff)
+
+    pre = valid[ev_s] & (ts < cutoff[ev_s])
+    g, t, p_ts = ev_s[pre], etype[pre], ts[pre]
+    prod, pr, q = product[pre], price[pre], qty[pre]
+
+    def count(kind: str) -> np.ndarray:
+        return np.bincount(g[t == _TYPE[kind]], minlength=n)
+
+    has_product = (
+        np.array([p is not None for p in prod], dtype=bool) if len(prod) else np.zeros(0, bool)
+    )
+    # sorted codes: a cart's lines, summed in product order, whatever else is in the batch
+    pcode, products = pd.factorize(np.where(has_product, prod, None), sort=True)  # None: -1
+    views = (t == _TYPE["product_view"]) & (pcode >= 0)
+    distinct_views = np.unique(g[views] * (len(products) + 1) + pcode[views])
+    last_ts = _group_last(g, n, p_ts, 0)
+
+    # the cart at the cutoff: per (session, product) line, quantity and first/last price seen
+    lines = pcode >= 0
+    line_key = g[lines] * (len(products) + 1) + pcode[lines]
+    line_id, line_of = np.unique(line_key, return_inverse=True)
+    n_lines = len(line_id)
+    signed = np.where(
+        t[lines] == _TYPE["add_to_cart"],
+        np.nan_to_num(q[lines], nan=1.0),
+        np.where(t[lines] == _TYPE["remove_from_cart"], -np.nan_to_num(q[lines], nan=1.0), 0.0),
+    )
+    line_qty = np.bincount(line_of, weights=signed, minlength=n_lines)
+    priced = ~np.isnan(pr[lines])
+    # rows are in (session, time) order, so within a line too: first and last priced rows
+    last_price = _group_last(line_of[priced], n_lines, pr[lines][priced], np.nan)
+    first_price = _group_first(line_of[priced], n_lines, pr[lines][priced], np.nan)
+    line_session = (line_id // (len(products) + 1)).astype(np.int64)
+    line_product = (
+        products[(line_id % (len(products) + 1)).astype(np.int64)]
+        if n_lines
+        else np.array([], dtype=object)
+    )
+
+    in_cart = line_qty > 0
+    c_s, c_qty = line_session[in_cart], line_qty[in_cart]
+    c_last, c_first, c_prod = last_price[in_cart], first_price[in_cart], line_product[in_cart]
+    started = np.asarray(s_cols["started_at"], dtype=np.int64)
+    day_of = (started // (86400 * _US)).astype("datetime64[D]").astype(object)  # date per session
+    weight = np.full(len(c_s), np.nan)
+    promo = np.full(len(c_s), np.nan)
+    median = np.full(len(c_s), np.nan)
+    for day in set(day_of[c_s]) if len(c_s) else ():
+        cat = reference.days[day]
+        on = day_of[c_s] == day
+        i = lookup(cat.products, c_prod[on])
+        known = i >= 0
+        weight[on] = np.where(known, cat.weight_rank[np.maximum(i, 0)], np.nan)
+        promo[on] = np.where(known, cat.on_promotion[np.maximum(i, 0)], np.nan)
+        median[on] = np.where(known, cat.median_30d[np.maximum(i, 0)], np.nan)
+
+    value = c_qty * np.nan_to_num(c_last)
+    cart_items = np.bincount(c_s, weights=c_qty, minlength=n)
+    cart_value = np.bincount(c_s, weights=value, minlength=n)
+    has_cart_row = np.bincount(c_s, minlength=n) > 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rel = value * (c_last / np.where(median == 0, np.nan, median) - 1)
+    dev = _sum_or_nan(c_s, n, rel)
+    base = np.where(~np.isnan(median), value, np.nan)
+    price_vs_median = _safe_div(dev, _sum_or_nan(c_s, n, base))
+    change = np.bincount(c_s, weights=c_qty * np.nan_to_num(c_last - c_first), minlength=n)
+    change_base = np.bincount(c_s, weights=c_qty * np.nan_to_num(c_first), minlength=n)
+    price_change = np.where(has_cart_row, _safe_div(change, change_base), np.nan)
+    on_promo = np.bincount(c_s, weights=np.nan_to_num(promo), minlength=n) > 0
+    rank = np.full(n, -1.0)
+    np.maximum.at(rank, c_s, np.nan_to_num(weight, nan=-1.0))
+
+    # the quote for the heaviest carted class, in the session's region on its day
+    shipping_cost = np.full(n, np.nan)
+    delivery_days = np.full(n, np.nan)
+    region = np.asarray(s_cols["region"], dtype=object)
+    for day in set(day_of[has_cart_row & (rank >= 0)]):
+        cat = reference.days[day]
+        on = has_cart_row & (rank >= 0) & (day_of == day)
+        keys = [f"{r}|{WEIGHT_CLASSES[int(k)]}" for r, k in zip(region[on], rank[on], strict=True)]
+        i = lookup(cat.quotes, keys)
+        shipping_cost[on] = np.where(i >= 0, cat.shipping_cost[np.maximum(i, 0)], np.nan)
+        delivery_days[on] = np.where(i >= 0, cat.delivery_days[np.maximum(i, 0)], np.nan)
+
+    # reviews of the carted products written before the cutoff
+    first_r, end_r = reference.reviews.before(c_prod, cutoff[c_s])
+    r_count = np.bincount(c_s, weights=end_r - first_r, minlength=n)
+    r_sum = np.bincount(c_s, weights=reference.reviews.total("rating", first_r, end_r), minlength=n)
+
+    # the customer's earlier sessions, as they stood when this session started
+    h = reference.history
+    customer = np.asarray(s_cols["customer_id"], dtype=object)
+    first_h, end_h = h.before(customer, started)
+    own = h.position(sid) if len(h.at) else np.full(n, -1)
+    mine = (own >= first_h) & (own < end_h)  # the session itself, had it ended before it began
+    own_c = np.maximum(own, 0)
+
+    def prior(name: str) -> np.ndarray:
+        total = h.total(name, first_h, end_h)
+        if not len(h.at):
+            return total
+        return total - np.where(mine, h.row_value(name, own_c, first_h), 0.0)
+
+    sessions_before = (end_h - first_h) - mine
+    last_idx = np.where(mine & (own == end_h - 1), end_h - 2, end_h - 1)
+    has_last = last_idx >= first_h
+    last_prior = h.at[np.maximum(last_idx, 0)] if len(h.at) else np.zeros(n, dtype=np.int64)
+    orders, carts_before = prior("purchased"), prior("had_cart")
+    abandoned = prior("abandoned")
+
+    out: dict[str, np.ndarray] = {
+        "session_id": sid,
+        "customer_id": customer,
+        "started_at": started,
+        "cutoff_at": cutoff,
+        "n_events": np.bincount(g, minlength=n),
+        "n_views": count("product_view"),
+        "n_products_viewed": np.bincount(distinct_views // (len(products) + 1), minlength=n),
+        "n_searches": count("search"),
+        "n_rec_impressions": count("recommendation_impression"),
+        "n_rec_clicks": count("recommendation_click"),
+        "n_cart_adds": count("add_to_cart"),
+        "n_cart_removes": count("remove_from_cart"),
+        "cart_items": cart_items,
+        "cart_value": cart_value,
+        "secs_in_session": (_floor_div(cutoff, 1000) - _floor_div(started, 1000)) / 1000.0,
+        "secs_since_first_cart": (
+            _floor_div(last_ts, 1000) - _floor_div(np.where(has_cart, fc, 0), 1000)
+        )
+        / 1000.0,
+        "coupon_attempts": count("coupon_attempt"),
+        "price_vs_30d_median": price_vs_median,
+        "price_change_in_session": price_change,
+        "carted_on_promotion": on_promo.astype(np.int64),
+        "shipping_cost": shipping_cost,
+        "shipping_share": _safe_div(shipping_cost, np.where(has_cart_row, cart_value, np.nan)),
+        "delivery_days": delivery_days,
+        "review_rating": _safe_div(r_sum, np.where(r_count > 0, r_count, np.nan)),
+        "review_count": r_count.astype(np.int64),
+        "hour": (started // (3600 * _US)) % 24,
+        "weekday": ((started // (86400 * _US)) + 3) % 7 + 1,  # ISO: Monday 1 (1970-01-01: Thu)
+        "returning_customer": (sessions_before > 0).astype(np.int64),
+        "days_since_last_session": np.where(
+            has_last, (_floor_div(started, _US) - _floor_div(last_prior, _US)) / 86400.0, np.nan
+        ),
+        "prior_sessions": sessions_before.astype(np.int64),
+        "prior_orders": orders.astype(np.int64),
+        "prior_revenue": prior("order_value").astype(float),
+        "prior_cart_sessions": carts_before.astype(np.int64),
+        "prior_abandonment_rate": _safe_div(abandoned.astype(float), carts_before.astype(float)),
+        "device": np.asarray(s_cols["device"], dtype=object),
+        "traffic_source": np.asarray(s_cols["traffic_source"], dtype=object),
+        "region": region,
+    }
+    return {k: v[valid] for k, v in out.items()}
+
+
+def compute_session_facts(events: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Per session in `events` (session-id order), what the whole session showed, cutoff or not:
+    coupon attempts, whether it reached checkout or saw a shipping quote, its events, its
+    length in whole seconds, and its last event (epoch µs)."""
+    codes, sids = pd.factorize(np.asarray(events["session_id"], dtype=object), sort=True)
+    n = len(sids)
+    ts = np.asarray(events["ts"], dtype=np.int64)
+    etype = _codes(np.asarray(events["event_type"], dtype=object), _TYPE)
+
+    def count(kind: str) -> np.ndarray:
+        return np.bincount(codes[etype == _TYPE[kind]], minlength=n)
+
+    first = np.full(n, np.iinfo(np.int64).max)
+    last = np.full(n, np.iinfo(np.int64).min)
+    np.minimum.at(first, codes, ts)
+    np.maximum.at(last, codes, ts)
+    return {
+        "session_id": np.asarray(sids, dtype=object),
+        "session_coupon_attempts": count("coupon_attempt"),
+        "session_reached_checkout": (count("begin_checkout") > 0).astype(np.int64),
+        "session_saw_shipping_quote": (count("shipping_quote_shown") > 0).astype(np.int64),
+        "session_events": np.bincount(codes, minlength=n),
+        "session_seconds": _floor_div(last, _US) - _floor_div(first, _US),
+        "session_ended_at": last,
+    }
+
+
+# ---- the reference, from a warehouse or the service's snapshot -------------------------------------
+
+_CATALOGUE_SQL = """
+WITH today AS (
+    SELECT product_id, weight_class, on_promotion FROM raw_products WHERE partition_date = $day
+), median AS (
+    SELECT product_id, median(price) AS median_30d FROM raw_products
+    WHERE partition_date < $day AND partition_date >= $day - 30 GROUP BY product_id
 )
-SELECT s.session_id, s.customer_id, s.started_at, cut.cutoff_at,
-       b.n_events, b.n_views, b.n_products_viewed, b.n_searches, b.n_rec_impressions,
-       b.n_rec_clicks, b.n_cart_adds, b.n_cart_removes,
-       coalesce(f.cart_items, 0) AS cart_items, coalesce(f.cart_value, 0) AS cart_value,
-       date_diff('millisecond', s.started_at, cut.cutoff_at) / 1000.0 AS secs_in_session,
-       b.secs_since_first_cart, b.coupon_attempts,
-       f.price_vs_30d_median, f.price_change_in_session,
-       coalesce(f.carted_on_promotion, 0) AS carted_on_promotion,
-       sh.shipping_cost, sh.shipping_cost / nullif(f.cart_value, 0) AS shipping_share, sh.delivery_days,
-       r.review_rating, coalesce(r.review_count, 0) AS review_count,
-       hour(s.started_at) AS hour, isodow(s.started_at) AS weekday,
-       CAST(coalesce(h.prior_sessions, 0) > 0 AS INTEGER) AS returning_customer,
-       h.days_since_last_session, coalesce(h.prior_sessions, 0) AS prior_sessions,
-       coalesce(h.prior_orders, 0) AS prior_orders, coalesce(h.prior_revenue, 0) AS prior_revenue,
-       coalesce(h.prior_cart_sessions, 0) AS prior_cart_sessions, h.prior_abandonment_rate,
-       s.device, s.traffic_source, s.region
-FROM s JOIN cut USING (session_id)
-JOIN behaviour b USING (session_id)
-LEFT JOIN friction f USING (session_id)
-LEFT JOIN shipping sh USING (session_id)
-LEFT JOIN reviews r USING (session_id)
-LEFT JOIN history h USING (session_id)
-ORDER BY s.session_id
+SELECT product_id, today.weight_class,
+       CASE WHEN today.on_promotion IS NULL THEN 'NaN'::DOUBLE ELSE today.on_promotion::DOUBLE END
+         AS on_promotion,
+       coalesce(median.median_30d, 'NaN'::DOUBLE) AS median_30d
+FROM today FULL OUTER JOIN median USING (product_id)
+WHERE product_id IS NOT NULL
 """
+_QUOTES_SQL = """
+SELECT region || '|' || weight_class AS quote, shipping_cost, delivery_days::DOUBLE AS delivery_days
+FROM raw_shipping_quotes
+WHERE partition_date = $day AND region IS NOT NULL AND weight_class IS NOT NULL
+"""
+_REVIEWS_SQL = """
+SELECT product_id, epoch_us(ts) AS at_us, rating::DOUBLE AS rating FROM raw_reviews
+WHERE product_id IS NOT NULL AND ts IS NOT NULL AND rating IS NOT NULL
+ORDER BY product_id, at_us
+"""
+_HISTORY_SQL = """
+SELECT customer_id, epoch_us(last_event_at) AS at_us,
+       -- a session that ended before it started (events stamped before its start) would count
+       -- in its own history: only these need finding by id
+       CASE WHEN last_event_at < started_at THEN session_id END AS ended_before_start,
+       coalesce(purchased, FALSE)::DOUBLE AS purchased, coalesce(had_cart, FALSE)::DOUBLE AS had_cart,
+       coalesce(had_cart AND NOT purchased, FALSE)::DOUBLE AS abandoned,
+       coalesce(order_value, 0) AS order_value
+FROM {history} WHERE partition_date BETWEEN $history_from AND $history_to
+  AND customer_id IS NOT NULL AND last_event_at IS NOT NULL
+ORDER BY customer_id, at_us, session_id
+"""
+
+
+def _columns(rel: duckdb.DuckDBPyRelation) -> dict[str, np.ndarray]:
+    """A relation as numpy columns: NULL is None in text columns and NaN in numeric ones."""
+    out = {}
+    for k, v in rel.fetchnumpy().items():
+        if isinstance(v, np.ma.MaskedArray):
+            if v.dtype == object:  # (filled(None) would fill with the default, '?')
+                text = np.asarray(v.data, dtype=object).copy()
+                text[np.ma.getmaskarray(v)] = None
+                v = text
+            else:
+                v = np.ma.filled(v.astype(float), np.nan)
+        out[k] = np.asarray(v)
+    return out
+
+
+def day_catalogue(con: duckdb.DuckDBPyConnection, day: date) -> DayCatalogue:
+    """The catalogue and carrier quotes of `day` in `con` (`raw_products`, `raw_shipping_quotes`)."""
+    p = _columns(con.sql(_CATALOGUE_SQL, params={"day": day}))
+    q = _columns(con.sql(_QUOTES_SQL, params={"day": day}))
+    rank = [_WEIGHT_RANK.get(w, np.nan) if w is not None else np.nan for w in p["weight_class"]]
+    return DayCatalogue(
+        products={k: i for i, k in enumerate(p["product_id"])},
+        weight_rank=np.asarray(rank, dtype=float),
+        on_promotion=p["on_promotion"].astype(float),
+        median_30d=p["median_30d"].astype(float),
+        quotes={k: i for i, k in enumerate(q["quote"])},
+        shipping_cost=q["shipping_cost"].astype(float),
+        delivery_days=q["delivery_days"].astype(float),
+    )
+
+
+def reviews_timeline(con: duckdb.DuckDBPyConnection) -> Timeline:
+    r = _columns(con.sql(_REVIEWS_SQL))
+    return Timeline.build(r["product_id"], r["at_us"], {"rating": r["rating"]})
+
+
+def history_timeline(
+    con: duckdb.DuckDBPyConnection,
+    history_from: date,
+    history_to: date,
+    history: str | None = None,
+) -> Timeline:
+    """Customers' sessions between the two days, summarised by SESSION_SUMMARY_SQL from
+    `raw_sessions`/`raw_events`, or read from table `history` that holds those summaries."""
+    sql = _HISTORY_SQL.format(history=history or f"({SESSION_SUMMARY_SQL})")
+    h = _columns(con.sql(sql, params={"history_from": history_from, "history_to": history_to}))
+    values = {k: h[k] for k in ("purchased", "had_cart", "abandoned", "order_value")}
+    return Timeline.build(h["customer_id"], h["at_us"], values, h["ended_before_start"])
+
+
+def feature_reference(
+    con: duckdb.DuckDBPyConnection,
+    days: list[date],
+    history_from: date,
+    history_to: date,
+    history: str | None = None,
+) -> FeatureReference:
+    """What the features of sessions started on `days` read besides their events."""
+    return FeatureReference(
+        days={d: day_catalogue(con, d) for d in days},
+        reviews=reviews_timeline(con),
+        history=history_timeline(con, history_from, history_to, history),
+    )
+
+
+# ---- batch ---------------------------------------------------------------------------------------
+
+FEATURE_TYPES: dict[str, str] = {
+    "session_id": "VARCHAR",
+    "customer_id": "VARCHAR",
+    "started_at": "TIMESTAMP",
+    "cutoff_at": "TIMESTAMP",
+    **{
+        f: "DOUBLE"
+        for f in (
+            "cart_value",
+            "secs_in_session",
+            "secs_since_first_cart",
+            "price_vs_30d_median",
+            "price_change_in_session",
+            "shipping_cost",
+            "shipping_share",
+            "review_rating",
+            "days_since_last_session",
+            "prior_revenue",
+            "prior_abandonment_rate",
+        )
+    },
+    "cart_items": "HUGEINT",
+    "carted_on_promotion": "INTEGER",
+    "delivery_days": "INTEGER",
+    "returning_customer": "INTEGER",
+    "device": "VARCHAR",
+    "traffic_source": "VARCHAR",
+    "region": "VARCHAR",
+}
+FEATURE_TYPES = {
+    c: FEATURE_TYPES.get(c, "BIGINT")
+    for c in (*KEY_COLUMNS, *NUMERIC_FEATURES, *CATEGORICAL_FEATURES)
+}
+
+_EVENTS_SQL = """
+SELECT session_id, epoch_us(ts) AS ts, seq, event_type, product_id,
+       coalesce(price, 'NaN'::DOUBLE) AS price, coalesce(quantity::DOUBLE, 'NaN'::DOUBLE) AS quantity
+FROM {events}
+"""
+_SESSIONS_SQL = """
+SELECT session_id, customer_id, epoch_us(started_at) AS started_at, device, traffic_source, region
+FROM {sessions}
+"""
+
+
+def feature_frame(columns: dict[str, np.ndarray]) -> pd.DataFrame:
+    """Feature columns as a frame, timestamps as timestamps."""
+    frame = pd.DataFrame(columns)
+    for c in ("started_at", "cutoff_at"):
+        frame[c] = pd.to_datetime(frame[c], unit="us")
+    return frame
 
 
 def session_features(
@@ -209,22 +633,20 @@ def session_features(
 ) -> pd.DataFrame:
     """Features of the cart sessions in table `sessions` from their events in table `events`.
 
-    Reference tables (`raw_products`, `raw_shipping_quotes`, `raw_reviews`) are read from the
-    same connection, and customer history from the earlier sessions between `history_from` and
-    `history_to`: summarised from `raw_sessions`/`raw_events` by SESSION_SUMMARY_SQL, or read
-    from table `history` that holds those summaries already. Sessions without an add-to-cart
-    before checkout get no row. The rows are also kept, with their SQL types, in the temporary
-    table `into`.
+    Reference data (`raw_products`, `raw_shipping_quotes`, `raw_reviews`) is read from the same
+    connection, and customer history from the earlier sessions between `history_from` and
+    `history_to` (see `history_timeline`). Sessions without an add-to-cart before checkout get no
+    row. The rows are also kept, with their SQL types (FEATURE_TYPES), in the temporary table
+    `into`.
     """
-    sql = _SQL.format(
-        events=events, sessions=sessions, history=history or f"({SESSION_SUMMARY_SQL})"
-    )
-    params = {
-        "window": pd.Timedelta(minutes=policy.minutes_after_first_cart).to_pytimedelta(),
-        "history_from": history_from,
-        "history_to": history_to,
-    }
-    con.execute(f"CREATE OR REPLACE TEMP TABLE {into} AS {sql}", params)
+    from cartintel_assets.ml.warehouse import typed_temp_table
+
+    ev = _columns(con.sql(_EVENTS_SQL.format(events=events)))
+    s = _columns(con.sql(_SESSIONS_SQL.format(sessions=sessions)))
+    days = sorted({d.date() for d in pd.to_datetime(s["started_at"], unit="us")})
+    reference = feature_reference(con, days, history_from, history_to, history)
+    frame = feature_frame(compute_features(s, ev, reference, policy))
+    typed_temp_table(con, frame, FEATURE_TYPES, into)
     return con.table(into).df()
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -179,42 +180,64 @@ def _paid_if_bought(item: Intervention, value: np.ndarray, shipping: np.ndarray)
 def action_table(
     carts: pd.DataFrame,
     baseline: np.ndarray,
-    effects: pd.DataFrame,
+    effects: pd.DataFrame | Mapping[str, np.ndarray],
     catalogue: list[Intervention],
     margin_rate: float,
 ) -> pd.DataFrame:
     """Every (cart, intervention) pair: the chance of buying with it, the incremental conversion,
     the expected cost and the incremental margin (see the module docstring). `carts` needs
     cart_value and shipping_cost; `effects` one column per arm, aligned with `carts`."""
-    v = carts["cart_value"].to_numpy(dtype=float)
-    s = np.nan_to_num(carts["shipping_cost"].to_numpy(dtype=float))
+    return pd.DataFrame(
+        option_columns(
+            np.asarray(carts["cart_value"], dtype=float),
+            np.asarray(carts["shipping_cost"], dtype=float),
+            baseline,
+            effects,
+            catalogue,
+            margin_rate,
+        ),
+        columns=list(ACTION_COLUMNS),
+    )
+
+
+def option_columns(
+    cart_value: np.ndarray,
+    shipping_cost: np.ndarray,
+    baseline: np.ndarray,
+    effects: pd.DataFrame | Mapping[str, np.ndarray],
+    catalogue: list[Intervention],
+    margin_rate: float,
+) -> dict[str, np.ndarray]:
+    """`action_table` as numpy columns (ACTION_COLUMNS), the options of cart 0, then 1, ... per
+    catalogue entry."""
+    v = np.asarray(cart_value, dtype=float)
+    s = np.nan_to_num(np.asarray(shipping_cost, dtype=float))
     p0 = np.clip(np.asarray(baseline, dtype=float), 0, 1)
-    parts = []
+    parts: dict[str, list[np.ndarray]] = {c: [] for c in ACTION_COLUMNS}
+    n = len(v)
     for item in catalogue:
-        if item.arm not in effects.columns:
+        if item.arm not in effects:
             continue
-        pa = np.clip(p0 + effects[item.arm].to_numpy(dtype=float), 0, 1)
+        pa = np.clip(p0 + np.asarray(effects[item.arm], dtype=float), 0, 1)
         if_bought = _paid_if_bought(item, v, s)
-        parts.append(
-            pd.DataFrame(
-                {
-                    "cart": np.arange(len(carts)),
-                    "arm": item.arm,
-                    "intervention_id": item.id,
-                    "discount": item.discount,
-                    "p_treated": pa,
-                    "p_baseline": p0,
-                    "incremental_conversion": pa - p0,
-                    "expected_cost": item.send_cost + pa * if_bought,
-                    "incremental_margin": (pa - p0) * v * margin_rate
-                    - pa * if_bought
-                    - item.send_cost,
-                }
-            )
-        )
-    if not parts:  # no usable intervention: no option for any cart
-        return pd.DataFrame(columns=list(ACTION_COLUMNS))
-    return pd.concat(parts, ignore_index=True)
+        for k, col in (
+            ("cart", np.arange(n)),
+            ("arm", np.full(n, item.arm, dtype=object)),
+            ("intervention_id", np.full(n, item.id, dtype=object)),
+            ("discount", np.full(n, item.discount, dtype=float)),
+            ("p_treated", pa),
+            ("p_baseline", p0),
+            ("incremental_conversion", pa - p0),
+            ("expected_cost", item.send_cost + pa * if_bought),
+            ("incremental_margin", (pa - p0) * v * margin_rate - pa * if_bought - item.send_cost),
+        ):
+            parts[k].append(col)
+    if not parts["cart"]:  # no usable intervention: no option for any cart
+        return {
+            c: np.array([], dtype=object if c in ("arm", "intervention_id") else float)
+            for c in ACTION_COLUMNS
+        }
+    return {k: np.concatenate(v) for k, v in parts.items()}
 
 
 def realised_margin(
@@ -267,7 +290,7 @@ class PlanRules:
     max_discount_by_segment: dict[str, float] = field(default_factory=dict)
 
 
-def in_holdout(customer_ids: pd.Series, share: float, salt: str) -> np.ndarray:
+def in_holdout(customer_ids: Iterable[Any], share: float, salt: str) -> np.ndarray:
     """A persistent holdout: a customer is in it when the hash of (salt, pseudonym) falls below
     `share`, on every day and in every plan, so incrementality can be measured against it."""
 
@@ -310,28 +333,52 @@ def choose_actions(
     budget lasts, the "top-k" yardstick.
     """
     n = len(carts)
-    blocked = carts["blocked"].fillna("").astype(str).to_numpy()
-    seg = carts["segment"].to_numpy() if "segment" in carts else np.full(n, None)
-    opts = options[blocked[options["cart"].to_numpy()] == ""]
-    cap_ok = (
-        opts["discount"].to_numpy()
-        <= np.array([_discount_cap(rules, seg[c]) for c in opts["cart"].to_numpy()]) + 1e-12
+    out = choose(
+        blocked=carts["blocked"].fillna("").astype(str).to_numpy(),
+        segment=carts["segment"].to_numpy() if "segment" in carts else np.full(n, None),
+        customer=carts["customer_id"].astype(str).to_numpy(),
+        send_at=pd.to_datetime(carts["send_at"]).to_numpy(),
+        options={c: options[c].to_numpy() for c in ACTION_COLUMNS},
+        rules=rules,
+        contacts=_contacts_by_customer(history),
+        order=order,
     )
-    opts = opts[cap_ok]
+    return pd.DataFrame(out)
+
+
+def choose(
+    blocked: np.ndarray,
+    segment: np.ndarray,
+    customer: np.ndarray,
+    send_at: np.ndarray,
+    options: Mapping[str, np.ndarray],
+    rules: PlanRules,
+    contacts: dict[str, list[pd.Timestamp]],
+    order: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
+    """`choose_actions` on numpy columns (one entry per cart; `options` as `option_columns`
+    makes them; `contacts`: earlier contacts per customer, extended with the chosen ones)."""
+    n = len(blocked)
+    blocked = np.asarray(blocked, dtype=object)
+    cart_all = np.asarray(options["cart"], dtype=np.int64)
+    keep = blocked[cart_all] == ""
+    caps = np.array([_discount_cap(rules, segment[c]) for c in cart_all], dtype=float)
+    keep &= np.asarray(options["discount"], dtype=float) <= caps + 1e-12
     if order is None:
-        opts = opts[opts["incremental_margin"] > 0]
-    cart_idx = opts["cart"].to_numpy()
-    value = opts["incremental_margin"].to_numpy()
-    cost = opts["expected_cost"].to_numpy()
+        keep &= np.asarray(options["incremental_margin"], dtype=float) > 0
+    opts = {k: np.asarray(v)[keep] for k, v in options.items()}
+    cart_idx = opts["cart"].astype(np.int64)
+    value = opts["incremental_margin"].astype(float)
+    cost = opts["expected_cost"].astype(float)
 
     def pick(lam: float) -> np.ndarray:
         """Row of `opts` chosen per cart at multiplier `lam` (-1: none pays)."""
         score = value - lam * cost
         rows = np.flatnonzero(score > 0)
         rows = rows[np.argsort(-score[rows], kind="stable")]
-        first = pd.Series(rows).groupby(cart_idx[rows]).first()
+        carts_, first = np.unique(cart_idx[rows], return_index=True)
         best = np.full(n, -1)
-        best[first.index.to_numpy(dtype=int)] = first.to_numpy()
+        best[carts_] = rows[first]
         return best
 
     def spend_at(lam: float) -> float:
@@ -351,14 +398,11 @@ def choose_actions(
         priority = score[chosen]
     else:
         chosen = np.full(n, -1)
-        chosen[cart_idx] = np.arange(len(opts))
+        chosen[cart_idx] = np.arange(len(cart_idx))
         priority = np.where(chosen >= 0, np.asarray(order, dtype=float), -np.inf)
 
-    contacts = _contacts_by_customer(history)
-    customer = carts["customer_id"].astype(str).to_numpy()
-    send_at = pd.to_datetime(carts["send_at"]).to_numpy()
     action = np.full(n, -1)
-    reason = blocked.astype(object).copy()
+    reason = blocked.copy()
     spend = 0.0
 
     def try_take(c: int, r: int) -> str | None:
@@ -392,23 +436,25 @@ def choose_actions(
         if action[c] < 0 and not reason[c]:
             reason[c] = "budget exhausted" if has_option[c] else "no intervention pays"
     taken = action >= 0
-    rows = (
-        opts.iloc[np.maximum(action, 0)].reset_index(drop=True)
-        if len(opts)
-        else pd.DataFrame(np.nan, index=range(n), columns=opts.columns)
-    )
-    return pd.DataFrame(
-        {
-            "action": np.where(taken, rows["arm"].to_numpy(), NONE),
-            "intervention_id": np.where(taken, rows["intervention_id"].to_numpy(), None),
-            "reason": np.where(taken, "", reason),
-            "p_treated": np.where(taken, rows["p_treated"].to_numpy(), np.nan),
-            "p_baseline": np.where(taken, rows["p_baseline"].to_numpy(), np.nan),
-            "incremental_conversion": np.where(taken, rows["incremental_conversion"], 0.0),
-            "incremental_margin": np.where(taken, rows["incremental_margin"], 0.0),
-            "expected_cost": np.where(taken, rows["expected_cost"], 0.0),
-        }
-    )
+    at = np.maximum(action, 0)
+
+    def col(k: str, fill: Any) -> np.ndarray:
+        if not len(cart_idx):
+            return np.full(
+                n, fill, dtype=object if fill is None or isinstance(fill, str) else float
+            )
+        return np.where(taken, opts[k][at], fill)
+
+    return {
+        "action": col("arm", NONE),
+        "intervention_id": col("intervention_id", None),
+        "reason": np.where(taken, "", reason),
+        "p_treated": col("p_treated", np.nan).astype(float),
+        "p_baseline": col("p_baseline", np.nan).astype(float),
+        "incremental_conversion": col("incremental_conversion", 0.0).astype(float),
+        "incremental_margin": col("incremental_margin", 0.0).astype(float),
+        "expected_cost": col("expected_cost", 0.0).astype(float),
+    }
 
 
 def top_k_by_risk(

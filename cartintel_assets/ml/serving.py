@@ -1,9 +1,10 @@
-"""Real-time scoring of one open cart: the batch pipeline's feature SQL, risk model, reason codes,
+"""Real-time scoring of open carts: the batch pipeline's feature code, risk model, reason codes,
 segments, uplift model and plan rules, applied to a request's events. No Dagster, no web code.
 
-- `Snapshot`: an in-memory DuckDB copy of the reference data the feature SQL reads (prices,
+- `Snapshot`: an in-memory DuckDB copy of the reference data the features read (prices,
   shipping quotes, reviews, customer history summarised by the same SQL as batch), plus consent,
-  segments and earlier contacts. It is copied from the warehouse under the warehouse's shared
+  segments and earlier contacts; from it, the `FeatureReference` of each day, built once by the
+  batch's own functions. It is copied from the warehouse under the warehouse's shared
   lock and then never touches the file again, so the service never blocks a Dagster run.
 - `Models`: the risk versions each serving alias points at, the `challenger` for shadow scoring
   and the uplift version the plan uses, resolved once and swapped whole when an alias moves.
@@ -19,10 +20,10 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field, replace
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +34,17 @@ import pandas as pd
 from cartintel_assets.ml.abandonment import reason_codes
 from cartintel_assets.ml.features import (
     CATEGORICAL_FEATURES,
+    FEATURE_TYPES,
     NUMERIC_FEATURES,
     SESSION_SUMMARY_SQL,
     CutoffPolicy,
-    session_features,
+    FeatureReference,
+    compute_features,
+    compute_session_facts,
+    day_catalogue,
+    history_timeline,
+    lookup,
+    reviews_timeline,
 )
 from cartintel_assets.ml.ingest import pseudonymise
 from cartintel_assets.ml.model_registry import (
@@ -50,13 +58,12 @@ from cartintel_assets.ml.policy import (
     NONE,
     Intervention,
     PlanRules,
-    action_table,
-    choose_actions,
+    choose,
     in_holdout,
+    option_columns,
 )
 from cartintel_assets.ml.promotion import PHASES, PhasePlan
 from cartintel_assets.ml.schema import EVENTS, SESSIONS
-from cartintel_assets.ml.uplift import session_facts
 
 RISK_MODEL = "cartintel-abandonment"
 UPLIFT_MODEL = "cartintel-uplift"
@@ -110,7 +117,7 @@ _CONTACTS = {
 
 
 class Snapshot:
-    """The reference data of the feature SQL, consent, segments and contacts, in memory."""
+    """The reference data the features read, consent, segments and contacts, in memory."""
 
     def __init__(self, reader: Reader, history_days: int = 365) -> None:
         from cartintel_assets.ml.warehouse import has_table
@@ -172,7 +179,33 @@ class Snapshot:
                 self.contacts.setdefault(str(cid), []).append(pd.Timestamp(at))
         self._days: set[date] = set()
         self._lock = threading.Lock()
+        self.history_days = history_days
+        self._reviews = reviews_timeline(self.con)
+        self._references: dict[date, FeatureReference] = {}
+        self.reference(max(self.last_day, datetime.now(UTC).date()))  # today's, built up front
         self.seconds = time.monotonic() - started
+
+    def reference(self, day: date) -> FeatureReference:
+        """What the features of a session started on `day` read besides its events: that day's
+        catalogue and quotes, the reviews, and the customer history of the year before, built
+        once per day by the same functions as batch."""
+        ref = self._references.get(day)
+        if ref is not None:
+            return ref
+        self.ensure_day(day)
+        with self._lock:
+            if day not in self._references:
+                cur = self.con.cursor()
+                self._references[day] = FeatureReference(
+                    days={day: day_catalogue(cur, day)},
+                    reviews=self._reviews,
+                    history=history_timeline(
+                        cur, day - timedelta(days=self.history_days), day, HISTORY_TABLE
+                    ),
+                )
+                for old in sorted(self._references)[:-4]:  # a few days around midnight suffice
+                    del self._references[old]
+            return self._references[day]
 
     def ensure_day(self, day: date) -> None:
         """Prices and shipping quotes of a day that has not landed yet are those of the latest
@@ -194,9 +227,6 @@ class Snapshot:
                     {"day": day, "last": self.last_day},
                 )
             self._days.add(day)
-
-    def cursor(self) -> duckdb.DuckDBPyConnection:
-        return self.con.cursor()
 
 
 # ---- models --------------------------------------------------------------------------------------
@@ -387,6 +417,15 @@ def features_digest(row: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+@dataclass(frozen=True)
+class CartRequest:
+    """One request as numpy columns: its session (the shop's customer id, started_at in epoch
+    µs) and its events (`features.compute_features`' layout)."""
+
+    session: dict[str, Any]
+    events: dict[str, np.ndarray]
+
+
 class Scorer:
     """Decisions for carts, from a snapshot, loaded models and the plan's rules."""
 
@@ -399,55 +438,19 @@ class Scorer:
         ledger: ContactLedger,
         pseudonym_key: str,
         policy: CutoffPolicy | None = None,
-        history_days: int = 365,
         reasons: int = 3,
     ) -> None:
         self.snapshot, self.models, self.phases, self.plan = snapshot, models, phases, plan
         self.ledger, self.key, self.policy = ledger, pseudonym_key, policy or CutoffPolicy()
-        self.history_days, self.reasons = history_days, reasons
-        self._local = threading.local()
+        self.reasons = reasons
 
-    def _cursor(self) -> duckdb.DuckDBPyConnection:
-        cur = getattr(self._local, "cursor", None)
-        if cur is None or getattr(self._local, "snapshot", None) is not self.snapshot:
-            cur = self.snapshot.cursor()
-            self._local.cursor, self._local.snapshot = cur, self.snapshot
-        return cur
-
-    def features(self, sessions: pd.DataFrame, events: pd.DataFrame) -> pd.DataFrame:
-        """Point-in-time feature rows of the requests' carts (the batch SQL, unchanged)."""
-        cur = self._cursor()
-        cur.register("_req_events", events)
-        try:
-            parts = []
-            for day, day_sessions in sessions.groupby("partition_date"):
-                self.snapshot.ensure_day(day)
-                cur.register("_req_sessions", day_sessions)
-                parts.append(
-                    session_features(
-                        cur,
-                        "_req_events",
-                        "_req_sessions",
-                        self.policy,
-                        day - timedelta(days=self.history_days),
-                        day,
-                        into="_req_features",
-                        history=HISTORY_TABLE,
-                    )
-                )
-                cur.unregister("_req_sessions")
-            facts = session_facts(cur, events="_req_events")
-        finally:
-            cur.unregister("_req_events")
-        return pd.concat(parts, ignore_index=True).merge(facts, on="session_id", how="left")
-
-    def score(self, requests: list[tuple[pd.DataFrame, pd.DataFrame]]) -> list[Decision]:
-        """One decision per request (its session row and its events, in the canonical schema;
-        customer ids as the shop knows them, pseudonymised here). The same session twice in a
-        batch (a retry, or its events so far at two moments) is scored once per request."""
+    def score(self, requests: list[CartRequest]) -> list[Decision]:
+        """One decision per request (customer ids as the shop knows them, pseudonymised here).
+        The same session twice in a batch (a retry, or its events so far at two moments) is
+        scored once per request."""
         rounds: list[tuple[set[str], list[int]]] = []  # each session at most once per round
-        for i, (s, _) in enumerate(requests):
-            sid = str(s["session_id"].iloc[0])
+        for i, r in enumerate(requests):
+            sid = str(r.session["session_id"])
             for seen, members in rounds:
                 if sid not in seen:
                     seen.add(sid)
@@ -462,123 +465,143 @@ class Scorer:
             out.update(zip(members, self._score([requests[j] for j in members]), strict=True))
         return [out[i] for i in range(len(requests))]
 
-    def _score(self, requests: list[tuple[pd.DataFrame, pd.DataFrame]]) -> list[Decision]:
-        models = self.models  # one consistent set for the whole batch
-        sessions = pd.concat([s for s, _ in requests], ignore_index=True)
-        events = pd.concat([e for _, e in requests], ignore_index=True)
-        sessions["customer_id"] = pseudonymise(
-            sessions["customer_id"].astype(str).tolist(), self.key
-        )
-        sessions["partition_date"] = pd.to_datetime(sessions["started_at"]).dt.date
-        feats = self.features(sessions, events).set_index("session_id", drop=False)
-        available = set(models.risk)
-        out = []
-        for s in sessions.itertuples(index=False):
-            out.append(
-                Decision(
-                    request_id=uuid.uuid4().hex,
-                    session_id=str(s.session_id),
-                    customer_id=str(s.customer_id),
-                    region=str(s.region),
-                    scored=s.session_id in feats.index,
-                    reason=""
-                    if s.session_id in feats.index
-                    else "nothing to score: no add-to-cart before the cutoff",
-                    segment=str(self.snapshot.segment.get(s.customer_id) or UNSEGMENTED),
-                    consent=bool(self.snapshot.consent.get(s.customer_id, False)),
+    def _score(self, requests: list[CartRequest]) -> list[Decision]:
+        models, snap = self.models, self.snapshot  # one consistent set for the whole batch
+        customers = pseudonymise([str(r.session["customer_id"]) for r in requests], self.key)
+        sessions = {
+            k: np.array([r.session[k] for r in requests], dtype=object)
+            for k in ("session_id", "device", "traffic_source", "region")
+        }
+        sessions["customer_id"] = np.array(customers, dtype=object)
+        sessions["started_at"] = np.array([r.session["started_at"] for r in requests], np.int64)
+        events = {k: np.concatenate([r.events[k] for r in requests]) for k in requests[0].events}
+        # the batch's feature code, per day of the sessions (one day but around midnight)
+        day_of = sessions["started_at"] // (86_400 * 1_000_000)
+        parts = []
+        for d in np.unique(day_of):
+            on = day_of == d
+            day = date(1970, 1, 1) + timedelta(days=int(d))
+            parts.append(
+                compute_features(
+                    {k: v[on] for k, v in sessions.items()},
+                    events,
+                    snap.reference(day),
+                    self.policy,
                 )
             )
+        feats = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        row_of = {sid: i for i, sid in enumerate(feats["session_id"])}
+        out = [
+            Decision(
+                request_id=uuid.uuid4().hex,
+                session_id=str(r.session["session_id"]),
+                customer_id=c,
+                region=str(r.session["region"]),
+                scored=str(r.session["session_id"]) in row_of,
+                reason=""
+                if str(r.session["session_id"]) in row_of
+                else "nothing to score: no add-to-cart before the cutoff",
+                segment=str(snap.segment.get(c) or UNSEGMENTED),
+                consent=bool(snap.consent.get(c, False)),
+            )
+            for r, c in zip(requests, customers, strict=True)
+        ]
         scored = [d for d in out if d.scored]
         if not scored:
             return out
-        rows = feats.loc[[d.session_id for d in scored]].reset_index(drop=True)
-        alias = rows["region"].map(lambda r: self.phases.serving_alias(str(r), available))
-        risk = np.zeros(len(rows))
-        codes: list[list[str]] = [[] for _ in range(len(rows))]
+        take = np.array([row_of[d.session_id] for d in scored])
+        rows = {k: v[take] for k, v in feats.items()}
+        facts = compute_session_facts(events)
+        at = lookup({k: i for i, k in enumerate(facts["session_id"])}, rows["session_id"])
+        rows.update({k: v[at] for k, v in facts.items() if k != "session_id"})
+        available = set(models.risk)
+        alias = np.array(
+            [self.phases.serving_alias(str(r), available) for r in rows["region"]], dtype=object
+        )
+        risk = np.zeros(len(scored))
+        codes: list[list[str]] = [[] for _ in scored]
         for a in sorted(set(alias)):
-            m = (alias == a).to_numpy()
-            part = rows[m]
-            risk[m] = models.risk[a].model.predict_proba(part)
+            m = alias == a
+            part = {k: v[m] for k, v in rows.items()}
+            model = models.risk[a].model
+            x = model.dmatrix(part)
+            risk[m] = model.predict_proba(part, x)
             for i, c in zip(
-                np.flatnonzero(m).tolist(),
-                reason_codes(models.risk[a].model, part, self.reasons),
-                strict=True,
+                np.flatnonzero(m).tolist(), reason_codes(model, part, self.reasons, x), strict=True
             ):
                 codes[i] = c
         shadow = models.shadow.model.predict_proba(rows) if models.shadow else None
+        names = (*NUMERIC_FEATURES, *CATEGORICAL_FEATURES)
         for i, d in enumerate(scored):
-            row = rows.iloc[i]
-            d.features = {
-                k: json_scalar(row[k]) for k in (*NUMERIC_FEATURES, *CATEGORICAL_FEATURES)
-            }
+            d.features = {k: feature_value(k, rows[k][i]) for k in names}
             d.features_digest = features_digest(d.features)
-            d.cutoff_at = pd.Timestamp(row["cutoff_at"]).to_pydatetime()
+            d.cutoff_at = _datetime(int(rows["cutoff_at"][i]))
             d.risk, d.reason_codes = float(risk[i]), codes[i]
-            d.risk_model_alias = str(alias.iloc[i])
+            d.risk_model_alias = str(alias[i])
             d.risk_model_version = models.risk[d.risk_model_alias].version
             if models.shadow is not None and shadow is not None:
                 d.shadow_model_version, d.shadow_risk = models.shadow.version, float(shadow[i])
-        self._act(scored, rows, events, models)
+        bought = set(events["session_id"][events["event_type"] == "purchase"].tolist())
+        self._act(scored, rows, bought, models)
         return out
 
     def _act(
-        self, scored: list[Decision], rows: pd.DataFrame, events: pd.DataFrame, models: Models
+        self, scored: list[Decision], rows: dict[str, np.ndarray], bought: set[str], models: Models
     ) -> None:
         """The intervention per cart: the plan's choice within consent, holdout, discount caps,
         contact caps and the day's budget (claimed in the shared ledger)."""
         plan = self.plan
-        bought = set(events.loc[events["event_type"] == "purchase", "session_id"])
-        holdout = in_holdout(
-            pd.Series([d.customer_id for d in scored]), plan.holdout_share, plan.holdout_salt
-        )
+        holdout = in_holdout([d.customer_id for d in scored], plan.holdout_share, plan.holdout_salt)
         for d, h in zip(scored, holdout, strict=True):
             d.in_holdout = bool(h)
         if models.uplift is None:
             for d in scored:
                 d.reason = "no uplift model holds its alias yet (uplift_training_job)"
             return
-        d_uplift = models.uplift
-        usable = [i for i in plan.catalogue if i.arm in d_uplift.allowed_arms]
-        carts = rows.assign(
-            segment=[d.segment for d in scored],
-            send_at=pd.to_datetime(rows["cutoff_at"]),
-            blocked=[
-                "bought in session"
-                if d.session_id in bought
-                else "no marketing consent"
-                if not d.consent
-                else "holdout"
-                if d.in_holdout
-                else ""
-                for d in scored
-            ],
+        uplift = models.uplift
+        usable = [i for i in plan.catalogue if i.arm in uplift.allowed_arms]
+        rows = {**rows, "segment": np.array([d.segment for d in scored], dtype=object)}
+        baseline, effects = uplift.model.predict(rows)
+        options = option_columns(
+            rows["cart_value"], rows["shipping_cost"], baseline, effects, usable, plan.margin_rate
         )
-        baseline = d_uplift.model.baseline(carts)
-        options = action_table(
-            carts, baseline, d_uplift.model.effects(carts), usable, plan.margin_rate
-        )
+        send_at = rows["cutoff_at"].astype("datetime64[us]")
         customers = sorted({d.customer_id for d in scored})
         earlier = {c: list(self.snapshot.contacts.get(c, [])) for c in customers}
-        days = sorted(set(carts["send_at"].dt.date))
+        days = sorted({_datetime(int(t)).date() for t in rows["cutoff_at"]})
         budget = max(plan.rules.budget - sum(self.ledger.spent(x) for x in days), 0.0)
-        rules = replace(plan.rules, budget=budget)  # what is left of the day's budget
         claimed = self.ledger.contacts_of(customers)
-        history = pd.DataFrame(
-            [(c, t) for c in customers for t in sorted({*earlier[c], *claimed.get(c, [])})],
-            columns=["customer_id", "sent_at"],
+        chosen = choose(
+            blocked=np.array(
+                [
+                    "bought in session"
+                    if d.session_id in bought
+                    else "no marketing consent"
+                    if not d.consent
+                    else "holdout"
+                    if d.in_holdout
+                    else ""
+                    for d in scored
+                ],
+                dtype=object,
+            ),
+            segment=rows["segment"],
+            customer=np.array([d.customer_id for d in scored], dtype=object),
+            send_at=send_at,
+            options=options,
+            rules=replace(plan.rules, budget=budget),  # what is left of the day's budget
+            contacts={c: sorted({*earlier[c], *claimed.get(c, [])}) for c in customers},
         )
-        chosen = choose_actions(carts, options, rules, history)
         for i, d in enumerate(scored):
-            d.uplift_model_version = d_uplift.version
+            d.uplift_model_version = uplift.version
             d.p_baseline = float(baseline[i])
-            c = chosen.iloc[i]
-            if c["action"] == NONE:
-                d.reason = str(c["reason"])
+            if chosen["action"][i] == NONE:
+                d.reason = str(chosen["reason"][i])
                 continue
             why = self.ledger.claim(
                 d.customer_id,
-                pd.Timestamp(carts["send_at"].iloc[i]),
-                float(c["expected_cost"]),
+                pd.Timestamp(send_at[i]),
+                float(chosen["expected_cost"][i]),
                 d.request_id,
                 earlier[d.customer_id],
                 plan.rules,
@@ -586,9 +609,25 @@ class Scorer:
             if why:  # another worker took the budget or contacted the customer meanwhile
                 d.reason = why
                 continue
-            d.action, d.intervention_id = str(c["action"]), str(c["intervention_id"])
-            d.incremental_margin = float(c["incremental_margin"])
-            d.expected_cost = float(c["expected_cost"])
+            d.action, d.intervention_id = (
+                str(chosen["action"][i]),
+                str(chosen["intervention_id"][i]),
+            )
+            d.incremental_margin = float(chosen["incremental_margin"][i])
+            d.expected_cost = float(chosen["expected_cost"][i])
+
+
+def _datetime(us: int) -> datetime:
+    return datetime(1970, 1, 1) + timedelta(microseconds=us)
+
+
+def feature_value(name: str, value: Any) -> Any:
+    """A feature as JSON and the decision log hold it: None for missing, whole numbers for the
+    integer columns of `session_features`."""
+    value = json_scalar(value)
+    if value is not None and FEATURE_TYPES[name] in ("BIGINT", "INTEGER", "HUGEINT"):
+        return int(value)
+    return value
 
 
 def json_scalar(value: Any) -> Any:
@@ -608,23 +647,32 @@ SESSION_FIELDS: tuple[str, ...] = tuple(c.name for c in SESSIONS.columns)
 EVENT_FIELDS: tuple[str, ...] = tuple(c.name for c in EVENTS.columns)
 
 
-def request_frames(
-    session: dict[str, Any], events: list[dict[str, Any]]
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """A request as the two canonical tables the feature SQL reads (sessions, events)."""
-    s = pd.DataFrame([{k: session.get(k) for k in SESSION_FIELDS}])
-    s["started_at"] = pd.to_datetime(s["started_at"], utc=True, format="ISO8601").dt.tz_localize(
-        None
+def _epoch_us(value: Any) -> int:
+    """A timestamp (ISO text or datetime; naive means UTC) in epoch microseconds, UTC."""
+    t = datetime.fromisoformat(value) if isinstance(value, str) else value
+    if t.tzinfo is not None:
+        t = t.astimezone(UTC).replace(tzinfo=None)
+    return (t - datetime(1970, 1, 1)) // timedelta(microseconds=1)
+
+
+def request_columns(session: Mapping[str, Any], events: Sequence[Mapping[str, Any]]) -> CartRequest:
+    """A request (canonical `sessions` and `events` fields) as the columns the features read."""
+
+    def num(k: str) -> np.ndarray:
+        return np.array([e.get(k) if e.get(k) is not None else np.nan for e in events], float)
+
+    return CartRequest(
+        session={
+            **{k: session.get(k) for k in SESSION_FIELDS},
+            "started_at": _epoch_us(session["started_at"]),
+        },
+        events={
+            "session_id": np.array([e.get("session_id") for e in events], dtype=object),
+            "ts": np.array([_epoch_us(e["ts"]) for e in events], dtype=np.int64),
+            "seq": np.array([e.get("seq") or 0 for e in events], dtype=np.int64),
+            "event_type": np.array([e.get("event_type") for e in events], dtype=object),
+            "product_id": np.array([e.get("product_id") for e in events], dtype=object),
+            "price": num("price"),
+            "quantity": num("quantity"),
+        },
     )
-    e = pd.DataFrame(
-        [{k: ev.get(k) for k in EVENT_FIELDS} for ev in events], columns=list(EVENT_FIELDS)
-    )
-    e["ts"] = pd.to_datetime(e["ts"], utc=True, format="ISO8601").dt.tz_localize(None)
-    for col, kind in (("quantity", "Int64"), ("delivery_days", "Int64"), ("seq", "Int64")):
-        e[col] = e[col].astype(kind)
-    for col in ("price", "shipping_cost", "order_value"):
-        e[col] = e[col].astype(float)
-    for col in ("product_id", "coupon_code"):
-        e[col] = e[col].astype(object)
-    e["partition_date"] = s["started_at"].dt.date.iloc[0]
-    return s, e

@@ -23,8 +23,12 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
-from cartintel_assets.ml.abandonment import RiskModel, XGBParams, fit_risk_model
-from cartintel_assets.ml.features import CATEGORICAL_FEATURES, NUMERIC_FEATURES
+from cartintel_assets.ml.abandonment import RiskModel, Rows, XGBParams, fit_risk_model
+from cartintel_assets.ml.features import (
+    CATEGORICAL_FEATURES,
+    NUMERIC_FEATURES,
+    compute_session_facts,
+)
 from cartintel_assets.ml.schema import TREATMENTS
 from cartintel_assets.ml.uplift_metrics import (
     bootstrap_interval,
@@ -71,27 +75,33 @@ SESSION_FACTS: tuple[str, ...] = (
     "session_events",
     "session_seconds",
 )
-_FACTS_SQL = """
-SELECT session_id,
-       count(*) FILTER (WHERE event_type = 'coupon_attempt') AS session_coupon_attempts,
-       bool_or(event_type = 'begin_checkout')::INTEGER AS session_reached_checkout,
-       bool_or(event_type = 'shipping_quote_shown')::INTEGER AS session_saw_shipping_quote,
-       count(*) AS session_events,
-       date_diff('second', min(ts), max(ts)) AS session_seconds,
-       max(ts) AS session_ended_at
-FROM {events} {where} GROUP BY session_id
-"""
 
 
 def session_facts(
     con: duckdb.DuckDBPyConnection, day: date | None = None, events: str = "raw_events"
 ) -> pd.DataFrame:
     """SESSION_FACTS and the end time of every session in table `events` (of one day, or of all
-    days; the scoring service passes a request's events as they stand)."""
-    if day is None:
-        return con.execute(_FACTS_SQL.format(events=events, where="")).df()
-    where = "WHERE partition_date = $day"
-    return con.execute(_FACTS_SQL.format(events=events, where=where), {"day": day}).df()
+    days, read a day at a time); `features.compute_session_facts` computes them, for the
+    scoring service too."""
+    days = (
+        [day]
+        if day is not None
+        else [r[0] for r in con.execute(f"SELECT DISTINCT partition_date FROM {events}").fetchall()]
+    )
+    parts = []
+    for d in sorted(days):
+        ev = con.sql(
+            f"SELECT session_id, epoch_us(ts) AS ts, event_type FROM {events}"
+            " WHERE partition_date = $day",
+            params={"day": d},
+        ).fetchnumpy()
+        parts.append(pd.DataFrame(compute_session_facts(ev)))
+    if not parts:
+        empty = {k: np.array([], dtype=object) for k in ("session_id", "ts", "event_type")}
+        return pd.DataFrame(compute_session_facts(empty))
+    out = pd.concat(parts, ignore_index=True)
+    out["session_ended_at"] = pd.to_datetime(out["session_ended_at"], unit="us")
+    return out
 
 
 def intervention_log(con: duckdb.DuckDBPyConnection) -> tuple[pd.DataFrame, int]:
@@ -152,27 +162,37 @@ class UpliftModel:
     def features(self) -> list[str]:
         return self.outcome[CONTROL].features
 
-    def baseline(self, frame: pd.DataFrame) -> np.ndarray:
+    def baseline(self, frame: Rows) -> np.ndarray:
         """Probability of buying the cart within 7 days without any intervention."""
-        return np.clip(self.outcome[CONTROL].predict_proba(frame), 0.0, 1.0)
+        return self.predict(frame)[0]
 
     def effects(self, frame: pd.DataFrame) -> pd.DataFrame:
         """Predicted change in that probability per arm (one column per arm)."""
-        out = pd.DataFrame(index=frame.index)
-        base = self.baseline(frame)
+        return pd.DataFrame(self.predict(frame)[1], index=frame.index)
+
+    def predict(self, frame: Rows) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """The baseline and the effect per arm, the rows encoded once for every learner."""
+        control = self.outcome[CONTROL]
+        x = control.dmatrix(frame)  # encoded once for every learner
+
+        def proba(m: RiskModel) -> np.ndarray:
+            return m.predict_proba(frame, x if m.encodes_like(control) else None)
+
+        base = np.clip(proba(control), 0.0, 1.0)
+        out = {}
         for arm in self.arms:
             if self.learner == "x-learner":
-                tau1, tau0 = (m.predict_proba(frame) for m in self.effect[arm])
+                tau1, tau0 = (proba(m) for m in self.effect[arm])
                 g = self.weight[arm]
                 tau = g * tau0 + (1 - g) * tau1
             else:
-                tau = self.outcome[arm].predict_proba(frame) - base
+                tau = proba(self.outcome[arm]) - base
             if arm in self.calibration:
                 a, b = self.calibration[arm]
                 tau = a + b * tau
             # an effect cannot push the probability outside [0, 1]
             out[arm] = np.clip(tau, -base, 1 - base)
-        return out
+        return base, out
 
     def save(self, folder: Path) -> None:
         """Boosters as XGBoost JSON and the structure as JSON; no pickle."""

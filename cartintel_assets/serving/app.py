@@ -14,7 +14,6 @@ import os
 import threading
 import time
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -37,7 +36,7 @@ from cartintel_assets.ml.serving import (
     Snapshot,
     load_models,
     registry_state,
-    request_frames,
+    request_columns,
 )
 from cartintel_assets.serving.schemas import (
     Intervention,
@@ -61,8 +60,11 @@ class ServiceSettings:
     shadow: bool = True
     reload_interval_s: float = 5.0
     snapshot_refresh_s: float = 300.0
-    flush_interval_s: float = 1.0
+    # a flush opens the warehouse (~50 ms on 2 cores) and holds the GIL part of it: every 5 s
+    # it delays few enough requests to stay out of the p99
+    flush_interval_s: float = 5.0
     max_batch: int = 64
+    gather_turns: int = 8  # event-loop turns that let arrived requests join a batch
 
     @classmethod
     def from_env(cls) -> ServiceSettings:
@@ -71,6 +73,7 @@ class ServiceSettings:
             shadow=env("CARTINTEL_SERVE_SHADOW", "1") != "0",
             reload_interval_s=float(env("CARTINTEL_SERVE_RELOAD_S", "5")),
             snapshot_refresh_s=float(env("CARTINTEL_SERVE_SNAPSHOT_S", "300")),
+            flush_interval_s=float(env("CARTINTEL_SERVE_FLUSH_S", "5")),
         )
 
 
@@ -174,7 +177,6 @@ class Service:
         self._stop = threading.Event()
         self._reload_lock = threading.Lock()
         self._watcher = threading.Thread(target=self._watch, name="registry-watcher", daemon=True)
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="scorer")
         self._queue: asyncio.Queue[tuple[ScoreRequest, asyncio.Future[Decision]]] | None = None
         self._batcher: asyncio.Task[None] | None = None
         self.batches, self.scored, self.busy_s = 0, 0, 0.0
@@ -223,7 +225,6 @@ class Service:
         self._stop.set()
         if self._batcher:
             self._batcher.cancel()
-        self._executor.shutdown(wait=True)
         self.writer.stop()
 
     async def score(self, request: ScoreRequest) -> Decision:
@@ -233,16 +234,20 @@ class Service:
         return await future
 
     async def _batch_loop(self) -> None:
+        """Score what is queued as one batch, in the event loop itself: the work is CPU-bound
+        and holds the GIL, so a scoring thread would only fight the loop for it (measured:
+        ~35 % less throughput at concurrency 16). Before each batch the loop turns a few times
+        so requests already on the sockets join it; while a batch is scored, new requests wait
+        in the socket buffers and make up the next one."""
         assert self._queue is not None
-        loop = asyncio.get_running_loop()
         while True:
             batch = [await self._queue.get()]
+            for _ in range(self.cfg.gather_turns):
+                await asyncio.sleep(0)
             while not self._queue.empty() and len(batch) < self.cfg.max_batch:
                 batch.append(self._queue.get_nowait())
             try:
-                decisions = await loop.run_in_executor(
-                    self._executor, self._score_batch, [r for r, _ in batch]
-                )
+                decisions = self._score_batch([r for r, _ in batch])
             except Exception as err:
                 log.exception("scoring failed for a batch of %d", len(batch))
                 for _, f in batch:
@@ -255,11 +260,11 @@ class Service:
 
     def _score_batch(self, requests: list[ScoreRequest]) -> list[Decision]:
         started = time.perf_counter()
-        frames = [
-            request_frames(r.session.model_dump(), [e.model_dump() for e in r.events])  # type: ignore[attr-defined]
+        carts = [  # the validated fields as they are (no copy per event)
+            request_columns(vars(r.session), [vars(e) for e in r.events])  # type: ignore[attr-defined]
             for r in requests
         ]
-        decisions = self.scorer.score(frames)
+        decisions = self.scorer.score(carts)
         now = datetime.now(UTC).replace(tzinfo=None)
         self.writer.add([d.log_row(now) for d in decisions])
         self.batches += 1

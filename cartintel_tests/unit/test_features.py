@@ -14,6 +14,7 @@ from cartintel_assets.ml.features import (
     KEY_COLUMNS,
     NUMERIC_FEATURES,
     CutoffPolicy,
+    Timeline,
     session_features,
 )
 from cartintel_assets.ml.labels import cart_labels
@@ -113,3 +114,21 @@ def test_labels_agree_with_the_simulator_truth(warehouse) -> None:
     assert (labels["harmful"] | labels["benign"]).eq(labels["abandoned"]).all()
     late = cart_labels(con, CFG.day(CFG.days - 2))
     assert not late["label_complete"].any()  # 7 later days have not landed yet
+
+
+def test_timeline_counts_and_sums_what_came_before_a_moment() -> None:
+    """The reference lookups (reviews before the cutoff, history before the session) against a
+    brute-force count and sum, with unknown keys, ties and moments outside every group."""
+    rng = np.random.default_rng(3)
+    key = np.sort(rng.choice(np.array(["a", "b", "c", "d"], dtype=object), 200))
+    at = np.concatenate([np.sort(rng.integers(0, 50, (key == k).sum())) for k in "abcd"])
+    value = rng.normal(size=200)
+    tl = Timeline.build(key, at, {"v": value})
+    q_key = rng.choice(np.array(["a", "b", "c", "d", "zz"], dtype=object), 300)
+    q_at = rng.integers(-5, 60, 300)
+    first, end = tl.before(q_key, q_at)
+    got = tl.total("v", first, end)
+    for i in range(300):
+        m = (key == q_key[i]) & (at < q_at[i])
+        assert end[i] - first[i] == m.sum()
+        assert got[i] == pytest.approx(value[m].sum(), abs=1e-12)
