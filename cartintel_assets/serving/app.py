@@ -9,6 +9,7 @@ are watched, and models reload without a restart when one moves.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import threading
@@ -195,6 +196,8 @@ class Service:
             if snapshot:
                 self.scorer.snapshot = Snapshot(self.reader)
                 changed["snapshot"] = str(self.scorer.snapshot.last_day)
+            if changed:
+                gc.freeze()  # the new ones too (see start)
             return changed
 
     def _landed_since(self) -> bool:
@@ -216,6 +219,9 @@ class Service:
 
     # -- batching ---------------------------------------------------------------------------
     async def start(self) -> None:
+        # the snapshot and the models are millions of long-lived objects: out of the collector's
+        # way, so a full collection does not stall a request for tens of milliseconds
+        gc.freeze()
         self._queue = asyncio.Queue()
         self._batcher = asyncio.create_task(self._batch_loop())
         self.writer.start()
