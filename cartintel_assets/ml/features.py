@@ -285,11 +285,9 @@ def compute_features(
     def count(kind: str) -> np.ndarray:
         return np.bincount(g[t == _TYPE[kind]], minlength=n)
 
-    has_product = (
-        np.array([p is not None for p in prod], dtype=bool) if len(prod) else np.zeros(0, bool)
-    )
-    # sorted codes: a cart's lines, summed in product order, whatever else is in the batch
-    pcode, products = pd.factorize(np.where(has_product, prod, None), sort=True)  # None: -1
+    # sorted codes (no product: -1): a cart's lines are summed in product order, whatever else
+    # is in the batch
+    pcode, products = pd.factorize(prod, sort=True)
     views = (t == _TYPE["product_view"]) & (pcode >= 0)
     distinct_views = np.unique(g[views] * (len(products) + 1) + pcode[views])
     last_ts = _group_last(g, n, p_ts, 0)
@@ -496,7 +494,7 @@ SELECT customer_id, epoch_us(last_event_at) AS at_us,
        coalesce(had_cart AND NOT purchased, FALSE)::DOUBLE AS abandoned,
        coalesce(order_value, 0) AS order_value
 FROM {history} WHERE partition_date BETWEEN $history_from AND $history_to
-  AND customer_id IS NOT NULL AND last_event_at IS NOT NULL
+  AND customer_id IS NOT NULL AND last_event_at IS NOT NULL {of_customers}
 ORDER BY customer_id, at_us, session_id
 """
 
@@ -542,10 +540,17 @@ def history_timeline(
     history_from: date,
     history_to: date,
     history: str | None = None,
+    customers: str | None = None,
 ) -> Timeline:
     """Customers' sessions between the two days, summarised by SESSION_SUMMARY_SQL from
-    `raw_sessions`/`raw_events`, or read from table `history` that holds those summaries."""
-    sql = _HISTORY_SQL.format(history=history or f"({SESSION_SUMMARY_SQL})")
+    `raw_sessions`/`raw_events`, or read from table `history` that holds those summaries; only
+    the customers in table `customers` (a batch's sessions) if given."""
+    sql = _HISTORY_SQL.format(
+        history=history or f"({SESSION_SUMMARY_SQL})",
+        of_customers=f"AND customer_id IN (SELECT customer_id FROM {customers})"
+        if customers
+        else "",
+    )
     h = _columns(con.sql(sql, params={"history_from": history_from, "history_to": history_to}))
     values = {k: h[k] for k in ("purchased", "had_cart", "abandoned", "order_value")}
     return Timeline.build(h["customer_id"], h["at_us"], values, h["ended_before_start"])
@@ -557,12 +562,14 @@ def feature_reference(
     history_from: date,
     history_to: date,
     history: str | None = None,
+    customers: str | None = None,
 ) -> FeatureReference:
-    """What the features of sessions started on `days` read besides their events."""
+    """What the features of sessions started on `days` read besides their events (the history
+    of the customers in table `customers` only, if given)."""
     return FeatureReference(
         days={d: day_catalogue(con, d) for d in days},
         reviews=reviews_timeline(con),
-        history=history_timeline(con, history_from, history_to, history),
+        history=history_timeline(con, history_from, history_to, history, customers),
     )
 
 
@@ -644,7 +651,7 @@ def session_features(
     ev = _columns(con.sql(_EVENTS_SQL.format(events=events)))
     s = _columns(con.sql(_SESSIONS_SQL.format(sessions=sessions)))
     days = sorted({d.date() for d in pd.to_datetime(s["started_at"], unit="us")})
-    reference = feature_reference(con, days, history_from, history_to, history)
+    reference = feature_reference(con, days, history_from, history_to, history, sessions)
     frame = feature_frame(compute_features(s, ev, reference, policy))
     typed_temp_table(con, frame, FEATURE_TYPES, into)
     return con.table(into).df()
