@@ -63,7 +63,7 @@ from cartintel_assets.ml.policy import (
     option_columns,
 )
 from cartintel_assets.ml.promotion import PHASES, PhasePlan
-from cartintel_assets.ml.schema import EVENTS, SESSIONS
+from cartintel_assets.ml.schema import SESSIONS
 
 RISK_MODEL = "cartintel-abandonment"
 UPLIFT_MODEL = "cartintel-uplift"
@@ -641,10 +641,9 @@ def json_scalar(value: Any) -> Any:
     return value
 
 
-# ---- request frames ------------------------------------------------------------------------------
+# ---- requests as columns --------------------------------------------------------------------------
 
 SESSION_FIELDS: tuple[str, ...] = tuple(c.name for c in SESSIONS.columns)
-EVENT_FIELDS: tuple[str, ...] = tuple(c.name for c in EVENTS.columns)
 
 
 def _epoch_us(value: Any) -> int:
