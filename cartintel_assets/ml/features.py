@@ -164,9 +164,16 @@ class Timeline:
 
 
 def lookup(positions: dict[Any, int], keys: np.ndarray | list[Any]) -> np.ndarray:
-    """Each key's position (-1: unknown); a dict beats a pandas index on a request's few keys
-    and keeps up on a day's."""
-    return np.fromiter((positions.get(k, -1) for k in keys), dtype=np.int64, count=len(keys))
+    """Each key's position (-1: unknown): a dict on a request's few keys, pandas' map on a
+    day's many."""
+    if len(keys) < 1000:
+        return np.fromiter((positions.get(k, -1) for k in keys), dtype=np.int64, count=len(keys))
+    return pd.Series(keys, dtype=object).map(positions).fillna(-1).to_numpy(dtype=np.int64)
+
+
+def day_of(us: np.ndarray) -> np.ndarray:
+    """The UTC day (datetime.date) of each epoch-microsecond timestamp."""
+    return (np.asarray(us, dtype=np.int64) // (86_400 * _US)).astype("datetime64[D]").astype(object)
 
 
 @dataclass(frozen=True)
@@ -190,18 +197,6 @@ class FeatureReference:
     days: dict[date, DayCatalogue]
     reviews: Timeline
     history: Timeline
-
-
-def _codes(values: np.ndarray, known: dict[str, int]) -> np.ndarray:
-    return (
-        np.array([known.get(v, -1) for v in values], dtype=np.int64)
-        if len(values) < 64
-        else (pd.Series(values, dtype=object).map(known).fillna(-1).to_numpy(dtype=np.int64))
-    )
-
-
-def _floor_div(us: np.ndarray, unit: int) -> np.ndarray:
-    return np.floor_divide(us, unit)
 
 
 def _group_first(group: np.ndarray, n: int, values: np.ndarray, fill: Any) -> np.ndarray:
@@ -260,7 +255,7 @@ def compute_features(
     ev_s = ev_s[keep]
     srt = np.lexsort((seq, ts, ev_s))
     ev_s, ts = ev_s[srt], ts[srt]
-    etype = _codes(np.asarray(events["event_type"], dtype=object)[keep][srt], _TYPE)
+    etype = lookup(_TYPE, np.asarray(events["event_type"], dtype=object)[keep][srt])
     product = np.asarray(events["product_id"], dtype=object)[keep][srt]
     price = np.asarray(events["price"], dtype=float)[keep][srt]
     qty = np.asarray(events["quantity"], dtype=float)[keep][srt]
@@ -318,13 +313,13 @@ def compute_features(
     c_s, c_qty = line_session[in_cart], line_qty[in_cart]
     c_last, c_first, c_prod = last_price[in_cart], first_price[in_cart], line_product[in_cart]
     started = np.asarray(s_cols["started_at"], dtype=np.int64)
-    day_of = (started // (86400 * _US)).astype("datetime64[D]").astype(object)  # date per session
+    day = day_of(started)
     weight = np.full(len(c_s), np.nan)
     promo = np.full(len(c_s), np.nan)
     median = np.full(len(c_s), np.nan)
-    for day in set(day_of[c_s]) if len(c_s) else ():
-        cat = reference.days[day]
-        on = day_of[c_s] == day
+    for d in set(day[c_s]):
+        cat = reference.days[d]
+        on = day[c_s] == d
         i = lookup(cat.products, c_prod[on])
         known = i >= 0
         weight[on] = np.where(known, cat.weight_rank[np.maximum(i, 0)], np.nan)
@@ -351,9 +346,9 @@ def compute_features(
     shipping_cost = np.full(n, np.nan)
     delivery_days = np.full(n, np.nan)
     region = np.asarray(s_cols["region"], dtype=object)
-    for day in set(day_of[has_cart_row & (rank >= 0)]):
-        cat = reference.days[day]
-        on = has_cart_row & (rank >= 0) & (day_of == day)
+    for d in set(day[has_cart_row & (rank >= 0)]):
+        cat = reference.days[d]
+        on = has_cart_row & (rank >= 0) & (day == d)
         keys = [f"{r}|{WEIGHT_CLASSES[int(k)]}" for r, k in zip(region[on], rank[on], strict=True)]
         i = lookup(cat.quotes, keys)
         shipping_cost[on] = np.where(i >= 0, cat.shipping_cost[np.maximum(i, 0)], np.nan)
@@ -400,11 +395,8 @@ def compute_features(
         "n_cart_removes": count("remove_from_cart"),
         "cart_items": cart_items,
         "cart_value": cart_value,
-        "secs_in_session": (_floor_div(cutoff, 1000) - _floor_div(started, 1000)) / 1000.0,
-        "secs_since_first_cart": (
-            _floor_div(last_ts, 1000) - _floor_div(np.where(has_cart, fc, 0), 1000)
-        )
-        / 1000.0,
+        "secs_in_session": ((cutoff // 1000) - (started // 1000)) / 1000.0,
+        "secs_since_first_cart": ((last_ts // 1000) - (np.where(has_cart, fc, 0) // 1000)) / 1000.0,
         "coupon_attempts": count("coupon_attempt"),
         "price_vs_30d_median": price_vs_median,
         "price_change_in_session": price_change,
@@ -418,7 +410,7 @@ def compute_features(
         "weekday": ((started // (86400 * _US)) + 3) % 7 + 1,  # ISO: Monday 1 (1970-01-01: Thu)
         "returning_customer": (sessions_before > 0).astype(np.int64),
         "days_since_last_session": np.where(
-            has_last, (_floor_div(started, _US) - _floor_div(last_prior, _US)) / 86400.0, np.nan
+            has_last, ((started // _US) - (last_prior // _US)) / 86400.0, np.nan
         ),
         "prior_sessions": sessions_before.astype(np.int64),
         "prior_orders": orders.astype(np.int64),
@@ -439,7 +431,7 @@ def compute_session_facts(events: dict[str, np.ndarray]) -> dict[str, np.ndarray
     codes, sids = pd.factorize(np.asarray(events["session_id"], dtype=object), sort=True)
     n = len(sids)
     ts = np.asarray(events["ts"], dtype=np.int64)
-    etype = _codes(np.asarray(events["event_type"], dtype=object), _TYPE)
+    etype = lookup(_TYPE, np.asarray(events["event_type"], dtype=object))
 
     def count(kind: str) -> np.ndarray:
         return np.bincount(codes[etype == _TYPE[kind]], minlength=n)
@@ -454,7 +446,7 @@ def compute_session_facts(events: dict[str, np.ndarray]) -> dict[str, np.ndarray
         "session_reached_checkout": (count("begin_checkout") > 0).astype(np.int64),
         "session_saw_shipping_quote": (count("shipping_quote_shown") > 0).astype(np.int64),
         "session_events": np.bincount(codes, minlength=n),
-        "session_seconds": _floor_div(last, _US) - _floor_div(first, _US),
+        "session_seconds": (last // _US) - (first // _US),
         "session_ended_at": last,
     }
 
@@ -575,14 +567,19 @@ def feature_reference(
 
 # ---- batch ---------------------------------------------------------------------------------------
 
-FEATURE_TYPES: dict[str, str] = {
+# the columns' SQL types (as the feature SQL typed them before): counts are BIGINT
+_NOT_BIGINT: dict[str, str] = {
     "session_id": "VARCHAR",
     "customer_id": "VARCHAR",
     "started_at": "TIMESTAMP",
     "cutoff_at": "TIMESTAMP",
-    **{
-        f: "DOUBLE"
-        for f in (
+    "cart_items": "HUGEINT",
+    "carted_on_promotion": "INTEGER",
+    "delivery_days": "INTEGER",
+    "returning_customer": "INTEGER",
+    **dict.fromkeys(CATEGORICAL_FEATURES, "VARCHAR"),
+    **dict.fromkeys(
+        (
             "cart_value",
             "secs_in_session",
             "secs_since_first_cart",
@@ -594,18 +591,12 @@ FEATURE_TYPES: dict[str, str] = {
             "days_since_last_session",
             "prior_revenue",
             "prior_abandonment_rate",
-        )
-    },
-    "cart_items": "HUGEINT",
-    "carted_on_promotion": "INTEGER",
-    "delivery_days": "INTEGER",
-    "returning_customer": "INTEGER",
-    "device": "VARCHAR",
-    "traffic_source": "VARCHAR",
-    "region": "VARCHAR",
+        ),
+        "DOUBLE",
+    ),
 }
-FEATURE_TYPES = {
-    c: FEATURE_TYPES.get(c, "BIGINT")
+FEATURE_TYPES: dict[str, str] = {
+    c: _NOT_BIGINT.get(c, "BIGINT")
     for c in (*KEY_COLUMNS, *NUMERIC_FEATURES, *CATEGORICAL_FEATURES)
 }
 
@@ -650,7 +641,7 @@ def session_features(
 
     ev = _columns(con.sql(_EVENTS_SQL.format(events=events)))
     s = _columns(con.sql(_SESSIONS_SQL.format(sessions=sessions)))
-    days = sorted({d.date() for d in pd.to_datetime(s["started_at"], unit="us")})
+    days = sorted(set(day_of(s["started_at"])))
     reference = feature_reference(con, days, history_from, history_to, history, sessions)
     frame = feature_frame(compute_features(s, ev, reference, policy))
     typed_temp_table(con, frame, FEATURE_TYPES, into)

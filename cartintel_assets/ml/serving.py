@@ -42,6 +42,7 @@ from cartintel_assets.ml.features import (
     compute_features,
     compute_session_facts,
     day_catalogue,
+    day_of,
     history_timeline,
     lookup,
     reviews_timeline,
@@ -476,11 +477,10 @@ class Scorer:
         sessions["started_at"] = np.array([r.session["started_at"] for r in requests], np.int64)
         events = {k: np.concatenate([r.events[k] for r in requests]) for k in requests[0].events}
         # the batch's feature code, per day of the sessions (one day but around midnight)
-        day_of = sessions["started_at"] // (86_400 * 1_000_000)
+        days = day_of(sessions["started_at"])
         parts = []
-        for d in np.unique(day_of):
-            on = day_of == d
-            day = date(1970, 1, 1) + timedelta(days=int(d))
+        for day in sorted(set(days)):
+            on = days == day
             parts.append(
                 compute_features(
                     {k: v[on] for k, v in sessions.items()},
@@ -568,7 +568,7 @@ class Scorer:
         send_at = rows["cutoff_at"].astype("datetime64[us]")
         customers = sorted({d.customer_id for d in scored})
         earlier = {c: list(self.snapshot.contacts.get(c, [])) for c in customers}
-        days = sorted({_datetime(int(t)).date() for t in rows["cutoff_at"]})
+        days = sorted(set(day_of(rows["cutoff_at"])))
         budget = max(plan.rules.budget - sum(self.ledger.spent(x) for x in days), 0.0)
         claimed = self.ledger.contacts_of(customers)
         chosen = choose(
