@@ -5,6 +5,7 @@ Online Shoppers) go through the same code. No Dagster import.
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import json
 from collections.abc import Mapping
@@ -20,6 +21,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score, brier_score_loss, log_loss, roc_auc_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+from xgboost.core import _LIB, _check_call, c_bst_ulong
 
 # feature rows: a frame, or (the scoring service) numpy columns of equal length
 Rows: TypeAlias = pd.DataFrame | Mapping[str, np.ndarray]
@@ -135,9 +137,7 @@ class RiskModel:
     def raw_score(self, frame: Rows, matrix: np.ndarray | xgb.DMatrix | None = None) -> np.ndarray:
         x = self.matrix(frame) if matrix is None else matrix
         if isinstance(x, xgb.DMatrix):
-            return self.booster.predict(
-                x, iteration_range=(0, self.best_iteration + 1), validate_features=False
-            )
+            return predict_dmatrix(self.booster, x, self.best_iteration + 1)
         return self.booster.inplace_predict(x, iteration_range=(0, self.best_iteration + 1))
 
     def predict_proba(
@@ -158,12 +158,49 @@ class RiskModel:
         x = self.dmatrix(frame) if matrix is None else matrix
         if not isinstance(x, xgb.DMatrix):
             x = xgb.DMatrix(x)
-        return self.booster.predict(
-            x,
-            pred_contribs=True,
-            iteration_range=(0, self.best_iteration + 1),
-            validate_features=False,
+        return predict_dmatrix(self.booster, x, self.best_iteration + 1, CONTRIBUTIONS)
+
+
+VALUES, CONTRIBUTIONS = 0, 2  # prediction types of XGBoost's C API
+
+
+@functools.cache
+def _predict_config(kind: int, iteration_end: int) -> bytes:
+    return json.dumps(
+        {
+            "type": kind,
+            "training": False,
+            "iteration_begin": 0,
+            "iteration_end": iteration_end,
+            "strict_shape": False,
+        }
+    ).encode()
+
+
+def predict_dmatrix(
+    booster: xgb.Booster, data: xgb.DMatrix, iteration_end: int, kind: int = VALUES
+) -> np.ndarray:
+    """`booster.predict(data, iteration_range=(0, iteration_end), validate_features=False)`, or
+    with `pred_contribs=True` (kind CONTRIBUTIONS): the same call into XGBoost's C API that
+    `Booster.predict` makes, without its Python bookkeeping. On a cart's row that bookkeeping
+    costs ~170 µs against ~20 µs for the prediction, and the scoring service predicts with ~15
+    boosters per cart. Outputs are bit-identical (test_abandonment checks it; xgboost is pinned).
+    """
+    shape = ctypes.POINTER(c_bst_ulong)()
+    dims = c_bst_ulong()
+    out = ctypes.POINTER(ctypes.c_float)()
+    _check_call(
+        _LIB.XGBoosterPredictFromDMatrix(
+            booster.handle,
+            data.handle,
+            _predict_config(kind, iteration_end),
+            ctypes.byref(shape),
+            ctypes.byref(dims),
+            ctypes.byref(out),
         )
+    )
+    # the buffer belongs to the booster until its next prediction: copy it out
+    return np.ctypeslib.as_array(out, shape=tuple(shape[i] for i in range(dims.value))).copy()
 
 
 def fit_risk_model(

@@ -530,10 +530,13 @@ class Scorer:
                 np.flatnonzero(m).tolist(), reason_codes(model, part, self.reasons, x), strict=True
             ):
                 codes[i] = c
-        shadow = models.shadow.model.predict_proba(rows) if models.shadow else None
-        names = (*NUMERIC_FEATURES, *CATEGORICAL_FEATURES)
+        shadow = None
+        if models.shadow is not None:
+            challenger = models.shadow.model
+            shadow = challenger.predict_proba(rows, challenger.dmatrix(rows))
+        values = {k: feature_values(k, rows[k]) for k in (*NUMERIC_FEATURES, *CATEGORICAL_FEATURES)}
         for i, d in enumerate(scored):
-            d.features = {k: feature_value(k, rows[k][i]) for k in names}
+            d.features = {k: v[i] for k, v in values.items()}
             d.features_digest = features_digest(d.features)
             d.cutoff_at = _datetime(int(rows["cutoff_at"][i]))
             d.risk, d.reason_codes = float(risk[i]), codes[i]
@@ -621,13 +624,18 @@ def _datetime(us: int) -> datetime:
     return datetime(1970, 1, 1) + timedelta(microseconds=us)
 
 
-def feature_value(name: str, value: Any) -> Any:
-    """A feature as JSON and the decision log hold it: None for missing, whole numbers for the
-    integer columns of `session_features`."""
-    value = json_scalar(value)
-    if value is not None and FEATURE_TYPES[name] in ("BIGINT", "INTEGER", "HUGEINT"):
-        return int(value)
-    return value
+def feature_values(name: str, column: np.ndarray) -> list[Any]:
+    """A feature column as JSON and the decision log hold it: None for missing, whole numbers for
+    the integer columns of `session_features`."""
+    integer = FEATURE_TYPES[name] in ("BIGINT", "INTEGER", "HUGEINT")
+    return [
+        None
+        if v is None or v is pd.NA or (isinstance(v, float) and np.isnan(v))
+        else int(v)
+        if integer
+        else v
+        for v in column.tolist()  # Python scalars
+    ]
 
 
 def json_scalar(value: Any) -> Any:

@@ -91,6 +91,16 @@ def test_risk_model_beats_logistic_baseline_on_harmful_abandonment(labelled: pd.
     # seeded: the same data gives the same model
     again = fit_risk_model(train, y["train"], valid, y["valid"], num, cat, XGBParams())
     assert np.array_equal(again.predict_proba(test), p)
+    # the C-API predictions (what the scoring service runs) are Booster.predict's, bit for bit
+    dm, rounds = model.dmatrix(test), (0, model.best_iteration + 1)
+    expected = model.booster.predict(dm, iteration_range=rounds, validate_features=False)
+    assert np.array_equal(model.raw_score(test, dm), expected)
+    assert np.array_equal(model.raw_score(test), expected)  # inplace_predict on the matrix
+    shap = model.booster.predict(
+        dm, iteration_range=rounds, validate_features=False, pred_contribs=True
+    )
+    assert shap.shape == (len(test), len(model.features) + 1)
+    assert np.array_equal(model.contributions(test, dm), shap)
     codes = reason_codes(model, test.head(50))
     assert all(set(c) <= set(model.features) for c in codes) and any(codes)
 
