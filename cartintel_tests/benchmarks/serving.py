@@ -14,11 +14,9 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -35,6 +33,7 @@ from cartintel_assets.ml.policy import DEFAULT_CATALOGUE
 from cartintel_assets.ml.serving import RISK_MODEL, UPLIFT_MODEL
 from cartintel_assets.ml.uplift import ARMS, UpliftModel, session_facts
 from cartintel_assets.serving.schemas import ScoreRequest
+from cartintel_tests.processes import free_port, wait_until_answers
 
 DURATION_S = 15
 # each connection cycles through the carts of a JSON-lines file, from a random start
@@ -48,27 +47,6 @@ request = function()
 end
 """
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait(url: str, proc: subprocess.Popen[bytes], timeout_s: float, log: Path) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited: {log.read_text()[-4000:]}")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{url} did not answer within {timeout_s:.0f} s")
-        time.sleep(0.5)
 
 
 def wrk(url: str, body: Path, connections: int, seconds: int) -> dict[str, float]:
@@ -206,7 +184,7 @@ def serving_stage(
         }
         bindir = Path(sys.executable).parent
         env["PATH"] = f"{bindir}{os.pathsep}{env.get('PATH', '')}"  # mlflow execs `uvicorn`
-        p_ours, p_theirs, p_bare = _free_port(), _free_port(), _free_port()
+        p_ours, p_theirs, p_bare = free_port(), free_port(), free_port()
         servers = {
             "cartintel serve (full /score)": (
                 [
@@ -274,7 +252,7 @@ def serving_stage(
             with log.open("w") as out:
                 proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
             try:
-                _wait(base + health, proc, 600, log)
+                wait_until_answers(base + health, proc, log, 600)
                 check = httpx.post(
                     base + path,
                     content=payload.read_text().splitlines()[0],

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,15 +12,10 @@ import urllib.request
 from pathlib import Path
 
 from cartintel_assets.definitions import defs
+from cartintel_tests.processes import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 QUERY = "{ assetNodes { assetKey { path } groupName hasAssetChecks } }"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _graphql(port: int) -> dict:
@@ -35,7 +29,7 @@ def _graphql(port: int) -> dict:
 
 
 def test_dev_serves_the_workspace_and_stops_on_sigterm(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "DAGSTER_HOME": str(tmp_path / "home"), "DO_NOT_TRACK": "true"}
     cli = str(Path(sys.executable).with_name("cartintel"))
 

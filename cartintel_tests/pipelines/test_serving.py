@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -39,6 +38,7 @@ from cartintel_assets.ml.simulation import DEMO_STOREFRONT, Storefront
 from cartintel_assets.serving.app import ServiceSettings, create_app
 from cartintel_assets.serving.schemas import MAX_EVENTS
 from cartintel_tests.conftest import asset_resources
+from cartintel_tests.processes import free_port
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 LAST = DEMO_STOREFRONT.day(DEMO_STOREFRONT.days - 1).isoformat()
@@ -283,14 +283,8 @@ def test_models_reload_when_an_alias_moves(served: dict[str, Any], client: TestC
         mlflow_client.delete_registered_model_alias(RISK_MODEL, alias)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_cartintel_serve_answers_the_sample_payload(served: dict[str, Any]) -> None:
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "MLFLOW_TRACKING_URI": f"sqlite:///{served['mlruns'] / 'mlflow.db'}",
