@@ -18,7 +18,10 @@ class MLflowResource(dg.ConfigurableResource):
         default="", description="Empty: $MLFLOW_TRACKING_URI or sqlite:///<repo>/mlruns/mlflow.db."
     )
     artifact_root: str = Field(
-        default="", description="Empty: <repo>/mlruns/artifacts (new experiments only)."
+        default="",
+        description="Where new experiments keep artifacts. Empty: the tracking server's own "
+        "artifact store when the tracking URI is a server (http/https), else "
+        "<repo>/mlruns/artifacts.",
     )
 
     def uri(self) -> str:
@@ -47,11 +50,10 @@ class MLflowResource(dg.ConfigurableResource):
         found = mlflow.get_experiment_by_name(name)
         if found is not None:
             return str(found.experiment_id)
-        return str(
-            mlflow.create_experiment(
-                name, artifact_location=(self.artifacts() / name.replace("/", "_")).as_uri()
-            )
-        )
+        location = None  # a tracking server stores (or proxies) artifacts where it was told to
+        if self.artifact_root or not self.uri().startswith(("http://", "https://")):
+            location = (self.artifacts() / name.replace("/", "_")).as_uri()
+        return str(mlflow.create_experiment(name, artifact_location=location))
 
     def run_tags(self, context: dg.AssetExecutionContext) -> dict[str, str]:
         """The provenance tags every training run carries: Dagster run, asset, partition, commit."""

@@ -3,10 +3,13 @@
 #   chromium  - the headless browser the dashboard test drives (through Playwright, never a
 #               browser downloaded at run time)
 #   wrk       - the HTTP load generator of the serving benchmark
+#   postgresql - the production topology run natively (Dagster storage, MLflow backend store;
+#               infra/scripts/postgres.sh starts a private cluster on 127.0.0.1)
 set -euo pipefail
 need=()
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v wrk >/dev/null 2>&1 || need+=(wrk)
+compgen -G "/usr/lib/postgresql/*/bin/pg_ctl" >/dev/null || need+=(postgresql)
 if [ ${#need[@]} -eq 0 ]; then
   exit 0
 fi

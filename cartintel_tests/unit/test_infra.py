@@ -1,0 +1,162 @@
+"""infra/ validated offline with the tools its formats come with: the Compose spec (vendored by
+check-jsonschema), Kubernetes' own schemas (bundled by kubernetes-validate), Dagster's instance
+and workspace schemas, yamllint; and no secret written into any file."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from dagster._config import process_config
+from dagster._core.instance.config import dagster_instance_config
+from dagster._core.workspace.config_schema import process_workspace_config
+from dagster_postgres.utils import pg_config
+
+ROOT = Path(__file__).resolve().parents[2]
+INFRA = ROOT / "infra"
+BIN = Path(sys.executable).parent
+PG_ENV = {
+    "DAGSTER_PG_HOST": "postgres",
+    "DAGSTER_PG_PORT": "5432",
+    "DAGSTER_PG_DB": "dagster",
+    "DAGSTER_PG_USERNAME": "cartintel",
+    "DAGSTER_PG_PASSWORD": "from-the-environment",
+    "DAGSTER_CODE_HOST": "user-code",
+    "DAGSTER_CODE_PORT": "4000",
+}
+
+
+def _tool(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BIN / args[0]), *args[1:]], capture_output=True, text=True, timeout=120
+    )
+
+
+def _load(path: Path) -> Any:
+    return yaml.safe_load(path.read_text())
+
+
+def test_compose_follows_the_compose_spec_and_binds_to_localhost(tmp_path: Path) -> None:
+    compose = INFRA / "compose.yaml"
+    ok = _tool("check-jsonschema", "--builtin-schema", "vendor.compose-spec", str(compose))
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    spec = _load(compose)
+    services = spec["services"]
+    assert set(services) == {
+        "postgres",
+        "minio",
+        "minio-setup",
+        "mlflow",
+        "user-code",
+        "webserver",
+        "daemon",
+        "scoring",
+    }
+    mlflow = services["mlflow"]["environment"]
+    assert mlflow["MLFLOW_BACKEND_STORE_URI"].startswith("postgresql+psycopg2://")
+    assert mlflow["MLFLOW_ARTIFACTS_DESTINATION"].startswith("s3://")
+    assert mlflow["MLFLOW_S3_ENDPOINT_URL"] == "http://minio:9000"
+    for name in ("user-code", "webserver", "daemon"):  # one instance: Dagster's PostgreSQL
+        env = services[name]["environment"]
+        assert env["DAGSTER_PG_HOST"] == "postgres" and env["DAGSTER_CODE_HOST"] == "user-code"
+        assert env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+    published = [p for s in services.values() for p in s.get("ports", [])]
+    assert published and all(p.startswith("127.0.0.1:") for p in published)
+
+    # the validator does reject a broken file
+    services["webserver"]["ports"] = "3000:3000"
+    broken = tmp_path / "compose.yaml"
+    broken.write_text(yaml.safe_dump(spec))
+    bad = _tool("check-jsonschema", "--builtin-schema", "vendor.compose-spec", str(broken))
+    assert bad.returncode != 0
+
+
+def test_kubernetes_manifests_pass_strict_schema_validation(tmp_path: Path) -> None:
+    manifests = INFRA / "k8s" / "cartintel.yaml"
+    ok = _tool("kubernetes-validate", "-k", "1.34.0", "--strict", str(manifests))
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    kinds = {(d["kind"], d["metadata"]["name"]) for d in yaml.safe_load_all(manifests.read_text())}
+    assert {("Deployment", "mlflow"), ("Deployment", "scoring"), ("Service", "scoring")} <= kinds
+    typo = manifests.read_text().replace("containerPort: 8000", "containerPrt: 8000")
+    (tmp_path / "bad.yaml").write_text(typo)
+    bad = _tool("kubernetes-validate", "-k", "1.34.0", "--strict", str(tmp_path / "bad.yaml"))
+    assert bad.returncode != 0
+
+
+def test_dagster_instance_and_workspace_validate_against_dagsters_schemas(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for k, v in PG_ENV.items():
+        monkeypatch.setenv(k, v)
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text((INFRA / "dagster" / "dagster.yaml").read_text())
+    config, _ = dagster_instance_config(str(home))
+    storage = process_config(pg_config(), config["storage"]["postgres"])
+    assert storage.success, storage.errors
+    assert storage.value["postgres_db"]["password"] == "from-the-environment"
+    assert config["run_coordinator"]["class"] == "QueuedRunCoordinator"
+    assert config["run_coordinator"]["config"]["max_concurrent_runs"] == 1
+
+    workspace = _load(INFRA / "dagster" / "workspace.yaml")
+    checked = process_workspace_config(workspace)
+    assert checked.success, checked.errors
+    server = checked.value["load_from"][0]["grpc_server"]
+    assert (server["host"], server["port"], server["location_name"]) == (
+        "user-code",
+        4000,
+        "cartintel",
+    )
+    assert _load(ROOT / "workspace.yaml")["load_from"][0]["python_module"]["location_name"] == (
+        "cartintel"
+    )
+
+    (home / "dagster.yaml").write_text(
+        (INFRA / "dagster" / "dagster.yaml").read_text() + "\nrun_coordinatr: {}\n"
+    )
+    with pytest.raises(Exception, match="run_coordinatr"):
+        dagster_instance_config(str(home))
+
+
+def test_helm_values_use_the_official_charts_external_postgres_and_k8s_run_launcher() -> None:
+    values = _load(INFRA / "k8s" / "values-dagster.yaml")
+    assert values["postgresql"]["enabled"] is False
+    assert values["generatePostgresqlPasswordSecret"] is False
+    assert values["global"]["postgresqlSecretName"]
+    assert "postgresqlPassword" not in values["postgresql"]
+    assert values["runLauncher"]["type"] == "K8sRunLauncher"
+    assert values["dagsterDaemon"]["runCoordinator"]["type"] == "QueuedRunCoordinator"
+    (code,) = values["dagster-user-deployments"]["deployments"]
+    # the same module the workspaces load
+    assert code["dagsterApiGrpcArgs"] == ["-m", "cartintel_assets.definitions"]
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert 'code_location_target_module = "cartintel_assets.definitions"' in pyproject
+    launcher = values["runLauncher"]["config"]["k8sRunLauncher"]
+    assert launcher["envSecrets"] == [{"name": "cartintel-secrets"}]
+    assert {m["mountPath"] for m in launcher["volumeMounts"]} == {"/data"}
+
+
+def test_infra_passes_yamllint_and_holds_no_secret() -> None:
+    lint = _tool("yamllint", "-c", str(INFRA / ".yamllint.yaml"), str(INFRA))
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+    # keys that hold a secret's value (not the name of a Secret that holds it)
+    secretish = re.compile(r"(password|secret_access_key|pseudonym_key|token)$", re.IGNORECASE)
+    files = [p for p in INFRA.rglob("*") if p.is_file() and p.suffix in {".yaml", ".yml", ""}]
+    assert len(files) >= 5
+    for path in files:
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            key, sep, value = line.partition(":")
+            value = value.strip().strip("\"'")
+            if not sep or not secretish.search(key.strip()) or line.lstrip().startswith("#"):
+                continue
+            if not value:  # a mapping follows: Dagster's {env: ...} (checked above)
+                continue
+            # a secret's value always comes from the environment
+            assert value.startswith(("${", "$$")), (
+                f"{path.relative_to(ROOT)}:{n} writes a secret: {line.strip()}"
+            )
