@@ -214,15 +214,7 @@ def fit_risk_model(
     calibrate: bool = True,
 ) -> RiskModel:
     """Train on `train`, stop early and calibrate (isotonic) on `valid`."""
-    categories = {
-        c: sorted(map(str, pd.concat([train[c], valid[c]]).dropna().unique())) for c in categorical
-    }
-    model = RiskModel(
-        booster=xgb.Booster(),
-        calibrator=None,
-        features=[*numeric, *categorical],
-        categories=categories,
-    )
+    model = untrained_model(train, valid, numeric, categorical)
     dtrain = xgb.DMatrix(model.matrix(train), label=y_train, feature_names=model.features)
     dvalid = xgb.DMatrix(model.matrix(valid), label=y_valid, feature_names=model.features)
     booster = xgb.train(
@@ -247,10 +239,31 @@ def fit_risk_model(
     )
     model.booster, model.best_iteration = booster, int(booster.best_iteration)
     if calibrate:
-        iso = IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0)
-        iso.fit(np.asarray(model.raw_score(valid), dtype=float), y_valid)
-        model.calibrator = iso
+        calibrate_on(model, valid, y_valid)
     return model
+
+
+def untrained_model(
+    train: pd.DataFrame, valid: pd.DataFrame, numeric: list[str], categorical: list[str]
+) -> RiskModel:
+    """The encoding a model trained on `train` and `valid` uses (categories seen in either), with
+    an empty booster: `matrix` encodes rows for any trainer."""
+    categories = {
+        c: sorted(map(str, pd.concat([train[c], valid[c]]).dropna().unique())) for c in categorical
+    }
+    return RiskModel(
+        booster=xgb.Booster(),
+        calibrator=None,
+        features=[*numeric, *categorical],
+        categories=categories,
+    )
+
+
+def calibrate_on(model: RiskModel, valid: pd.DataFrame, y_valid: np.ndarray) -> None:
+    """Isotonic calibration of the model's raw probabilities on `valid`."""
+    iso = IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0)
+    iso.fit(np.asarray(model.raw_score(valid), dtype=float), y_valid)
+    model.calibrator = iso
 
 
 def fit_logistic_baseline(train: pd.DataFrame, y_train: np.ndarray, numeric: list[str]) -> Any:

@@ -16,9 +16,10 @@ No Dagster import.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import date, timedelta
-from typing import Any
+from typing import Any, TypeAlias
 
 import duckdb
 import numpy as np
@@ -491,6 +492,16 @@ ORDER BY customer_id, at_us, session_id
 """
 
 
+# runs one of the reference queries below (DuckDB's dialect, $name parameters) on an engine and
+# returns its columns as `_columns` does: DuckDB here, Spark in ml/spark_engine.py
+Query: TypeAlias = Callable[[str, Mapping[str, Any]], dict[str, np.ndarray]]
+
+
+def duckdb_query(con: duckdb.DuckDBPyConnection) -> Query:
+    """Reference queries run on a DuckDB connection (the warehouse, or the service's snapshot)."""
+    return lambda sql, params: _columns(con.sql(sql, params=dict(params) or None))
+
+
 def _columns(rel: duckdb.DuckDBPyRelation) -> dict[str, np.ndarray]:
     """A relation as numpy columns: NULL is None in text columns and NaN in numeric ones."""
     out = {}
@@ -506,10 +517,10 @@ def _columns(rel: duckdb.DuckDBPyRelation) -> dict[str, np.ndarray]:
     return out
 
 
-def day_catalogue(con: duckdb.DuckDBPyConnection, day: date) -> DayCatalogue:
-    """The catalogue and carrier quotes of `day` in `con` (`raw_products`, `raw_shipping_quotes`)."""
-    p = _columns(con.sql(_CATALOGUE_SQL, params={"day": day}))
-    q = _columns(con.sql(_QUOTES_SQL, params={"day": day}))
+def day_catalogue(query: Query, day: date) -> DayCatalogue:
+    """The catalogue and carrier quotes of `day` (`raw_products`, `raw_shipping_quotes`)."""
+    p = query(_CATALOGUE_SQL, {"day": day})
+    q = query(_QUOTES_SQL, {"day": day})
     rank = [_WEIGHT_RANK.get(w, np.nan) if w is not None else np.nan for w in p["weight_class"]]
     return DayCatalogue(
         products={k: i for i, k in enumerate(p["product_id"])},
@@ -522,13 +533,13 @@ def day_catalogue(con: duckdb.DuckDBPyConnection, day: date) -> DayCatalogue:
     )
 
 
-def reviews_timeline(con: duckdb.DuckDBPyConnection) -> Timeline:
-    r = _columns(con.sql(_REVIEWS_SQL))
+def reviews_timeline(query: Query) -> Timeline:
+    r = query(_REVIEWS_SQL, {})
     return Timeline.build(r["product_id"], r["at_us"], {"rating": r["rating"]})
 
 
 def history_timeline(
-    con: duckdb.DuckDBPyConnection,
+    query: Query,
     history_from: date,
     history_to: date,
     history: str | None = None,
@@ -543,13 +554,13 @@ def history_timeline(
         if customers
         else "",
     )
-    h = _columns(con.sql(sql, params={"history_from": history_from, "history_to": history_to}))
+    h = query(sql, {"history_from": history_from, "history_to": history_to})
     values = {k: h[k] for k in ("purchased", "had_cart", "abandoned", "order_value")}
     return Timeline.build(h["customer_id"], h["at_us"], values, h["ended_before_start"])
 
 
 def feature_reference(
-    con: duckdb.DuckDBPyConnection,
+    query: Query,
     days: list[date],
     history_from: date,
     history_to: date,
@@ -559,9 +570,9 @@ def feature_reference(
     """What the features of sessions started on `days` read besides their events (the history
     of the customers in table `customers` only, if given)."""
     return FeatureReference(
-        days={d: day_catalogue(con, d) for d in days},
-        reviews=reviews_timeline(con),
-        history=history_timeline(con, history_from, history_to, history, customers),
+        days={d: day_catalogue(query, d) for d in days},
+        reviews=reviews_timeline(query),
+        history=history_timeline(query, history_from, history_to, history, customers),
     )
 
 
@@ -642,7 +653,9 @@ def session_features(
     ev = _columns(con.sql(_EVENTS_SQL.format(events=events)))
     s = _columns(con.sql(_SESSIONS_SQL.format(sessions=sessions)))
     days = sorted(set(day_of(s["started_at"])))
-    reference = feature_reference(con, days, history_from, history_to, history, sessions)
+    reference = feature_reference(
+        duckdb_query(con), days, history_from, history_to, history, sessions
+    )
     frame = feature_frame(compute_features(s, ev, reference, policy))
     typed_temp_table(con, frame, FEATURE_TYPES, into)
     return con.table(into).df()

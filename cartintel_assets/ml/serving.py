@@ -43,6 +43,7 @@ from cartintel_assets.ml.features import (
     compute_session_facts,
     day_catalogue,
     day_of,
+    duckdb_query,
     history_timeline,
     lookup,
     reviews_timeline,
@@ -181,7 +182,7 @@ class Snapshot:
         self._days: set[date] = set()
         self._lock = threading.Lock()
         self.history_days = history_days
-        self._reviews = reviews_timeline(self.con)
+        self._reviews = reviews_timeline(duckdb_query(self.con))
         self._references: dict[date, FeatureReference] = {}
         self.reference(max(self.last_day, datetime.now(UTC).date()))  # today's, built up front
         self.seconds = time.monotonic() - started
@@ -196,12 +197,12 @@ class Snapshot:
         self.ensure_day(day)
         with self._lock:
             if day not in self._references:
-                cur = self.con.cursor()
+                query = duckdb_query(self.con.cursor())
                 self._references[day] = FeatureReference(
-                    days={day: day_catalogue(cur, day)},
+                    days={day: day_catalogue(query, day)},
                     reviews=self._reviews,
                     history=history_timeline(
-                        cur, day - timedelta(days=self.history_days), day, HISTORY_TABLE
+                        query, day - timedelta(days=self.history_days), day, HISTORY_TABLE
                     ),
                 )
                 for old in sorted(self._references)[:-4]:  # a few days around midnight suffice
