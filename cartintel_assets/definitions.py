@@ -26,6 +26,7 @@ from cartintel_assets.defs.reporting.assets import executive_dashboard
 from cartintel_assets.defs.segmentation.assets import segmentation
 from cartintel_assets.defs.uplift.assets import intervention_plan, uplift_model
 from cartintel_assets.resources import LandingResource, WarehouseResource
+from cartintel_assets.resources.engine import ComputeEngineResource
 from cartintel_assets.resources.mlflow import MLflowResource
 from cartintel_assets.resources.rollout import RolloutResource
 
@@ -220,5 +221,6 @@ defs = dg.Definitions(
         "landing": LandingResource(),
         "mlflow_tracking": MLflowResource(),
         "rollout": RolloutResource(),
+        "engine": ComputeEngineResource(),
     },
 )

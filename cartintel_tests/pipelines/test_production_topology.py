@@ -186,11 +186,12 @@ def topology() -> Iterator[Topology]:
         for proc in reversed(top.procs):
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGTERM)
-        for proc in top.procs:
+        for proc in top.procs:  # the test's own servers: a short grace, then killed
             try:
-                proc.wait(timeout=30)
+                proc.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
         subprocess.run(["bash", script, "stop", str(base / "pg")], env=env, check=False)
         shutil.rmtree(base, ignore_errors=True)
 

@@ -5,11 +5,14 @@
 #   wrk       - the HTTP load generator of the serving benchmark
 #   postgresql - the production topology run natively (Dagster storage, MLflow backend store;
 #               infra/scripts/postgres.sh starts a private cluster on 127.0.0.1)
+#   openjdk-17-jre-headless - the Java runtime of Apache Spark (the scale-out engine, local mode
+#               in the tests)
 set -euo pipefail
 need=()
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v wrk >/dev/null 2>&1 || need+=(wrk)
 compgen -G "/usr/lib/postgresql/*/bin/pg_ctl" >/dev/null || need+=(postgresql)
+command -v java >/dev/null 2>&1 || need+=(openjdk-17-jre-headless)
 if [ ${#need[@]} -eq 0 ]; then
   exit 0
 fi

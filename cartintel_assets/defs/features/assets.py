@@ -10,12 +10,12 @@ from cartintel_assets.ml.features import (
     CATEGORICAL_FEATURES,
     NUMERIC_FEATURES,
     CutoffPolicy,
-    day_features,
 )
 from cartintel_assets.ml.labels import RETURN_WINDOW_DAYS, cart_labels
 from cartintel_assets.ml.sessions import build_cart_sessions
 from cartintel_assets.ml.warehouse import replace_partition
 from cartintel_assets.resources import WarehouseResource
+from cartintel_assets.resources.engine import ComputeEngineResource
 
 
 @dg.asset(
@@ -61,7 +61,10 @@ class SessionFeaturesConfig(dg.Config):
     kinds={"duckdb"},
 )
 def session_features(
-    context: dg.AssetExecutionContext, config: SessionFeaturesConfig, warehouse: WarehouseResource
+    context: dg.AssetExecutionContext,
+    config: SessionFeaturesConfig,
+    warehouse: WarehouseResource,
+    engine: ComputeEngineResource,
 ) -> dg.MaterializeResult:
     """What the shop knows about each open cart at the moment it could act (point in time).
 
@@ -70,7 +73,7 @@ def session_features(
     """
     day = date.fromisoformat(context.partition_key)
     with warehouse.get_connection() as con:
-        frame = day_features(
+        frame = engine.day_features(
             con, day, CutoffPolicy(config.minutes_after_first_cart), config.history_days
         )
         replace_partition(con, "session_features", "_session_features", day)

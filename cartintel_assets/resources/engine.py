@@ -1,0 +1,58 @@
+"""Where the heavy steps run: the embedded DuckDB warehouse (default), or Apache Spark with the
+same feature code (ml/spark_engine.py). Choosing is configuration of this resource, never a code
+path of its own in an asset."""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+from typing import Literal
+
+import dagster as dg
+import duckdb
+import pandas as pd
+from pydantic import Field
+
+from cartintel_assets import settings
+from cartintel_assets.ml.features import FEATURE_TYPES, CutoffPolicy, day_features
+
+
+class ComputeEngineResource(dg.ConfigurableResource):
+    """The engine that computes session features: `duckdb` in the warehouse process, or `spark`
+    (a local or cluster master) reading the raw tables from a Parquet lake."""
+
+    engine: Literal["duckdb", "spark"] = Field(
+        default="duckdb", description="duckdb (embedded) or spark (Apache Spark)."
+    )
+    spark_master: str = Field(
+        default="local[2]", description="Spark master URL: local[N] or the cluster's."
+    )
+    lake: str = Field(
+        default="",
+        description="Parquet lake Spark reads the raw tables from. Empty: <warehouse dir>/lake, "
+        "refreshed from the warehouse before each Spark computation.",
+    )
+
+    def day_features(
+        self, con: duckdb.DuckDBPyConnection, day: date, policy: CutoffPolicy, history_days: int
+    ) -> pd.DataFrame:
+        """`features.day_features` on the chosen engine; the rows are also left in the temporary
+        table `_session_features` with FEATURE_TYPES, as the embedded engine leaves them."""
+        if self.engine == "duckdb":
+            return day_features(con, day, policy, history_days)
+        from cartintel_assets.ml.spark_engine import (
+            export_lake,
+            register_lake,
+            spark_day_features,
+            spark_session,
+        )
+        from cartintel_assets.ml.warehouse import typed_temp_table
+
+        lake = Path(self.lake) if self.lake else settings.warehouse_path().parent / "lake"
+        if not self.lake:  # the warehouse is the source of truth: mirror it first
+            export_lake(con, lake)
+        with spark_session(self.spark_master) as spark:
+            register_lake(spark, lake)
+            frame = spark_day_features(spark, [day], policy, history_days)
+        typed_temp_table(con, frame, FEATURE_TYPES, "_session_features")
+        return con.table("_session_features").df()
