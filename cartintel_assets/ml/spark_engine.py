@@ -135,13 +135,13 @@ def export_lake(
     con: duckdb.DuckDBPyConnection, lake: Path, tables: tuple[str, ...] = RAW_TABLES
 ) -> None:
     """Write the warehouse's raw tables as Parquet, one folder per table, partitioned by day (what
-    an ingestion into a lake would leave; used to run the Spark engine on a DuckDB warehouse)."""
+    an ingestion into a lake would leave; used to run the Spark engine on a DuckDB warehouse).
+    Each table's folder is replaced whole, so the lake mirrors the warehouse exactly."""
     lake.mkdir(parents=True, exist_ok=True)
     for table in tables:
         target = (lake / table).as_posix().replace("'", "''")
         con.execute(
-            f"COPY {table} TO '{target}' (FORMAT PARQUET, PARTITION_BY (partition_date), "
-            "OVERWRITE_OR_IGNORE)"
+            f"COPY {table} TO '{target}' (FORMAT PARQUET, PARTITION_BY (partition_date), OVERWRITE)"
         )
 
 

@@ -13,7 +13,6 @@ import duckdb
 import pandas as pd
 from pydantic import Field
 
-from cartintel_assets import settings
 from cartintel_assets.ml.features import FEATURE_TYPES, CutoffPolicy, day_features
 
 
@@ -48,7 +47,11 @@ class ComputeEngineResource(dg.ConfigurableResource):
         )
         from cartintel_assets.ml.warehouse import typed_temp_table
 
-        lake = Path(self.lake) if self.lake else settings.warehouse_path().parent / "lake"
+        # beside the warehouse file this connection has open
+        ((warehouse,),) = con.execute(
+            "SELECT path FROM duckdb_databases() WHERE database_name = current_database()"
+        ).fetchall()
+        lake = Path(self.lake) if self.lake else Path(str(warehouse)).parent / "lake"
         if not self.lake:  # the warehouse is the source of truth: mirror it first
             export_lake(con, lake)
         with spark_session(self.spark_master) as spark:

@@ -145,20 +145,25 @@ def test_the_engine_is_chosen_by_the_resource_config(
     )
     day = CFG.day(CFG.days - 1).isoformat()
     tables = {}
-    for engine in ("duckdb", "spark"):
+    engines = {
+        "duckdb": ComputeEngineResource(),
+        "spark": ComputeEngineResource(engine="spark", lake=str(lake_dir)),
+        # no lake given: the warehouse is mirrored beside its file first
+        "spark, mirrored": ComputeEngineResource(engine="spark"),
+    }
+    for name, engine in engines.items():
         result = dg.materialize(
             [session_features],
             partition_key=day,
-            resources={
-                "warehouse": WarehouseResource(database=str(db)),
-                "engine": ComputeEngineResource(engine=engine, lake=str(lake_dir)),
-            },
+            resources={"warehouse": WarehouseResource(database=str(db)), "engine": engine},
         )
         assert result.success
         with duckdb.connect(str(db), read_only=True) as wh:
-            tables[engine] = wh.sql("SELECT * FROM session_features ORDER BY session_id").df()
+            tables[name] = wh.sql("SELECT * FROM session_features ORDER BY session_id").df()
     assert len(tables["duckdb"]) > 1000
+    assert (tmp_path / "lake" / "raw_events").is_dir()
     pd.testing.assert_frame_equal(tables["spark"], tables["duckdb"])
+    pd.testing.assert_frame_equal(tables["spark, mirrored"], tables["duckdb"])
 
 
 def test_a_day_without_carts_gives_no_rows(spark: object) -> None:
