@@ -1,5 +1,5 @@
-"""Servers the tests and benchmarks start as separate processes: a free port on 127.0.0.1, and
-waiting until one answers (or has died, with the end of its log)."""
+"""Servers the tests and benchmarks start as separate processes: a free port on 127.0.0.1,
+waiting until one answers (or has died, with the end of its log), and Dagster's GraphQL API."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -37,3 +38,13 @@ def wait_until_answers(
                 f"{url} did not answer within {timeout_s:.0f} s:\n{log.read_text()[-4000:]}"
             )
         time.sleep(0.5)
+
+
+def graphql(url: str, query: str, **variables: Any) -> dict[str, Any]:
+    """The `data` of a GraphQL query (Dagster's webserver at `url`); raises if it reports errors."""
+    resp = httpx.post(url, json={"query": query, "variables": variables}, timeout=60)
+    resp.raise_for_status()
+    out = resp.json()
+    if out.get("errors"):
+        raise RuntimeError(f"GraphQL errors: {out['errors']}")
+    return dict(out["data"])

@@ -566,12 +566,14 @@ def feature_reference(
     history_to: date,
     history: str | None = None,
     customers: str | None = None,
+    reviews: Timeline | None = None,
 ) -> FeatureReference:
     """What the features of sessions started on `days` read besides their events (the history
-    of the customers in table `customers` only, if given)."""
+    of the customers in table `customers` only, if given; `reviews`: a timeline already read,
+    as it does not depend on the day)."""
     return FeatureReference(
         days={d: day_catalogue(query, d) for d in days},
-        reviews=reviews_timeline(query),
+        reviews=reviews if reviews is not None else reviews_timeline(query),
         history=history_timeline(query, history_from, history_to, history, customers),
     )
 

@@ -41,10 +41,9 @@ from cartintel_assets.ml.features import (
     FeatureReference,
     compute_features,
     compute_session_facts,
-    day_catalogue,
     day_of,
     duckdb_query,
-    history_timeline,
+    feature_reference,
     lookup,
     reviews_timeline,
 )
@@ -197,13 +196,13 @@ class Snapshot:
         self.ensure_day(day)
         with self._lock:
             if day not in self._references:
-                query = duckdb_query(self.con.cursor())
-                self._references[day] = FeatureReference(
-                    days={day: day_catalogue(query, day)},
+                self._references[day] = feature_reference(
+                    duckdb_query(self.con.cursor()),
+                    [day],
+                    day - timedelta(days=self.history_days),
+                    day,
+                    HISTORY_TABLE,
                     reviews=self._reviews,
-                    history=history_timeline(
-                        query, day - timedelta(days=self.history_days), day, HISTORY_TABLE
-                    ),
                 )
                 for old in sorted(self._references)[:-4]:  # a few days around midnight suffice
                     del self._references[old]

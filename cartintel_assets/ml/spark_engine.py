@@ -22,6 +22,7 @@ import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import date, timedelta
+from functools import reduce
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +43,7 @@ from cartintel_assets.ml.features import (
     compute_features,
     feature_frame,
     feature_reference,
+    reviews_timeline,
 )
 
 if TYPE_CHECKING:
@@ -162,9 +164,11 @@ def spark_day_features(
     tables (`register_lake`): the reference of each day (its catalogue and quotes, the reviews,
     the history of that day's customers) from the transpiled queries, then `compute_features` in
     one Spark task per day. Rows in (day, session id) order, columns as FEATURE_TYPES."""
+    from pyspark.sql import DataFrame
     from pyspark.sql import functions as F
 
     query = spark_query(spark)
+    reviews = reviews_timeline(query)  # the same for every day
     references: dict[date, FeatureReference] = {}
     events: list[DataFrame] = []
     sessions: list[DataFrame] = []
@@ -173,7 +177,12 @@ def spark_day_features(
         day_sessions = f"_sessions_{day.strftime('%Y%m%d')}"
         spark.sql(of_day.format(table="raw_sessions")).createOrReplaceTempView(day_sessions)
         references[day] = feature_reference(
-            query, [day], day - timedelta(days=history_days), day, customers=day_sessions
+            query,
+            [day],
+            day - timedelta(days=history_days),
+            day,
+            customers=day_sessions,
+            reviews=reviews,
         )
         sql = _EVENTS_SQL.format(events=of_day.format(table="raw_events"))
         events.append(spark.sql(to_spark_sql(sql)).withColumn("_day", F.lit(day.isoformat())))
@@ -194,16 +203,10 @@ def spark_day_features(
         )
         return feature_frame(cols)[columns]
 
-    def union(parts: list[DataFrame]) -> DataFrame:
-        out = parts[0]
-        for p in parts[1:]:
-            out = out.unionByName(p)
-        return out
-
     result = (
-        union(events)
+        reduce(DataFrame.unionByName, events)
         .groupBy("_day")
-        .cogroup(union(sessions).groupBy("_day"))
+        .cogroup(reduce(DataFrame.unionByName, sessions).groupBy("_day"))
         .applyInPandas(one_day, schema=_feature_schema())
     )
     frame = pd.DataFrame(result.toPandas())

@@ -2,30 +2,20 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
+import httpx
+
 from cartintel_assets.definitions import defs
-from cartintel_tests.processes import free_port
+from cartintel_tests.processes import free_port, graphql
 
 ROOT = Path(__file__).resolve().parents[2]
 QUERY = "{ assetNodes { assetKey { path } groupName hasAssetChecks } }"
-
-
-def _graphql(port: int) -> dict:
-    req = urllib.request.Request(
-        f"http://127.0.0.1:{port}/graphql",
-        data=json.dumps({"query": QUERY}).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(req, timeout=30) as resp:
-        return json.load(resp)
 
 
 def test_dev_serves_the_workspace_and_stops_on_sigterm(tmp_path: Path) -> None:
@@ -49,8 +39,8 @@ def test_dev_serves_the_workspace_and_stops_on_sigterm(tmp_path: Path) -> None:
         deadline, data = time.monotonic() + 120, None
         while time.monotonic() < deadline and data is None:
             try:
-                data = _graphql(port)["data"]
-            except (OSError, KeyError, TypeError):
+                data = graphql(f"http://127.0.0.1:{port}/graphql", QUERY)
+            except (httpx.HTTPError, RuntimeError):
                 data = None
             if not (data and data["assetNodes"]):  # the code location is still loading
                 data = None

@@ -10,7 +10,6 @@ client and PostgreSQL. Artifacts go to a local directory here (S3/MinIO in infra
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import shutil
@@ -19,8 +18,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +32,7 @@ from cartintel_assets.defs.segmentation.assets import MODEL_NAME as SEGMENTATION
 from cartintel_assets.ml.labels import RETURN_WINDOW_DAYS
 from cartintel_assets.ml.simulation import StorefrontConfig, simulate
 from cartintel_tests.conftest import labelled_warehouse
-from cartintel_tests.processes import free_port, wait_until_answers
+from cartintel_tests.processes import free_port, graphql, wait_until_answers
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -70,15 +67,7 @@ class Topology:
         return proc
 
     def graphql(self, query: str, **variables: Any) -> dict[str, Any]:
-        req = urllib.request.Request(
-            self.graphql_url,
-            data=json.dumps({"query": query, "variables": variables}).encode(),
-            headers={"Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(req, timeout=60) as resp:
-            out = json.load(resp)
-        assert "errors" not in out, out["errors"]
-        return dict(out["data"])
+        return graphql(self.graphql_url, query, **variables)
 
 
 LAUNCH = """
