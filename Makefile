@@ -13,7 +13,7 @@ export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
 # A persistent local instance (git-ignored), so runs of `make demo` show up in `make dev`.
 export DAGSTER_HOME := $(CURDIR)/.dagster_home
 
-.PHONY: venv system-packages demo test dev mlflow serve bench check lock clean
+.PHONY: venv system-packages demo test dev mlflow serve bench bench-scale check lock clean
 
 venv: $(STAMP)
 
@@ -49,6 +49,11 @@ serve: venv
 
 bench: venv system-packages
 	$(BIN)/python -m cartintel_tests.benchmarks.run --out BENCHMARKS.md
+
+# The graph end to end at 100k, 1M and 5M sessions on each engine (hours; SIZES=... to choose)
+SIZES ?= 100000,1000000,5000000
+bench-scale: venv system-packages
+	$(BIN)/python -m cartintel_tests.benchmarks.scale --sizes $(SIZES) --out BENCHMARKS.md
 
 check: venv
 	$(BIN)/ruff format --check cartintel_assets cartintel_tests

@@ -110,11 +110,13 @@ def asset_resources(db: Path, mlruns: Path, **overrides: Any) -> dict[str, Any]:
     """The resources every materialising test passes: its warehouse file, its MLflow store and
     the default rollout settings (override any by keyword)."""
     from cartintel_assets.resources import WarehouseResource
+    from cartintel_assets.resources.engine import ComputeEngineResource
     from cartintel_assets.resources.mlflow import MLflowResource
     from cartintel_assets.resources.rollout import RolloutResource
 
     return {
         "warehouse": WarehouseResource(database=str(db)),
+        "engine": ComputeEngineResource(),
         "mlflow_tracking": MLflowResource(
             tracking_uri=f"sqlite:///{mlruns / 'mlflow.db'}",
             artifact_root=str(mlruns / "artifacts"),

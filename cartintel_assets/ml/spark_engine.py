@@ -10,8 +10,8 @@ production), with the same feature and model code as the embedded engine. No Dag
     reference broadcast.
   - The result equals DuckDB's `session_features` row for row (test_spark_engine).
 - Training: `fit_risk_model_spark` trains the risk model with XGBoost's own Spark estimator
-  (`SparkXGBClassifier`). Its workers are Spark tasks, and it stops early on the validation
-  rows. It is calibrated (isotonic) on the driver and returned as a `RiskModel` like the
+  (`SparkXGBClassifier`; the training asset calls it through the `engine` resource). Its
+  workers are Spark tasks, and it stops early on the validation rows. It is calibrated (isotonic) on the driver and returned as a `RiskModel` like the
   single-machine one, so scoring, reason codes, the registry and the service use it unchanged.
 """
 
@@ -255,6 +255,7 @@ def fit_risk_model_spark(
         reg_lambda=params.reg_lambda,
         early_stopping_rounds=params.early_stopping_rounds,
         eval_metric="logloss",
+        verbose=False,  # no evaluation line per round in the workers' logs
         tree_method="hist",
         random_state=params.seed,
     )

@@ -10,15 +10,18 @@ from typing import Literal
 
 import dagster as dg
 import duckdb
+import numpy as np
 import pandas as pd
 from pydantic import Field
 
+from cartintel_assets.ml.abandonment import RiskModel, XGBParams, fit_risk_model
 from cartintel_assets.ml.features import FEATURE_TYPES, CutoffPolicy, day_features
 
 
 class ComputeEngineResource(dg.ConfigurableResource):
-    """The engine that computes session features: `duckdb` in the warehouse process, or `spark`
-    (a local or cluster master) reading the raw tables from a Parquet lake."""
+    """The engine of the heavy steps (session features, risk-model training): `duckdb` in the
+    warehouse process, or `spark` (a local or cluster master) reading the raw tables from a
+    Parquet lake and training with XGBoost's Spark estimator."""
 
     engine: Literal["duckdb", "spark"] = Field(
         default="duckdb", description="duckdb (embedded) or spark (Apache Spark)."
@@ -59,3 +62,33 @@ class ComputeEngineResource(dg.ConfigurableResource):
             frame = spark_day_features(spark, [day], policy, history_days)
         typed_temp_table(con, frame, FEATURE_TYPES, "_session_features")
         return con.table("_session_features").df()
+
+    def fit_risk_model(
+        self,
+        train: pd.DataFrame,
+        y_train: np.ndarray,
+        valid: pd.DataFrame,
+        y_valid: np.ndarray,
+        numeric: list[str],
+        categorical: list[str],
+        params: XGBParams,
+    ) -> RiskModel:
+        """`abandonment.fit_risk_model` on the chosen engine: on Spark, XGBoost's Spark estimator
+        with one training task per core the master offers (the same encoding, early stopping and
+        calibration, so the model is registered and served like any other)."""
+        if self.engine == "duckdb":
+            return fit_risk_model(train, y_train, valid, y_valid, numeric, categorical, params)
+        from cartintel_assets.ml.spark_engine import fit_risk_model_spark, spark_session
+
+        with spark_session(self.spark_master) as spark:
+            return fit_risk_model_spark(
+                spark,
+                train,
+                y_train,
+                valid,
+                y_valid,
+                numeric,
+                categorical,
+                params,
+                num_workers=spark.sparkContext.defaultParallelism,
+            )

@@ -16,7 +16,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from cartintel_assets.defs.features.assets import session_features
-from cartintel_assets.ml.abandonment import XGBParams, fit_risk_model, time_split
+from cartintel_assets.ml.abandonment import XGBParams, time_split
 from cartintel_assets.ml.features import (
     CATEGORICAL_FEATURES,
     FEATURE_TYPES,
@@ -28,7 +28,6 @@ from cartintel_assets.ml.labels import RETURN_WINDOW_DAYS, cart_labels
 from cartintel_assets.ml.simulation import StorefrontConfig, simulate
 from cartintel_assets.ml.spark_engine import (
     export_lake,
-    fit_risk_model_spark,
     register_lake,
     spark_day_features,
     spark_session,
@@ -120,8 +119,9 @@ def test_distributed_training_matches_the_single_machine_model(
     num, cat = list(NUMERIC_FEATURES), list(CATEGORICAL_FEATURES)
     params = XGBParams()
     args = (parts["train"], y["train"], parts["valid"], y["valid"], num, cat, params)
-    single = fit_risk_model(*args)
-    spread = fit_risk_model_spark(spark, *args, num_workers=2)  # type: ignore[arg-type]
+    # through the resource, as the training asset calls it (the test's local[2] session)
+    single = ComputeEngineResource().fit_risk_model(*args)
+    spread = ComputeEngineResource(engine="spark").fit_risk_model(*args)
     auc_single = roc_auc_score(y["test"], single.predict_proba(parts["test"]))
     auc_spark = roc_auc_score(y["test"], spread.predict_proba(parts["test"]))
     print(f"test ROC-AUC: single machine {auc_single:.4f}, Spark (2 workers) {auc_spark:.4f}")

@@ -17,13 +17,13 @@ from cartintel_assets.ml.abandonment import (
     XGBParams,
     baseline_proba,
     fit_logistic_baseline,
-    fit_risk_model,
     risk_metrics,
     time_split,
 )
 from cartintel_assets.ml.features import CATEGORICAL_FEATURES, NUMERIC_FEATURES
 from cartintel_assets.ml.warehouse import replace_partition, require_tables
 from cartintel_assets.resources import WarehouseResource
+from cartintel_assets.resources.engine import ComputeEngineResource
 from cartintel_assets.resources.mlflow import MLflowResource
 from cartintel_assets.resources.rollout import RolloutResource
 
@@ -107,6 +107,7 @@ def abandonment_model(
     config: AbandonmentModelConfig,
     warehouse: WarehouseResource,
     mlflow_tracking: MLflowResource,
+    engine: ComputeEngineResource,
 ) -> Any:
     """Risk that an open cart is abandoned for good (harmful), scored before checkout.
 
@@ -145,7 +146,7 @@ def abandonment_model(
         early_stopping_rounds=config.early_stopping_rounds,
         seed=config.seed,
     )
-    model = fit_risk_model(
+    model = engine.fit_risk_model(
         parts["train"], ys["train"], parts["valid"], ys["valid"], num, cat, params
     )
     test = parts["test"]
@@ -156,7 +157,7 @@ def abandonment_model(
     # the other label (abandoned in-session vs harmful), reported beside the primary model
     other = "abandoned" if config.target == "harmful" else "harmful"
     oy = {s: parts[s][other].to_numpy(dtype=int) for s in parts}
-    other_model = fit_risk_model(
+    other_model = engine.fit_risk_model(
         parts["train"], oy["train"], parts["valid"], oy["valid"], num, cat, params
     )
     other_metrics = risk_metrics(oy["test"], other_model.predict_proba(test))

@@ -1,0 +1,83 @@
+"""The scale benchmark's own measuring and reporting: the memory of a whole process tree, and a
+BENCHMARKS.md section rewritten without losing the other sections or the sizes not re-run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from cartintel_tests.benchmarks.scale import SECTION, run_measured, tree_rss, write_section
+
+MIB = 2**20
+
+
+def test_tree_rss_counts_the_children() -> None:
+    alone = tree_rss(os.getpid())
+    # a child holding 300 MiB (touched, so resident)
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import time; b = bytearray(300 * 2**20); time.sleep(30)"]
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while tree_rss(child.pid) < 300 * MIB and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert tree_rss(child.pid) >= 300 * MIB
+        assert tree_rss(os.getpid()) >= alone + 300 * MIB
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_run_measured_reports_the_peak_of_a_grandchild(tmp_path: Path) -> None:
+    # the parent stays small; its own child allocates 400 MiB for a second
+    code = (
+        "import subprocess, sys;"
+        " subprocess.run([sys.executable, '-c', 'import time; b = bytearray(400 * 2**20);"
+        " time.sleep(1.5)'], check=True); print('{\"done\": 1}')"
+    )
+    wall, peak, last = run_measured(
+        [sys.executable, "-c", code], dict(os.environ), tmp_path / "log", "["
+    )
+    assert json.loads(last) == {"done": 1}
+    assert peak * 2**30 >= 400 * MIB and wall >= 1.5
+
+
+def _row(size: int, engine: str, peak: float) -> dict[str, Any]:
+    return {
+        "size": size,
+        "engine": engine,
+        "sessions": size,
+        "events": size * 10,
+        "seconds": 1.0,
+        "wall_s": size / 1000,
+        "daily_s": size / 2000,
+        "features_s": size / 20000,
+        "labels_s": 1.0,
+        "training_s": 2.0,
+        "test_roc_auc": 0.85,
+        "peak_gib": peak,
+        "measured": "2026-01-01 00:00",
+    }
+
+
+def test_the_section_is_replaced_and_other_sizes_are_kept(tmp_path: Path) -> None:
+    md = tmp_path / "BENCHMARKS.md"
+    md.write_text("# Benchmarks\n\n## Before\n\nkept above\n\n## After\n\nkept below\n")
+    write_section(md, [_row(100_000, "duckdb", 1.0), _row(100_000, "spark", 2.0)], "cpu")
+    write_section(md, [_row(1_000_000, "duckdb", 3.0)], "cpu")
+    write_section(md, [_row(100_000, "duckdb", 1.5)], "cpu")  # a rerun of one size
+    text = md.read_text()
+    assert text.count(SECTION) == 1 and "kept above" in text and "kept below" in text
+    assert text.index("## Before") < text.index("## After")
+    lines = [line for line in text.splitlines() if line.startswith("| 1")]
+    assert [line.split(" | ")[1] for line in lines] == ["duckdb", "spark", "duckdb"]
+    assert "**1.5 GiB**" in lines[0] and "**2.0 GiB**" in lines[1] and "**3.0 GiB**" in lines[2]
+    # growth between the sizes, and the projected size where the embedded engine needs 24 GiB:
+    # 1.5 GiB at 0.1M, 3.0 GiB at 1M: 1.67 GiB per million more, 24 GiB near 13.6M sessions
+    assert "0.1M → 1M sessions (×10): time ×10.0, peak memory ×2.0" in text
+    assert "near **14M sessions**" in text
