@@ -61,10 +61,13 @@ _SPARK_TYPES = {"VARCHAR": "string", "TIMESTAMP": "timestamp_ntz", "BIGINT": "bi
 
 
 @contextmanager
-def spark_session(master: str = "local[2]", app: str = "cartintel") -> Iterator[SparkSession]:
+def spark_session(
+    master: str = "local[2]", app: str = "cartintel", driver_memory: str = "4g"
+) -> Iterator[SparkSession]:
     """A Spark session in UTC (timestamps are UTC wall-clock, as in the warehouse) whose Python
     workers run this interpreter; stopped on exit unless it was already running (then it is
-    that one, e.g. a caller's). Local mode binds to 127.0.0.1."""
+    that one, e.g. a caller's). Local mode binds to 127.0.0.1. `driver_memory` is the driver
+    JVM's heap, where local mode also runs the executors (Spark's default: 1g)."""
     from pyspark.sql import SparkSession
 
     running = SparkSession.getActiveSession()
@@ -78,6 +81,7 @@ def spark_session(master: str = "local[2]", app: str = "cartintel") -> Iterator[
         .config("spark.sql.session.timeZone", "UTC")
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
         .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.driver.memory", driver_memory)
     )
     if master.startswith("local"):
         builder = (
@@ -259,7 +263,17 @@ def fit_risk_model_spark(
         tree_method="hist",
         random_state=params.seed,
     )
-    booster = estimator.fit(frame).get_booster()
+    # XGBoost's reader (xgboost.spark.data.append_m, 3.2) fails with KeyError 'values' on an Arrow
+    # batch holding no row of the training or of the validation side: batches cut every 10,000
+    # rows would do so as soon as a partition has more. One batch per partition holds both
+    # (repartition deals every input slice, validation rows included, to every partition).
+    key = "spark.sql.execution.arrow.maxRecordsPerBatch"
+    before = spark.conf.get(key) or "10000"
+    spark.conf.set(key, "0")  # no limit
+    try:
+        booster = estimator.fit(frame).get_booster()
+    finally:
+        spark.conf.set(key, before)
     best = int(booster.attr("best_iteration") or booster.num_boosted_rounds() - 1)
     model = RiskModel(booster, None, features, encoder.categories, best)
     calibrate_on(model, valid, y_valid)

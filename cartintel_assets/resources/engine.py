@@ -29,6 +29,10 @@ class ComputeEngineResource(dg.ConfigurableResource):
     spark_master: str = Field(
         default="local[2]", description="Spark master URL: local[N] or the cluster's."
     )
+    spark_driver_memory: str = Field(
+        default="4g",
+        description="Heap of Spark's driver JVM (in local mode the executors run in it too).",
+    )
     lake: str = Field(
         default="",
         description="Parquet lake Spark reads the raw tables from. Empty: <warehouse dir>/lake, "
@@ -57,7 +61,7 @@ class ComputeEngineResource(dg.ConfigurableResource):
         lake = Path(self.lake) if self.lake else Path(str(warehouse)).parent / "lake"
         if not self.lake:  # the warehouse is the source of truth: mirror it first
             export_lake(con, lake)
-        with spark_session(self.spark_master) as spark:
+        with spark_session(self.spark_master, driver_memory=self.spark_driver_memory) as spark:
             register_lake(spark, lake)
             frame = spark_day_features(spark, [day], policy, history_days)
         typed_temp_table(con, frame, FEATURE_TYPES, "_session_features")
@@ -80,7 +84,7 @@ class ComputeEngineResource(dg.ConfigurableResource):
             return fit_risk_model(train, y_train, valid, y_valid, numeric, categorical, params)
         from cartintel_assets.ml.spark_engine import fit_risk_model_spark, spark_session
 
-        with spark_session(self.spark_master) as spark:
+        with spark_session(self.spark_master, driver_memory=self.spark_driver_memory) as spark:
             return fit_risk_model_spark(
                 spark,
                 train,

@@ -121,7 +121,13 @@ def test_distributed_training_matches_the_single_machine_model(
     args = (parts["train"], y["train"], parts["valid"], y["valid"], num, cat, params)
     # through the resource, as the training asset calls it (the test's local[2] session)
     single = ComputeEngineResource().fit_risk_model(*args)
+    # Arrow batches of 500 rows: most hold only training or only validation rows, which XGBoost's
+    # Spark reader cannot take (at the default 10,000, any warehouse of ~1M sessions does this)
+    key = "spark.sql.execution.arrow.maxRecordsPerBatch"
+    spark.conf.set(key, "500")  # type: ignore[attr-defined]
     spread = ComputeEngineResource(engine="spark").fit_risk_model(*args)
+    assert spark.conf.get(key) == "500"  # type: ignore[attr-defined]
+    spark.conf.unset(key)  # type: ignore[attr-defined]
     auc_single = roc_auc_score(y["test"], single.predict_proba(parts["test"]))
     auc_spark = roc_auc_score(y["test"], spread.predict_proba(parts["test"]))
     print(f"test ROC-AUC: single machine {auc_single:.4f}, Spark (2 workers) {auc_spark:.4f}")
