@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 DAYS = 20
+SIZES = (100_000, 1_000_000, 5_000_000)
 BLOCK_SESSIONS = 1_000_000  # sessions the simulator holds in memory at once
 MEMORY_GIB = 24.0
 SECTION = "## Scale: the graph end to end at 100k, 1M and 5M sessions"
@@ -251,8 +252,9 @@ def _growth(rows: list[dict[str, Any]]) -> list[str]:
         for a, b in zip(mine, mine[1:], strict=False):
             ratio = b["sessions"] / a["sessions"]
             out.append(
-                f"- {engine}, {a['sessions'] / 1e6:g}M → {b['sessions'] / 1e6:g}M sessions"
-                f" (×{ratio:.0f}): time ×{b['wall_s'] / a['wall_s']:.1f},"
+                f"- {engine}, {a['size'] / 1e6:g}M → {b['size'] / 1e6:g}M sessions"
+                f" (×{ratio:.0f}): time ×{b['wall_s'] / a['wall_s']:.1f} (the"
+                f" `session_features` steps ×{b['features_s'] / a['features_s']:.1f}),"
                 f" peak memory ×{b['peak_gib'] / a['peak_gib']:.1f}"
             )
         if engine == "duckdb" and len(mine) >= 2:
@@ -291,8 +293,8 @@ def write_section(path: Path, rows: list[dict[str, Any]], cpu: str) -> None:
     body = [
         SECTION,
         "",
-        f"Last measured {stamp} by `make bench-scale` on {os.cpu_count()} cores ({cpu});"
-        " each row's own date is in its JSON below. Each engine's runs execute in a process of"
+        f"Written {stamp} by `make bench-scale` on {os.cpu_count()} cores ({cpu});"
+        " each row's measurement date is in its JSON below. Each engine's runs execute in a process of"
         " their own; peak memory is the resident memory of that process and its children"
         " (Spark's JVM and Python workers), sampled every 0.5 s."
         f" {DAYS} days per size. **embedded**: Dagster runs `storefront_daily_job` per day (ingest"
@@ -308,6 +310,11 @@ def write_section(path: Path, rows: list[dict[str, Any]], cpu: str) -> None:
         *_table(rows),
         "",
         *_growth(rows),
+        *[
+            f"- not measured yet: {size / 1e6:g}M sessions (`make bench-scale SIZES={size}`)"
+            for size in SIZES
+            if size not in {r["size"] for r in rows}
+        ],
         "",
         _ROWS + json.dumps(rows) + " -->",
         "",
@@ -317,7 +324,7 @@ def write_section(path: Path, rows: list[dict[str, Any]], cpu: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--sizes", default="100000,1000000,5000000")
+    p.add_argument("--sizes", default=",".join(str(s) for s in SIZES))
     p.add_argument("--engines", default="duckdb,spark")
     p.add_argument("--out", type=Path, default=Path("BENCHMARKS.md"))
     p.add_argument("--materialise", nargs=4, metavar=("ENGINE", "LANDING", "WAREHOUSE", "MLRUNS"))

@@ -79,5 +79,8 @@ def test_the_section_is_replaced_and_other_sizes_are_kept(tmp_path: Path) -> Non
     assert "**1.5 GiB**" in lines[0] and "**2.0 GiB**" in lines[1] and "**3.0 GiB**" in lines[2]
     # growth between the sizes, and the projected size where the embedded engine needs 24 GiB:
     # 1.5 GiB at 0.1M, 3.0 GiB at 1M: 1.67 GiB per million more, 24 GiB near 13.6M sessions
-    assert "0.1M → 1M sessions (×10): time ×10.0, peak memory ×2.0" in text
+    assert (
+        "0.1M → 1M sessions (×10): time ×10.0 (the `session_features` steps ×10.0),"
+        " peak memory ×2.0" in text
+    )
     assert "near **14M sessions**" in text
