@@ -11,8 +11,9 @@ production), with the same feature and model code as the embedded engine. No Dag
   - The result equals DuckDB's `session_features` row for row (test_spark_engine).
 - Training: `fit_risk_model_spark` trains the risk model with XGBoost's own Spark estimator
   (`SparkXGBClassifier`; the training asset calls it through the `engine` resource). Its
-  workers are Spark tasks, and it stops early on the validation rows. It is calibrated (isotonic) on the driver and returned as a `RiskModel` like the
-  single-machine one, so scoring, reason codes, the registry and the service use it unchanged.
+  workers are Spark tasks, and it stops early on the validation rows. It is calibrated
+  (isotonic) on the driver and returned as a `RiskModel` like the single-machine one, so
+  scoring, reason codes, the registry and the service use it unchanged.
 """
 
 from __future__ import annotations
