@@ -159,7 +159,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
 DEMO_MONITORED_DAYS = 3  # days checked for drift (before the reference's latest 3)
 
 # Progress is printed per day; Dagster's per-event console log would bury it (the UI keeps it all).
-_QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+QUIET_RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -189,7 +189,7 @@ def _run_days(instance: DagsterInstance, days: list[str]) -> list[str]:
     failed_checks: list[str] = []
     for i, day in enumerate(days, 1):
         result = job.execute_in_process(
-            partition_key=day, instance=instance, raise_on_error=False, run_config=_QUIET
+            partition_key=day, instance=instance, raise_on_error=False, run_config=QUIET_RUN_CONFIG
         )
         evals = [
             e.event_specific_data
@@ -203,7 +203,10 @@ def _run_days(instance: DagsterInstance, days: list[str]) -> list[str]:
 
     def run(job_name: str, partition_key: str | None = None, failure: str | None = None) -> Any:
         result = defs.resolve_job_def(job_name).execute_in_process(
-            partition_key=partition_key, instance=instance, raise_on_error=False, run_config=_QUIET
+            partition_key=partition_key,
+            instance=instance,
+            raise_on_error=False,
+            run_config=QUIET_RUN_CONFIG,
         )
         if failure and not result.success:
             failed_checks.append(f"{failure} (see the Dagster UI)")
@@ -458,7 +461,7 @@ def _move(instance: DagsterInstance, model: str, action: str, phase: str, by: st
     result = defs.resolve_job_def(job).execute_in_process(
         instance=instance,
         raise_on_error=False,
-        run_config={**_QUIET, "ops": {"model_promotions": {"config": config}}},
+        run_config={**QUIET_RUN_CONFIG, "ops": {"model_promotions": {"config": config}}},
     )
     found = result.asset_materializations_for_node("model_promotions")
     if not found:

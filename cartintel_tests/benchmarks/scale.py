@@ -143,8 +143,6 @@ def land(sessions: int, out: Path) -> dict[str, Any]:
 
 # ---- one engine's runs, in a process of its own -------------------------------------------------
 
-_QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
-
 
 def _step_seconds(result: Any, step: str) -> float:
     return sum(
@@ -158,6 +156,7 @@ def materialise(engine: str, landing: Path, warehouse: Path, mlruns: Path) -> di
     """The runs of one engine (see the module's docstring); phase times in seconds."""
     import dagster as dg
 
+    from cartintel_assets.cli import QUIET_RUN_CONFIG
     from cartintel_assets.definitions import defs
     from cartintel_assets.defs.features.assets import session_features
     from cartintel_assets.resources import LandingResource, WarehouseResource
@@ -182,7 +181,7 @@ def materialise(engine: str, landing: Path, warehouse: Path, mlruns: Path) -> di
             partition_key=day,
             instance=instance,
             resources=resources,
-            run_config=_QUIET,
+            run_config=QUIET_RUN_CONFIG,
             raise_on_error=False,
         )
         if not result.success:
