@@ -4,8 +4,10 @@ process of its own whose whole process tree (Spark's JVM and Python workers incl
 for resident memory.
 
 - storefront: the simulator, 20 days; above 1M sessions in blocks of consecutive days (the
-  simulator holds a whole run in memory, ~8 GiB per million sessions), each block's session ids
-  prefixed so they stay unique. The simulator is the shop's side, timed apart.
+  simulator holds a whole run in memory, ~8 GiB per million sessions), each block's record ids
+  (sessions, events, reviews, assignments) prefixed so they stay unique. Each block starts its
+  simulation afresh: a block's first day has no reviews yet and its last days no follow-ups
+  in the next block. The simulator is the shop's side, timed apart.
 - embedded: Dagster runs the jobs a deployment runs: `storefront_daily_job` per day (ingestion,
   the data-quality gates, session features, review signals), `abandonment_labels_job` per day,
   then `abandonment_training_job` (MLflow run, registry version, gates).
@@ -33,9 +35,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from cartintel_assets.ml.schema import TABLES
+
 DAYS = 20
 SIZES = (100_000, 1_000_000, 5_000_000)
 BLOCK_SESSIONS = 1_000_000  # sessions the simulator holds in memory at once
+# the ids of records that land once (sessions, events, reviews, assignments), and so the columns
+# that reference them: ingestion quarantines a key landed again as a duplicate
+RECORD_IDS = {k for t in TABLES for k in t.key if t.key_unique_across_partitions}
 MEMORY_GIB = 24.0
 SECTION = "## Scale: the graph end to end at 100k, 1M and 5M sessions"
 _PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -124,11 +131,11 @@ def land(sessions: int, out: Path) -> dict[str, Any]:
             seed=full.seed + first,
         )
         store = simulate(cfg)
-        if block_days < DAYS:  # blocks number their sessions from 0: keep them unique
+        if block_days < DAYS:  # each block numbers its records from 0: keep them unique
             for tables in store.landing.values():
                 for frame in tables.values():
-                    if "session_id" in frame.columns:
-                        frame["session_id"] = f"B{first:02d}" + frame["session_id"].astype(str)
+                    for column in RECORD_IDS.intersection(frame.columns):
+                        frame[column] = f"B{first:02d}" + frame[column].astype(str)
         n_sessions += len(store.truth_sessions)
         n_events += sum(store.event_lines(day) for day in store.landing)
         write_storefront(store, out)
