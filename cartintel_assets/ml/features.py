@@ -249,7 +249,12 @@ def compute_features(
     sid = sid[order]
     s_cols = {k: np.asarray(v)[order] for k, v in sessions.items()}
     n = len(sid)
-    ev_s = pd.Index(sid).get_indexer(np.asarray(events["session_id"], dtype=object))
+    ev_sid = np.asarray(events["session_id"], dtype=object)
+    ev_s = (  # each event's session (-1: not one of these); building an Index costs ~150 µs
+        pd.Index(sid).get_indexer(ev_sid)
+        if n >= 1000
+        else lookup({s: i for i, s in enumerate(sid.tolist())}, ev_sid)
+    )
     keep = ev_s >= 0
     ts = np.asarray(events["ts"], dtype=np.int64)[keep]
     seq = np.asarray(events["seq"], dtype=np.int64)[keep]

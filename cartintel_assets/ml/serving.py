@@ -519,6 +519,7 @@ class Scorer:
             [self.phases.serving_alias(str(r), available) for r in rows["region"]], dtype=object
         )
         risk = np.zeros(len(scored))
+        shadow = np.zeros(len(scored))
         codes: list[list[str]] = [[] for _ in scored]
         for a in sorted(set(alias)):
             m = alias == a
@@ -530,10 +531,15 @@ class Scorer:
                 np.flatnonzero(m).tolist(), reason_codes(model, part, self.reasons, x), strict=True
             ):
                 codes[i] = c
-        shadow = None
-        if models.shadow is not None:
-            challenger = models.shadow.model
-            shadow = challenger.predict_proba(rows, challenger.dmatrix(rows))
+            if models.shadow is None:
+                continue
+            if models.shadow.version == models.risk[a].version:
+                shadow[m] = risk[m]  # the version served is the challenger: the same prediction
+            else:  # rows encoded alike are encoded once
+                challenger = models.shadow.model
+                shadow[m] = challenger.predict_proba(
+                    part, x if challenger.encodes_like(model) else None
+                )
         values = {k: feature_values(k, rows[k]) for k in (*NUMERIC_FEATURES, *CATEGORICAL_FEATURES)}
         for i, d in enumerate(scored):
             d.features = {k: v[i] for k, v in values.items()}
@@ -542,7 +548,7 @@ class Scorer:
             d.risk, d.reason_codes = float(risk[i]), codes[i]
             d.risk_model_alias = str(alias[i])
             d.risk_model_version = models.risk[d.risk_model_alias].version
-            if models.shadow is not None and shadow is not None:
+            if models.shadow is not None:
                 d.shadow_model_version, d.shadow_risk = models.shadow.version, float(shadow[i])
         bought = set(events["session_id"][events["event_type"] == "purchase"].tolist())
         self._act(scored, rows, bought, models)

@@ -6,6 +6,7 @@ real HTTP and serves the dashboard, which headless Chromium renders with no cons
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -174,6 +175,23 @@ def test_online_scores_equal_batch_for_a_whole_day(
     assert [d.session_id for d in twice] == [d.session_id for d in decisions[:3]] * 2
     assert [d.risk for d in twice[:3]] == [d.risk for d in twice[3:]]
     assert len({d.request_id for d in twice}) == 6
+    # the challenger is the version served here: its shadow score is the served one
+    assert all(d.shadow_model_version == "1" and d.shadow_risk == d.risk for d in online.values())
+    # a challenger other than the version served scores on its own (here: the served booster
+    # without its calibration), logged and never returned
+    served_models = service.scorer.models
+    raw = dataclasses.replace(served_models.shadow.model, calibrator=None)
+    service.scorer.models = dataclasses.replace(
+        served_models, shadow=dataclasses.replace(served_models.shadow, version="0", model=raw)
+    )
+    try:
+        shadowed = [d for d in service.scorer.score(frames[:300]) if d.scored]
+    finally:
+        service.scorer.models = served_models
+    assert shadowed and all(d.shadow_model_version == "0" for d in shadowed)
+    want = raw.predict_proba(pd.DataFrame([d.features for d in shadowed]))
+    assert [d.shadow_risk for d in shadowed] == pytest.approx(want.tolist(), abs=1e-6)
+    assert sum(d.shadow_risk != d.risk for d in shadowed) > len(shadowed) / 2
     # sessions without a cart before the cutoff are answered, not scored
     unscored = [d for d in decisions if not d.scored]
     assert unscored and all(d.risk is None and "nothing to score" in d.reason for d in unscored)
@@ -274,6 +292,12 @@ def test_models_reload_when_an_alias_moves(served: dict[str, Any], client: TestC
     assert body["session"]["region"] not in after["pilot_regions"]
     got = client.post("/score", json=body).json()["models"][0]
     assert got == {"name": RISK_MODEL, "version": str(v2), "alias": "global"}
+    # the challenger (version 1) scores in the shadow of another version: its own prediction,
+    # here equal to the served one's, v2 being a copy of v1
+    scorer = client.app.state.service.scorer  # type: ignore[attr-defined]
+    (d,) = scorer.score([request_columns(body["session"], body["events"])])
+    assert (d.risk_model_version, d.shadow_model_version) == (str(v2), "1")
+    assert d.risk is not None and d.shadow_risk == d.risk
     pilot = json.loads(json.dumps(body))
     pilot["session"]["region"] = after["pilot_regions"][0]
     got = client.post("/score", json=pilot).json()["models"][0]
