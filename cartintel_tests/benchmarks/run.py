@@ -34,6 +34,7 @@ from cartintel_assets.ml.labels import RETURN_WINDOW_DAYS, cart_labels
 from cartintel_assets.ml.schema import TABLES
 from cartintel_assets.ml.scoring import score_carts
 from cartintel_assets.ml.simulation import StorefrontConfig, simulate, write_storefront
+from cartintel_tests.benchmarks.scale import SECTION, split_section
 from cartintel_tests.benchmarks.serving import serving_stage
 
 
@@ -316,6 +317,13 @@ def uci_floor() -> list[str]:
     ]
 
 
+def write_report(path: Path, lines: list[str]) -> None:
+    """Write BENCHMARKS.md, keeping its scale section: that one is `make bench-scale`'s (hours
+    of runs), left as it is."""
+    scale = split_section(path.read_text(), SECTION)[1] if path.exists() else ""
+    path.write_text("\n".join(lines) + "\n" + ("\n" + scale if scale else ""))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=Path("BENCHMARKS.md"))
@@ -415,7 +423,7 @@ def main() -> None:
         "|---|---|---|---|---|---|---|",
         *hill,
     ]
-    args.out.write_text("\n".join(header + rows + model + serving + floor + uplift_floor) + "\n")
+    write_report(args.out, header + rows + model + serving + floor + uplift_floor)
     print("\n".join(rows + model + serving))
     print(f"written to {args.out}")
 

@@ -279,17 +279,26 @@ def _growth(rows: list[dict[str, Any]]) -> list[str]:
 _ROWS = "<!-- scale rows (JSON; a rerun of one size replaces its rows): "
 
 
+def split_section(text: str, title: str) -> tuple[str, str, str]:
+    """`text` around its section `title` (up to the next `## ` heading): what comes before, the
+    section, what comes after; the section is empty when `text` has none."""
+    if title not in text:
+        return text, "", ""
+    head, rest = text.split(title, 1)
+    after = rest.find("\n## ")
+    if after < 0:
+        return head, title + rest, ""
+    return head, title + rest[: after + 1], rest[after + 1 :]
+
+
 def write_section(path: Path, rows: list[dict[str, Any]], cpu: str) -> None:
     """Replace the section of BENCHMARKS.md, keeping the other sections and the rows of sizes
     this run did not measure (kept as JSON in the section)."""
     text = path.read_text() if path.exists() else "# Benchmarks\n"
-    head, tail, kept = text.rstrip("\n") + "\n\n", "", []
-    if SECTION in text:
-        head, rest = text.split(SECTION, 1)
-        after = rest.find("\n## ")
-        tail = rest[after + 1 :] if after >= 0 else ""
-        if _ROWS in rest:
-            kept = json.loads(rest.split(_ROWS, 1)[1].split(" -->", 1)[0])
+    head, mine, tail = split_section(text, SECTION)
+    if not mine:
+        head = text.rstrip("\n") + "\n\n"
+    kept = json.loads(mine.split(_ROWS, 1)[1].split(" -->", 1)[0]) if _ROWS in mine else []
     measured = {(r["size"], r["engine"]) for r in rows}
     rows = sorted(
         [r for r in kept if (r["size"], r["engine"]) not in measured] + rows,

@@ -16,7 +16,14 @@ import pytest
 
 from cartintel_assets.ml.schema import TABLES
 from cartintel_tests.benchmarks import scale
-from cartintel_tests.benchmarks.scale import SECTION, run_measured, tree_rss, write_section
+from cartintel_tests.benchmarks.run import write_report
+from cartintel_tests.benchmarks.scale import (
+    SECTION,
+    run_measured,
+    split_section,
+    tree_rss,
+    write_section,
+)
 
 MIB = 2**20
 
@@ -89,6 +96,18 @@ def test_the_section_is_replaced_and_other_sizes_are_kept(tmp_path: Path) -> Non
         " peak memory ×2.0" in text
     )
     assert "near **14M sessions**" in text
+
+
+def test_make_bench_keeps_the_scale_section(tmp_path: Path) -> None:
+    md = tmp_path / "BENCHMARKS.md"
+    md.write_text("# Benchmarks\n\n## Serving\n\nold figures\n")
+    write_section(md, [_row(100_000, "duckdb", 1.0)], "cpu")
+    scale = split_section(md.read_text(), SECTION)[1]
+    assert "**1.0 GiB**" in scale and "old figures" not in scale
+    write_report(md, ["# Benchmarks", "", "## Serving", "", "new figures"])
+    text = md.read_text()
+    assert "new figures" in text and "old figures" not in text
+    assert split_section(text, SECTION)[1] == scale and text.endswith(scale)
 
 
 def test_storefront_in_blocks_lands_every_record_id_once(
