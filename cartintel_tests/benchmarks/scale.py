@@ -159,6 +159,23 @@ def _step_seconds(result: Any, step: str) -> float:
     )
 
 
+def _failures(result: Any) -> str:
+    """What failed in a run, to read in the benchmark's output: the failed asset checks with
+    their metadata, and the steps' errors (the run's instance is gone after the benchmark)."""
+    out = []
+    for e in result.all_events:
+        if e.event_type_value == "ASSET_CHECK_EVALUATION" and not e.event_specific_data.passed:
+            d = e.event_specific_data
+            md = {k: getattr(v, "value", v) for k, v in d.metadata.items()}
+            out.append(
+                f"  check {d.asset_key.to_user_string()}.{d.check_name} ({d.severity}): {md}"
+            )
+        elif e.event_type_value == "STEP_FAILURE":
+            error = e.event_specific_data.error
+            out.append(f"  step {e.step_key}: {error.message.strip() if error else '?'}")
+    return "\n".join(out) or f"  (run {result.run_id}: no failed step or check recorded)"
+
+
 def materialise(engine: str, landing: Path, warehouse: Path, mlruns: Path) -> dict[str, Any]:
     """The runs of one engine (see the module's docstring); phase times in seconds."""
     import dagster as dg
@@ -192,7 +209,7 @@ def materialise(engine: str, landing: Path, warehouse: Path, mlruns: Path) -> di
             raise_on_error=False,
         )
         if not result.success:
-            raise RuntimeError(f"{job} {day or ''} failed (run {result.run_id})")
+            raise RuntimeError(f"{job} {day or ''} failed:\n{_failures(result)}")
         return result
 
     with dg.instance_for_test() as instance:
