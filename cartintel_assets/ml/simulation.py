@@ -142,6 +142,11 @@ class StorefrontConfig:
     drift: tuple[DriftSpec, ...] = ()
     bad_row_rate: float = 0.0  # share of event lines given exactly one defect
     bad_row_kinds: tuple[str, ...] = BAD_ROW_KINDS
+    # None: one random stream for everything. Set: the customers and all they do are drawn from
+    # a stream of their own after the catalogue, so storefronts that differ only in it share
+    # products, prices and carrier rates and have independent customers (one shop's customers,
+    # simulated a part at a time when the whole does not fit in memory)
+    population_seed: int | None = None
 
     def __post_init__(self) -> None:
         if self.days < 1 or self.sessions_per_day < 1:
@@ -866,6 +871,8 @@ def simulate(cfg: StorefrontConfig, progress: Callable[[str], None] | None = Non
     say("catalogue, prices and shipping")
     sim.products()
     sim.shipping()
+    if cfg.population_seed is not None:
+        sim.rng = np.random.default_rng([cfg.seed, cfg.population_seed])
     say("customers")
     sim.customers()
     say("sessions and outcomes")

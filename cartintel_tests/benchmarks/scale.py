@@ -3,11 +3,13 @@ the embedded engine (DuckDB in the run's process) and with Apache Spark in local
 process of its own whose whole process tree (Spark's JVM and Python workers included) is sampled
 for resident memory.
 
-- storefront: the simulator, 20 days; above 1M sessions in blocks of consecutive days (the
-  simulator holds a whole run in memory, ~8 GiB per million sessions), each block's record ids
-  (sessions, events, reviews, assignments) prefixed so they stay unique. Each block starts its
-  simulation afresh: a block's first day has no reviews yet and its last days no follow-ups
-  in the next block. The simulator is the shop's side, timed apart.
+- storefront: the simulator, 20 days; above 1M sessions in parts of the customer base (the
+  simulator holds a whole run in memory, ~8 GiB per million sessions): every part has the same
+  catalogue, prices and carrier rates over all 20 days and customers of its own, their ids and
+  their records' ids prefixed per part, and each day's files hold every part's rows. (Parts
+  made of consecutive days instead broke each customer's history and their carts' 7-day
+  outcomes at every seam, and the risk model's calibration gate rightly stopped the training
+  job.) The simulator is the shop's side, timed apart.
 - embedded: Dagster runs the jobs a deployment runs: `storefront_daily_job` per day (ingestion,
   the data-quality gates, session features, review signals), `abandonment_labels_job` per day,
   then `abandonment_training_job` (MLflow run, registry version, gates).
@@ -33,7 +35,9 @@ import time
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
+
+import pandas as pd
 
 from cartintel_assets.ml.schema import TABLES
 
@@ -43,6 +47,10 @@ BLOCK_SESSIONS = 1_000_000  # sessions the simulator holds in memory at once
 # the ids of records that land once (sessions, events, reviews, assignments), and so the columns
 # that reference them: ingestion quarantines a key landed again as a duplicate
 RECORD_IDS = {k for t in TABLES for k in t.key if t.key_unique_across_partitions}
+# a shop simulated in parts of its customers: each part numbers its records and customers
+# from 0, and all share the catalogue and the carrier's rates
+BLOCK_IDS = RECORD_IDS | {"customer_id"}
+SHARED_TABLES = ("products", "shipping_quotes")
 MEMORY_GIB = 24.0
 SECTION = "## Scale: the graph end to end at 100k, 1M and 5M sessions"
 _PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -114,38 +122,86 @@ def run_measured(
 
 
 def land(sessions: int, out: Path) -> dict[str, Any]:
-    """Simulate `sessions` over DAYS days into `out/landing`, in blocks of days that fit memory."""
+    """Simulate `sessions` over DAYS days into `out/landing`. A shop bigger than the simulator
+    can hold at once is simulated as parts of its customers: every part sees the same catalogue,
+    prices and carrier rates over all the days, with customers of its own (ids prefixed per
+    part), and each day's files hold every part's rows."""
     from cartintel_assets.ml.simulation import StorefrontConfig, simulate, write_storefront
 
-    per_day = sessions // DAYS
-    block_days = max(1, min(DAYS, BLOCK_SESSIONS // per_day))
-    full = StorefrontConfig(
-        days=DAYS, sessions_per_day=per_day, n_customers=max(6000, sessions // 5), n_products=5000
+    parts = -(-sessions // BLOCK_SESSIONS)
+    cfg = StorefrontConfig(
+        days=DAYS,
+        sessions_per_day=sessions // DAYS // parts,
+        n_customers=max(6000, sessions // 5) // parts,
+        n_products=5000,
     )
     started, n_sessions, n_events = time.perf_counter(), 0, 0
-    for first in range(0, DAYS, block_days):
-        cfg = replace(
-            full,
-            start_date=full.day(first),
-            days=min(block_days, DAYS - first),
-            seed=full.seed + first,
-        )
-        store = simulate(cfg)
-        if block_days < DAYS:  # each block numbers its records from 0: keep them unique
-            for tables in store.landing.values():
+    shared: dict[str, dict[str, pd.DataFrame]] = {}  # day -> the catalogue tables of part 0
+    for part in range(parts):
+        store = simulate(replace(cfg, population_seed=part) if parts > 1 else cfg)
+        if parts > 1:
+            if any(store.bad_event_lines.values()):  # raw lines: their ids cannot be prefixed
+                raise ValueError("the scale storefront lands no defective lines")
+            for day, tables in store.landing.items():
+                for name in SHARED_TABLES:
+                    first = shared.setdefault(day, {}).setdefault(name, tables[name])
+                    if not first.equals(tables[name]):
+                        raise AssertionError(f"part {part} has another {name} on {day}")
                 for frame in tables.values():
-                    for column in RECORD_IDS.intersection(frame.columns):
-                        frame[column] = f"B{first:02d}" + frame[column].astype(str)
+                    for column in BLOCK_IDS.intersection(frame.columns):
+                        frame[column] = f"B{part}" + frame[column].astype(str)
         n_sessions += len(store.truth_sessions)
         n_events += sum(store.event_lines(day) for day in store.landing)
-        write_storefront(store, out)
+        write_storefront(store, out / "parts" / str(part) if parts > 1 else out)
         del store
         print(
-            f"  landed days {first + 1}-{first + cfg.days} of {DAYS}"
+            f"  simulated customer part {part + 1} of {parts}"
             f" ({time.perf_counter() - started:.0f}s)",
             flush=True,
         )
+    if parts > 1:
+        _merge_parts(out / "parts", out / "landing", parts)
+        shutil.rmtree(out / "parts")
+        print(f"  landed {parts} parts as one shop ({time.perf_counter() - started:.0f}s)")
     return {"sessions": n_sessions, "events": n_events, "seconds": time.perf_counter() - started}
+
+
+def _merge_parts(parts_dir: Path, landing: Path, parts: int) -> None:
+    """One landing folder per day holding every part's rows (the shared tables once)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    for day_dir in sorted((parts_dir / "0" / "landing").iterdir()):
+        target = landing / day_dir.name
+        target.mkdir(parents=True, exist_ok=True)
+        for spec in TABLES:
+            files = [
+                parts_dir / str(k) / "landing" / day_dir.name / spec.landing_file
+                for k in range(parts)
+            ]
+            if spec.name in SHARED_TABLES:
+                shutil.copy(files[0], target / spec.landing_file)
+            elif spec.landing_format == "parquet":
+                pq.write_table(
+                    pa.concat_tables([pq.read_table(f) for f in files], promote_options="default"),
+                    target / spec.landing_file,
+                )
+            else:  # JSON lines: the files one after the other
+                with (target / spec.landing_file).open("wb") as merged:
+                    for f in files:
+                        _append_lines(f, merged)
+
+
+def _append_lines(source: Path, merged: BinaryIO) -> None:
+    """Append a JSON-lines file, ending its last line if it is not (the next file's first line
+    stays a line of its own)."""
+    with source.open("rb") as f:
+        shutil.copyfileobj(f, merged)
+        size = f.tell()
+        if size:
+            f.seek(size - 1)
+            if f.read(1) != b"\n":
+                merged.write(b"\n")
 
 
 # ---- one engine's runs, in a process of its own -------------------------------------------------

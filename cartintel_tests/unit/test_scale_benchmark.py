@@ -110,32 +110,46 @@ def test_make_bench_keeps_the_scale_section(tmp_path: Path) -> None:
     assert split_section(text, SECTION)[1] == scale and text.endswith(scale)
 
 
-def test_storefront_in_blocks_lands_every_record_id_once(
+def test_a_shop_simulated_in_parts_lands_as_one(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # 2 blocks of 3 days: each block's simulation numbers its sessions, events, reviews and
-    # assignments from 0, and ingestion would quarantine the second block's as duplicates
+    # 2 parts of the customer base over the same 6 days: each part's simulation numbers its
+    # customers, sessions, events, reviews and assignments from 0, and ingestion would
+    # quarantine the second part's as duplicates
     monkeypatch.setattr(scale, "DAYS", 6)
-    monkeypatch.setattr(scale, "BLOCK_SESSIONS", 3 * 2000)
-    scale.land(6 * 2000, tmp_path)
+    monkeypatch.setattr(scale, "BLOCK_SESSIONS", 6 * 1000)
+    scale.land(2 * 6 * 1000, tmp_path)
     days = sorted(p.name for p in (tmp_path / "landing").iterdir())
-    assert len(days) == 6
+    assert len(days) == 6 and not (tmp_path / "parts").exists()
     con = duckdb.connect()
-    for spec in TABLES:
-        if not spec.key_unique_across_partitions:
-            continue
-        files = [str(tmp_path / "landing" / d / spec.landing_file) for d in days]
-        read = "read_parquet" if spec.landing_format == "parquet" else "read_json_auto"
-        keys = ", ".join(spec.key)
-        rows, distinct = con.execute(
-            f"SELECT count(*), count(DISTINCT ({keys})) FROM {read}({files})"
+
+    def read(table: str, day: str | None = None) -> str:
+        spec = next(t for t in TABLES if t.name == table)
+        files = [str(tmp_path / "landing" / d / spec.landing_file) for d in (day,) if d] or [
+            str(tmp_path / "landing" / d / spec.landing_file) for d in days
+        ]
+        fn = "read_parquet" if spec.landing_format == "parquet" else "read_json_auto"
+        return f"{fn}({files})"
+
+    for spec in TABLES:  # keys unique where ingestion wants them unique
+        for scope in [None] if spec.key_unique_across_partitions else days:
+            keys = ", ".join(spec.key)
+            rows, distinct = con.execute(
+                f"SELECT count(*), count(DISTINCT ({keys})) FROM {read(spec.name, scope)}"
+            ).fetchall()[0]
+            assert rows == distinct, (spec.name, scope)
+    # every day holds both parts' customers and sessions, and the catalogue once
+    for day in days:
+        parts = con.execute(
+            f"SELECT count(DISTINCT left(session_id, 2)), count(DISTINCT left(customer_id, 2))"
+            f" FROM {read('sessions', day)}"
         ).fetchall()[0]
-        assert rows > 0 and rows == distinct, spec.name
-    # and references into the prefixed ids still resolve
-    sessions = [str(tmp_path / "landing" / d / "sessions.parquet") for d in days]
-    events = [str(tmp_path / "landing" / d / "events.jsonl") for d in days]
+        assert parts == (2, 2), day
+        assert con.execute(f"SELECT count(*) FROM {read('products', day)}").fetchall()[0][0] == 5000
+    # references into the prefixed ids still resolve
     orphans = con.execute(
-        f"SELECT count(*) FROM read_json_auto({events}) e"
-        f" ANTI JOIN read_parquet({sessions}) s USING (session_id)"
-    ).fetchall()[0][0]
-    assert orphans == 0
+        f"SELECT (SELECT count(*) FROM {read('events')} ANTI JOIN {read('sessions')}"
+        f" USING (session_id)), (SELECT count(*) FROM {read('sessions')}"
+        f" ANTI JOIN {read('customers')} USING (customer_id))"
+    ).fetchall()[0]
+    assert orphans == (0, 0)
