@@ -393,7 +393,9 @@ def write_section(path: Path, rows: list[dict[str, Any]], cpu: str) -> None:
         " `session_features` per day and the same training job with the `engine` resource set to"
         " Spark (XGBoost's Spark estimator); each run mirrors the warehouse's raw tables to the"
         " Parquet lake first, as a deployment without its own lake ingestion does. The storefront"
-        " (the simulator, in blocks of at most 1M sessions) is the shop's side and timed apart.",
+        " (the simulator; above 1M sessions in parts of the customer base, every part with the"
+        " same catalogue, prices and carrier rates over all the days) is the shop's side and timed"
+        " apart.",
         "",
         *_table(rows),
         "",
