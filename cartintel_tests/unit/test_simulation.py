@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,20 @@ def test_same_seed_same_storefront_and_other_seed_differs(tmp_path: Path) -> Non
             pd.testing.assert_frame_equal(frame, b.landing[day][name])
     pd.testing.assert_frame_equal(a.truth_sessions, b.truth_sessions)
     assert not a.landing[day]["events"].equals(c.landing[day]["events"])
+
+
+def test_customer_parts_share_the_catalogue_and_differ_in_their_customers() -> None:
+    a, b = (simulate(replace(SMALL, population_seed=k)) for k in (0, 1))
+    for day in a.landing:
+        for name in ("products", "shipping_quotes"):  # the same shop
+            pd.testing.assert_frame_equal(a.landing[day][name], b.landing[day][name])
+    # customers of their own: other attributes, other sessions
+    assert not a.truth_customers.equals(b.truth_customers)
+    assert not a.landing[day]["sessions"].equals(b.landing[day]["sessions"])
+    # ... drawn like the whole shop's: the abandonment rate each part is calibrated to
+    for store in (a, b):
+        carts = store.truth_sessions[store.truth_sessions["has_cart"]]
+        assert carts["abandoned"].mean() == pytest.approx(SMALL.cart_abandonment_rate, abs=0.05)
 
 
 def test_calibrated_to_published_abandonment_figures(default_store: Storefront) -> None:
