@@ -125,8 +125,8 @@ def test_a_shop_simulated_in_parts_lands_as_one(
 
     def read(table: str, day: str | None = None) -> str:
         spec = next(t for t in TABLES if t.name == table)
-        files = [str(tmp_path / "landing" / d / spec.landing_file) for d in (day,) if d] or [
-            str(tmp_path / "landing" / d / spec.landing_file) for d in days
+        files = [
+            str(tmp_path / "landing" / d / spec.landing_file) for d in ([day] if day else days)
         ]
         fn = "read_parquet" if spec.landing_format == "parquet" else "read_json_auto"
         return f"{fn}({files})"
