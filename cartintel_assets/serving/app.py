@@ -2,22 +2,27 @@
 
 Concurrent requests are scored together (dynamic batching: while one batch is scored, the next
 requests queue, and the next batch takes them all), so one feature query and one model call
-serve many carts. Decisions are logged to the warehouse in the background; registry aliases
-are watched, and models reload without a restart when one moves.
+serve many carts. Each worker has a companion process that appends its decisions to the
+warehouse and watches the registry's aliases and the landed days; models reload without a
+restart when an alias moves.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import gc
 import logging
+import multiprocessing
 import os
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +44,7 @@ from cartintel_assets.ml.serving import (
     registry_state,
     request_columns,
 )
+from cartintel_assets.ml.warehouse import typed_temp_table
 from cartintel_assets.serving.schemas import (
     Intervention,
     ModelUsed,
@@ -61,9 +67,8 @@ class ServiceSettings:
     shadow: bool = True
     reload_interval_s: float = 5.0
     snapshot_refresh_s: float = 300.0
-    # a flush opens the warehouse (~50 ms on 2 cores) and holds the GIL part of it: every 5 s
-    # it delays few enough requests to stay out of the p99
     flush_interval_s: float = 5.0
+    hand_over_s: float = 0.25  # how often a worker hands its decisions to its companion process
     max_batch: int = 64
     gather_turns: int = 8  # event-loop turns that let arrived requests join a batch
 
@@ -95,33 +100,19 @@ def plan_settings() -> PlanSettings:
 
 
 class DecisionWriter:
-    """Appends decisions to the warehouse table `decision_log` in the background. A flush waits
-    briefly for the warehouse lock; if a run holds it, the rows stay queued for the next try."""
+    """Appends decisions to the warehouse table `decision_log`. A flush waits briefly for the
+    warehouse lock; if a run holds it, the rows stay queued for the next try."""
 
-    def __init__(self, warehouse: Path, interval_s: float) -> None:
+    def __init__(self, warehouse: Path) -> None:
         from cartintel_assets.resources.warehouse import WarehouseResource
 
         self.warehouse = WarehouseResource(database=str(warehouse), lock_timeout_s=2.0)
-        self.interval_s = interval_s
         self.pending: list[dict[str, Any]] = []
         self.written = 0
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="decision-writer", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def add(self, rows: list[dict[str, Any]]) -> None:
-        with self._lock:
-            self.pending.extend(rows)
 
     def flush(self) -> int:
         """Write what is queued; return how many rows were written."""
-        from cartintel_assets.ml.warehouse import typed_temp_table
-
-        with self._lock:
-            rows, self.pending = self.pending, []
+        rows, self.pending = self.pending, []
         if not rows:
             return 0
         try:
@@ -131,25 +122,83 @@ class DecisionWriter:
                 typed_temp_table(con, pd.DataFrame(rows), DECISION_COLUMNS, "_decisions")
                 con.execute("INSERT INTO decision_log SELECT * FROM _decisions")
         except Exception as err:  # keep them: nothing is lost while a run holds the warehouse
-            with self._lock:
-                self.pending[:0] = rows
+            self.pending[:0] = rows
             log.warning("decision log: %d rows wait for the warehouse (%s)", len(rows), err)
             return 0
         self.written += len(rows)
         return len(rows)
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            self.flush()
 
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-        self.flush()
+def _housekeeping(cfg: ServiceSettings, tracking_uri: str, worker: Connection) -> None:
+    """The companion process of a worker: every `flush_interval_s` it appends the decisions the
+    worker handed over to the warehouse; every `reload_interval_s` it reads the registry's
+    aliases, and every `snapshot_refresh_s` the latest landed day, and tells the worker what it
+    found. Messages in: ("rows", [...]), ("flush", token), ("stop",). Out: ("ready", state) once,
+    then ("aliases", state), ("landed", day), ("logged", token, written, pending)."""
+    import mlflow
+
+    from cartintel_assets.resources.warehouse import WarehouseResource
+
+    logging.basicConfig(level=logging.WARNING)
+    mlflow.set_tracking_uri(tracking_uri)
+    writer = DecisionWriter(cfg.warehouse)
+    reader = WarehouseResource(database=str(cfg.warehouse), lock_timeout_s=60.0).reader
+    every = {
+        "flush": cfg.flush_interval_s,
+        "aliases": cfg.reload_interval_s,
+        "landed": cfg.snapshot_refresh_s,
+    }
+    due = {k: time.monotonic() + s for k, s in every.items()}
+    # ready once its imports are done and the registry answered: the worker waits for this, so
+    # the start of this process does not slow the first requests
+    worker.send(("ready", registry_state()))
+
+    def landed() -> str | None:
+        with reader() as wh:
+            last = wh.execute("SELECT max(partition_date) FROM raw_sessions").fetchall()[0][0]
+        return None if last is None else str(last)
+
+    def flush(token: int | None = None, tries: int = 1) -> None:
+        for _ in range(tries):
+            if writer.flush() or not writer.pending:
+                break
+        worker.send(("logged", token, writer.written, len(writer.pending)))
+
+    chores: dict[str, Callable[[], None]] = {
+        "aliases": lambda: worker.send(("aliases", registry_state())),
+        "landed": lambda: worker.send(("landed", landed())),
+        "flush": flush,
+    }
+    while True:
+        try:
+            wait = max(0.0, min(due.values()) - time.monotonic())
+            msg: tuple[Any, ...] = worker.recv() if worker.poll(wait) else ("tick",)
+        except EOFError:  # the worker is gone: write what it handed over
+            msg = ("stop",)
+        if msg[0] == "rows":
+            writer.pending.extend(msg[1])
+        elif msg[0] == "flush":
+            flush(msg[1])
+        elif msg[0] == "stop":
+            flush(tries=5)  # outwait a short run holding the warehouse
+            if writer.pending:
+                log.error("decision log: %d rows not written at stop", len(writer.pending))
+            with contextlib.suppress(OSError):
+                worker.send(None)
+            return
+        now = time.monotonic()
+        for chore, at in due.items():
+            if now >= at:
+                due[chore] = now + every[chore]
+                try:
+                    chores[chore]()
+                except Exception as err:  # the worker keeps serving what it has
+                    log.warning("%s failed: %s", chore, err)
 
 
 class Service:
-    """Everything one worker process holds: the scorer, the decision log and the watchers."""
+    """Everything one worker process holds: the scorer, and the companion process that logs its
+    decisions and watches the registry and the warehouse (`_housekeeping`)."""
 
     def __init__(self, cfg: ServiceSettings) -> None:
         import mlflow
@@ -161,33 +210,64 @@ class Service:
         mlflow.set_tracking_uri(settings.mlflow_tracking_uri())
         self.cfg = cfg
         self.started = time.time()
-        self.reader = WarehouseResource(database=str(cfg.warehouse), lock_timeout_s=60.0).reader
-        self.state = registry_state()
-        self.phases: PhasePlan = RolloutResource().plan()
-        snapshot = Snapshot(self.reader)
-        self.scorer = Scorer(
-            snapshot,
-            load_models(self.state, cfg.shadow),
-            self.phases,
-            plan_settings(),
-            ContactLedger(cfg.ledger),
-            settings.pseudonym_key(),
+        # The chores hold the GIL for tens of milliseconds each (opening and checkpointing
+        # DuckDB, MLflow's SQLAlchemy queries): in a thread of this process, every request that
+        # arrived meanwhile waited for them, and they set the p99. In their own process they
+        # cost the worker one pipe write per batch. It starts first, so its imports overlap
+        # the worker's own start.
+        self._conn, theirs = multiprocessing.Pipe()
+        self._send_lock = threading.Lock()
+        self._keeper = multiprocessing.get_context("spawn").Process(
+            target=_housekeeping,
+            args=(cfg, settings.mlflow_tracking_uri(), theirs),
+            name="cartintel-housekeeping",
+            daemon=True,
         )
+        self._keeper.start()
+        theirs.close()
+        try:
+            self.reader = WarehouseResource(database=str(cfg.warehouse), lock_timeout_s=60.0).reader
+            self.state = registry_state()
+            self.phases: PhasePlan = RolloutResource().plan()
+            snapshot = Snapshot(self.reader)
+            self.scorer = Scorer(
+                snapshot,
+                load_models(self.state, cfg.shadow),
+                self.phases,
+                plan_settings(),
+                ContactLedger(cfg.ledger),
+                settings.pseudonym_key(),
+            )
+            if not self._conn.poll(600):
+                raise TimeoutError("the housekeeping process did not start within 600 s")
+            self._conn.recv()  # ("ready", aliases): the listener acts on later ones
+        except BaseException:
+            self._keeper.terminate()
+            raise
         self.loaded_at = datetime.now(UTC)
-        self.writer = DecisionWriter(cfg.warehouse, cfg.flush_interval_s)
-        self._stop = threading.Event()
         self._reload_lock = threading.Lock()
-        self._watcher = threading.Thread(target=self._watch, name="registry-watcher", daemon=True)
+        self._listener = threading.Thread(target=self._listen, name="housekeeping", daemon=True)
+        # decisions wait here for the sender thread, which writes them to the pipe: a write
+        # blocks while the companion process is busy, and must never block the event loop
+        self._outgoing: collections.deque[dict[str, Any]] = collections.deque()
+        self._stopping = threading.Event()
+        self._sender = threading.Thread(target=self._send_rows, name="decisions", daemon=True)
+        self.logged = {"written": 0, "pending": 0}
+        self.unsent: list[dict[str, Any]] = []
+        self._flushed: dict[int, threading.Event] = {}
         self._queue: asyncio.Queue[tuple[ScoreRequest, asyncio.Future[Decision]]] | None = None
         self._batcher: asyncio.Task[None] | None = None
         self.batches, self.scored, self.busy_s = 0, 0, 0.0
 
     # -- models and snapshot ----------------------------------------------------------------
-    def reload(self, snapshot: bool = False) -> dict[str, Any]:
-        """Reload the models if an alias moved, and the warehouse snapshot if asked."""
+    def reload(
+        self, snapshot: bool = False, state: dict[str, str | None] | None = None
+    ) -> dict[str, Any]:
+        """Reload the models if an alias moved (`state`: the aliases as just read; None: read
+        them now), and the warehouse snapshot if asked."""
         with self._reload_lock:
             changed: dict[str, Any] = {}
-            state = registry_state()
+            state = registry_state() if state is None else state
             if state != self.state:
                 self.scorer.models = load_models(state, self.cfg.shadow)
                 changed["models"] = {"from": self.state, "to": state}
@@ -200,22 +280,37 @@ class Service:
                 gc.freeze()  # the new ones too (see start)
             return changed
 
-    def _landed_since(self) -> bool:
-        """Whether a day landed after the snapshot's latest one."""
-        with self.reader() as wh:
-            last = wh.execute("SELECT max(partition_date) FROM raw_sessions").fetchall()[0]
-        return bool(last and last[0] and last[0] != self.scorer.snapshot.last_day)
-
-    def _watch(self) -> None:
-        checked = time.monotonic()
-        while not self._stop.wait(self.cfg.reload_interval_s):
+    def _listen(self) -> None:
+        """Act on what the companion process found (a blocking read: no GIL while it waits)."""
+        while True:
             try:
-                due = time.monotonic() - checked >= self.cfg.snapshot_refresh_s
-                if due:
-                    checked = time.monotonic()
-                self.reload(snapshot=due and self._landed_since())
+                msg = self._conn.recv()
+            except (EOFError, OSError):  # the companion process is gone
+                log.warning("the housekeeping process ended: no more reloads or decision writes")
+                return
+            if msg is None:
+                return
+            try:
+                if msg[0] == "aliases" and msg[1] != self.state:
+                    self.reload(state=msg[1])
+                elif msg[0] == "landed" and msg[1] and msg[1] != str(self.scorer.snapshot.last_day):
+                    self.reload(snapshot=True)
+                elif msg[0] == "logged":
+                    self.logged = {"written": msg[2], "pending": msg[3]}
+                    if msg[1] in self._flushed:
+                        self._flushed[msg[1]].set()
             except Exception as err:  # the service keeps serving what it has
                 log.warning("reload failed, still serving %s: %s", self.state, err)
+
+    def flush_decisions(self, timeout_s: float = 60.0) -> dict[str, int]:
+        """Write the decisions handed over so far now; what is written and pending after."""
+        token = len(self._flushed)
+        done = self._flushed[token] = threading.Event()
+        self._hand_over()
+        self._send(("flush", token))
+        if not done.wait(timeout_s):
+            raise TimeoutError(f"the decision log was not written within {timeout_s:.0f} s")
+        return dict(self.logged)
 
     # -- batching ---------------------------------------------------------------------------
     async def start(self) -> None:
@@ -224,14 +319,41 @@ class Service:
         gc.freeze()
         self._queue = asyncio.Queue()
         self._batcher = asyncio.create_task(self._batch_loop())
-        self.writer.start()
-        self._watcher.start()
+        self._listener.start()
+        self._sender.start()
 
     async def stop(self) -> None:
-        self._stop.set()
         if self._batcher:
             self._batcher.cancel()
-        self.writer.stop()
+        self._stopping.set()
+        self._sender.join(timeout=30)
+        self._hand_over()
+        with contextlib.suppress(OSError):  # unless it is gone already
+            self._send(("stop",))
+        self._keeper.join(timeout=30)
+        self._listener.join(timeout=5)
+        self._conn.close()
+
+    def _send(self, msg: tuple[Any, ...]) -> None:
+        with self._send_lock:  # the sender, the operations endpoints and stop all send
+            self._conn.send(msg)
+
+    def _send_rows(self) -> None:
+        while not self._stopping.wait(self.cfg.hand_over_s):
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        """Send the decisions scored so far to the companion process."""
+        with self._send_lock:  # in order, and each row once
+            rows = [self._outgoing.popleft() for _ in range(len(self._outgoing))]
+            if not rows:
+                return
+            try:
+                self._conn.send(("rows", rows))
+            except OSError as err:  # kept here, and counted as pending, rather than lost
+                if not self.unsent:
+                    log.error("decision log: the housekeeping process is gone (%s)", err)
+                self.unsent.extend(rows)
 
     async def score(self, request: ScoreRequest) -> Decision:
         assert self._queue is not None, "the service has not started"
@@ -272,7 +394,7 @@ class Service:
         ]
         decisions = self.scorer.score(carts)
         now = datetime.now(UTC).replace(tzinfo=None)
-        self.writer.add([d.log_row(now) for d in decisions])
+        self._outgoing.extend(d.log_row(now) for d in decisions)
         self.batches += 1
         self.scored += len(requests)
         self.busy_s += time.perf_counter() - started
@@ -370,8 +492,9 @@ def create_app(cfg: ServiceSettings | None = None) -> FastAPI:
                 "sessions": s.scorer.snapshot.sessions,
                 "built_in_s": round(s.scorer.snapshot.seconds, 2),
             },
-            "decisions_logged": s.writer.written,
-            "decisions_pending": len(s.writer.pending),
+            # as the companion process last reported (after its latest write)
+            "decisions_logged": s.logged["written"],
+            "decisions_pending": s.logged["pending"] + len(s._outgoing) + len(s.unsent),
             "scoring": {
                 "requests": s.scored,
                 "batches": s.batches,

@@ -91,19 +91,25 @@ def served(
     yield {"db": db, "mlruns": mlruns, "tmp": tmp, "dashboard": meta}
 
 
-@pytest.fixture()
-def client(served: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
+def _settings(
+    served: dict[str, Any], monkeypatch: pytest.MonkeyPatch, **changes: Any
+) -> ServiceSettings:
     uri = f"sqlite:///{served['mlruns'] / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("CARTINTEL_PSEUDONYM_KEY", KEY)
     mlflow.set_tracking_uri(uri)
-    cfg = ServiceSettings(
+    return ServiceSettings(
         warehouse=served["db"],
         ledger=served["tmp"] / f"contacts-{time.monotonic_ns()}.sqlite",
         reports=settings.reports_dir(),
         reload_interval_s=0.2,
+        **changes,
     )
-    with TestClient(create_app(cfg)) as c:
+
+
+@pytest.fixture()
+def client(served: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
+    with TestClient(create_app(_settings(served, monkeypatch))) as c:
         yield c
 
 
@@ -210,7 +216,7 @@ def test_online_scores_equal_batch_for_a_whole_day(
         assert (act["action"] == "none") == bool(act["reason"])
         if act["action"] != "none":
             assert act["consent"] and not act["in_holdout"]
-    service.writer.flush()
+    assert service.flush_decisions()["pending"] == 0
     con = duckdb.connect(str(served["db"]), read_only=True)
     logged = con.execute("SELECT * FROM decision_log").df()
     con.close()
@@ -305,6 +311,29 @@ def test_models_reload_when_an_alias_moves(served: dict[str, Any], client: TestC
     assert client.get("/health").json()["status"] == "ok"
     for alias in ("global", "pilot"):  # leave the registry as the other tests expect it
         mlflow_client.delete_registered_model_alias(RISK_MODEL, alias)
+
+
+def test_decisions_wait_while_a_run_holds_the_warehouse_and_are_written_at_stop(
+    served: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cartintel_assets.resources.warehouse import WarehouseResource
+
+    body = json.loads(SAMPLE.read_text())
+    cfg = _settings(served, monkeypatch, flush_interval_s=3600.0)  # writes only when asked
+    with TestClient(create_app(cfg)) as c:
+        ids = [c.post("/score", json=body).json()["request_id"] for _ in range(5)]
+        service = c.app.state.service  # type: ignore[attr-defined]
+        with WarehouseResource(database=str(served["db"])).get_connection():  # a run writes
+            assert service.flush_decisions() == {"written": 0, "pending": 5}
+            assert c.get("/health").json()["decisions_pending"] == 5
+            ids.append(c.post("/score", json=body).json()["request_id"])
+    # the service stopped after the run: what waited, and the last decision, are written
+    con = duckdb.connect(str(served["db"]), read_only=True)
+    logged = con.execute(
+        "SELECT request_id FROM decision_log WHERE list_contains($ids, request_id)", {"ids": ids}
+    ).fetchall()
+    con.close()
+    assert sorted(r[0] for r in logged) == sorted(ids)
 
 
 def test_cartintel_serve_answers_the_sample_payload(served: dict[str, Any]) -> None:
