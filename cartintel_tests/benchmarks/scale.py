@@ -392,6 +392,8 @@ def write_section(path: Path, rows: list[dict[str, Any]], cpu: str) -> None:
         *_table(rows),
         "",
         *_growth(rows),
+        # what a row's JSON says of how it was measured (e.g. beside other work on the machine)
+        *[f"- {r['size'] / 1e6:g}M on {r['engine']}: {r['note']}" for r in rows if r.get("note")],
         *[
             f"- not measured yet: {size / 1e6:g}M sessions (`make bench-scale SIZES={size}`)"
             for size in SIZES

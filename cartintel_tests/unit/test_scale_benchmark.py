@@ -82,8 +82,10 @@ def test_the_section_is_replaced_and_other_sizes_are_kept(tmp_path: Path) -> Non
     md.write_text("# Benchmarks\n\n## Before\n\nkept above\n\n## After\n\nkept below\n")
     write_section(md, [_row(100_000, "duckdb", 1.0), _row(100_000, "spark", 2.0)], "cpu")
     write_section(md, [_row(1_000_000, "duckdb", 3.0)], "cpu")
-    write_section(md, [_row(100_000, "duckdb", 1.5)], "cpu")  # a rerun of one size
+    noted = {**_row(100_000, "duckdb", 1.5), "note": "measured beside other work"}
+    write_section(md, [noted], "cpu")  # a rerun of one size
     text = md.read_text()
+    assert "- 0.1M on duckdb: measured beside other work" in text
     assert text.count(SECTION) == 1 and "kept above" in text and "kept below" in text
     assert text.index("## Before") < text.index("## After")
     lines = [line for line in text.splitlines() if line.startswith("| 1")]
