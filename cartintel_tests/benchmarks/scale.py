@@ -421,6 +421,9 @@ def main(argv: list[str] | None = None) -> int:
 
     rows: list[dict[str, Any]] = []
     engines = args.engines.split(",")
+    # the runs' logs outlive the temporary folder: a failed run's cause must stay readable
+    logs = args.out.resolve().parent / "build" / "bench-scale"
+    logs.mkdir(parents=True, exist_ok=True)
     for size in (int(s) for s in args.sizes.split(",")):
         with tempfile.TemporaryDirectory(prefix="cartintel-scale-") as tmp_name:
             tmp = Path(tmp_name)
@@ -449,7 +452,7 @@ def main(argv: list[str] | None = None) -> int:
                         str(tmp / f"mlruns-{engine}"),
                     ],
                     env,
-                    tmp / f"{engine}.log",
+                    logs / f"{size}-{engine}.log",
                     f"[{engine} ",
                 )
                 row = {
