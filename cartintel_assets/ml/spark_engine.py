@@ -58,6 +58,8 @@ RAW_TABLES: tuple[str, ...] = (
     "raw_shipping_quotes",
     "raw_reviews",
 )
+# the largest Arrow record batch Spark writes (spark.sql.execution.arrow.maxBytesPerBatch < INT_MAX)
+ARROW_BATCH_MAX_BYTES = 2**31 - 2
 _SPARK_TYPES = {"VARCHAR": "string", "TIMESTAMP": "timestamp_ntz", "BIGINT": "bigint"}
 
 
@@ -265,16 +267,30 @@ def fit_risk_model_spark(
         random_state=params.seed,
     )
     # XGBoost's reader (xgboost.spark.data.append_m, 3.2) fails with KeyError 'values' on an Arrow
-    # batch holding no row of the training or of the validation side: batches cut every 10,000
-    # rows would do so as soon as a partition has more. One batch per partition holds both
-    # (repartition deals every input slice, validation rows included, to every partition).
-    key = "spark.sql.execution.arrow.maxRecordsPerBatch"
-    before = spark.conf.get(key) or "10000"
-    spark.conf.set(key, "0")  # no limit
+    # batch holding no row of the training or of the validation side. Spark cuts a partition's
+    # batches every 10,000 rows and every 64 MiB by default (at 5M sessions a partition held
+    # ~250 MB: its later batches were training rows only). One batch per partition holds both
+    # (repartition deals every input slice, validation rows included, to every partition); an
+    # Arrow batch stays under 2 GiB, so a partition must too.
+    per_task = int(rows.memory_usage(index=False).sum()) // num_workers
+    if per_task >= ARROW_BATCH_MAX_BYTES:
+        raise ValueError(
+            f"{len(rows):,} training and validation rows need ~{per_task / 2**30:.1f} GiB per"
+            f" training task, over the {ARROW_BATCH_MAX_BYTES / 2**30:.0f} GiB that one Arrow"
+            f" batch holds: train with more workers than {num_workers} (the master's cores)"
+        )
+    whole = {
+        "spark.sql.execution.arrow.maxRecordsPerBatch": "0",  # no limit
+        "spark.sql.execution.arrow.maxBytesPerBatch": str(ARROW_BATCH_MAX_BYTES),
+    }
+    before = {k: spark.conf.get(k) for k in whole}
+    for k, v in whole.items():
+        spark.conf.set(k, v)
     try:
         booster = estimator.fit(frame).get_booster()
     finally:
-        spark.conf.set(key, before)
+        for k, v in before.items():
+            spark.conf.set(k, v)
     best = int(booster.attr("best_iteration") or booster.num_boosted_rounds() - 1)
     model = RiskModel(booster, None, features, encoder.categories, best)
     calibrate_on(model, valid, y_valid)

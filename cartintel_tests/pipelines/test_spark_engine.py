@@ -121,13 +121,19 @@ def test_distributed_training_matches_the_single_machine_model(
     args = (parts["train"], y["train"], parts["valid"], y["valid"], num, cat, params)
     # through the resource, as the training asset calls it (the test's local[2] session)
     single = ComputeEngineResource().fit_risk_model(*args)
-    # Arrow batches of 500 rows: most hold only training or only validation rows, which XGBoost's
-    # Spark reader cannot take (at the default 10,000, any warehouse of ~1M sessions does this)
-    key = "spark.sql.execution.arrow.maxRecordsPerBatch"
-    spark.conf.set(key, "500")  # type: ignore[attr-defined]
+    # Arrow batches of 500 rows or 64 KiB: most hold only training or only validation rows,
+    # which XGBoost's Spark reader cannot take (the defaults, 10,000 rows and 64 MiB, do this at
+    # ~1M and ~5M sessions); the fit lifts both limits for its own job, and only for it
+    small = {
+        "spark.sql.execution.arrow.maxRecordsPerBatch": "500",
+        "spark.sql.execution.arrow.maxBytesPerBatch": "65536b",
+    }
+    for k, v in small.items():
+        spark.conf.set(k, v)  # type: ignore[attr-defined]
     spread = ComputeEngineResource(engine="spark").fit_risk_model(*args)
-    assert spark.conf.get(key) == "500"  # type: ignore[attr-defined]
-    spark.conf.unset(key)  # type: ignore[attr-defined]
+    for k, v in small.items():
+        assert spark.conf.get(k) == v  # type: ignore[attr-defined]
+        spark.conf.unset(k)  # type: ignore[attr-defined]
     auc_single = roc_auc_score(y["test"], single.predict_proba(parts["test"]))
     auc_spark = roc_auc_score(y["test"], spread.predict_proba(parts["test"]))
     print(f"test ROC-AUC: single machine {auc_single:.4f}, Spark (2 workers) {auc_spark:.4f}")
