@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import os
+import pickle
+import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import duckdb
 import pytest
+from filelock import FileLock
 
 from cartintel_assets import settings
 from cartintel_assets.ml.ingest import ingest_partition
@@ -80,21 +85,52 @@ def labelled_warehouse(
     return con
 
 
+@contextmanager
+def built_once(tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterator[tuple[Path, bool]]:
+    """A folder that all the pytest-xdist workers of this test run share (pytest-xdist's
+    documented FileLock pattern): the first worker to ask builds it, holding the lock (`False`:
+    build it now); the others wait for the lock and find it built (`True`: read it). A build
+    that failed is started again from an empty folder."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the run's folder, above each worker's own
+    folder = root / name
+    with FileLock(f"{folder}.lock"):
+        done = folder / ".built"
+        if done.exists():
+            yield folder, True
+            return
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        yield folder, False
+        done.touch()
+
+
 @pytest.fixture(scope="session")
-def demo_store() -> Storefront:
-    """The storefront `make demo` lands (twice the default traffic)."""
+def demo_store(tmp_path_factory: pytest.TempPathFactory) -> Storefront:
+    """The storefront `make demo` lands (twice the default traffic): simulated once per test run,
+    the other workers load it."""
     from cartintel_assets.ml.simulation import DEMO_STOREFRONT
 
-    return simulate(DEMO_STOREFRONT)
+    with built_once(tmp_path_factory, "demo_store") as (folder, built):
+        path = folder / "store.pickle"
+        if built:
+            store: Storefront = pickle.loads(path.read_bytes())
+            return store
+        store = simulate(DEMO_STOREFRONT)
+        path.write_bytes(pickle.dumps(store, protocol=pickle.HIGHEST_PROTOCOL))
+        return store
 
 
 @pytest.fixture(scope="session")
 def demo_warehouse(demo_store: Storefront, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The demo storefront ingested, labelled and featurised into a DuckDB file."""
-    out = tmp_path_factory.mktemp("demo_warehouse")
-    db = out / "wh.duckdb"
-    labelled_warehouse(demo_store, out, str(db), features=True).close()
-    return db
+    """The demo storefront ingested, labelled and featurised into a DuckDB file, built once per
+    test run. Shared by every worker: open it read-only, or copy it."""
+    with built_once(tmp_path_factory, "demo_warehouse") as (out, built):
+        db = out / "wh.duckdb"
+        if not built:
+            labelled_warehouse(demo_store, out, str(db), features=True).close()
+        return db
 
 
 def check_results(result: Any) -> dict[str, bool]:
