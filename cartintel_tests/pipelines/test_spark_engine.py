@@ -16,6 +16,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from cartintel_assets.defs.features.assets import session_features
+from cartintel_assets.ml import spark_engine
 from cartintel_assets.ml.abandonment import XGBParams, time_split
 from cartintel_assets.ml.features import (
     CATEGORICAL_FEATURES,
@@ -110,7 +111,7 @@ def _labelled(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
 
 
 def test_distributed_training_matches_the_single_machine_model(
-    warehouse: duckdb.DuckDBPyConnection, spark: object
+    warehouse: duckdb.DuckDBPyConnection, spark: object, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     data = _labelled(warehouse)
     split = time_split(data["started_at"])
@@ -143,6 +144,10 @@ def test_distributed_training_matches_the_single_machine_model(
     assert spread.features == single.features and spread.categories == single.categories
     assert spread.best_iteration > 10
     assert spread.contributions(parts["test"].head(5)).shape == (5, len(single.features) + 1)
+    # a task's rows must fit in one Arrow batch: beyond it, a clear error before any training job
+    monkeypatch.setattr(spark_engine, "ARROW_BATCH_MAX_BYTES", 1024)
+    with pytest.raises(ValueError, match="train with more workers than 2"):
+        ComputeEngineResource(engine="spark").fit_risk_model(*args)
 
 
 def test_the_engine_is_chosen_by_the_resource_config(
