@@ -284,13 +284,16 @@ def fit_risk_model_spark(
         "spark.sql.execution.arrow.maxBytesPerBatch": str(ARROW_BATCH_MAX_BYTES),
     }
     before = {k: spark.conf.get(k) for k in whole}
-    for k, v in whole.items():
-        spark.conf.set(k, v)
+    for k, value in whole.items():
+        spark.conf.set(k, value)
     try:
         booster = estimator.fit(frame).get_booster()
     finally:
-        for k, v in before.items():
-            spark.conf.set(k, v)
+        for k, old in before.items():
+            if old is None:
+                spark.conf.unset(k)
+            else:
+                spark.conf.set(k, old)
     best = int(booster.attr("best_iteration") or booster.num_boosted_rounds() - 1)
     model = RiskModel(booster, None, features, encoder.categories, best)
     calibrate_on(model, valid, y_valid)
