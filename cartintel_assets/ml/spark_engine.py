@@ -246,6 +246,14 @@ def fit_risk_model_spark(
     rows = pd.DataFrame(np.vstack([encoder.matrix(train), encoder.matrix(valid)]), columns=features)
     rows["label"] = np.concatenate([y_train, y_valid]).astype(float)
     rows["is_valid"] = np.r_[np.zeros(len(train), bool), np.ones(len(valid), bool)]
+    # one Arrow batch per training task (see the fit below): checked before any data moves
+    per_task = int(rows.memory_usage(index=False).sum()) // num_workers
+    if per_task >= ARROW_BATCH_MAX_BYTES:
+        raise ValueError(
+            f"{len(rows):,} training and validation rows need ~{per_task / 2**30:.1f} GiB per"
+            f" training task, over the {ARROW_BATCH_MAX_BYTES / 2**30:.0f} GiB that one Arrow"
+            f" batch holds: train with more workers than {num_workers} (the master's cores)"
+        )
     frame = spark.createDataFrame(rows).repartition(num_workers)
     estimator = SparkXGBClassifier(
         features_col=features,
@@ -271,14 +279,7 @@ def fit_risk_model_spark(
     # batches every 10,000 rows and every 64 MiB by default (at 5M sessions a partition held
     # ~250 MB: its later batches were training rows only). One batch per partition holds both
     # (repartition deals every input slice, validation rows included, to every partition); an
-    # Arrow batch stays under 2 GiB, so a partition must too.
-    per_task = int(rows.memory_usage(index=False).sum()) // num_workers
-    if per_task >= ARROW_BATCH_MAX_BYTES:
-        raise ValueError(
-            f"{len(rows):,} training and validation rows need ~{per_task / 2**30:.1f} GiB per"
-            f" training task, over the {ARROW_BATCH_MAX_BYTES / 2**30:.0f} GiB that one Arrow"
-            f" batch holds: train with more workers than {num_workers} (the master's cores)"
-        )
+    # Arrow batch stays under 2 GiB, so a partition must too (checked above).
     whole = {
         "spark.sql.execution.arrow.maxRecordsPerBatch": "0",  # no limit
         "spark.sql.execution.arrow.maxBytesPerBatch": str(ARROW_BATCH_MAX_BYTES),
