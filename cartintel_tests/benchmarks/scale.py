@@ -32,6 +32,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -406,11 +408,44 @@ def write_section(path: Path, rows: list[dict[str, Any]], cpu: str) -> None:
     path.write_text(head + "\n".join(body) + ("\n" + tail if tail else ""))
 
 
+@contextmanager
+def _size_dir(workdir: Path | None, size: int) -> Iterator[Path]:
+    """The folder of one size's runs: kept under `workdir`, or temporary."""
+    if workdir is not None:
+        (workdir / str(size)).mkdir(parents=True, exist_ok=True)
+        yield (workdir / str(size)).resolve()
+        return
+    with tempfile.TemporaryDirectory(prefix="cartintel-scale-") as tmp:
+        yield Path(tmp)
+
+
+def _storefront(size: int, tmp: Path) -> dict[str, Any]:
+    """The storefront landed in `tmp/landing`, simulated unless a run with this folder landed it
+    whole (its figures are kept beside it, written last)."""
+    figures = tmp / "storefront.json"
+    if figures.exists():
+        print(f"scale: {size:,} sessions: reusing the storefront landed in {tmp}", flush=True)
+        return dict(json.loads(figures.read_text()))
+    for cut_short in ("landing", "parts"):  # a landing cut short
+        shutil.rmtree(tmp / cut_short, ignore_errors=True)
+    print(f"scale: {size:,} sessions: simulating the storefront", flush=True)
+    store = land(size, tmp)
+    figures.write_text(json.dumps(store))
+    return store
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", default=",".join(str(s) for s in SIZES))
     p.add_argument("--engines", default="duckdb,spark")
     p.add_argument("--out", type=Path, default=Path("BENCHMARKS.md"))
+    p.add_argument(
+        "--workdir",
+        type=Path,
+        help="keep each size's storefront and warehouses in WORKDIR/<size> (default: a temporary "
+        "folder, removed after): a later run with the same WORKDIR reuses the landed storefront, "
+        "and `--engines spark` alone then runs on the kept embedded warehouse",
+    )
     p.add_argument("--materialise", nargs=4, metavar=("ENGINE", "LANDING", "WAREHOUSE", "MLRUNS"))
     args = p.parse_args(argv)
     if args.materialise:  # the child process
@@ -425,14 +460,19 @@ def main(argv: list[str] | None = None) -> int:
     logs = args.out.resolve().parent / "build" / "bench-scale"
     logs.mkdir(parents=True, exist_ok=True)
     for size in (int(s) for s in args.sizes.split(",")):
-        with tempfile.TemporaryDirectory(prefix="cartintel-scale-") as tmp_name:
-            tmp = Path(tmp_name)
-            print(f"scale: {size:,} sessions: simulating the storefront", flush=True)
-            store = land(size, tmp)
+        with _size_dir(args.workdir, size) as tmp:
+            store = _storefront(size, tmp)
             for engine in engines:
                 print(f"scale: {size:,} sessions on {engine}", flush=True)
                 warehouse = tmp / f"{engine}.duckdb"
+                for stale in (warehouse, warehouse.with_name(warehouse.name + ".wal")):
+                    stale.unlink(missing_ok=True)  # a run lands into an empty warehouse
                 if engine != "duckdb":  # the embedded run's raw tables and labels
+                    if not (tmp / "duckdb.duckdb").exists():
+                        raise SystemExit(
+                            f"{engine} runs on the embedded run's warehouse, and {tmp} has none: "
+                            f"run the engines duckdb,{engine} together"
+                        )
                     shutil.copy(tmp / "duckdb.duckdb", warehouse)
                 env = {
                     **os.environ,
