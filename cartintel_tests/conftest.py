@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import pickle
 import shutil
@@ -23,8 +24,11 @@ from cartintel_assets.ml.simulation import Storefront, StorefrontConfig, simulat
 os.environ.setdefault("DO_NOT_TRACK", "true")
 os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-# drift reports of test runs go to a temporary folder, never into the checkout's data/
-os.environ.setdefault("CARTINTEL_REPORTS", tempfile.mkdtemp(prefix="cartintel-reports-"))
+# drift reports of test runs go to a temporary folder, never into the checkout's data/; the
+# process that made it (pytest-xdist's workers inherit it) removes it when the run ends
+if "CARTINTEL_REPORTS" not in os.environ:
+    os.environ["CARTINTEL_REPORTS"] = tempfile.mkdtemp(prefix="cartintel-reports-")
+    atexit.register(shutil.rmtree, os.environ["CARTINTEL_REPORTS"], ignore_errors=True)
 
 SMALL = StorefrontConfig(days=3, sessions_per_day=400, n_customers=1500, n_products=120)
 
