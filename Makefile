@@ -50,10 +50,12 @@ serve: venv
 bench: venv system-packages
 	$(BIN)/python -m cartintel_tests.benchmarks.run --out BENCHMARKS.md
 
-# The graph end to end at 100k, 1M and 5M sessions on each engine (hours; SIZES=... to choose)
+# The graph end to end at 100k, 1M and 5M sessions on each engine (hours; SIZES=... to choose;
+# WORKDIR=dir keeps each size's storefront and warehouse there, so a run cut short resumes)
 SIZES ?= 100000,1000000,5000000
 bench-scale: venv system-packages
-	$(BIN)/python -m cartintel_tests.benchmarks.scale --sizes $(SIZES) --out BENCHMARKS.md
+	$(BIN)/python -m cartintel_tests.benchmarks.scale --sizes $(SIZES) --out BENCHMARKS.md \
+		$(if $(WORKDIR),--workdir $(WORKDIR))
 
 check: venv
 	$(BIN)/ruff format --check cartintel_assets cartintel_tests

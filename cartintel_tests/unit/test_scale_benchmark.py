@@ -155,3 +155,52 @@ def test_a_shop_simulated_in_parts_lands_as_one(
         f" ANTI JOIN {read('customers')} USING (customer_id))"
     ).fetchall()[0]
     assert orphans == (0, 0)
+
+
+def test_a_kept_storefront_is_landed_once_and_a_cut_short_one_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    landed: list[int] = []
+
+    def land(sessions: int, out: Path) -> dict[str, Any]:
+        assert not (out / "landing").exists(), "a landing cut short is cleared first"
+        (out / "landing").mkdir()
+        landed.append(sessions)
+        return {"sessions": sessions, "events": 10 * sessions, "seconds": 1.5}
+
+    monkeypatch.setattr(scale, "land", land)
+    with scale._size_dir(tmp_path, 1000) as folder:
+        assert folder == (tmp_path / "1000").resolve()
+        (folder / "landing").mkdir()  # what a run stopped mid-simulation leaves
+        first = scale._storefront(1000, folder)
+    with scale._size_dir(tmp_path, 1000) as folder:
+        again = scale._storefront(1000, folder)
+    assert landed == [1000] and again == first == {
+        "sessions": 1000,
+        "events": 10000,
+        "seconds": 1.5,
+    }
+    assert (tmp_path / "1000" / "landing").is_dir()  # kept after the run
+    with scale._size_dir(None, 1000) as temporary:
+        assert temporary.is_dir() and tmp_path not in temporary.parents
+    assert not temporary.exists()
+
+
+def test_spark_alone_needs_the_embedded_warehouse(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "1000").mkdir()
+    (tmp_path / "1000" / "storefront.json").write_text(json.dumps({"sessions": 1000}))
+    with pytest.raises(SystemExit, match="run the engines duckdb,spark together"):
+        scale.main(
+            [
+                "--sizes",
+                "1000",
+                "--engines",
+                "spark",
+                "--workdir",
+                str(tmp_path),
+                "--out",
+                str(tmp_path / "BENCHMARKS.md"),
+            ]
+        )
