@@ -372,10 +372,13 @@ def write_section(path: Path, rows: list[dict[str, Any]], cpu: str) -> None:
         key=lambda r: (r["size"], r["engine"] != "duckdb"),
     )
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    # rows kept from earlier runs may come from another machine: each row names its CPU
+    cpus = {r.get("cpu", "not recorded") for r in rows}
+    where = f"({cpu})" if cpus == {cpu} else "(each row's CPU: the notes below)"
     body = [
         SECTION,
         "",
-        f"Written {stamp} by `make bench-scale` on {os.cpu_count()} cores ({cpu});"
+        f"Written {stamp} by `make bench-scale` on {os.cpu_count()} cores {where};"
         " each row's measurement date is in its JSON below. Each engine's runs execute in a process of"
         " their own; peak memory is the resident memory of that process and its children"
         " (Spark's JVM and Python workers), sampled every 0.5 s."
@@ -394,6 +397,19 @@ def write_section(path: Path, rows: list[dict[str, Any]], cpu: str) -> None:
         *_table(rows),
         "",
         *_growth(rows),
+        *(
+            [
+                f"- measured on {c}: "
+                + ", ".join(
+                    f"{r['size'] / 1e6:g}M on {r['engine']}"
+                    for r in rows
+                    if r.get("cpu", "not recorded") == c
+                )
+                for c in sorted(cpus)
+            ]
+            if cpus != {cpu}
+            else []
+        ),
         # what a row's JSON says of how it was measured (e.g. beside other work on the machine)
         *[f"- {r['size'] / 1e6:g}M on {r['engine']}: {r['note']}" for r in rows if r.get("note")],
         *[
@@ -502,6 +518,7 @@ def main(argv: list[str] | None = None) -> int:
                     "wall_s": wall,
                     "peak_gib": peak,
                     "measured": datetime.now(UTC).strftime("%Y-%m-%d %H:%M"),
+                    "cpu": _cpu(),
                 }
                 rows.append(row)
                 print(f"scale: {json.dumps(row)}", flush=True)

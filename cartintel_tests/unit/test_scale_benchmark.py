@@ -74,6 +74,7 @@ def _row(size: int, engine: str, peak: float) -> dict[str, Any]:
         "test_roc_auc": 0.85,
         "peak_gib": peak,
         "measured": "2026-01-01 00:00",
+        "cpu": "cpu",
     }
 
 
@@ -98,6 +99,19 @@ def test_the_section_is_replaced_and_other_sizes_are_kept(tmp_path: Path) -> Non
         " peak memory ×2.0" in text
     )
     assert "near **14M sessions**" in text
+    # every row measured on the CPU the header names
+    assert "on 2 cores (cpu)" in text.replace(f"{os.cpu_count()} cores", "2 cores")
+    assert "- measured on" not in text
+
+
+def test_rows_from_another_machine_name_their_cpu(tmp_path: Path) -> None:
+    md = tmp_path / "BENCHMARKS.md"
+    write_section(md, [{**_row(100_000, "duckdb", 1.0), "cpu": "AMD EPYC"}], "AMD EPYC")
+    write_section(md, [{**_row(1_000_000, "duckdb", 3.0), "cpu": "Intel Xeon"}], "Intel Xeon")
+    text = md.read_text()
+    assert "(each row's CPU: the notes below)" in text and "(Intel Xeon)" not in text
+    assert "- measured on AMD EPYC: 0.1M on duckdb" in text
+    assert "- measured on Intel Xeon: 1M on duckdb" in text
 
 
 def test_make_bench_keeps_the_scale_section(tmp_path: Path) -> None:
