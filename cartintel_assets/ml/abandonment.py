@@ -161,7 +161,7 @@ class RiskModel:
         return predict_dmatrix(self.booster, x, self.best_iteration + 1, CONTRIBUTIONS)
 
 
-VALUES, CONTRIBUTIONS = 0, 2  # prediction types of XGBoost's C API
+VALUES, MARGIN, CONTRIBUTIONS = 0, 1, 2  # prediction types of XGBoost's C API
 
 
 @functools.cache
@@ -201,6 +201,80 @@ def predict_dmatrix(
     )
     # the buffer belongs to the booster until its next prediction: copy it out
     return np.ctypeslib.as_array(out, shape=tuple(shape[i] for i in range(dims.value))).copy()
+
+
+# the objectives a stack can hold, and whether their prediction is the margin's sigmoid
+_STACKABLE = {"binary:logistic": True, "reg:squarederror": False}
+
+
+@dataclass(frozen=True)
+class StackedBoosters:
+    """The predictions of several boosters from one XGBoost call: output k of `booster` is model
+    k's margin (its trees up to its best iteration, and its intercept). On a cart's row XGBoost
+    spends ~0.13 ms per call before it walks a tree; an uplift model asks a dozen boosters."""
+
+    booster: xgb.Booster
+    logistic: np.ndarray  # per output: the prediction is the sigmoid of the margin
+
+    def predict(self, data: xgb.DMatrix) -> np.ndarray:
+        """(rows, models): what each model's `raw_score` gives, to float32 rounding."""
+        margin = predict_dmatrix(self.booster, data, 0, MARGIN).reshape(-1, len(self.logistic))
+        with np.errstate(over="ignore"):  # exp overflows to inf for very negative margins: p 0
+            p = np.float32(1) / (np.float32(1) + np.exp(-margin))
+        return np.where(self.logistic, p, margin).astype(float)
+
+
+def _margin_intercept(base_score: str, logistic: bool) -> float:
+    """A booster's intercept on the margin scale (XGBoost stores a logistic model's as a
+    probability, and maps it to the margin in float32)."""
+    (score,) = json.loads(base_score)
+    p = np.float32(score)
+    return float(-np.log(np.float32(1) / p - np.float32(1)) if logistic else p)
+
+
+def stack_boosters(models: list[RiskModel]) -> StackedBoosters | None:
+    """`models` as one multi-output XGBoost model (the trees of model k with output group k, its
+    intercept as group k's base score), or None when one of them cannot be stacked: an encoding
+    unlike the first's, a calibrator, or an objective other than logistic or squared error."""
+    first = models[0]
+    if any(m.calibrator is not None or not m.encodes_like(first) for m in models):
+        return None
+    trees: list[dict[str, Any]] = []
+    info: list[int] = []
+    base: list[float] = []
+    logistic: list[bool] = []
+    for k, m in enumerate(models):
+        learner = json.loads(m.booster.save_raw("json"))["learner"]
+        objective = learner["objective"]["name"]
+        gbtree = learner["gradient_booster"]
+        if objective not in _STACKABLE or gbtree["name"] != "gbtree":
+            return None
+        model = gbtree["model"]
+        if int(model["gbtree_model_param"]["num_parallel_tree"]) != 1 or any(model["tree_info"]):
+            return None
+        logistic.append(_STACKABLE[objective])
+        base.append(_margin_intercept(learner["learner_model_param"]["base_score"], logistic[-1]))
+        for tree in model["trees"][: m.best_iteration + 1]:
+            trees.append({**tree, "id": len(trees)})
+            info.append(k)
+    doc = json.loads(first.booster.save_raw("json"))
+    learner = doc["learner"]
+    learner["attributes"] = {}
+    learner["objective"] = {
+        "name": "multi:softprob",
+        "softmax_multiclass_param": {"num_class": str(len(models))},
+    }
+    learner["learner_model_param"].update(
+        base_score="[" + ",".join(repr(b) for b in base) + "]", num_class=str(len(models))
+    )
+    model = learner["gradient_booster"]["model"]
+    model.update(trees=trees, tree_info=info, iteration_indptr=[0, len(trees)])
+    model["gbtree_model_param"]["num_trees"] = str(len(trees))
+    booster = xgb.Booster()
+    booster.load_model(bytearray(json.dumps(doc).encode()))
+    threads = json.loads(first.booster.save_config())["learner"]["generic_param"]["nthread"]
+    booster.set_param({"nthread": int(threads)})
+    return StackedBoosters(booster, np.array(logistic))
 
 
 def fit_risk_model(

@@ -266,8 +266,7 @@ def load_models(
         else None
     )
     if uplift is not None:
-        for part in [*uplift.model.outcome.values(), *sum(uplift.model.effect.values(), ())]:
-            part.booster.set_param({"nthread": 1})
+        uplift.model.use_threads(1)
     return Models(risk, uplift, risk.get(SHADOW_ALIAS) if shadow else None)
 
 

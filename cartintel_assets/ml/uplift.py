@@ -12,6 +12,7 @@ not see it; the learner with the higher mean Qini is chosen, then refit on the w
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -23,7 +24,14 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
-from cartintel_assets.ml.abandonment import RiskModel, Rows, XGBParams, fit_risk_model
+from cartintel_assets.ml.abandonment import (
+    RiskModel,
+    Rows,
+    StackedBoosters,
+    XGBParams,
+    fit_risk_model,
+    stack_boosters,
+)
 from cartintel_assets.ml.features import (
     CATEGORICAL_FEATURES,
     NUMERIC_FEATURES,
@@ -170,12 +178,38 @@ class UpliftModel:
         """Predicted change in that probability per arm (one column per arm)."""
         return pd.DataFrame(self.predict(frame)[1], index=frame.index)
 
+    @property
+    def learners(self) -> list[RiskModel]:
+        """Every booster a prediction asks: the control outcome first, then per arm its effect
+        models (X-learner) or its outcome model (T-learner)."""
+        if self.learner == "x-learner":
+            return [self.outcome[CONTROL], *(m for arm in self.arms for m in self.effect[arm])]
+        return [self.outcome[a] for a in [CONTROL, *self.arms]]
+
+    @functools.cached_property
+    def _stacked(self) -> StackedBoosters | None:
+        return stack_boosters(self.learners)
+
+    def use_threads(self, n: int) -> None:
+        """Predict with `n` threads; the stack is built now rather than at the first prediction
+        (a service's first request should not wait for it)."""
+        for m in [*self.outcome.values(), *(m for pair in self.effect.values() for m in pair)]:
+            m.booster.set_param({"nthread": n})
+        self.__dict__.pop("_stacked", None)
+        self._stacked  # noqa: B018  (builds it)
+
     def predict(self, frame: Rows) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """The baseline and the effect per arm, the rows encoded once for every learner."""
+        """The baseline and the effect per arm, the rows encoded once and every learner asked in
+        one XGBoost call (`stack_boosters`; one call per learner if they cannot be stacked)."""
         control = self.outcome[CONTROL]
         x = control.dmatrix(frame)  # encoded once for every learner
+        stacked = self._stacked
+        if stacked is not None:
+            column = dict(zip(map(id, self.learners), stacked.predict(x).T, strict=True))
 
         def proba(m: RiskModel) -> np.ndarray:
+            if stacked is not None:
+                return column[id(m)]
             return m.predict_proba(frame, x if m.encodes_like(control) else None)
 
         base = np.clip(proba(control), 0.0, 1.0)

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from cartintel_assets.ml import policy as P
+from cartintel_assets.ml.abandonment import XGBParams, calibrate_on, stack_boosters
 from cartintel_assets.ml.simulation import Storefront
 from cartintel_assets.ml.uplift import (
     ARMS,
@@ -21,6 +22,7 @@ from cartintel_assets.ml.uplift import (
     cross_fit,
     effect_calibration,
     effect_error,
+    fit_t_learner,
     fit_x_learner,
     intervention_log,
     session_facts,
@@ -84,6 +86,30 @@ def test_protected_proxies_are_never_targeting_inputs(log: pd.DataFrame) -> None
     # the effects do not move when only the protected attributes change
     swapped = log.head(200).assign(region="US", device="desktop")
     pd.testing.assert_frame_equal(model.effects(log.head(200)), model.effects(swapped))
+
+
+def test_one_stacked_call_predicts_what_every_learner_predicts(log: pd.DataFrame) -> None:
+    """The serving path asks a dozen boosters per cart in one XGBoost call; what it predicts is
+    each booster's own prediction, to float32 rounding."""
+    num, cat = targeting_features()
+    t, y = log["treatment"].to_numpy(), log["converted_7d"].to_numpy(dtype=int)
+    small = XGBParams(max_depth=3, n_estimators=40, early_stopping_rounds=10, nthread=1)
+    rows = log.head(500)
+    for fit in (fit_t_learner, fit_x_learner):
+        model = fit(log, t, y, num, cat, small)
+        assert model._stacked is not None
+        assert len(model.learners) == (1 + 2 * len(ARMS) if fit is fit_x_learner else 1 + len(ARMS))
+        base, effects = model.predict(rows)
+        model.__dict__["_stacked"] = None  # one call per learner, as before stacking
+        base_one, effects_one = model.predict(rows)
+        np.testing.assert_allclose(base, base_one, rtol=0, atol=2e-7)
+        for arm in model.arms:
+            np.testing.assert_allclose(effects[arm], effects_one[arm], rtol=0, atol=5e-7)
+        assert not np.array_equal(effects[model.arms[0]], effects[model.arms[1]])
+    # a calibrated model, or one encoding rows differently, is asked on its own
+    calibrated = model.outcome[CONTROL]
+    calibrate_on(calibrated, rows, rows["converted_7d"].to_numpy(dtype=int))
+    assert stack_boosters([calibrated, *model.learners[1:]]) is None
 
 
 def test_learners_recover_the_true_effects(
