@@ -324,11 +324,16 @@ def _growth(rows: list[dict[str, Any]]) -> list[str]:
         mine = sorted((r for r in rows if r["engine"] == engine), key=lambda r: r["sessions"])
         for a, b in zip(mine, mine[1:], strict=False):
             ratio = b["sessions"] / a["sessions"]
+            # times compare on one CPU only; memory does not depend on the CPU's speed
+            timing = (
+                f"time ×{b['wall_s'] / a['wall_s']:.1f} (the `session_features` steps"
+                f" ×{b['features_s'] / a['features_s']:.1f})"
+                if a.get("cpu") == b.get("cpu")
+                else "time not compared (measured on different CPUs)"
+            )
             out.append(
                 f"- {engine}, {a['size'] / 1e6:g}M → {b['size'] / 1e6:g}M sessions"
-                f" (×{ratio:.0f}): time ×{b['wall_s'] / a['wall_s']:.1f} (the"
-                f" `session_features` steps ×{b['features_s'] / a['features_s']:.1f}),"
-                f" peak memory ×{b['peak_gib'] / a['peak_gib']:.1f}"
+                f" (×{ratio:.0f}): {timing}, peak memory ×{b['peak_gib'] / a['peak_gib']:.1f}"
             )
         if engine == "duckdb" and len(mine) >= 2:
             a, b = mine[-2], mine[-1]

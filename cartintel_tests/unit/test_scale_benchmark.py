@@ -112,6 +112,11 @@ def test_rows_from_another_machine_name_their_cpu(tmp_path: Path) -> None:
     assert "(each row's CPU: the notes below)" in text and "(Intel Xeon)" not in text
     assert "- measured on AMD EPYC: 0.1M on duckdb" in text
     assert "- measured on Intel Xeon: 1M on duckdb" in text
+    # times of two CPUs are not compared; memory is
+    assert (
+        "duckdb, 0.1M → 1M sessions (×10): time not compared (measured on different CPUs),"
+        " peak memory ×3.0" in text
+    )
 
 
 def test_make_bench_keeps_the_scale_section(tmp_path: Path) -> None:
