@@ -43,6 +43,7 @@ from cartintel_assets.ml.schema import TABLES
 
 DAYS = 20
 SIZES = (100_000, 1_000_000, 5_000_000)
+ENGINES = ("duckdb", "spark")
 BLOCK_SESSIONS = 1_000_000  # sessions the simulator holds in memory at once
 # a shop simulated in parts of its customers: each part numbers its customers and the records
 # that land once (sessions, events, reviews, assignments: ingestion quarantines a key landed
@@ -320,7 +321,7 @@ def _growth(rows: list[dict[str, Any]]) -> list[str]:
     """Cost per million sessions between sizes, and where the embedded peak would reach 24 GiB
     if it keeps growing as it did between the two largest sizes measured."""
     out = []
-    for engine in ("duckdb", "spark"):
+    for engine in ENGINES:
         mine = sorted((r for r in rows if r["engine"] == engine), key=lambda r: r["sessions"])
         for a, b in zip(mine, mine[1:], strict=False):
             ratio = b["sessions"] / a["sessions"]
@@ -418,9 +419,11 @@ def write_section(path: Path, rows: list[dict[str, Any]], cpu: str) -> None:
         # what a row's JSON says of how it was measured (e.g. beside other work on the machine)
         *[f"- {r['size'] / 1e6:g}M on {r['engine']}: {r['note']}" for r in rows if r.get("note")],
         *[
-            f"- not measured yet: {size / 1e6:g}M sessions (`make bench-scale SIZES={size}`)"
+            f"- not measured yet: {size / 1e6:g}M sessions on {engine}"
+            f" (`make bench-scale SIZES={size}`)"
             for size in SIZES
-            if size not in {r["size"] for r in rows}
+            for engine in ENGINES
+            if (size, engine) not in {(r["size"], r["engine"]) for r in rows}
         ],
         "",
         _ROWS + json.dumps(rows) + " -->",
@@ -458,7 +461,7 @@ def _storefront(size: int, tmp: Path) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", default=",".join(str(s) for s in SIZES))
-    p.add_argument("--engines", default="duckdb,spark")
+    p.add_argument("--engines", default=",".join(ENGINES))
     p.add_argument("--out", type=Path, default=Path("BENCHMARKS.md"))
     p.add_argument(
         "--workdir",

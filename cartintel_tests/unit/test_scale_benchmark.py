@@ -99,6 +99,10 @@ def test_the_section_is_replaced_and_other_sizes_are_kept(tmp_path: Path) -> Non
         " peak memory ×2.0" in text
     )
     assert "near **14M sessions**" in text
+    # what no run has measured yet, per size and engine
+    assert "- not measured yet: 1M sessions on spark" in text
+    assert "- not measured yet: 5M sessions on duckdb" in text
+    assert "- not measured yet: 0.1M" not in text
     # every row measured on the CPU the header names
     assert "on 2 cores (cpu)" in text.replace(f"{os.cpu_count()} cores", "2 cores")
     assert "- measured on" not in text
