@@ -243,8 +243,9 @@ def stack_boosters(models: list[RiskModel]) -> StackedBoosters | None:
     info: list[int] = []
     base: list[float] = []
     logistic: list[bool] = []
-    for k, m in enumerate(models):
-        learner = json.loads(m.booster.save_raw("json"))["learner"]
+    docs = [json.loads(m.booster.save_raw("json")) for m in models]
+    for k, (m, doc) in enumerate(zip(models, docs, strict=True)):
+        learner = doc["learner"]
         objective = learner["objective"]["name"]
         gbtree = learner["gradient_booster"]
         if objective not in _STACKABLE or gbtree["name"] != "gbtree":
@@ -257,7 +258,7 @@ def stack_boosters(models: list[RiskModel]) -> StackedBoosters | None:
         for tree in model["trees"][: m.best_iteration + 1]:
             trees.append({**tree, "id": len(trees)})
             info.append(k)
-    doc = json.loads(first.booster.save_raw("json"))
+    doc = docs[0]  # the first model, its trees replaced, is the stack
     learner = doc["learner"]
     learner["attributes"] = {}
     learner["objective"] = {
