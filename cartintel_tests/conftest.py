@@ -24,6 +24,11 @@ from cartintel_assets.ml.simulation import Storefront, StorefrontConfig, simulat
 os.environ.setdefault("DO_NOT_TRACK", "true")
 os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+# pytest-xdist runs two workers on two cores, each training XGBoost with 2 OpenMP threads: with
+# libgomp's default spin-waiting, every parallel region waits for a thread that the other
+# worker has descheduled. Two such trainings at once took 52 s instead of 7 s on this machine;
+# passive waiting ends it (set before xgboost, scikit-learn or a subprocess loads libgomp)
+os.environ.setdefault("OMP_WAIT_POLICY", "passive")
 # drift reports of test runs go to a temporary folder, never into the checkout's data/; the
 # process that made it (pytest-xdist's workers inherit it) removes it when the run ends
 if "CARTINTEL_REPORTS" not in os.environ:
