@@ -150,6 +150,8 @@ def model_stages(
     t3 = time.perf_counter()
     model.predict_proba(features)
     t_pred = time.perf_counter() - t3
+    # one call, as the asset makes it (deciles are per batch): at 1M its exact SHAP takes minutes
+    print(f"  batch scores with SHAP reason codes of {len(features):,} carts", flush=True)
     t4 = time.perf_counter()
     score_carts(model, features)
     t_score = time.perf_counter() - t4
