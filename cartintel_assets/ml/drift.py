@@ -9,6 +9,7 @@ training window and those days. Every later partition is compared with that same
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,8 @@ class DriftResult:
         return {c: round(self.scores[c], 4) for c in self.drifted}
 
     def save_html(self, path: Path) -> Path:
+        if self.snapshot is None:
+            raise ValueError("this comparison made no report (column_drift): use compare")
         path.parent.mkdir(parents=True, exist_ok=True)
         self.snapshot.save_html(str(path))
         return path
@@ -112,6 +115,71 @@ def _judged_columns(judged: list[str] | None, without: str = "") -> tuple[list[s
     return numeric, categorical
 
 
+@functools.cache
+def _drift_table_preset() -> Any:
+    """Evidently's data-drift preset showing what it shows (the drifted-columns count with its
+    test, and the sorted per-column table with each column's distributions), without the
+    per-column `ValueDrift` metrics it also generates: each of those renders its own plot while
+    it computes, and the preset's page then replaces them with its table. Half the preset's cost
+    (3.8 s against 7.3 s on 32 columns); the page loses only 32 test lines that repeat the
+    table's "drift detected" column."""
+    from evidently.presets import DataDriftPreset
+
+    class DriftTablePreset(DataDriftPreset):  # type: ignore[misc]
+        def generate_metrics(self, context: Any) -> Any:
+            return list(super().generate_metrics(context))[:1]  # DriftedColumnsCount
+
+    return DriftTablePreset
+
+
+def column_drift(
+    reference: pd.DataFrame,
+    current: pd.DataFrame,
+    numeric: list[str],
+    categorical: list[str],
+    options: DriftOptions,
+    threshold: float | None = None,
+) -> DriftResult:
+    """Per-column drift scores and flags, with no report to show: each column through Evidently's
+    own stat test of the named method and threshold (its `get_stattest`, on the column without
+    missing values, as Evidently's per-column drift does). The report classes prepare plots for
+    every column while they compute: ~20 ms a column, against well under 1 ms for the test."""
+    from evidently.legacy.calculations.stattests import get_stattest
+    from evidently.legacy.core import ColumnType
+
+    if current.empty:
+        raise ValueError("no current rows to compare with the reference")
+    limit = options.threshold if threshold is None else threshold
+    ref_typed, cur_typed = (
+        _typed(reference, numeric, categorical),
+        _typed(current, numeric, categorical),
+    )
+    scores: dict[str, float] = {}
+    drifted: list[str] = []
+    for kind, columns, method in (
+        (ColumnType.Numerical, numeric, options.method),
+        (ColumnType.Categorical, categorical, options.cat_method),
+    ):
+        for c in columns:
+            ref, cur = (
+                f[c].replace([-np.inf, np.inf], np.nan).dropna() for f in (ref_typed, cur_typed)
+            )
+            if ref.empty or cur.empty:
+                side = "reference" if ref.empty else "current"
+                raise ValueError(f"column {c!r} has no values in the {side} rows")
+            result = get_stattest(ref, cur, kind, method)(ref, cur, kind, limit)
+            scores[c] = float(result.drift_score)
+            if result.drifted:
+                drifted.append(c)
+    return DriftResult(
+        rows_current=len(current),
+        rows_reference=len(reference),
+        scores=scores,
+        drifted=drifted,
+        share=len(drifted) / max(len(scores), 1),
+    )
+
+
 def compare(
     reference: pd.DataFrame,
     current: pd.DataFrame,
@@ -120,41 +188,18 @@ def compare(
     options: DriftOptions,
     threshold: float | None = None,
 ) -> DriftResult:
-    """Evidently's data-drift preset on the given columns, with the method named explicitly;
-    a column is drifted when Evidently's own per-column drift test fails."""
-    from evidently.presets import DataDriftPreset
-
-    if current.empty:
-        raise ValueError("no current rows to compare with the reference")
-    preset = DataDriftPreset(
+    """`column_drift`, with Evidently's data-drift report of the same comparison (the preset's
+    page, method and threshold named explicitly) to save as HTML."""
+    result = column_drift(reference, current, numeric, categorical, options, threshold)
+    preset = _drift_table_preset()(
         columns=numeric + categorical,
         method=options.method,
         cat_method=options.cat_method,
         threshold=options.threshold if threshold is None else threshold,
         drift_share=options.max_drift_share,
     )
-    snapshot = _run_report([preset], reference, current, numeric, categorical, True)
-    raw = snapshot.dict()
-    scores = {
-        m["config"]["column"]: float(m["value"])
-        for m in raw["metrics"]
-        if m["config"].get("type", "").endswith("ValueDrift")
-    }
-    failed = {
-        t["metric_config"]["params"]["column"]
-        for t in raw["tests"]
-        if t["metric_config"]["params"].get("type", "").endswith("ValueDrift")
-        and str(getattr(t["status"], "value", t["status"])) == "FAIL"
-    }
-    drifted = [c for c in numeric + categorical if c in failed]
-    return DriftResult(
-        rows_current=len(current),
-        rows_reference=len(reference),
-        scores=scores,
-        drifted=drifted,
-        share=len(drifted) / max(len(scores), 1),
-        snapshot=snapshot,
-    )
+    result.snapshot = _run_report([preset], reference, current, numeric, categorical, True)
+    return result
 
 
 def feature_drift(
@@ -176,8 +221,7 @@ def unstable_features(
     statistics of a version, reported for every partition but not judged, since their drift
     says nothing the version has not seen."""
     sample = train.sample(min(len(train), rows), random_state=0)
-    result = feature_drift(sample, reference, options)
-    return result.drifted_scores()
+    return column_drift(sample, reference, *_judged_columns(None), options).drifted_scores()
 
 
 def score_drift(
@@ -203,26 +247,6 @@ class SliceDrift:
         return self.share is not None
 
 
-def _drifted_share(
-    reference: pd.DataFrame,
-    current: pd.DataFrame,
-    numeric: list[str],
-    categorical: list[str],
-    options: DriftOptions,
-) -> float:
-    """Evidently's drifted-columns share alone (about a tenth of the full preset's cost)."""
-    from evidently.metrics import DriftedColumnsCount
-
-    metric = DriftedColumnsCount(
-        columns=numeric + categorical,
-        method=options.method,
-        cat_method=options.cat_method,
-        threshold=options.threshold,
-    )
-    snapshot = _run_report([metric], reference, current, numeric, categorical)
-    return float(snapshot.dict()["metrics"][0]["value"]["share"])
-
-
 def drift_by_slice(
     reference: pd.DataFrame,
     current: pd.DataFrame,
@@ -241,11 +265,9 @@ def drift_by_slice(
         if min(len(cur), len(ref)) < options.min_slice_rows:
             out.append(SliceDrift(by, value, len(cur), len(ref), None, {}))
             continue
-        share = _drifted_share(ref, cur, numeric, categorical, options)
-        named: dict[str, float] = {}
-        if share > options.max_drift_share:
-            named = compare(ref, cur, numeric, categorical, options).drifted_scores()
-        out.append(SliceDrift(by, value, len(cur), len(ref), share, named))
+        result = column_drift(ref, cur, numeric, categorical, options)
+        named = result.drifted_scores() if result.share > options.max_drift_share else {}
+        out.append(SliceDrift(by, value, len(cur), len(ref), result.share, named))
     return out
 
 
