@@ -1,5 +1,6 @@
 """Drift of a scored partition against the reference of the model version that scored it, with
-Evidently 0.7 (its current API), and the realised performance once outcomes land.
+Evidently 0.7 (its reports from its current API; its per-column stat tests, which both API
+generations share, where no report is shown), and the realised performance once outcomes land.
 
 No Dagster import. The reference of a model version is built once, when the version is
 trained: a fixed-size sample of the latest landed days (carts it did not learn from, most of them
@@ -117,8 +118,8 @@ def _judged_columns(judged: list[str] | None, without: str = "") -> tuple[list[s
 
 @functools.cache
 def _drift_table_preset() -> Any:
-    """Evidently's data-drift preset showing what it shows (the drifted-columns count with its
-    test, and the sorted per-column table with each column's distributions), without the
+    """Evidently's data-drift preset with the same page (the drifted-columns count with its
+    test, and the sorted per-column table with each column's distributions), minus the
     per-column `ValueDrift` metrics it also generates: each of those renders its own plot while
     it computes, and the preset's page then replaces them with its table. Half the preset's cost
     (3.8 s against 7.3 s on 32 columns); the page loses only 32 test lines that repeat the
