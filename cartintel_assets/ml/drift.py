@@ -11,6 +11,7 @@ training window and those days. Every later partition is compared with that same
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -192,12 +193,17 @@ def compare(
     """`column_drift`, with Evidently's data-drift report of the same comparison (the preset's
     page, method and threshold named explicitly) to save as HTML."""
     result = column_drift(reference, current, numeric, categorical, options, threshold)
+    # Evidently calls a dataset drifted when its drifted share is >= drift_share (and its test
+    # passes when it is <); ours, when it is > max_drift_share. With n columns the share moves
+    # in steps of 1/n, so the next step above ours makes its page say what the check says (at
+    # 0.0 it would call every partition drifted and fail its test, however clean)
+    n = max(len(numeric) + len(categorical), 1)
     preset = _drift_table_preset()(
         columns=numeric + categorical,
         method=options.method,
         cat_method=options.cat_method,
         threshold=options.threshold if threshold is None else threshold,
-        drift_share=options.max_drift_share,
+        drift_share=(math.floor(options.max_drift_share * n + 1e-9) + 1) / n,
     )
     result.snapshot = _run_report([preset], reference, current, numeric, categorical, True)
     return result

@@ -74,4 +74,12 @@ def test_column_drift_is_the_presets_judgement(tmp_path: Path) -> None:
     assert (reported.drifted, reported.scores) == (result.drifted, result.scores)
     page = reported.save_html(tmp_path / "drift.html").read_text()
     assert "Drift is detected for 25.0% of columns (2 out of 8)." in page
+    assert "Dataset Drift is detected." in page
+    assert reported.snapshot.dict()["tests"][0]["status"] == "FAIL"
+    # and a clean partition's page says so, its test passing (as the check does)
+    clean = compare(reference, _frame(1200, rng), numeric, categorical, options)
+    assert clean.drifted == []
+    page = clean.save_html(tmp_path / "clean.html").read_text()
+    assert "Dataset Drift is NOT detected." in page
+    assert clean.snapshot.dict()["tests"][0]["status"] == "SUCCESS"
     assert page.count('"title": "DATA DISTRIBUTION"') == len(numeric) + len(categorical)
