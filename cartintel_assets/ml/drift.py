@@ -50,7 +50,8 @@ class DriftOptions:
 
 @dataclass
 class DriftResult:
-    """One Evidently comparison: per-column scores and flags, and the report itself."""
+    """One Evidently comparison: per-column scores and flags, and the report to save (None when
+    `column_drift` made the comparison without one)."""
 
     rows_current: int
     rows_reference: int
@@ -97,13 +98,13 @@ def _run_report(
     current: pd.DataFrame,
     numeric: list[str],
     categorical: list[str],
-    include_tests: bool = False,
 ) -> Any:
-    """One Evidently report over the typed columns of both frames; returns its snapshot."""
+    """One Evidently report, with its tests, over the typed columns of both frames; returns its
+    snapshot."""
     from evidently import DataDefinition, Dataset, Report
 
     definition = DataDefinition(numerical_columns=numeric, categorical_columns=categorical)
-    return Report(metrics, include_tests=include_tests).run(
+    return Report(metrics, include_tests=True).run(
         Dataset.from_pandas(_typed(current, numeric, categorical), data_definition=definition),
         Dataset.from_pandas(_typed(reference, numeric, categorical), data_definition=definition),
     )
@@ -192,7 +193,8 @@ def compare(
 ) -> DriftResult:
     """`column_drift`, with Evidently's data-drift report of the same comparison (the preset's
     page, method and threshold named explicitly) to save as HTML."""
-    result = column_drift(reference, current, numeric, categorical, options, threshold)
+    limit = options.threshold if threshold is None else threshold
+    result = column_drift(reference, current, numeric, categorical, options, limit)
     # Evidently calls a dataset drifted when its drifted share is >= drift_share (and its test
     # passes when it is <); ours, when it is > max_drift_share. With n columns the share moves
     # in steps of 1/n, so the next step above ours makes its page say what the check says (at
@@ -202,10 +204,10 @@ def compare(
         columns=numeric + categorical,
         method=options.method,
         cat_method=options.cat_method,
-        threshold=options.threshold if threshold is None else threshold,
+        threshold=limit,
         drift_share=(math.floor(options.max_drift_share * n + 1e-9) + 1) / n,
     )
-    result.snapshot = _run_report([preset], reference, current, numeric, categorical, True)
+    result.snapshot = _run_report([preset], reference, current, numeric, categorical)
     return result
 
 

@@ -53,7 +53,7 @@ def test_column_drift_is_the_presets_judgement(tmp_path: Path) -> None:
         threshold=options.threshold,
         drift_share=options.max_drift_share,
     )
-    raw = _run_report([preset], reference, current, numeric, categorical, True).dict()
+    raw = _run_report([preset], reference, current, numeric, categorical).dict()
     scores = {
         m["config"]["column"]: float(m["value"])
         for m in raw["metrics"]
