@@ -23,6 +23,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from xgboost.core import _LIB, _check_call, c_bst_ulong
 
+from cartintel_assets.ml.tree_shap import LOGISTIC, TreeShap, margin_intercept, tree_shap
+
 # feature rows: a frame, or (the scoring service) numpy columns of equal length
 Rows: TypeAlias = pd.DataFrame | Mapping[str, np.ndarray]
 
@@ -126,10 +128,11 @@ class RiskModel:
                 out[f] = pd.to_numeric(frame[f], errors="coerce").astype(float)
         return out
 
-    def dmatrix(self, frame: Rows) -> xgb.DMatrix:
-        """The rows encoded once, for several predictions (risk, reason codes, a dozen uplift
-        boosters): a shared DMatrix predicts faster than `inplace_predict` call by call."""
-        x = self.matrix(frame)
+    def dmatrix(self, frame: Rows | np.ndarray) -> xgb.DMatrix:
+        """The rows encoded once (or `frame` already encoded), for several predictions (risk, a
+        dozen uplift boosters): a shared DMatrix predicts faster than `inplace_predict` call by
+        call."""
+        x = frame if isinstance(frame, np.ndarray) else self.matrix(frame)
         # columns in the booster's order by construction, so no names to check (they cost more
         # than the prediction on a few rows); threads pay off on big batches only
         return xgb.DMatrix(x, nthread=1 if len(x) < 1000 else -1)
@@ -151,14 +154,22 @@ class RiskModel:
         # without its per-call validation)
         return np.interp(p, self.calibrator.X_thresholds_, self.calibrator.y_thresholds_)
 
-    def contributions(
-        self, frame: Rows, matrix: np.ndarray | xgb.DMatrix | None = None
-    ) -> np.ndarray:
-        """Exact SHAP contributions per feature (last column: bias), on the margin scale."""
-        x = self.dmatrix(frame) if matrix is None else matrix
-        if not isinstance(x, xgb.DMatrix):
-            x = xgb.DMatrix(x)
-        return predict_dmatrix(self.booster, x, self.best_iteration + 1, CONTRIBUTIONS)
+    def contributions(self, frame: Rows, matrix: np.ndarray | None = None) -> np.ndarray:
+        """Exact SHAP contributions per feature (last column: bias), on the margin scale
+        (`matrix`: the rows already encoded): the tabulated TreeSHAP (`tree_shap`) of every
+        model it covers, XGBoost's own `pred_contribs` otherwise."""
+        x = self.matrix(frame) if matrix is None else matrix
+        if self.shap_tables is not None:
+            return self.shap_tables.contributions(x)
+        return predict_dmatrix(
+            self.booster, self.dmatrix(x), self.best_iteration + 1, CONTRIBUTIONS
+        )
+
+    @functools.cached_property
+    def shap_tables(self) -> TreeShap | None:
+        """The booster's tabulated TreeSHAP, built on first use (None: a model it does not
+        cover)."""
+        return tree_shap(self.booster, self.best_iteration + 1)
 
 
 VALUES, MARGIN, CONTRIBUTIONS = 0, 1, 2  # prediction types of XGBoost's C API
@@ -203,10 +214,6 @@ def predict_dmatrix(
     return np.ctypeslib.as_array(out, shape=tuple(shape[i] for i in range(dims.value))).copy()
 
 
-# the objectives a stack can hold, and whether their prediction is the margin's sigmoid
-_STACKABLE = {"binary:logistic": True, "reg:squarederror": False}
-
-
 @dataclass(frozen=True)
 class StackedBoosters:
     """The predictions of several boosters from one XGBoost call: output k of `booster` is model
@@ -222,14 +229,6 @@ class StackedBoosters:
         with np.errstate(over="ignore"):  # exp overflows to inf for very negative margins: p 0
             p = np.float32(1) / (np.float32(1) + np.exp(-margin))
         return np.where(self.logistic, p, margin).astype(float)
-
-
-def _margin_intercept(base_score: str, logistic: bool) -> float:
-    """A booster's intercept on the margin scale (XGBoost stores a logistic model's as a
-    probability, and maps it to the margin in float32)."""
-    (score,) = json.loads(base_score)
-    p = np.float32(score)
-    return float(-np.log(np.float32(1) / p - np.float32(1)) if logistic else p)
 
 
 def stack_boosters(models: list[RiskModel]) -> StackedBoosters | None:
@@ -248,13 +247,13 @@ def stack_boosters(models: list[RiskModel]) -> StackedBoosters | None:
         learner = doc["learner"]
         objective = learner["objective"]["name"]
         gbtree = learner["gradient_booster"]
-        if objective not in _STACKABLE or gbtree["name"] != "gbtree":
+        if objective not in LOGISTIC or gbtree["name"] != "gbtree":
             return None
         model = gbtree["model"]
         if int(model["gbtree_model_param"]["num_parallel_tree"]) != 1 or any(model["tree_info"]):
             return None
-        logistic.append(_STACKABLE[objective])
-        base.append(_margin_intercept(learner["learner_model_param"]["base_score"], logistic[-1]))
+        logistic.append(LOGISTIC[objective])
+        base.append(margin_intercept(learner["learner_model_param"]["base_score"], logistic[-1]))
         for tree in model["trees"][: m.best_iteration + 1]:
             trees.append({**tree, "id": len(trees)})
             info.append(k)
@@ -390,7 +389,7 @@ def risk_metrics(y: np.ndarray, p: np.ndarray, value: np.ndarray | None = None) 
 
 
 def reason_codes(
-    model: RiskModel, frame: Rows, k: int = 3, matrix: np.ndarray | xgb.DMatrix | None = None
+    model: RiskModel, frame: Rows, k: int = 3, matrix: np.ndarray | None = None
 ) -> list[list[str]]:
     """The k features pushing each row's risk up the most (positive SHAP contributions)."""
     contrib = model.contributions(frame, matrix)[:, :-1]

@@ -150,7 +150,7 @@ def model_stages(
     t3 = time.perf_counter()
     model.predict_proba(features)
     t_pred = time.perf_counter() - t3
-    # one call, as the asset makes it (deciles are per batch): at 1M its exact SHAP takes minutes
+    # one call, as the asset makes it (deciles are per batch)
     print(f"  batch scores with SHAP reason codes of {len(features):,} carts", flush=True)
     t4 = time.perf_counter()
     score_carts(model, features)
@@ -369,10 +369,11 @@ def main() -> None:
         *small_model,
         *model_rows,
         "",
-        "Reason codes are exact TreeSHAP contributions (XGBoost `pred_contribs`), whose cost grows"
-        " with the number of trees: most of the batch-scoring time goes there, and a model that"
-        " stops later (more data) scores more slowly per row. A daily partition at the 1M scale"
-        " (~36k carts) still scores in well under a minute.",
+        "Reason codes are exact TreeSHAP contributions, read from per-leaf tables built once per"
+        " model (`ml/tree_shap.py`; XGBoost's `pred_contribs` to float32 rounding, which"
+        " `test_tree_shap` checks) in one compiled pass over the leaves for a whole batch. Their"
+        " cost still grows with the number of leaves, so a model that stops later (more data)"
+        " scores more slowly per row.",
     ]
     serving = [
         "",

@@ -100,7 +100,9 @@ def test_risk_model_beats_logistic_baseline_on_harmful_abandonment(labelled: pd.
         dm, iteration_range=rounds, validate_features=False, pred_contribs=True
     )
     assert shap.shape == (len(test), len(model.features) + 1)
-    assert np.array_equal(model.contributions(test, dm), shap)
+    # the tabulated TreeSHAP (test_tree_shap) is XGBoost's, to its float32 rounding
+    assert model.shap_tables is not None
+    np.testing.assert_allclose(model.contributions(test), shap, rtol=0, atol=2e-5)
     codes = reason_codes(model, test.head(50))
     assert all(set(c) <= set(model.features) for c in codes) and any(codes)
 
