@@ -5,7 +5,6 @@ Online Shoppers) go through the same code. No Dagster import.
 
 from __future__ import annotations
 
-import ctypes
 import functools
 import json
 from collections.abc import Mapping
@@ -21,9 +20,9 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score, brier_score_loss, log_loss, roc_auc_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
-from xgboost.core import _LIB, _check_call, c_bst_ulong
 
-from cartintel_assets.ml.tree_shap import LOGISTIC, TreeShap, margin_intercept, tree_shap
+from cartintel_assets.ml.forest import Forest, forest
+from cartintel_assets.ml.tree_shap import TreeShap, tree_shap
 
 # feature rows: a frame, or (the scoring service) numpy columns of equal length
 Rows: TypeAlias = pd.DataFrame | Mapping[str, np.ndarray]
@@ -128,24 +127,15 @@ class RiskModel:
                 out[f] = pd.to_numeric(frame[f], errors="coerce").astype(float)
         return out
 
-    def dmatrix(self, frame: Rows | np.ndarray) -> xgb.DMatrix:
-        """The rows encoded once (or `frame` already encoded), for several predictions (risk, a
-        dozen uplift boosters): a shared DMatrix predicts faster than `inplace_predict` call by
-        call."""
-        x = frame if isinstance(frame, np.ndarray) else self.matrix(frame)
-        # columns in the booster's order by construction, so no names to check (they cost more
-        # than the prediction on a few rows); threads pay off on big batches only
-        return xgb.DMatrix(x, nthread=1 if len(x) < 1000 else -1)
-
-    def raw_score(self, frame: Rows, matrix: np.ndarray | xgb.DMatrix | None = None) -> np.ndarray:
+    def raw_score(self, frame: Rows, matrix: np.ndarray | None = None) -> np.ndarray:
+        """The booster's prediction (`matrix`: the rows already encoded): walked by `forest`
+        for every model it covers, by XGBoost otherwise."""
         x = self.matrix(frame) if matrix is None else matrix
-        if isinstance(x, xgb.DMatrix):
-            return predict_dmatrix(self.booster, x, self.best_iteration + 1)
+        if self.trees is not None:
+            return self.trees.predict(x)[:, 0]
         return self.booster.inplace_predict(x, iteration_range=(0, self.best_iteration + 1))
 
-    def predict_proba(
-        self, frame: Rows, matrix: np.ndarray | xgb.DMatrix | None = None
-    ) -> np.ndarray:
+    def predict_proba(self, frame: Rows, matrix: np.ndarray | None = None) -> np.ndarray:
         """Calibrated probability of the positive class (`matrix`: the rows already encoded)."""
         p = np.asarray(self.raw_score(frame, matrix), dtype=float)
         if self.calibrator is None:
@@ -154,6 +144,12 @@ class RiskModel:
         # without its per-call validation)
         return np.interp(p, self.calibrator.X_thresholds_, self.calibrator.y_thresholds_)
 
+    @functools.cached_property
+    def trees(self) -> Forest | None:
+        """The booster's trees up to its best iteration as a compiled `Forest`, built on first
+        use (None: a model it does not cover)."""
+        return forest([(self.booster, self.best_iteration + 1)])
+
     def contributions(self, frame: Rows, matrix: np.ndarray | None = None) -> np.ndarray:
         """Exact SHAP contributions per feature (last column: bias), on the margin scale
         (`matrix`: the rows already encoded): the tabulated TreeSHAP (`tree_shap`) of every
@@ -161,8 +157,8 @@ class RiskModel:
         x = self.matrix(frame) if matrix is None else matrix
         if self.shap_tables is not None:
             return self.shap_tables.contributions(x)
-        return predict_dmatrix(
-            self.booster, self.dmatrix(x), self.best_iteration + 1, CONTRIBUTIONS
+        return self.booster.predict(
+            xgb.DMatrix(x), iteration_range=(0, self.best_iteration + 1), pred_contribs=True
         )
 
     @functools.cached_property
@@ -172,109 +168,15 @@ class RiskModel:
         return tree_shap(self.booster, self.best_iteration + 1)
 
 
-VALUES, MARGIN, CONTRIBUTIONS = 0, 1, 2  # prediction types of XGBoost's C API
-
-
-@functools.cache
-def _predict_config(kind: int, iteration_end: int) -> bytes:
-    return json.dumps(
-        {
-            "type": kind,
-            "training": False,
-            "iteration_begin": 0,
-            "iteration_end": iteration_end,
-            "strict_shape": False,
-        }
-    ).encode()
-
-
-def predict_dmatrix(
-    booster: xgb.Booster, data: xgb.DMatrix, iteration_end: int, kind: int = VALUES
-) -> np.ndarray:
-    """`booster.predict(data, iteration_range=(0, iteration_end), validate_features=False)`, or
-    with `pred_contribs=True` (kind CONTRIBUTIONS): the same call into XGBoost's C API that
-    `Booster.predict` makes, without its Python bookkeeping. On a cart's row that bookkeeping
-    costs ~170 µs against ~20 µs for the prediction, and the scoring service predicts with ~15
-    boosters per cart. Outputs are bit-identical (test_abandonment checks it; xgboost is pinned).
-    """
-    shape = ctypes.POINTER(c_bst_ulong)()
-    dims = c_bst_ulong()
-    out = ctypes.POINTER(ctypes.c_float)()
-    _check_call(
-        _LIB.XGBoosterPredictFromDMatrix(
-            booster.handle,
-            data.handle,
-            _predict_config(kind, iteration_end),
-            ctypes.byref(shape),
-            ctypes.byref(dims),
-            ctypes.byref(out),
-        )
-    )
-    # the buffer belongs to the booster until its next prediction: copy it out
-    return np.ctypeslib.as_array(out, shape=tuple(shape[i] for i in range(dims.value))).copy()
-
-
-@dataclass(frozen=True)
-class StackedBoosters:
-    """The predictions of several boosters from one XGBoost call: output k of `booster` is model
-    k's margin (its trees up to its best iteration, and its intercept). On a cart's row XGBoost
-    spends ~0.13 ms per call before it walks a tree; an uplift model asks a dozen boosters."""
-
-    booster: xgb.Booster
-    logistic: np.ndarray  # per output: the prediction is the sigmoid of the margin
-
-    def predict(self, data: xgb.DMatrix) -> np.ndarray:
-        """(rows, models): what each model's `raw_score` gives, to float32 rounding."""
-        margin = predict_dmatrix(self.booster, data, 0, MARGIN).reshape(-1, len(self.logistic))
-        with np.errstate(over="ignore"):  # exp overflows to inf for very negative margins: p 0
-            p = np.float32(1) / (np.float32(1) + np.exp(-margin))
-        return np.where(self.logistic, p, margin).astype(float)
-
-
-def stack_boosters(models: list[RiskModel]) -> StackedBoosters | None:
-    """`models` as one multi-output XGBoost model (the trees of model k with output group k, its
-    intercept as group k's base score), or None when one of them cannot be stacked: an encoding
-    unlike the first's, a calibrator, or an objective other than logistic or squared error."""
+def stack_boosters(models: list[RiskModel]) -> Forest | None:
+    """`models` as one `Forest` whose output k is model k's `raw_score`, so one compiled call
+    predicts them all (an uplift model asks a dozen boosters per cart); None when one of them
+    cannot be stacked: an encoding unlike the first's, a calibrator, or a booster `forest` does
+    not cover."""
     first = models[0]
     if any(m.calibrator is not None or not m.encodes_like(first) for m in models):
         return None
-    trees: list[dict[str, Any]] = []
-    info: list[int] = []
-    base: list[float] = []
-    logistic: list[bool] = []
-    docs = [json.loads(m.booster.save_raw("json")) for m in models]
-    for k, (m, doc) in enumerate(zip(models, docs, strict=True)):
-        learner = doc["learner"]
-        objective = learner["objective"]["name"]
-        gbtree = learner["gradient_booster"]
-        if objective not in LOGISTIC or gbtree["name"] != "gbtree":
-            return None
-        model = gbtree["model"]
-        if int(model["gbtree_model_param"]["num_parallel_tree"]) != 1 or any(model["tree_info"]):
-            return None
-        logistic.append(LOGISTIC[objective])
-        base.append(margin_intercept(learner["learner_model_param"]["base_score"], logistic[-1]))
-        for tree in model["trees"][: m.best_iteration + 1]:
-            trees.append({**tree, "id": len(trees)})
-            info.append(k)
-    doc = docs[0]  # the first model, its trees replaced, is the stack
-    learner = doc["learner"]
-    learner["attributes"] = {}
-    learner["objective"] = {
-        "name": "multi:softprob",
-        "softmax_multiclass_param": {"num_class": str(len(models))},
-    }
-    learner["learner_model_param"].update(
-        base_score="[" + ",".join(repr(b) for b in base) + "]", num_class=str(len(models))
-    )
-    model = learner["gradient_booster"]["model"]
-    model.update(trees=trees, tree_info=info, iteration_indptr=[0, len(trees)])
-    model["gbtree_model_param"]["num_trees"] = str(len(trees))
-    booster = xgb.Booster()
-    booster.load_model(bytearray(json.dumps(doc).encode()))
-    threads = json.loads(first.booster.save_config())["learner"]["generic_param"]["nthread"]
-    booster.set_param({"nthread": int(threads)})
-    return StackedBoosters(booster, np.array(logistic))
+    return forest([(m.booster, m.best_iteration + 1) for m in models])
 
 
 def fit_risk_model(

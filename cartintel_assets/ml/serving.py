@@ -260,7 +260,9 @@ def load_models(
         )
     for m in risk.values():  # one thread per model: the service runs one worker per core
         m.model.booster.set_param({"nthread": 1})
-        m.model.shap_tables  # noqa: B018 (built now: a first request should not wait for it)
+        # compiled now: a first request should not wait for them
+        m.model.trees  # noqa: B018
+        m.model.shap_tables  # noqa: B018
     uplift = (
         load_uplift_model(UPLIFT_MODEL, uplift_alias)
         if state.get(f"{UPLIFT_MODEL}@{uplift_alias}")
@@ -525,13 +527,10 @@ class Scorer:
             m = alias == a
             part = {k: v[m] for k, v in rows.items()}
             model = models.risk[a].model
-            encoded = model.matrix(part)
-            x = model.dmatrix(encoded)
+            x = model.matrix(part)  # encoded once for the risk, its reasons and the shadow
             risk[m] = model.predict_proba(part, x)
             for i, c in zip(
-                np.flatnonzero(m).tolist(),
-                reason_codes(model, part, self.reasons, encoded),
-                strict=True,
+                np.flatnonzero(m).tolist(), reason_codes(model, part, self.reasons, x), strict=True
             ):
                 codes[i] = c
             if models.shadow is None:

@@ -19,13 +19,14 @@ float32): `test_tree_shap` holds them to it on trained models.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 
 import numba
 import numpy as np
 import xgboost as xgb
+
+from cartintel_assets.ml.forest import covered_trees
 
 # tables beyond this many entries (deep trees: 2^depth patterns per leaf) are not built
 MAX_TABLE_ENTRIES = 50_000_000
@@ -154,42 +155,17 @@ def _leaf_tables(value: np.ndarray, z: np.ndarray) -> np.ndarray:
     return value[:, None, None] * (bits[None, :, :] - z[:, None, :]) * g
 
 
-# the objectives covered, and whether the margin is the logit of the prediction
-LOGISTIC = {"binary:logistic": True, "reg:squarederror": False}
-
-
-def margin_intercept(base_score: str, logistic: bool) -> float:
-    """A booster's intercept on the margin scale (XGBoost stores a logistic model's as a
-    probability, and maps it to the margin in float32)."""
-    (score,) = json.loads(base_score)
-    p = np.float32(score)
-    return float(-np.log(np.float32(1) / p - np.float32(1)) if logistic else p)
-
-
 def tree_shap(booster: xgb.Booster, iteration_end: int) -> TreeShap | None:
     """The tables of `booster`'s trees before `iteration_end` (0: all), or None when the model
     is not one this covers (another objective, several outputs, categorical splits, trees too
     deep to tabulate): its caller then asks XGBoost."""
-    doc = json.loads(booster.save_raw("json"))
-    learner = doc["learner"]
-    gbtree = learner["gradient_booster"]
-    objective = learner["objective"]["name"]
-    params = learner["learner_model_param"]
-    if objective not in LOGISTIC or gbtree["name"] != "gbtree":
+    covered = covered_trees(booster, iteration_end)
+    if covered is None:
         return None
-    if int(params["num_class"]) > 1 or int(params.get("num_target", "1")) > 1:
-        return None
-    model = gbtree["model"]
-    indptr = model["iteration_indptr"]
-    end = indptr[iteration_end] if 0 < iteration_end < len(indptr) else len(model["trees"])
-    trees = model["trees"][:end]
-    n_features = int(params["num_feature"])
-    bias = margin_intercept(params["base_score"], LOGISTIC[objective])
+    bias = covered.intercept
     paths: list[list[tuple[int, float, bool, bool, float]]] = []  # per leaf: its splits
     values: list[float] = []
-    for tree in trees:
-        if any(int(t) != 0 for t in tree.get("split_type", [])):
-            return None
+    for tree in covered.trees:
         lc, rc = tree["left_children"], tree["right_children"]
         feat, cond = tree["split_indices"], tree["split_conditions"]
         dleft, cover = tree["default_left"], tree["sum_hessian"]
@@ -212,7 +188,7 @@ def tree_shap(booster: xgb.Booster, iteration_end: int) -> TreeShap | None:
                     cover[child] / cover[node],
                 )
                 stack.append((child, [*path, split]))
-    return _tabulate(n_features, bias, paths, np.array(values))
+    return _tabulate(covered.n_features, bias, paths, np.array(values))
 
 
 def _tabulate(

@@ -27,7 +27,6 @@ from sklearn.model_selection import StratifiedKFold, train_test_split
 from cartintel_assets.ml.abandonment import (
     RiskModel,
     Rows,
-    StackedBoosters,
     XGBParams,
     fit_risk_model,
     stack_boosters,
@@ -37,6 +36,7 @@ from cartintel_assets.ml.features import (
     NUMERIC_FEATURES,
     compute_session_facts,
 )
+from cartintel_assets.ml.forest import Forest
 from cartintel_assets.ml.schema import TREATMENTS
 from cartintel_assets.ml.uplift_metrics import (
     bootstrap_interval,
@@ -187,7 +187,7 @@ class UpliftModel:
         return [self.outcome[a] for a in [CONTROL, *self.arms]]
 
     @functools.cached_property
-    def _stacked(self) -> StackedBoosters | None:
+    def _stacked(self) -> Forest | None:
         return stack_boosters(self.learners)
 
     def use_threads(self, n: int) -> None:
@@ -200,9 +200,9 @@ class UpliftModel:
 
     def predict(self, frame: Rows) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """The baseline and the effect per arm, the rows encoded once and every learner asked in
-        one XGBoost call (`stack_boosters`; one call per learner if they cannot be stacked)."""
+        one compiled call (`stack_boosters`; one call per learner if they cannot be stacked)."""
         control = self.outcome[CONTROL]
-        x = control.dmatrix(frame)  # encoded once for every learner
+        x = control.matrix(frame)  # encoded once for every learner
         stacked = self._stacked
         if stacked is not None:
             column = dict(zip(map(id, self.learners), stacked.predict(x).T, strict=True))

@@ -9,6 +9,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+import xgboost as xgb
 from sklearn.metrics import roc_auc_score
 
 from cartintel_assets.ml.abandonment import (
@@ -91,11 +92,12 @@ def test_risk_model_beats_logistic_baseline_on_harmful_abandonment(labelled: pd.
     # seeded: the same data gives the same model
     again = fit_risk_model(train, y["train"], valid, y["valid"], num, cat, XGBParams())
     assert np.array_equal(again.predict_proba(test), p)
-    # the C-API predictions (what the scoring service runs) are Booster.predict's, bit for bit
-    dm, rounds = model.dmatrix(test), (0, model.best_iteration + 1)
+    # the compiled forest (test_forest) predicts what Booster.predict does: on these trees of
+    # depth 5, bit for bit
+    dm, rounds = xgb.DMatrix(model.matrix(test)), (0, model.best_iteration + 1)
     expected = model.booster.predict(dm, iteration_range=rounds, validate_features=False)
-    assert np.array_equal(model.raw_score(test, dm), expected)
-    assert np.array_equal(model.raw_score(test), expected)  # inplace_predict on the matrix
+    assert model.trees is not None
+    assert np.array_equal(model.raw_score(test), expected)
     shap = model.booster.predict(
         dm, iteration_range=rounds, validate_features=False, pred_contribs=True
     )

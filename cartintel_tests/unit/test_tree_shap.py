@@ -9,32 +9,12 @@ import xgboost as xgb
 
 from cartintel_assets.ml.abandonment import RiskModel, reason_codes
 from cartintel_assets.ml.tree_shap import tree_shap
-
-ROWS, FEATURES = 6000, 9
+from cartintel_tests.unit.boosters import FEATURES, noisy_rows, train
 
 
 @pytest.fixture(scope="module")
 def data() -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(11)
-    x = rng.normal(size=(ROWS, FEATURES))
-    x[:, 4] = rng.integers(0, 5, ROWS)  # a coded category: few distinct values, ties
-    x[rng.random(x.shape) < 0.15] = np.nan  # every feature is sometimes missing
-    signal = np.nan_to_num(x[:, 0]) + np.nan_to_num(x[:, 1]) * np.nan_to_num(x[:, 2])
-    signal += np.where(np.isnan(x[:, 3]), 1.0, 0.0) + 0.5 * np.nan_to_num(x[:, 4])
-    return x, signal + rng.normal(size=ROWS)
-
-
-def _train(x: np.ndarray, y: np.ndarray, objective: str, depth: int, base: float) -> xgb.Booster:
-    params = {
-        "objective": objective,
-        "max_depth": depth,
-        "min_child_weight": 5,
-        "eta": 0.1,
-        "base_score": base,
-        "nthread": 1,
-        "seed": 3,
-    }
-    return xgb.train(params, xgb.DMatrix(x, label=y), 120)
+    return noisy_rows()
 
 
 @pytest.mark.parametrize(
@@ -46,7 +26,7 @@ def test_contributions_equal_xgboost_pred_contribs(
 ) -> None:
     x, signal = data
     y = (signal > 0).astype(float) if objective.startswith("binary") else signal
-    booster = _train(x, y, objective, depth, base)
+    booster = train(x, y, objective, depth, base)
     for rounds in (120, 40):  # all trees, and an early-stopped prefix
         shap = tree_shap(booster, rounds)
         assert shap is not None
@@ -78,7 +58,7 @@ def test_reason_codes_equal_those_of_xgboost_contributions(
     data: tuple[np.ndarray, np.ndarray],
 ) -> None:
     x, signal = data
-    booster = _train(x, (signal > 0).astype(float), "binary:logistic", 5, 0.5)
+    booster = train(x, (signal > 0).astype(float), "binary:logistic", 5, 0.5)
     names = [f"f{i}" for i in range(FEATURES)]
     model = RiskModel(booster, None, names, {}, best_iteration=99)
     frame = {n: x[:2000, i] for i, n in enumerate(names)}
@@ -101,7 +81,7 @@ def test_models_it_does_not_cover_are_explained_by_xgboost(
     data: tuple[np.ndarray, np.ndarray],
 ) -> None:
     x, signal = data
-    raw = _train(x, (signal > 0).astype(float), "binary:logitraw", 3, 0.5)
+    raw = train(x, (signal > 0).astype(float), "binary:logitraw", 3, 0.5)
     assert tree_shap(raw, 0) is None
     names = [f"f{i}" for i in range(FEATURES)]
     model = RiskModel(raw, None, names, {}, best_iteration=119)
@@ -117,7 +97,7 @@ def test_models_it_does_not_cover_are_explained_by_xgboost(
 
 def test_rows_of_another_width_are_refused(data: tuple[np.ndarray, np.ndarray]) -> None:
     x, signal = data
-    shap = tree_shap(_train(x, signal, "reg:squarederror", 2, 0.0), 0)
+    shap = tree_shap(train(x, signal, "reg:squarederror", 2, 0.0), 0)
     assert shap is not None
     with pytest.raises(ValueError, match="expected rows of 9 features"):
         shap.contributions(x[:5, :8])

@@ -89,8 +89,8 @@ def test_protected_proxies_are_never_targeting_inputs(log: pd.DataFrame) -> None
 
 
 def test_one_stacked_call_predicts_what_every_learner_predicts(log: pd.DataFrame) -> None:
-    """The serving path asks a dozen boosters per cart in one XGBoost call; what it predicts is
-    each booster's own prediction, to float32 rounding."""
+    """The serving path asks a dozen boosters per cart in one compiled call (`forest`); what it
+    predicts is each booster's own prediction."""
     num, cat = targeting_features()
     t, y = log["treatment"].to_numpy(), log["converted_7d"].to_numpy(dtype=int)
     small = XGBParams(max_depth=3, n_estimators=40, early_stopping_rounds=10, nthread=1)
