@@ -138,6 +138,13 @@ class Timeline:
         lo = np.where(g >= 0, self.start[np.maximum(g, 0)], 0)
         hi = np.where(g >= 0, self.start[np.maximum(g, 0) + 1], 0)
         first = lo.copy()
+        if len(key) < 64:  # a request's few queries: one search each costs less than the loop
+            at = np.asarray(moment, dtype=np.int64)
+            end = [
+                a + int(np.searchsorted(self.at[a:b], m))
+                for a, b, m in zip(lo, hi, at, strict=True)
+            ]
+            return first, np.array(end, dtype=np.int64)
         last = len(self.at) - 1
         while True:  # a binary search inside each query's group, all queries at once
             open_ = lo < hi
@@ -225,6 +232,23 @@ def _sum_or_nan(group: np.ndarray, n: int, values: np.ndarray) -> np.ndarray:
     return np.where(np.bincount(group[ok], minlength=n) > 0, total, np.nan)
 
 
+def _nan_as(values: np.ndarray, fill: float = 0.0) -> np.ndarray:
+    """`values` with NaN replaced by `fill` (SQL's coalesce)."""
+    return np.where(np.isnan(values), fill, values)
+
+
+def _factorize_sorted(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """pandas' `factorize(values, sort=True)`: codes into the sorted distinct values, -1 for
+    None or NaN. A dict on a request's few values, pandas on a day's many."""
+    if len(values) >= 1000:
+        codes, uniques = pd.factorize(values, sort=True)
+        return codes, np.asarray(uniques, dtype=object)
+    uniques = sorted({v for v in values.tolist() if v is not None and v == v})  # not NaN
+    position = {v: i for i, v in enumerate(uniques)}
+    codes = np.fromiter((position.get(v, -1) for v in values.tolist()), np.int64, len(values))
+    return codes, np.array(uniques, dtype=object)
+
+
 def _safe_div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """a / nullif(b, 0), NaN in, NaN out."""
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -288,7 +312,7 @@ def compute_features(
 
     # sorted codes (no product: -1): a cart's lines are summed in product order, whatever else
     # is in the batch
-    pcode, products = pd.factorize(prod, sort=True)
+    pcode, products = _factorize_sorted(prod)
     views = (t == _TYPE["product_view"]) & (pcode >= 0)
     distinct_views = np.unique(g[views] * (len(products) + 1) + pcode[views])
     last_ts = _group_last(g, n, p_ts, 0)
@@ -300,8 +324,8 @@ def compute_features(
     n_lines = len(line_id)
     signed = np.where(
         t[lines] == _TYPE["add_to_cart"],
-        np.nan_to_num(q[lines], nan=1.0),
-        np.where(t[lines] == _TYPE["remove_from_cart"], -np.nan_to_num(q[lines], nan=1.0), 0.0),
+        _nan_as(q[lines], 1.0),
+        np.where(t[lines] == _TYPE["remove_from_cart"], -_nan_as(q[lines], 1.0), 0.0),
     )
     line_qty = np.bincount(line_of, weights=signed, minlength=n_lines)
     priced = ~np.isnan(pr[lines])
@@ -332,7 +356,7 @@ def compute_features(
         promo[on] = np.where(known, cat.on_promotion[np.maximum(i, 0)], np.nan)
         median[on] = np.where(known, cat.median_30d[np.maximum(i, 0)], np.nan)
 
-    value = c_qty * np.nan_to_num(c_last)
+    value = c_qty * _nan_as(c_last)
     cart_items = np.bincount(c_s, weights=c_qty, minlength=n)
     cart_value = np.bincount(c_s, weights=value, minlength=n)
     has_cart_row = np.bincount(c_s, minlength=n) > 0
@@ -341,12 +365,12 @@ def compute_features(
     dev = _sum_or_nan(c_s, n, rel)
     base = np.where(~np.isnan(median), value, np.nan)
     price_vs_median = _safe_div(dev, _sum_or_nan(c_s, n, base))
-    change = np.bincount(c_s, weights=c_qty * np.nan_to_num(c_last - c_first), minlength=n)
-    change_base = np.bincount(c_s, weights=c_qty * np.nan_to_num(c_first), minlength=n)
+    change = np.bincount(c_s, weights=c_qty * _nan_as(c_last - c_first), minlength=n)
+    change_base = np.bincount(c_s, weights=c_qty * _nan_as(c_first), minlength=n)
     price_change = np.where(has_cart_row, _safe_div(change, change_base), np.nan)
-    on_promo = np.bincount(c_s, weights=np.nan_to_num(promo), minlength=n) > 0
+    on_promo = np.bincount(c_s, weights=_nan_as(promo), minlength=n) > 0
     rank = np.full(n, -1.0)
-    np.maximum.at(rank, c_s, np.nan_to_num(weight, nan=-1.0))
+    np.maximum.at(rank, c_s, _nan_as(weight, -1.0))
 
     # the quote for the heaviest carted class, in the session's region on its day
     shipping_cost = np.full(n, np.nan)
