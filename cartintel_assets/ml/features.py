@@ -458,7 +458,7 @@ def compute_session_facts(events: dict[str, np.ndarray]) -> dict[str, np.ndarray
     """Per session in `events` (session-id order), what the whole session showed, cutoff or not:
     coupon attempts, whether it reached checkout or saw a shipping quote, its events, its
     length in whole seconds, and its last event (epoch µs)."""
-    codes, sids = pd.factorize(np.asarray(events["session_id"], dtype=object), sort=True)
+    codes, sids = _factorize_sorted(np.asarray(events["session_id"], dtype=object))
     n = len(sids)
     ts = np.asarray(events["ts"], dtype=np.int64)
     etype = lookup(_TYPE, np.asarray(events["event_type"], dtype=object))

@@ -54,6 +54,8 @@ from cartintel_assets.serving.schemas import (
 
 log = logging.getLogger("cartintel.serve")
 
+HOUSEKEEPING_NICENESS = 10  # added to the companion processes' niceness
+
 
 @dataclass(frozen=True)
 class ServiceSettings:
@@ -140,6 +142,9 @@ def _housekeeping(cfg: ServiceSettings, tracking_uri: str, worker: Connection) -
     from cartintel_assets.resources.warehouse import WarehouseResource
 
     logging.basicConfig(level=logging.WARNING)
+    # its chores can wait; a request cannot: when the cores are busy, the scheduler runs the
+    # workers first (each chore costs tens of milliseconds of CPU every few seconds)
+    os.nice(HOUSEKEEPING_NICENESS)
     mlflow.set_tracking_uri(tracking_uri)
     writer = DecisionWriter(cfg.warehouse)
     reader = WarehouseResource(database=str(cfg.warehouse), lock_timeout_s=60.0).reader
