@@ -21,7 +21,7 @@ from sklearn.metrics import average_precision_score, brier_score_loss, log_loss,
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from cartintel_assets.ml.forest import Forest, forest
+from cartintel_assets.ml.forest import FOREST_ROWS, Forest, forest
 from cartintel_assets.ml.tree_shap import TreeShap, tree_shap
 
 # feature rows: a frame, or (the scoring service) numpy columns of equal length
@@ -128,10 +128,10 @@ class RiskModel:
         return out
 
     def raw_score(self, frame: Rows, matrix: np.ndarray | None = None) -> np.ndarray:
-        """The booster's prediction (`matrix`: the rows already encoded): walked by `forest`
-        for every model it covers, by XGBoost otherwise."""
+        """The booster's prediction (`matrix`: the rows already encoded): walked by `forest` for
+        a few rows of a model it covers (the same bits), by XGBoost otherwise."""
         x = self.matrix(frame) if matrix is None else matrix
-        if self.trees is not None:
+        if len(x) < FOREST_ROWS and self.trees is not None:
             return self.trees.predict(x)[:, 0]
         return self.booster.inplace_predict(x, iteration_range=(0, self.best_iteration + 1))
 

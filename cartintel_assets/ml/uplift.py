@@ -36,7 +36,7 @@ from cartintel_assets.ml.features import (
     NUMERIC_FEATURES,
     compute_session_facts,
 )
-from cartintel_assets.ml.forest import Forest
+from cartintel_assets.ml.forest import FOREST_ROWS, Forest
 from cartintel_assets.ml.schema import TREATMENTS
 from cartintel_assets.ml.uplift_metrics import (
     bootstrap_interval,
@@ -191,8 +191,9 @@ class UpliftModel:
         return stack_boosters(self.learners)
 
     def use_threads(self, n: int) -> None:
-        """Predict with `n` threads; the stack is built now rather than at the first prediction
-        (a service's first request should not wait for it)."""
+        """XGBoost's threads, for learners it predicts (those that cannot be stacked); the stack
+        is built now rather than at the first prediction (a service's first request should not
+        wait for it)."""
         for m in [*self.outcome.values(), *(m for pair in self.effect.values() for m in pair)]:
             m.booster.set_param({"nthread": n})
         self.__dict__.pop("_stacked", None)
@@ -203,7 +204,7 @@ class UpliftModel:
         one compiled call (`stack_boosters`; one call per learner if they cannot be stacked)."""
         control = self.outcome[CONTROL]
         x = control.matrix(frame)  # encoded once for every learner
-        stacked = self._stacked
+        stacked = self._stacked if len(x) < FOREST_ROWS else None  # many rows: XGBoost's threads
         if stacked is not None:
             column = dict(zip(map(id, self.learners), stacked.predict(x).T, strict=True))
 

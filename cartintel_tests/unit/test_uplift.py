@@ -94,7 +94,7 @@ def test_one_stacked_call_predicts_what_every_learner_predicts(log: pd.DataFrame
     num, cat = targeting_features()
     t, y = log["treatment"].to_numpy(), log["converted_7d"].to_numpy(dtype=int)
     small = XGBParams(max_depth=3, n_estimators=40, early_stopping_rounds=10, nthread=1)
-    rows = log.head(500)
+    rows = log.head(200)  # fewer than FOREST_ROWS: the stacked call
     for fit in (fit_t_learner, fit_x_learner):
         model = fit(log, t, y, num, cat, small)
         assert model._stacked is not None
