@@ -186,6 +186,14 @@ def _rule_cases(spec: TableSpec, partition: date, now: datetime) -> list[tuple[s
                     f"'{c.name}=' || left(\"{c.name}__txt\", 60) || ' is not a valid {c.sql_type}'",
                 )
             )
+        if c.sql_type == "DOUBLE":  # JSON's 1e999, NaN and Infinity, and "inf", cast to DOUBLE
+            out.append(
+                (
+                    "invalid_value",
+                    f'NOT isfinite("{c.name}")',
+                    f"'{c.name}=' || left(\"{c.name}__txt\", 60) || ' is not a finite number'",
+                )
+            )
     for c in spec.columns:
         if c.allowed:
             allowed = ", ".join(_sql_str(a) for a in c.allowed)

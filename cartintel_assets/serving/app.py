@@ -14,6 +14,7 @@ import collections
 import contextlib
 import gc
 import logging
+import math
 import multiprocessing
 import os
 import threading
@@ -27,8 +28,10 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from fastapi import FastAPI, HTTPException
-from fastapi.responses import FileResponse
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
 
 from cartintel_assets import settings
 from cartintel_assets.ml.serving import (
@@ -477,6 +480,15 @@ def create_app(cfg: ServiceSettings | None = None) -> FastAPI:
 
     def service() -> Service:
         return holder["service"]
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        """FastAPI's 422, able to echo a NaN or an infinity it refused (as text: JSON has no
+        such numbers, and the stock handler fails on them with a 500)."""
+        detail = jsonable_encoder(
+            exc.errors(), custom_encoder={float: lambda v: v if math.isfinite(v) else str(v)}
+        )
+        return JSONResponse(status_code=422, content={"detail": detail})
 
     @app.post("/score", response_model=ScoreResponse, tags=["scoring"])
     async def score(request: ScoreRequest) -> ScoreResponse:

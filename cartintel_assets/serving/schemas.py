@@ -13,7 +13,8 @@ from cartintel_assets.ml.schema import EVENTS, PRODUCT_EVENT_TYPES, SESSIONS, Ta
 
 MAX_EVENTS = 500  # a session with more events than this is a bot or a bug, not a shopper
 _PY = {"VARCHAR": str, "INTEGER": int, "DOUBLE": float, "TIMESTAMP": datetime, "BOOLEAN": bool}
-_STRICT = ConfigDict(extra="forbid", str_max_length=256)
+# JSON's NaN and Infinity (and 1e999) parse as floats; ingestion quarantines them, so do we
+_STRICT = ConfigDict(extra="forbid", str_max_length=256, allow_inf_nan=False)
 
 
 def _model(spec: TableSpec, name: str, doc: str, base: type[BaseModel]) -> Any:

@@ -267,6 +267,12 @@ def test_bad_payloads_get_422_with_the_reason(client: TestClient) -> None:
         assert r.status_code == 422, name
         assert expected in json.dumps(r.json()["detail"]), (name, r.json())
     assert client.post("/score", content=b"{not json").status_code == 422
+    priced = json.loads(json.dumps(body))
+    next(e for e in priced["events"] if "price" in e)["price"] = "<price>"
+    for number in ("NaN", "Infinity", "1e999"):  # JSON that Python parses, but no price
+        text = json.dumps(priced).replace('"<price>"', number)
+        r = client.post("/score", content=text, headers={"content-type": "application/json"})
+        assert r.status_code == 422 and "finite number" in r.text, (number, r.text)
     assert client.post("/score", json=body).status_code == 200
     schema = client.get("/openapi.json").json()
     assert "/score" in schema["paths"] and "ScoreRequest" in schema["components"]["schemas"]

@@ -152,6 +152,10 @@ def test_row_level_rules_on_hand_made_records(tmp_path: Path) -> None:
         json.dumps({**good, "event_id": "E4", "event_type": "add_to_cart"}),
         json.dumps({**good, "event_id": "E5", "quantity": 0, "event_type": "search"}),
         json.dumps(good),
+        # numbers DuckDB reads as DOUBLE but no price can be
+        json.dumps({**good, "event_id": "E6", "price": float("inf")}),  # written Infinity
+        json.dumps({**good, "event_id": "E7"})[:-1] + ', "price": NaN}',
+        json.dumps({**good, "event_id": "E8"})[:-1] + ', "price": 1e400}',
     ]
     (folder / "events.jsonl").write_text("\n".join(lines) + "\n")
     con = duckdb.connect()
@@ -162,7 +166,7 @@ def test_row_level_rules_on_hand_made_records(tmp_path: Path) -> None:
     s = ingest_partition(con, SESSIONS, day, tmp_path, "k")
     assert s.by_rule == {"unknown_customer": 1, "not_allowed_value": 1}
     e = ingest_partition(con, EVENTS, day, tmp_path, "k")
-    assert e.landed == 8 and e.accepted == 1
+    assert e.landed == 11 and e.accepted == 1
     rules = con.execute("SELECT source_line, rule FROM quarantined_events ORDER BY 1").fetchall()
     assert rules == [
         (2, "malformed_record"),
@@ -172,6 +176,17 @@ def test_row_level_rules_on_hand_made_records(tmp_path: Path) -> None:
         (6, "missing_required_field"),
         (7, "out_of_range"),
         (8, "duplicate_record"),
+        (9, "invalid_value"),
+        (10, "invalid_value"),
+        (11, "invalid_value"),
+    ]
+    reasons = con.execute(
+        "SELECT reason FROM quarantined_events WHERE source_line >= 9 ORDER BY source_line"
+    ).fetchall()
+    assert [r for (r,) in reasons] == [
+        "price=Infinity is not a finite number",
+        "price=NaN is not a finite number",
+        "price=1e400 is not a finite number",
     ]
     assert set(RULE_STANDARD) == set(RULES)
 
