@@ -7,6 +7,9 @@ import numpy as np
 import xgboost as xgb
 
 ROWS, FEATURES = 6000, 9
+# (objective, depth, base score) of the boosters both walks are held to: each objective they
+# cover, shallow and deep trees, intercepts on either side of 0.5
+CASES = [("binary:logistic", 5, 0.3), ("binary:logistic", 7, 0.6), ("reg:squarederror", 3, 0.7)]
 
 
 def noisy_rows() -> tuple[np.ndarray, np.ndarray]:
@@ -35,3 +38,11 @@ def train(
         **extra,
     }
     return xgb.train(params, xgb.DMatrix(x, label=y), 120)
+
+
+def train_case(
+    x: np.ndarray, signal: np.ndarray, objective: str, depth: int, base: float
+) -> xgb.Booster:
+    """The booster of one of CASES: a classifier of the signal's sign, or a regression on it."""
+    y = (signal > 0).astype(float) if objective.startswith("binary") else signal
+    return train(x, y, objective, depth, base)

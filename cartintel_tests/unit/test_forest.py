@@ -8,7 +8,7 @@ import pytest
 import xgboost as xgb
 
 from cartintel_assets.ml.forest import forest
-from cartintel_tests.unit.boosters import ROWS, noisy_rows, train
+from cartintel_tests.unit.boosters import CASES, ROWS, noisy_rows, train, train_case
 
 
 @pytest.fixture(scope="module")
@@ -20,16 +20,12 @@ def _xgboost(booster: xgb.Booster, x: np.ndarray, rounds: int) -> np.ndarray:
     return booster.predict(xgb.DMatrix(x), iteration_range=(0, rounds))
 
 
-@pytest.mark.parametrize(
-    ("objective", "depth", "base"),
-    [("binary:logistic", 5, 0.3), ("binary:logistic", 7, 0.6), ("reg:squarederror", 3, 0.7)],
-)
+@pytest.mark.parametrize(("objective", "depth", "base"), CASES)
 def test_predictions_equal_xgboost(
     data: tuple[np.ndarray, np.ndarray], objective: str, depth: int, base: float
 ) -> None:
     x, signal = data
-    y = (signal > 0).astype(float) if objective.startswith("binary") else signal
-    booster = train(x, y, objective, depth, base)
+    booster = train_case(x, signal, objective, depth, base)
     test = np.vstack([x, x * 1.7])  # values between and beyond the training splits too
     missing = np.isnan(test).any(axis=1)
     assert missing.sum() > 5000  # where the default directions matter

@@ -9,7 +9,7 @@ import xgboost as xgb
 
 from cartintel_assets.ml.abandonment import RiskModel, reason_codes
 from cartintel_assets.ml.tree_shap import tree_shap
-from cartintel_tests.unit.boosters import FEATURES, noisy_rows, train
+from cartintel_tests.unit.boosters import CASES, FEATURES, noisy_rows, train, train_case
 
 
 @pytest.fixture(scope="module")
@@ -17,16 +17,12 @@ def data() -> tuple[np.ndarray, np.ndarray]:
     return noisy_rows()
 
 
-@pytest.mark.parametrize(
-    ("objective", "depth", "base"),
-    [("binary:logistic", 5, 0.3), ("binary:logistic", 7, 0.6), ("reg:squarederror", 3, 0.7)],
-)
+@pytest.mark.parametrize(("objective", "depth", "base"), CASES)
 def test_contributions_equal_xgboost_pred_contribs(
     data: tuple[np.ndarray, np.ndarray], objective: str, depth: int, base: float
 ) -> None:
     x, signal = data
-    y = (signal > 0).astype(float) if objective.startswith("binary") else signal
-    booster = train(x, y, objective, depth, base)
+    booster = train_case(x, signal, objective, depth, base)
     for rounds in (120, 40):  # all trees, and an early-stopped prefix
         shap = tree_shap(booster, rounds)
         assert shap is not None
