@@ -191,12 +191,11 @@ class UpliftModel:
         return stack_boosters(self.learners)
 
     def use_threads(self, n: int) -> None:
-        """XGBoost's threads, for learners it predicts (those that cannot be stacked); the stack
-        is built now rather than at the first prediction (a service's first request should not
-        wait for it)."""
+        """XGBoost's threads, for the predictions it makes (many rows, or learners that cannot be
+        stacked); the stack, which needs none, is built now rather than at the first prediction
+        (a service's first request should not wait for it)."""
         for m in [*self.outcome.values(), *(m for pair in self.effect.values() for m in pair)]:
             m.booster.set_param({"nthread": n})
-        self.__dict__.pop("_stacked", None)
         self._stacked  # noqa: B018  (builds it)
 
     def predict(self, frame: Rows) -> tuple[np.ndarray, dict[str, np.ndarray]]:
