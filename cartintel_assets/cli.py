@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cartintel_assets import settings
-from cartintel_assets.ml.simulation import (
+from cartintel_assets.simulation.storefront import (
     DEMO_STOREFRONT,
     StorefrontConfig,
     parse_date,
@@ -85,7 +85,7 @@ def _config(args: argparse.Namespace) -> StorefrontConfig:
 def _simulate(args: argparse.Namespace) -> Path:
     import shutil
 
-    from cartintel_assets.ml.simulation import simulate, write_storefront
+    from cartintel_assets.simulation.storefront import simulate, write_storefront
 
     out = (args.out or settings.storefront_dir()).resolve()
     say = _progress("simulate")
@@ -108,7 +108,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_land_events(args: argparse.Namespace) -> int:
-    from cartintel_assets.ml.mapping import EventLogMapping, land_foreign_log
+    from cartintel_assets.ingestion.mapping import EventLogMapping, land_foreign_log
 
     mapping_path = args.mapping
     if not mapping_path.exists():
@@ -277,9 +277,9 @@ def _run_days(instance: DagsterInstance, days: list[str]) -> list[str]:
 
 
 def _summary(warehouse: Path, days: list[str], failed_checks: list[str], where: str) -> None:
-    from cartintel_assets.ml.dashboard import page_path
-    from cartintel_assets.ml.warehouse import has_table
+    from cartintel_assets.reporting.dashboard import page_path
     from cartintel_assets.resources import WarehouseResource
+    from cartintel_assets.warehouse.tables import has_table
 
     window = {"lo": days[0], "hi": days[-1]}
     in_window = "partition_date BETWEEN CAST($lo AS DATE) AND CAST($hi AS DATE)"

@@ -25,6 +25,7 @@ from cartintel_assets.defs.registry.assets import PromotionConfig, model_promoti
 from cartintel_assets.defs.reporting.assets import executive_dashboard
 from cartintel_assets.defs.segmentation.assets import segmentation
 from cartintel_assets.defs.uplift.assets import intervention_plan, uplift_model
+from cartintel_assets.registry.names import GLOBAL, PILOT
 from cartintel_assets.resources import LandingResource, WarehouseResource
 from cartintel_assets.resources.engine import ComputeEngineResource
 from cartintel_assets.resources.mlflow import MLflowResource
@@ -120,7 +121,7 @@ def performance_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest
     (that day's labels are recomputed by abandonment_labels_job once its window has landed)."""
     from datetime import timedelta
 
-    from cartintel_assets.ml.labels import RETURN_WINDOW_DAYS
+    from cartintel_assets.features.labels import RETURN_WINDOW_DAYS
 
     day = context.scheduled_execution_time.date() - timedelta(days=RETURN_WINDOW_DAYS + 1)
     return dg.RunRequest(partition_key=day.isoformat())
@@ -149,14 +150,14 @@ promote_model_job = _job(
     "promote_model_job",
     dg.AssetSelection.assets(model_promotions),
     "Move a model to the next phase (challenger -> pilot -> global) through its gate.",
-    _promotion_config("promote", "pilot"),
+    _promotion_config("promote", PILOT),
 )
 
 rollback_model_job = _job(
     "rollback_model_job",
     dg.AssetSelection.assets(model_promotions),
     "Restore the version a phase held before its latest promotion (from the promotion log).",
-    _promotion_config("rollback", "global"),
+    _promotion_config("rollback", GLOBAL),
 )
 
 defs = dg.Definitions(

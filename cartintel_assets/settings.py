@@ -7,7 +7,12 @@ repository root for `make demo`, `make dev` and `make test`).
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ValidationError
 
 LOCAL_PSEUDONYM_KEY = "cartintel-local-development-key"  # override in any real deployment
 
@@ -55,3 +60,32 @@ def mlflow_tracking_uri() -> str:
 def reports_dir() -> Path:
     """Generated reports (Evidently drift reports, ...): $CARTINTEL_REPORTS, default data/reports."""
     return _path("CARTINTEL_REPORTS", "data/reports")
+
+
+def deployment_settings_path() -> Path:
+    """The deployed plan and rollout settings (YAML), one file read by the assets, the CLI and the
+    scoring service alike: $CARTINTEL_SETTINGS, default cartintel.yaml (absent: the defaults)."""
+    return _path("CARTINTEL_SETTINGS", "cartintel.yaml")
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def deployed(model: type[M], section: str, explicit: Mapping[str, Any] | None = None) -> M:
+    """`model` built from the deployment file's `section`, under the values set `explicitly` (a
+    Dagster run's config, a resource's arguments), over the model's defaults."""
+    path = deployment_settings_path()
+    doc: Any = yaml.safe_load(path.read_text()) if path.exists() else {}
+    if not isinstance(doc, dict):
+        raise ValueError(f"{path}: expected a mapping of sections, e.g. 'plan:' and 'rollout:'")
+    values = doc.get(section) or {}
+    unknown = sorted(set(values) - set(model.model_fields)) if isinstance(values, dict) else None
+    if unknown is None or unknown:
+        raise ValueError(
+            f"{path}: section '{section}' has unknown settings {unknown};"
+            f" known: {sorted(model.model_fields)}"
+        )
+    try:
+        return model.model_validate({**values, **(explicit or {})})
+    except ValidationError as err:
+        raise ValueError(f"{path}: section '{section}' is invalid: {err}") from err

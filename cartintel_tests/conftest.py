@@ -17,9 +17,14 @@ import pytest
 from filelock import FileLock
 
 from cartintel_assets import settings
-from cartintel_assets.ml.ingest import ingest_partition
-from cartintel_assets.ml.schema import TABLES
-from cartintel_assets.ml.simulation import Storefront, StorefrontConfig, simulate, write_storefront
+from cartintel_assets.contracts.schema import TABLES
+from cartintel_assets.ingestion.ingest import ingest_partition
+from cartintel_assets.simulation.storefront import (
+    Storefront,
+    StorefrontConfig,
+    simulate,
+    write_storefront,
+)
 
 os.environ.setdefault("DO_NOT_TRACK", "true")
 os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
@@ -79,9 +84,9 @@ def labelled_warehouse(
 ) -> duckdb.DuckDBPyConnection:
     """`ingested_warehouse` plus every day's abandonment labels (and, if asked, its point-in-time
     session features), as the daily assets write them."""
-    from cartintel_assets.ml.features import CutoffPolicy, day_features
-    from cartintel_assets.ml.labels import cart_labels
-    from cartintel_assets.ml.warehouse import replace_partition
+    from cartintel_assets.features.labels import cart_labels
+    from cartintel_assets.features.session_features import CutoffPolicy, day_features
+    from cartintel_assets.warehouse.tables import replace_partition
 
     con = ingested_warehouse(store, out, database)
     for i in range(store.config.days):
@@ -119,7 +124,7 @@ def built_once(tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterator[
 def demo_store(tmp_path_factory: pytest.TempPathFactory) -> Storefront:
     """The storefront `make demo` lands (twice the default traffic): simulated once per test run,
     the other workers load it."""
-    from cartintel_assets.ml.simulation import DEMO_STOREFRONT
+    from cartintel_assets.simulation.storefront import DEMO_STOREFRONT
 
     with built_once(tmp_path_factory, "demo_store") as (folder, built):
         path = folder / "store.pickle"

@@ -1,5 +1,5 @@
 """Where the heavy steps run: the embedded DuckDB warehouse (default), or Apache Spark with the
-same feature code (ml/spark_engine.py). Choosing is configuration of this resource, never a code
+same feature code (engines/spark.py). Choosing is configuration of this resource, never a code
 path of its own in an asset."""
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 from pydantic import Field
 
-from cartintel_assets.ml.abandonment import RiskModel, XGBParams, fit_risk_model
-from cartintel_assets.ml.features import FEATURE_TYPES, CutoffPolicy, day_features
+from cartintel_assets.features.session_features import FEATURE_TYPES, CutoffPolicy, day_features
+from cartintel_assets.models.abandonment import RiskModel, XGBParams, fit_risk_model
 
 
 class ComputeEngineResource(dg.ConfigurableResource):
@@ -46,13 +46,13 @@ class ComputeEngineResource(dg.ConfigurableResource):
         table `_session_features` with FEATURE_TYPES, as the embedded engine leaves them."""
         if self.engine == "duckdb":
             return day_features(con, day, policy, history_days)
-        from cartintel_assets.ml.spark_engine import (
+        from cartintel_assets.engines.spark import (
             export_lake,
             register_lake,
             spark_day_features,
             spark_session,
         )
-        from cartintel_assets.ml.warehouse import typed_temp_table
+        from cartintel_assets.warehouse.tables import typed_temp_table
 
         # beside the warehouse file this connection has open
         ((warehouse,),) = con.execute(
@@ -82,7 +82,7 @@ class ComputeEngineResource(dg.ConfigurableResource):
         calibration, so the model is registered and served like any other)."""
         if self.engine == "duckdb":
             return fit_risk_model(train, y_train, valid, y_valid, numeric, categorical, params)
-        from cartintel_assets.ml.spark_engine import fit_risk_model_spark, spark_session
+        from cartintel_assets.engines.spark import fit_risk_model_spark, spark_session
 
         with spark_session(self.spark_master, driver_memory=self.spark_driver_memory) as spark:
             return fit_risk_model_spark(

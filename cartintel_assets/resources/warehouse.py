@@ -1,15 +1,7 @@
-"""The DuckDB warehouse, safe for concurrent Dagster runs.
-
-DuckDB allows one writer process per file and no reader beside it (dagster issues #16248,
-#18746). Every connection therefore takes an advisory lock on a sidecar file first: writers an
-exclusive one, readers a shared one (read-only connections), so runs queue instead of failing on
-DuckDB's lock and the file is never corrupted.
-"""
+"""The DuckDB warehouse as a Dagster resource; the locking lives in `warehouse.connection`."""
 
 from __future__ import annotations
 
-import fcntl
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,29 +11,7 @@ from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
 from cartintel_assets import settings
-
-
-@contextmanager
-def file_lock(path: Path, exclusive: bool, timeout_s: float) -> Iterator[None]:
-    """Hold an advisory lock on `path` (created if missing); raise after `timeout_s` seconds."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
-    with open(path, "a+") as fh:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                fcntl.flock(fh.fileno(), mode | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(
-                        f"warehouse {path.with_suffix('')} stayed locked for {timeout_s:.0f} s by another run"
-                    ) from None
-                time.sleep(0.05)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+from cartintel_assets.warehouse.connection import Warehouse
 
 
 class WarehouseResource(DuckDBResource):
@@ -58,33 +28,17 @@ class WarehouseResource(DuckDBResource):
     def path(self) -> Path:
         return Path(self.database).resolve() if self.database else settings.warehouse_path()
 
-    @contextmanager
-    def _connect(self, read_only: bool) -> Iterator[duckdb.DuckDBPyConnection]:
-        db = self.path()
-        db.parent.mkdir(parents=True, exist_ok=True)
-        with file_lock(db.with_name(db.name + ".lock"), not read_only, self.lock_timeout_s):
-            if read_only and not db.exists():
-                raise FileNotFoundError(
-                    f"warehouse {db} does not exist yet: materialise the ingestion assets first"
-                )
-            con = duckdb.connect(
-                str(db),
-                read_only=read_only,
-                config={"custom_user_agent": "cartintel", **self.connection_config},
-            )
-            try:
-                yield con
-            finally:
-                con.close()
+    def warehouse(self) -> Warehouse:
+        return Warehouse(self.path(), self.lock_timeout_s, dict(self.connection_config))
 
     @contextmanager
     def get_connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
         """A read-write connection, serialised with every other writer and reader."""
-        with self._connect(read_only=False) as con:
+        with self.warehouse().writer() as con:
             yield con
 
     @contextmanager
     def reader(self) -> Iterator[duckdb.DuckDBPyConnection]:
         """A read-only connection; many readers may hold one at once, never beside a writer."""
-        with self._connect(read_only=True) as con:
+        with self.warehouse().reader() as con:
             yield con

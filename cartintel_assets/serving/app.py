@@ -34,26 +34,28 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 
 from cartintel_assets import settings
-from cartintel_assets.ml.serving import (
+from cartintel_assets.registry.names import CHALLENGER
+from cartintel_assets.serving.decision import (
+    ABANDONMENT_MODEL,
     DECISION_COLUMNS,
-    RISK_MODEL,
     UPLIFT_MODEL,
     ContactLedger,
     Decision,
-    PlanSettings,
     Scorer,
+    ServingPlan,
     Snapshot,
     load_models,
     registry_state,
     request_columns,
 )
-from cartintel_assets.ml.warehouse import typed_temp_table
 from cartintel_assets.serving.schemas import (
     Intervention,
     ModelUsed,
     ScoreRequest,
     ScoreResponse,
 )
+from cartintel_assets.warehouse.connection import Warehouse
+from cartintel_assets.warehouse.tables import typed_temp_table
 
 log = logging.getLogger("cartintel.serve")
 
@@ -88,18 +90,17 @@ class ServiceSettings:
         )
 
 
-def plan_settings() -> PlanSettings:
-    """The daily plan's rules and the rollout's holdout, from their one definition each."""
-    from cartintel_assets.defs.uplift.assets import InterventionPlanConfig
-    from cartintel_assets.ml.policy import load_catalogue
-    from cartintel_assets.resources.rollout import RolloutResource
+def serving_plan() -> ServingPlan:
+    """The daily plan's rules and the rollout's holdout, as deployed (the plan reads the same)."""
+    from cartintel_assets.decisions.settings import PlanSettings
+    from cartintel_assets.registry.rollout import RolloutSettings
 
-    c = InterventionPlanConfig()
-    return PlanSettings(
+    c = PlanSettings().deployed()
+    return ServingPlan(
         rules=c.rules(),
-        catalogue=load_catalogue(c.catalogue_path),
+        catalogue=c.catalogue(),
         margin_rate=c.margin_rate,
-        holdout_share=RolloutResource().holdout_share,
+        holdout_share=RolloutSettings().deployed().holdout_share,
         holdout_salt=c.holdout_salt,
     )
 
@@ -109,9 +110,7 @@ class DecisionWriter:
     warehouse lock; if a run holds it, the rows stay queued for the next try."""
 
     def __init__(self, warehouse: Path) -> None:
-        from cartintel_assets.resources.warehouse import WarehouseResource
-
-        self.warehouse = WarehouseResource(database=str(warehouse), lock_timeout_s=2.0)
+        self.warehouse = Warehouse(warehouse, lock_timeout_s=2.0)
         self.pending: list[dict[str, Any]] = []
         self.written = 0
 
@@ -121,7 +120,7 @@ class DecisionWriter:
         if not rows:
             return 0
         try:
-            with self.warehouse.get_connection() as con:
+            with self.warehouse.writer() as con:
                 cols = ", ".join(f'"{c}" {t}' for c, t in DECISION_COLUMNS.items())
                 con.execute(f"CREATE TABLE IF NOT EXISTS decision_log ({cols})")
                 typed_temp_table(con, pd.DataFrame(rows), DECISION_COLUMNS, "_decisions")
@@ -142,15 +141,13 @@ def _housekeeping(cfg: ServiceSettings, tracking_uri: str, worker: Connection) -
     then ("aliases", state), ("landed", day), ("logged", token, written, pending)."""
     import mlflow
 
-    from cartintel_assets.resources.warehouse import WarehouseResource
-
     logging.basicConfig(level=logging.WARNING)
     # its chores can wait; a request cannot: when the cores are busy, the scheduler runs the
     # workers first (each chore costs tens of milliseconds of CPU every few seconds)
     os.nice(HOUSEKEEPING_NICENESS)
     mlflow.set_tracking_uri(tracking_uri)
     writer = DecisionWriter(cfg.warehouse)
-    reader = WarehouseResource(database=str(cfg.warehouse), lock_timeout_s=60.0).reader
+    reader = Warehouse(cfg.warehouse, lock_timeout_s=60.0).reader
     every = {
         "flush": cfg.flush_interval_s,
         "aliases": cfg.reload_interval_s,
@@ -211,9 +208,8 @@ class Service:
     def __init__(self, cfg: ServiceSettings) -> None:
         import mlflow
 
-        from cartintel_assets.ml.promotion import PhasePlan
-        from cartintel_assets.resources.rollout import RolloutResource
-        from cartintel_assets.resources.warehouse import WarehouseResource
+        from cartintel_assets.registry.promotion import PhasePlan
+        from cartintel_assets.registry.rollout import RolloutSettings
 
         mlflow.set_tracking_uri(settings.mlflow_tracking_uri())
         self.cfg = cfg
@@ -234,15 +230,15 @@ class Service:
         self._keeper.start()
         theirs.close()
         try:
-            self.reader = WarehouseResource(database=str(cfg.warehouse), lock_timeout_s=60.0).reader
+            self.reader = Warehouse(cfg.warehouse, lock_timeout_s=60.0).reader
             self.state = registry_state()
-            self.phases: PhasePlan = RolloutResource().plan()
+            self.phases: PhasePlan = RolloutSettings().deployed().plan()
             snapshot = Snapshot(self.reader)
             self.scorer = Scorer(
                 snapshot,
                 load_models(self.state, cfg.shadow),
                 self.phases,
-                plan_settings(),
+                serving_plan(),
                 ContactLedger(cfg.ledger),
                 settings.pseudonym_key(),
             )
@@ -426,16 +422,18 @@ class Service:
             }
             if m.uplift
             else None,
-            "shadow": {"alias": "challenger", "version": m.shadow.version} if m.shadow else None,
+            "shadow": {"alias": CHALLENGER, "version": m.shadow.version} if m.shadow else None,
             "pilot_regions": list(self.phases.pilot_regions),
         }
 
 
 def response(d: Decision) -> ScoreResponse:
-    models = [ModelUsed(name=RISK_MODEL, version=d.risk_model_version, alias=d.risk_model_alias)]
+    models = [
+        ModelUsed(name=ABANDONMENT_MODEL, version=d.risk_model_version, alias=d.risk_model_alias)
+    ]
     if d.uplift_model_version:
         models.append(
-            ModelUsed(name=UPLIFT_MODEL, version=d.uplift_model_version, alias="challenger")
+            ModelUsed(name=UPLIFT_MODEL, version=d.uplift_model_version, alias=CHALLENGER)
         )
     return ScoreResponse(
         request_id=d.request_id,
@@ -533,7 +531,7 @@ def create_app(cfg: ServiceSettings | None = None) -> FastAPI:
     @app.get("/dashboard", tags=["reporting"], response_class=FileResponse)
     def dashboard() -> FileResponse:
         """The executive dashboard, as last materialised (asset `executive_dashboard`)."""
-        from cartintel_assets.ml.dashboard import page_path
+        from cartintel_assets.reporting.dashboard import page_path
 
         path = page_path(service().cfg.reports)
         if not path.exists():

@@ -1,5 +1,5 @@
 """The scoring API's request and response bodies. A request is a cart session and its events so
-far in the canonical landing schema (`ml/schema.py`); the event model is generated from that
+far in the canonical landing schema (`contracts/schema.py`); the event model is generated from that
 contract, so the API accepts exactly what ingestion accepts."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
-from cartintel_assets.ml.schema import EVENTS, PRODUCT_EVENT_TYPES, SESSIONS, TableSpec
+from cartintel_assets.contracts.schema import EVENTS, PRODUCT_EVENT_TYPES, SESSIONS, TableSpec
 
 MAX_EVENTS = 500  # a session with more events than this is a bot or a bug, not a shopper
 _PY = {"VARCHAR": str, "INTEGER": int, "DOUBLE": float, "TIMESTAMP": datetime, "BOOLEAN": bool}

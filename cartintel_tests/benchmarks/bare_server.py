@@ -15,7 +15,7 @@ import numpy as np
 from fastapi import FastAPI
 from pydantic import BaseModel
 
-from cartintel_assets.ml.abandonment import RiskModel
+from cartintel_assets.models.abandonment import RiskModel
 
 
 class Row(BaseModel):

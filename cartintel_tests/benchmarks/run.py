@@ -22,18 +22,18 @@ import numpy as np
 import pandas as pd
 
 from cartintel_assets import settings
-from cartintel_assets.ml.abandonment import XGBParams, fit_risk_model, risk_metrics, time_split
-from cartintel_assets.ml.features import (
+from cartintel_assets.contracts.schema import TABLES
+from cartintel_assets.features.labels import RETURN_WINDOW_DAYS, cart_labels
+from cartintel_assets.features.session_features import (
     CATEGORICAL_FEATURES,
     NUMERIC_FEATURES,
     CutoffPolicy,
     day_features,
 )
-from cartintel_assets.ml.ingest import ingest_partition
-from cartintel_assets.ml.labels import RETURN_WINDOW_DAYS, cart_labels
-from cartintel_assets.ml.schema import TABLES
-from cartintel_assets.ml.scoring import score_carts
-from cartintel_assets.ml.simulation import StorefrontConfig, simulate, write_storefront
+from cartintel_assets.ingestion.ingest import ingest_partition
+from cartintel_assets.models.abandonment import XGBParams, fit_risk_model, risk_metrics, time_split
+from cartintel_assets.models.scoring import score_carts
+from cartintel_assets.simulation.storefront import StorefrontConfig, simulate, write_storefront
 from cartintel_tests.benchmarks.scale import SECTION, split_section
 from cartintel_tests.benchmarks.serving import serving_stage
 
@@ -190,7 +190,7 @@ def drift_stages(
     """One version's reference built once (as at registration), then one partition of 100k carts
     checked against it: the work of `abandonment_drift`, and the same check against the whole
     training window instead of the cached reference sample, side by side."""
-    from cartintel_assets.ml.drift import (
+    from cartintel_assets.monitoring.drift import (
         DriftOptions,
         drift_by_slice,
         feature_drift,
@@ -239,8 +239,10 @@ def uplift_stages(
 ) -> tuple[list[str], Any]:
     """Cross-fitting both uplift learners on the randomised log, the bootstrap report, and the
     budgeted plan of one day's carts (the uplift asset's and the plan asset's code)."""
-    from cartintel_assets.ml import policy
-    from cartintel_assets.ml.uplift import (
+    from cartintel_assets.decisions.catalogue import load_catalogue
+    from cartintel_assets.decisions.economics import action_table
+    from cartintel_assets.decisions.plan import PlanRules, choose_actions
+    from cartintel_assets.models.uplift import (
         cross_fit,
         fit_x_learner,
         intervention_log,
@@ -269,10 +271,10 @@ def uplift_stages(
     day = day.merge(session_facts(con), on="session_id", how="left")
     carts = day.assign(blocked="", segment=None, send_at=day["session_ended_at"])
     t2 = time.perf_counter()
-    options = policy.action_table(
-        carts, model.baseline(carts), model.effects(carts), policy.load_catalogue(), 0.4
+    options = action_table(
+        carts, model.baseline(carts), model.effects(carts), load_catalogue(), 0.4
     )
-    plan = policy.choose_actions(carts, options, policy.PlanRules(budget=0.5 * len(carts)))
+    plan = choose_actions(carts, options, PlanRules(budget=0.5 * len(carts)))
     t_plan = time.perf_counter() - t2
     n = len(log)
     return [
@@ -286,7 +288,7 @@ def uplift_stages(
 
 def hillstrom_floor_rows() -> list[str]:
     """Both e-mails against no e-mail, both learners, out of fold."""
-    from cartintel_assets.ml.hillstrom import hillstrom_floor, load_hillstrom
+    from cartintel_assets.models.hillstrom import hillstrom_floor, load_hillstrom
 
     frame = load_hillstrom(settings.shared_data_dir())
     rows = []
@@ -304,7 +306,7 @@ def uci_floor() -> list[str]:
     """The real-data floor, logged to the project's MLflow store under its own experiment."""
     import mlflow
 
-    from cartintel_assets.ml.realdata import UCI_EXPERIMENT, load_uci, log_uci_runs
+    from cartintel_assets.models.uci import UCI_EXPERIMENT, load_uci, log_uci_runs
     from cartintel_assets.resources.mlflow import MLflowResource
 
     experiment = MLflowResource().experiment_id(UCI_EXPERIMENT)
@@ -370,7 +372,7 @@ def main() -> None:
         *model_rows,
         "",
         "Reason codes are exact TreeSHAP contributions, read from per-leaf tables built once per"
-        " model (`ml/tree_shap.py`; XGBoost's `pred_contribs` to float32 rounding, which"
+        " model (`models/tree_shap.py`; XGBoost's `pred_contribs` to float32 rounding, which"
         " `test_tree_shap` checks) in one compiled pass over the leaves for a whole batch. Their"
         " cost still grows with the number of leaves, so a model that stops later (more data)"
         " scores more slowly per row.",

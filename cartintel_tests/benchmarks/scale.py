@@ -39,7 +39,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from cartintel_assets.ml.schema import TABLES
+from cartintel_assets.contracts.schema import TABLES
 
 DAYS = 20
 SIZES = (100_000, 1_000_000, 5_000_000)
@@ -125,7 +125,7 @@ def land(sessions: int, out: Path) -> dict[str, Any]:
     can hold at once is simulated as parts of its customers: every part sees the same catalogue,
     prices and carrier rates over all the days, with customers of its own (ids prefixed per
     part), and each day's files hold every part's rows."""
-    from cartintel_assets.ml.simulation import StorefrontConfig, simulate, write_storefront
+    from cartintel_assets.simulation.storefront import StorefrontConfig, simulate, write_storefront
 
     parts = -(-sessions // BLOCK_SESSIONS)
     cfg = StorefrontConfig(

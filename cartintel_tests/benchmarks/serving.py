@@ -27,11 +27,12 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from cartintel_assets.ml.abandonment import RiskModel
-from cartintel_assets.ml.model_registry import log_risk_model, log_uplift_model, register
-from cartintel_assets.ml.policy import DEFAULT_CATALOGUE
-from cartintel_assets.ml.serving import RISK_MODEL, UPLIFT_MODEL
-from cartintel_assets.ml.uplift import ARMS, UpliftModel, session_facts
+from cartintel_assets.decisions.catalogue import DEFAULT_CATALOGUE
+from cartintel_assets.models.abandonment import RiskModel
+from cartintel_assets.models.uplift import ARMS, UpliftModel, session_facts
+from cartintel_assets.registry.names import ABANDONMENT_MODEL as RISK_MODEL
+from cartintel_assets.registry.names import UPLIFT_MODEL
+from cartintel_assets.registry.registration import log_risk_model, log_uplift_model, register
 from cartintel_assets.serving.schemas import ScoreRequest
 from cartintel_tests.processes import free_port, wait_until_answers
 

@@ -13,12 +13,12 @@ from mlflow.tracking import MlflowClient
 
 from cartintel_assets.defs.abandonment.assets import (
     GATES,
-    MODEL_NAME,
     abandonment_model,
     abandonment_scores,
 )
-from cartintel_assets.ml.abandonment import RiskModel
-from cartintel_assets.ml.simulation import StorefrontConfig, simulate
+from cartintel_assets.models.abandonment import RiskModel
+from cartintel_assets.registry.names import ABANDONMENT_MODEL
+from cartintel_assets.simulation.storefront import StorefrontConfig, simulate
 from cartintel_tests.conftest import asset_resources, check_results, labelled_warehouse
 
 CFG = StorefrontConfig(days=16, sessions_per_day=1000, n_customers=4000)
@@ -74,16 +74,18 @@ def test_training_logs_registers_and_gates(warehouse: Path, tmp_path: Path) -> N
         assert artifacts == {
             f"plots/{n}" for n in ("roc.png", "pr.png", "calibration.png", "shap_summary.png")
         }
-        assert str(client.get_model_version_by_alias(MODEL_NAME, "challenger").version) == "1"
+        assert (
+            str(client.get_model_version_by_alias(ABANDONMENT_MODEL, "challenger").version) == "1"
+        )
         assert run.data.metrics["abandoned_test_roc_auc"] > 0.8  # the secondary label, reported
         assert meta["plots"].value.count("data:image/png;base64,") == 4
         # loads back by alias and scores like the model it logged
-        loaded = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}@challenger")
+        loaded = mlflow.pyfunc.load_model(f"models:/{ABANDONMENT_MODEL}@challenger")
         con = duckdb.connect(str(warehouse), read_only=True)
         rows = con.execute("SELECT * FROM session_features LIMIT 500").df()
         con.close()
         local = mlflow.artifacts.download_artifacts(
-            artifact_uri=f"models:/{MODEL_NAME}@challenger", dst_path=str(tmp_path / "dl")
+            artifact_uri=f"models:/{ABANDONMENT_MODEL}@challenger", dst_path=str(tmp_path / "dl")
         )
         direct = RiskModel.load(Path(local) / "artifacts" / "risk_model")
         assert "n_views" in str(loaded.metadata.signature)  # a real column signature
@@ -116,13 +118,15 @@ def test_training_logs_registers_and_gates(warehouse: Path, tmp_path: Path) -> N
         assert all(len(c) <= 3 for c in scores["reason_codes"])
 
         # a second run is a new version; with a global version in place the gate compares against it
-        client.set_registered_model_alias(MODEL_NAME, "global", "1")
+        client.set_registered_model_alias(ABANDONMENT_MODEL, "global", "1")
         second = _train(warehouse, mlruns, instance)
         assert second.success and check_results(second)["abandonment_model_no_worse_than_global"]
         second_meta = second.asset_materializations_for_node("abandonment_model")[0].metadata
         assert str(second_meta["global"].value).startswith("version 1, test ROC-AUC")
         assert str(meta["global"].value).startswith("none")
-        assert str(client.get_model_version_by_alias(MODEL_NAME, "challenger").version) == "2"
+        assert (
+            str(client.get_model_version_by_alias(ABANDONMENT_MODEL, "challenger").version) == "2"
+        )
         second_run = client.get_run(
             second.asset_materializations_for_node("abandonment_model")[0]
             .metadata["mlflow_run_id"]
@@ -149,7 +153,7 @@ def test_gate_blocks_a_model_trained_on_shuffled_labels(warehouse: Path, tmp_pat
         assert not checks["abandonment_model_roc_auc_above_floor"]
         # registered for the audit trail, but not the challenger: nothing can score with it
         client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
-        version = client.get_model_version(MODEL_NAME, "1")
+        version = client.get_model_version(ABANDONMENT_MODEL, "1")
         assert version.tags["gate"] == "failed" and not version.aliases
         scored = _score(db, tmp_path / "mlruns", instance, CFG.day(CFG.days - 1).isoformat())
         assert not scored.success

@@ -15,9 +15,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from cartintel_assets.cli import main
+from cartintel_assets.contracts.schema import TABLES
 from cartintel_assets.definitions import defs
 from cartintel_assets.defs.abandonment.assets import (
-    MODEL_NAME,
     abandonment_model,
     abandonment_scores,
 )
@@ -29,20 +29,25 @@ from cartintel_assets.defs.monitoring.assets import (
 )
 from cartintel_assets.defs.monitoring.sensors import abandonment_retraining_sensor
 from cartintel_assets.defs.registry.assets import GATE_CHECK, model_promotions
-from cartintel_assets.ml.features import CutoffPolicy, day_features
-from cartintel_assets.ml.ingest import ingest_partition
-from cartintel_assets.ml.labels import RETURN_WINDOW_DAYS, cart_labels
-from cartintel_assets.ml.promotion import (
+from cartintel_assets.features.labels import RETURN_WINDOW_DAYS, cart_labels
+from cartintel_assets.features.session_features import CutoffPolicy, day_features
+from cartintel_assets.ingestion.ingest import ingest_partition
+from cartintel_assets.registry.names import ABANDONMENT_MODEL
+from cartintel_assets.registry.promotion import (
     PhasePlan,
     judge_pilot,
     pilot_results,
     read_log,
     registry_agrees,
 )
-from cartintel_assets.ml.schema import TABLES
-from cartintel_assets.ml.simulation import DriftSpec, StorefrontConfig, simulate, write_storefront
-from cartintel_assets.ml.warehouse import replace_partition
 from cartintel_assets.resources.rollout import RolloutResource
+from cartintel_assets.simulation.storefront import (
+    DriftSpec,
+    StorefrontConfig,
+    simulate,
+    write_storefront,
+)
+from cartintel_assets.warehouse.tables import replace_partition
 from cartintel_tests.conftest import asset_resources, check_results
 
 DRIFT_DAY = 14
@@ -157,7 +162,7 @@ class Ops:
     def agrees(self) -> None:
         con = duckdb.connect(str(self.shop.db), read_only=True)
         try:
-            pairs = registry_agrees(con, MODEL_NAME)
+            pairs = registry_agrees(con, ABANDONMENT_MODEL)
         finally:
             con.close()
         assert pairs and all(log == alias for log, alias in pairs.values()), pairs
@@ -299,11 +304,14 @@ def test_drift_retraining_promotion_and_rollback(
             max_calibration_error=1.0,
             global_tolerance=1.0,
         )
-        assert client.get_model_version_by_alias(MODEL_NAME, "challenger").version in (3, "3")
+        assert client.get_model_version_by_alias(ABANDONMENT_MODEL, "challenger").version in (
+            3,
+            "3",
+        )
         worse = ops.move("promote", "pilot")
         assert worse["outcome"] == "refused" and "does not beat global" in worse["reason"]
         assert worse["evidence"]["candidate_roc_auc"] < worse["evidence"]["global_roc_auc"]
-        assert str(client.get_model_version_by_alias(MODEL_NAME, "pilot").version) == "2"
+        assert str(client.get_model_version_by_alias(ABANDONMENT_MODEL, "pilot").version) == "2"
 
         # v2's pilot results, final 7 days after it began scoring the pilot regions
         to_global = ops.move("promote", "global")
@@ -312,7 +320,7 @@ def test_drift_retraining_promotion_and_rollback(
         ops.agrees()
         # and a pilot whose scores carry no information is refused at the global gate
         con = duckdb.connect(str(shop.db), read_only=True)
-        results = pilot_results(con, MODEL_NAME, "2")
+        results = pilot_results(con, ABANDONMENT_MODEL, "2")
         con.close()
         results["risk"] = np.random.default_rng(0).permutation(results["risk"].to_numpy())
         blind = judge_pilot(results, PhasePlan(pilot_regions=("NL", "ES")))
@@ -320,13 +328,13 @@ def test_drift_retraining_promotion_and_rollback(
 
         back = ops.move("rollback", "global")
         assert (back["outcome"], back["from_version"], back["to_version"]) == ("moved", "2", "1")
-        assert str(client.get_model_version_by_alias(MODEL_NAME, "global").version) == "1"
+        assert str(client.get_model_version_by_alias(ABANDONMENT_MODEL, "global").version) == "1"
         ops.agrees()
         again = ops.move("rollback", "global")  # v1 was the first global: nothing before it
         assert again["outcome"] == "refused"
 
         con = duckdb.connect(str(shop.db), read_only=True)
-        log = read_log(con, MODEL_NAME)
+        log = read_log(con, ABANDONMENT_MODEL)
         con.close()
         assert list(zip(log["phase"], log["action"], log["outcome"], strict=True)) == [
             ("global", "promote", "refused"),
@@ -341,7 +349,7 @@ def test_drift_retraining_promotion_and_rollback(
         ]
         assert set(log["triggered_by"]) == {"test"} and log["dagster_run_id"].str.len().min() > 0
         assert all(json.loads(e) is not None for e in log["evidence"])
-        tags = client.get_model_version(MODEL_NAME, "1").tags
+        tags = client.get_model_version(ABANDONMENT_MODEL, "1").tags
         assert tags["global.rollback_at"] and tags["global.from_version"] == "2"
         # the same moves from the command line, on the default resources pointed at these stores
         monkeypatch.setenv("CARTINTEL_WAREHOUSE", str(shop.db))
@@ -354,14 +362,14 @@ def test_drift_retraining_promotion_and_rollback(
         printed = capsys.readouterr().out
         assert "moved (version 1 -> 2)" in printed and "'global': '2'" in printed
         con = duckdb.connect(str(shop.db), read_only=True)
-        cli = read_log(con, MODEL_NAME).tail(2)
+        cli = read_log(con, ABANDONMENT_MODEL).tail(2)
         con.close()
         assert list(cli["outcome"]) == ["refused", "moved"]
         assert cli["triggered_by"].str.startswith("cli:").all()
         ops.agrees()
 
         # the drift reports are in the Dagster metadata's folder and in v1's MLflow run
-        run_id = client.get_model_version(MODEL_NAME, "1").run_id
+        run_id = client.get_model_version(ABANDONMENT_MODEL, "1").run_id
         day = CFG.day(DRIFT_DAY).isoformat()
         reports = {a.path for a in client.list_artifacts(run_id, f"monitoring/{day}")}
         assert reports == {

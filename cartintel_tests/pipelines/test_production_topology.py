@@ -27,10 +27,10 @@ import psycopg2
 import pytest
 from mlflow.tracking import MlflowClient
 
-from cartintel_assets.defs.abandonment.assets import MODEL_NAME as RISK_MODEL
-from cartintel_assets.defs.segmentation.assets import MODEL_NAME as SEGMENTATION_MODEL
-from cartintel_assets.ml.labels import RETURN_WINDOW_DAYS
-from cartintel_assets.ml.simulation import StorefrontConfig, simulate
+from cartintel_assets.features.labels import RETURN_WINDOW_DAYS
+from cartintel_assets.registry.names import ABANDONMENT_MODEL as RISK_MODEL
+from cartintel_assets.registry.names import SEGMENTATION_MODEL
+from cartintel_assets.simulation.storefront import StorefrontConfig, simulate
 from cartintel_tests.conftest import labelled_warehouse
 from cartintel_tests.processes import free_port, graphql, wait_until_answers
 

@@ -11,10 +11,11 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from cartintel_assets.defs.friction.assets import friction_analysis
-from cartintel_assets.defs.segmentation.assets import MODEL_NAME, segmentation
-from cartintel_assets.ml.simulation import StorefrontConfig, simulate
+from cartintel_assets.defs.segmentation.assets import segmentation
+from cartintel_assets.registry.names import SEGMENTATION_MODEL as MODEL_NAME
 from cartintel_assets.resources import WarehouseResource
 from cartintel_assets.resources.mlflow import MLflowResource
+from cartintel_assets.simulation.storefront import StorefrontConfig, simulate
 from cartintel_tests.conftest import labelled_warehouse
 
 CFG = StorefrontConfig(days=10, sessions_per_day=1000, n_customers=3000)
@@ -99,7 +100,7 @@ def test_each_retrain_is_a_tracked_version_and_keeps_segment_ids(
     assert set(assigned["segment_id"]) <= set(by_version["2"])
     assert assigned["probability"].between(0, 1).all()
     # the registered model assigns what the table holds
-    from cartintel_assets.ml.segmentation import customer_behaviour, evidence_frame
+    from cartintel_assets.models.segmentation import customer_behaviour, evidence_frame
 
     con = duckdb.connect(str(warehouse), read_only=True)
     counts = customer_behaviour(con, CFG.day(0), CFG.day(CFG.days - 1))

@@ -32,12 +32,13 @@ from cartintel_assets.defs.friction.assets import friction_analysis
 from cartintel_assets.defs.reporting.assets import executive_dashboard
 from cartintel_assets.defs.segmentation.assets import segmentation
 from cartintel_assets.defs.uplift.assets import intervention_plan, uplift_model
-from cartintel_assets.ml.dashboard import SECTIONS, page_path
-from cartintel_assets.ml.features import CATEGORICAL_FEATURES, NUMERIC_FEATURES
-from cartintel_assets.ml.serving import RISK_MODEL, json_scalar, request_columns
-from cartintel_assets.ml.simulation import DEMO_STOREFRONT, Storefront
+from cartintel_assets.features.session_features import CATEGORICAL_FEATURES, NUMERIC_FEATURES
+from cartintel_assets.registry.names import ABANDONMENT_MODEL as RISK_MODEL
+from cartintel_assets.reporting.dashboard import SECTIONS, page_path
 from cartintel_assets.serving.app import HOUSEKEEPING_NICENESS, ServiceSettings, create_app
+from cartintel_assets.serving.decision import json_scalar, request_columns
 from cartintel_assets.serving.schemas import MAX_EVENTS
+from cartintel_assets.simulation.storefront import DEMO_STOREFRONT, Storefront
 from cartintel_tests.conftest import asset_resources
 from cartintel_tests.processes import free_port
 

@@ -16,26 +16,26 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from cartintel_assets.defs.features.assets import session_features
-from cartintel_assets.ml import spark_engine
-from cartintel_assets.ml.abandonment import XGBParams, time_split
-from cartintel_assets.ml.features import (
-    CATEGORICAL_FEATURES,
-    FEATURE_TYPES,
-    NUMERIC_FEATURES,
-    CutoffPolicy,
-    day_features,
-)
-from cartintel_assets.ml.labels import RETURN_WINDOW_DAYS, cart_labels
-from cartintel_assets.ml.simulation import StorefrontConfig, simulate
-from cartintel_assets.ml.spark_engine import (
+from cartintel_assets.engines import spark as spark_engine
+from cartintel_assets.engines.spark import (
     export_lake,
     register_lake,
     spark_day_features,
     spark_session,
     to_spark_sql,
 )
+from cartintel_assets.features.labels import RETURN_WINDOW_DAYS, cart_labels
+from cartintel_assets.features.session_features import (
+    CATEGORICAL_FEATURES,
+    FEATURE_TYPES,
+    NUMERIC_FEATURES,
+    CutoffPolicy,
+    day_features,
+)
+from cartintel_assets.models.abandonment import XGBParams, time_split
 from cartintel_assets.resources import WarehouseResource
 from cartintel_assets.resources.engine import ComputeEngineResource
+from cartintel_assets.simulation.storefront import StorefrontConfig, simulate
 from cartintel_tests.conftest import ingested_warehouse
 
 # enough days for history, labels and a time split; drift and bad lines as the demo has them

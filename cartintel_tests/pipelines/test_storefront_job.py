@@ -11,12 +11,12 @@ import dagster as dg
 import duckdb
 import pytest
 
+from cartintel_assets.contracts.schema import TABLES_BY_NAME
 from cartintel_assets.definitions import defs, storefront_daily_job
 from cartintel_assets.defs.friction.assets import review_aggregates
-from cartintel_assets.ml.ingest import ingest_partition
-from cartintel_assets.ml.schema import TABLES_BY_NAME
-from cartintel_assets.ml.simulation import StorefrontConfig, simulate, write_storefront
+from cartintel_assets.ingestion.ingest import ingest_partition
 from cartintel_assets.resources import LandingResource, WarehouseResource
+from cartintel_assets.simulation.storefront import StorefrontConfig, simulate, write_storefront
 from cartintel_tests.conftest import SMALL
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
@@ -114,7 +114,8 @@ def test_daily_job_materialises_everything_and_gates_pass(
     )
     assert events["rows_quarantined"].value > 0
     card = mats["data_quality_scorecard"].metadata
-    assert card["consistency_row_score"].value < 1.0 and card["accuracy_status"].value == "pass"
+    # the landed bad rows fail their (WARN) expectations, so no standard passes cleanly; none fails
+    assert card["consistency_row_score"].value < 1.0 and card["accuracy_status"].value == "warn"
 
     # review signals: one row per accepted review of the day; aggregates over all days so far
     assert _run(small_landing, wh, SMALL.day(2).isoformat()).success  # day 1 has few reviews

@@ -15,18 +15,19 @@ import numpy as np
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
+from cartintel_assets.decisions.catalogue import load_catalogue
+from cartintel_assets.decisions.economics import action_table
 from cartintel_assets.defs.abandonment.assets import abandonment_model, abandonment_scores
 from cartintel_assets.defs.uplift.assets import (
     GATES,
-    MODEL_NAME,
     PLAN_CHECKS,
     intervention_plan,
     uplift_model,
 )
-from cartintel_assets.ml.model_registry import load_uplift_model
-from cartintel_assets.ml.policy import action_table, load_catalogue
-from cartintel_assets.ml.simulation import DEMO_STOREFRONT, Storefront
-from cartintel_assets.ml.uplift import TARGETING_EXCLUDED, session_facts
+from cartintel_assets.models.uplift import TARGETING_EXCLUDED, session_facts
+from cartintel_assets.registry.names import UPLIFT_MODEL
+from cartintel_assets.registry.registration import load_uplift_model
+from cartintel_assets.simulation.storefront import DEMO_STOREFRONT, Storefront
 from cartintel_tests.conftest import asset_resources, check_results
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
@@ -67,7 +68,7 @@ def test_uplift_model_and_plan(
         assert meta["plots"].count("data:image/png;base64,") == 2  # Qini and uplift curves
         assert meta["allowed_arms"] and meta["policy_value_dr"] > meta["top_k_by_risk_value_dr"]
         client = MlflowClient(f"sqlite:///{mlruns / 'mlflow.db'}")
-        version = client.get_model_version_by_alias(MODEL_NAME, "challenger")
+        version = client.get_model_version_by_alias(UPLIFT_MODEL, "challenger")
         assert version.tags["allowed_arms"] == ",".join(meta["allowed_arms"])
         run = client.get_run(meta["mlflow_run_id"])
         assert run.data.tags["dagster.run_id"] == trained.run_id
@@ -79,14 +80,14 @@ def test_uplift_model_and_plan(
         }
         # the logged pyfunc serves effects per arm and the baseline
         mlflow.set_tracking_uri(f"sqlite:///{mlruns / 'mlflow.db'}")
-        served = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}@challenger")
+        served = mlflow.pyfunc.load_model(f"models:/{UPLIFT_MODEL}@challenger")
         con = duckdb.connect(str(db), read_only=True)
         rows = con.execute("SELECT * FROM session_features ORDER BY session_id LIMIT 50").df()
         rows = rows.merge(session_facts(con), on="session_id", how="left")
         con.close()
         features = [c.name for c in served.metadata.signature.inputs.inputs]
         assert "region" not in features and "device" not in features
-        registered = load_uplift_model(MODEL_NAME, "challenger")
+        registered = load_uplift_model(UPLIFT_MODEL, "challenger")
         assert registered.allowed_arms == meta["allowed_arms"]
         typed = registered.model.outcome["control"].typed(rows)
         out = pd.DataFrame(served.predict(typed))

@@ -12,7 +12,14 @@ import pytest
 import xgboost as xgb
 from sklearn.metrics import roc_auc_score
 
-from cartintel_assets.ml.abandonment import (
+from cartintel_assets.features.labels import RETURN_WINDOW_DAYS, cart_labels
+from cartintel_assets.features.session_features import (
+    CATEGORICAL_FEATURES,
+    NUMERIC_FEATURES,
+    CutoffPolicy,
+    day_features,
+)
+from cartintel_assets.models.abandonment import (
     RiskModel,
     XGBParams,
     baseline_proba,
@@ -22,16 +29,9 @@ from cartintel_assets.ml.abandonment import (
     risk_metrics,
     time_split,
 )
-from cartintel_assets.ml.features import (
-    CATEGORICAL_FEATURES,
-    NUMERIC_FEATURES,
-    CutoffPolicy,
-    day_features,
-)
-from cartintel_assets.ml.labels import RETURN_WINDOW_DAYS, cart_labels
-from cartintel_assets.ml.realdata import UCI_EXPERIMENT, load_uci, log_uci_runs
-from cartintel_assets.ml.scoring import SCORE_COLUMNS, score_carts, write_scores
-from cartintel_assets.ml.simulation import Storefront, StorefrontConfig, simulate
+from cartintel_assets.models.scoring import SCORE_COLUMNS, score_carts, write_scores
+from cartintel_assets.models.uci import UCI_EXPERIMENT, load_uci, log_uci_runs
+from cartintel_assets.simulation.storefront import Storefront, StorefrontConfig, simulate
 from cartintel_tests.conftest import ingested_warehouse
 
 CFG = StorefrontConfig(days=21, sessions_per_day=1500)

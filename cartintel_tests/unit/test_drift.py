@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cartintel_assets.ml.drift import (
+from cartintel_assets.monitoring.drift import (
     MONITORED_CATEGORICAL,
     MONITORED_NUMERIC,
     DriftOptions,

@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cartintel_assets.ml.features import (
+from cartintel_assets.features.labels import cart_labels
+from cartintel_assets.features.session_features import (
     CATEGORICAL_FEATURES,
     KEY_COLUMNS,
     NUMERIC_FEATURES,
@@ -17,8 +18,7 @@ from cartintel_assets.ml.features import (
     Timeline,
     session_features,
 )
-from cartintel_assets.ml.labels import cart_labels
-from cartintel_assets.ml.simulation import Storefront, StorefrontConfig, simulate
+from cartintel_assets.simulation.storefront import Storefront, StorefrontConfig, simulate
 from cartintel_tests.conftest import ingested_warehouse
 
 CFG = StorefrontConfig(days=10, sessions_per_day=600, n_customers=2500, n_products=150)

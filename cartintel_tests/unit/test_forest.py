@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import xgboost as xgb
 
-from cartintel_assets.ml.forest import forest
+from cartintel_assets.models.forest import forest
 from cartintel_tests.unit.boosters import CASES, ROWS, noisy_rows, train, train_case
 
 

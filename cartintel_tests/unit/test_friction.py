@@ -8,17 +8,17 @@ import pandas as pd
 import pytest
 from scipy.stats import spearmanr
 
-from cartintel_assets.ml.abandonment import XGBParams
-from cartintel_assets.ml.features import CATEGORICAL_FEATURES, NUMERIC_FEATURES
-from cartintel_assets.ml.friction import (
+from cartintel_assets.features.session_features import CATEGORICAL_FEATURES, NUMERIC_FEATURES
+from cartintel_assets.models.abandonment import XGBParams
+from cartintel_assets.models.friction import (
     FRICTION_GROUPS,
     driver_table,
     fit_driver_model,
     friction_index,
     labelled_carts,
 )
-from cartintel_assets.ml.segmentation import customer_behaviour, fit_segmentation
-from cartintel_assets.ml.simulation import Storefront
+from cartintel_assets.models.segmentation import customer_behaviour, fit_segmentation
+from cartintel_assets.simulation.storefront import Storefront
 from cartintel_tests.conftest import labelled_warehouse
 
 SCOPES = {"global": None, "segment": "segment_name", "category": "category", "region": "region"}

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cartintel_assets.ml.hillstrom import hillstrom_floor, load_hillstrom, random_qini
+from cartintel_assets.models.hillstrom import hillstrom_floor, load_hillstrom, random_qini
 
 
 @pytest.mark.realdata

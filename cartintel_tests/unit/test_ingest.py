@@ -10,15 +10,15 @@ import duckdb
 import pandas as pd
 import pytest
 
-from cartintel_assets.ml.ingest import (
+from cartintel_assets.contracts.schema import EVENTS, SESSIONS, TABLES
+from cartintel_assets.ingestion.ingest import (
     RULE_STANDARD,
     RULES,
     LandingSchemaError,
     ingest_partition,
     pseudonymise,
 )
-from cartintel_assets.ml.schema import EVENTS, SESSIONS, TABLES
-from cartintel_assets.ml.simulation import Storefront
+from cartintel_assets.simulation.storefront import Storefront
 
 
 def _ingest_all(con: duckdb.DuckDBPyConnection, store: Storefront, landing: Path) -> dict:
@@ -159,7 +159,7 @@ def test_row_level_rules_on_hand_made_records(tmp_path: Path) -> None:
     ]
     (folder / "events.jsonl").write_text("\n".join(lines) + "\n")
     con = duckdb.connect()
-    from cartintel_assets.ml.schema import CUSTOMERS, PRODUCTS
+    from cartintel_assets.contracts.schema import CUSTOMERS, PRODUCTS
 
     ingest_partition(con, CUSTOMERS, day, tmp_path, "k")
     ingest_partition(con, PRODUCTS, day, tmp_path, "k")  # no file: zero rows, not an error

@@ -9,9 +9,14 @@ import duckdb
 import pandas as pd
 import pytest
 
-from cartintel_assets.ml.ingest import ingest_partition
-from cartintel_assets.ml.mapping import EventLogMapping, land_foreign_log, parse_times, sessionise
-from cartintel_assets.ml.schema import TABLES
+from cartintel_assets.contracts.schema import TABLES
+from cartintel_assets.ingestion.ingest import ingest_partition
+from cartintel_assets.ingestion.mapping import (
+    EventLogMapping,
+    land_foreign_log,
+    parse_times,
+    sessionise,
+)
 
 OTTO_MAPPING = Path(__file__).resolve().parents[2] / "cartintel_assets" / "mappings" / "otto.yaml"
 

@@ -9,9 +9,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cartintel_assets.ml import policy as P
+from cartintel_assets.decisions.catalogue import (
+    ManipulativeDesignError,
+    lint_intervention,
+    load_catalogue,
+    parse_catalogue,
+)
+from cartintel_assets.decisions.economics import action_table
+from cartintel_assets.decisions.evaluation import constraint_violations
+from cartintel_assets.decisions.plan import PlanRules, choose_actions, in_holdout, top_k_by_risk
 
-HONEST = P.load_catalogue()
+HONEST = load_catalogue()
 
 
 def _entry(**changes: object) -> dict[str, object]:
@@ -41,8 +49,8 @@ def _entry(**changes: object) -> dict[str, object]:
     ],
 )
 def test_linter_refuses_each_manipulative_design(changes: dict[str, object], rule: str) -> None:
-    with pytest.raises(P.ManipulativeDesignError) as err:
-        P.parse_catalogue({"interventions": [_entry(**changes)]})
+    with pytest.raises(ManipulativeDesignError) as err:
+        parse_catalogue({"interventions": [_entry(**changes)]})
     assert rule in {f.rule for f in err.value.findings}
     assert "offer" in str(err.value)
 
@@ -55,8 +63,8 @@ def test_linter_accepts_honest_designs() -> None:
         "discount_5",
         "discount_10",
     }
-    assert all(not P.lint_intervention(i) for i in HONEST)
-    ok = P.parse_catalogue(
+    assert all(not lint_intervention(i) for i in HONEST)
+    ok = parse_catalogue(
         {
             "interventions": [
                 _entry(countdown=True),
@@ -77,22 +85,22 @@ def test_linter_accepts_honest_designs() -> None:
 
 def test_catalogue_errors_are_clear() -> None:
     with pytest.raises(ValueError, match="arm 'free_lunch'"):
-        P.parse_catalogue({"interventions": [_entry(arm="free_lunch")]})
+        parse_catalogue({"interventions": [_entry(arm="free_lunch")]})
     with pytest.raises(ValueError, match="unknown fields"):
-        P.parse_catalogue({"interventions": [_entry(colour="red")]})
+        parse_catalogue({"interventions": [_entry(colour="red")]})
     with pytest.raises(ValueError, match="non-empty list"):
-        P.parse_catalogue({"interventions": []})
+        parse_catalogue({"interventions": []})
 
 
 def test_holdout_is_persistent_and_sized() -> None:
     ids = pd.Series([f"c{i}" for i in range(20000)])
-    first = P.in_holdout(ids, 0.05, "salt")
+    first = in_holdout(ids, 0.05, "salt")
     assert first.mean() == pytest.approx(0.05, abs=0.005)
     assert (
-        P.in_holdout(ids.sample(frac=1.0, random_state=1), 0.05, "salt")
+        in_holdout(ids.sample(frac=1.0, random_state=1), 0.05, "salt")
         == first[ids.sample(frac=1.0, random_state=1).index]
     ).all()
-    assert (P.in_holdout(ids, 0.05, "other salt") != first).any()
+    assert (in_holdout(ids, 0.05, "other salt") != first).any()
 
 
 def _carts(n: int, **cols: object) -> pd.DataFrame:
@@ -117,7 +125,7 @@ def _carts(n: int, **cols: object) -> pd.DataFrame:
 def _options(carts: pd.DataFrame, effect: dict[str, float]) -> pd.DataFrame:
     baseline = np.full(len(carts), 0.3)
     effects = pd.DataFrame({a: np.full(len(carts), e) for a, e in effect.items()})
-    return P.action_table(carts, baseline, effects, HONEST, 0.4)
+    return action_table(carts, baseline, effects, HONEST, 0.4)
 
 
 def test_economics_count_the_discount_paid_to_buyers_anyway() -> None:
@@ -143,15 +151,15 @@ def test_rules_hold_and_reasons_are_given() -> None:
         }
     )
     opts = _options(carts, {"discount_10": 0.3, "discount_5": 0.05})
-    rules = P.PlanRules(budget=100.0, max_discount_by_segment={"deal seekers": 0.05})
-    plan = P.choose_actions(carts, opts, rules, history)
+    rules = PlanRules(budget=100.0, max_discount_by_segment={"deal seekers": 0.05})
+    plan = choose_actions(carts, opts, rules, history)
     assert plan.loc[0, "action"] == "discount_10"
     assert plan.loc[1, "reason"] == "no marketing consent"
     assert plan.loc[2, "reason"] == "holdout"
     assert plan.loc[3, "reason"].startswith("contact cap: another contact within 16 h")
     assert plan.loc[4, "action"] == "discount_5"  # capped at 5 % for deal seekers
     assert plan.loc[5, "reason"].startswith("contact cap: more than 3 contacts in 7 days")
-    violations = P.constraint_violations(plan, carts, rules, history, HONEST)
+    violations = constraint_violations(plan, carts, rules, history, HONEST)
     assert sum(violations.values()) == 0
 
 
@@ -160,20 +168,20 @@ def test_budget_goes_to_the_best_value_per_cost_and_is_never_exceeded() -> None:
     effects = pd.DataFrame(
         {"discount_10": np.linspace(0.35, 0.15, 40), "reminder_email": np.linspace(0.0, 0.05, 40)}
     )
-    opts = P.action_table(carts, np.full(40, 0.3), effects, HONEST, 0.4)
+    opts = action_table(carts, np.full(40, 0.3), effects, HONEST, 0.4)
     for budget in (0.5, 20.0, 60.0, 1e6):
-        plan = P.choose_actions(carts, opts, P.PlanRules(budget=budget))
+        plan = choose_actions(carts, opts, PlanRules(budget=budget))
         assert plan["expected_cost"].sum() <= budget + 1e-9
         assert (plan["incremental_margin"] >= 0).all()
-    unlimited = P.choose_actions(carts, opts, P.PlanRules(budget=1e6))
+    unlimited = choose_actions(carts, opts, PlanRules(budget=1e6))
     positive = opts[opts["incremental_margin"] > 0].groupby("cart")["incremental_margin"].max()
     assert unlimited["incremental_margin"].sum() == pytest.approx(positive.sum())
-    tight = P.choose_actions(carts, opts, P.PlanRules(budget=20.0))
+    tight = choose_actions(carts, opts, PlanRules(budget=20.0))
     assert (tight.loc[tight["action"] == "none", "reason"] != "").all()
 
 
 def test_top_k_by_risk_takes_the_riskiest_first() -> None:
     carts = _carts(10)
     opts = _options(carts, {"discount_10": 0.1})
-    plan = P.top_k_by_risk(carts, opts, "discount_10", replace(P.PlanRules(budget=12.2)))
+    plan = top_k_by_risk(carts, opts, "discount_10", replace(PlanRules(budget=12.2)))
     assert list(plan.index[plan["action"] != "none"]) == [0, 1, 2]

@@ -77,15 +77,95 @@ def test_every_asset_has_a_group_and_a_description() -> None:
         assert node.description, key
 
 
-def test_pure_ml_code_does_not_import_dagster() -> None:
-    for path in (ROOT / "cartintel_assets" / "ml").glob("*.py"):
-        tree = ast.parse(path.read_text())
-        for node in ast.walk(tree):
-            names = (
-                [a.name for a in node.names]
-                if isinstance(node, ast.Import)
-                else [node.module or ""]
-                if isinstance(node, ast.ImportFrom)
-                else []
-            )
-            assert not any(n.split(".")[0].startswith("dagster") for n in names), path
+# The layering, bottom up: a package may import its own floor's and lower floors' packages, never a
+# higher one. Everything below `resources` is pure Python with no Dagster import.
+FLOORS: tuple[tuple[str, ...], ...] = (
+    ("settings", "contracts"),
+    ("warehouse",),
+    ("ingestion", "simulation"),
+    ("quality",),
+    ("features",),
+    ("models",),
+    ("engines", "decisions"),
+    ("registry",),
+    ("monitoring", "reporting"),
+    ("serving",),
+    ("resources",),
+    ("defs",),
+    ("definitions",),
+    ("cli",),
+)
+FLOOR = {name: i for i, names in enumerate(FLOORS) for name in names}
+DAGSTER_LAYER = FLOOR["resources"]
+PACKAGE = ROOT / "cartintel_assets"
+
+
+def _imports(path: Path) -> list[str]:
+    """Every module `path` imports, at the top or inside a function."""
+    out: list[str] = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            out += [node.module]
+            out += [f"{node.module}.{a.name}" for a in node.names]  # `from pkg import module`
+    return out
+
+
+def _module(path: Path) -> str:
+    rel = path.relative_to(ROOT).with_suffix("")
+    return ".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts)
+
+
+def _sources() -> list[Path]:
+    paths = sorted(PACKAGE.rglob("*.py"))
+    assert len(paths) > 50, "the package's modules were not found"
+    return paths
+
+
+def test_every_package_has_a_floor_and_no_import_runs_upwards() -> None:
+    upward = []
+    for path in _sources():
+        own = path.relative_to(PACKAGE).parts[0].removesuffix(".py")
+        if own == "__init__":
+            continue
+        assert own in FLOOR, f"{own} is not in the layering: give it a floor in FLOORS"
+        for name in _imports(path):
+            parts = name.split(".")
+            if parts[0] != "cartintel_assets" or len(parts) < 2 or parts[1] == own:
+                continue
+            if parts[1] in FLOOR and FLOOR[parts[1]] > FLOOR[own]:
+                upward.append(f"{path.relative_to(ROOT)} imports {name}")
+    assert not upward, "imports running upwards:\n" + "\n".join(upward)
+
+
+def test_no_module_imports_a_module_that_imports_it_back() -> None:
+    modules = {_module(p): p for p in _sources()}
+    graph = {m: {n for n in _imports(p) if n in modules and n != m} for m, p in modules.items()}
+    done: set[str] = set()
+
+    def visit(m: str, stack: list[str]) -> None:
+        assert m not in stack, "import cycle: " + " -> ".join([*stack[stack.index(m) :], m])
+        if m in done:
+            return
+        for n in sorted(graph[m]):
+            visit(n, [*stack, m])
+        done.add(m)
+
+    for m in sorted(graph):
+        visit(m, [])
+    assert len(done) == len(modules)
+
+
+def test_only_the_dagster_layer_imports_dagster() -> None:
+    offenders = []
+    for path in _sources():
+        own = path.relative_to(PACKAGE).parts[0].removesuffix(".py")
+        if own == "__init__" or FLOOR[own] >= DAGSTER_LAYER:
+            continue
+        offenders += [
+            f"{path.relative_to(ROOT)} imports {n}"
+            for n in _imports(path)
+            if n.split(".")[0].startswith("dagster")
+        ]
+    assert not offenders, "\n".join(offenders)

@@ -10,8 +10,13 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from cartintel_assets.ml.reviews import ASPECTS, aggregate_signals, review_signals, tag_aspects
-from cartintel_assets.ml.simulation import _ASPECT_PHRASES, StorefrontConfig, simulate
+from cartintel_assets.features.reviews import (
+    ASPECTS,
+    aggregate_signals,
+    review_signals,
+    tag_aspects,
+)
+from cartintel_assets.simulation.storefront import _ASPECT_PHRASES, StorefrontConfig, simulate
 
 LABELS = Path(__file__).parent.parent / "data" / "review_aspect_labels_heldout.csv"
 REVIEWS = "womens_clothing_ecommerce_reviews.csv.gz"

@@ -14,7 +14,7 @@ from typing import Any
 import duckdb
 import pytest
 
-from cartintel_assets.ml.schema import TABLES
+from cartintel_assets.contracts.schema import TABLES
 from cartintel_tests.benchmarks import scale
 from cartintel_tests.benchmarks.run import write_report
 from cartintel_tests.benchmarks.scale import (

@@ -11,14 +11,14 @@ import pandas as pd
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
-from cartintel_assets.ml.ingest import pseudonymise
-from cartintel_assets.ml.segmentation import (
+from cartintel_assets.ingestion.ingest import pseudonymise
+from cartintel_assets.models.segmentation import (
     SegmentationModel,
     align_segments,
     customer_behaviour,
     fit_segmentation,
 )
-from cartintel_assets.ml.simulation import Storefront
+from cartintel_assets.simulation.storefront import Storefront
 from cartintel_tests.conftest import labelled_warehouse
 
 # the profile name each latent type should get

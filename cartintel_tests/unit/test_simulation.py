@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cartintel_assets.ml.simulation import (
+from cartintel_assets.simulation.storefront import (
     BAD_ROW_KINDS,
     DriftSpec,
     Storefront,

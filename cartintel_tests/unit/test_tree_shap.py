@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import xgboost as xgb
 
-from cartintel_assets.ml.abandonment import RiskModel, reason_codes
-from cartintel_assets.ml.tree_shap import tree_shap
+from cartintel_assets.models.abandonment import RiskModel, reason_codes
+from cartintel_assets.models.tree_shap import tree_shap
 from cartintel_tests.unit.boosters import CASES, FEATURES, noisy_rows, train, train_case
 
 

@@ -11,10 +11,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cartintel_assets.ml import policy as P
-from cartintel_assets.ml.abandonment import XGBParams, calibrate_on, stack_boosters
-from cartintel_assets.ml.simulation import Storefront
-from cartintel_assets.ml.uplift import (
+from cartintel_assets.decisions.catalogue import load_catalogue
+from cartintel_assets.decisions.economics import action_table
+from cartintel_assets.decisions.evaluation import constraint_violations, plan_value, uplift_gate
+from cartintel_assets.decisions.plan import PlanRules, choose_actions, in_holdout, top_k_by_risk
+from cartintel_assets.models.abandonment import XGBParams, calibrate_on, stack_boosters
+from cartintel_assets.models.uplift import (
     ARMS,
     CONTROL,
     TARGETING_EXCLUDED,
@@ -29,7 +31,8 @@ from cartintel_assets.ml.uplift import (
     targeting_features,
     uplift_report,
 )
-from cartintel_assets.ml.uplift_metrics import qini_auc_score, uplift_at_k, uplift_auc_score
+from cartintel_assets.models.uplift_metrics import qini_auc_score, uplift_at_k, uplift_auc_score
+from cartintel_assets.simulation.storefront import Storefront
 
 MARGIN = 0.4
 
@@ -137,17 +140,17 @@ def test_gate_passes_a_good_model_and_fails_a_shuffled_one(
 ) -> None:
     t, y = log["treatment"].to_numpy(), log["converted_7d"].to_numpy(dtype=int)
     fit = fits["x-learner"]
-    catalogue = P.load_catalogue()
+    catalogue = load_catalogue()
     # for an abandoned cart, the risk of losing it for good is 1 - P(bought anyway)
     risk = 1 - fit.baseline
     report = uplift_report(fit.effects, t, y)
-    good = P.uplift_gate(log, report, fit.baseline, fit.effects, risk, catalogue, MARGIN)
+    good = uplift_gate(log, report, fit.baseline, fit.effects, risk, catalogue, MARGIN)
     print("\n", report.round(3), "\n", good)
     assert good.passed and good.allowed_arms
     assert good.policy_value > good.top_k_value
     shuffled = fit.effects.sample(frac=1.0, random_state=3).reset_index(drop=True)
     bad_report = uplift_report(shuffled, t, y)
-    bad = P.uplift_gate(log, bad_report, fit.baseline, shuffled, risk, catalogue, MARGIN)
+    bad = uplift_gate(log, bad_report, fit.baseline, shuffled, risk, catalogue, MARGIN)
     assert not bad.passed
     assert set(bad.excluded_arms) == set(ARMS)  # no arm's Qini interval clears 0
 
@@ -164,7 +167,7 @@ def _plan_carts(store: Storefront, con: duckdb.DuckDBPyConnection, days: list[st
     f = f[t.loc[f["session_id"], "abandoned"].to_numpy()].reset_index(drop=True)
     f = f.merge(session_facts(con), on="session_id", how="left")
     consent = t.loc[f["session_id"], "consented"].to_numpy()
-    holdout = P.in_holdout(f["customer_id"], 0.05, "test")
+    holdout = in_holdout(f["customer_id"], 0.05, "test")
     return f.assign(
         consent=consent,
         in_holdout=holdout,
@@ -205,40 +208,38 @@ def test_plan_against_the_oracle_and_top_k_by_risk(
             " WHERE treatment <> 'control' AND CAST(partition_date AS VARCHAR) < $d",
             {"d": test_days[0]},
         ).df()
-    catalogue = P.load_catalogue()
+    catalogue = load_catalogue()
     p0, truth = true_effects(demo_store, carts["session_id"])
-    true_options = P.action_table(carts, p0, truth, catalogue, MARGIN)
+    true_options = action_table(carts, p0, truth, catalogue, MARGIN)
     # as in the asset: only arms whose out-of-fold Qini interval (on the training days) clears 0
     t, y = train["treatment"].to_numpy(), train["converted_7d"].to_numpy(dtype=int)
     oof = cross_fit(train, t, y, "x-learner", num, cat)
     report = uplift_report(oof.effects, t, y)
     allowed = [a for a in ARMS if report.loc[a, "qini_lo"] > 0]
     model.calibration = effect_calibration(oof, t, y)
-    everything = P.action_table(
-        carts, model.baseline(carts), model.effects(carts), catalogue, MARGIN
-    )
+    everything = action_table(carts, model.baseline(carts), model.effects(carts), catalogue, MARGIN)
     options = everything[everything["arm"].isin(allowed)]
-    rules = P.PlanRules(budget=150.0 * len(test_days))
-    plan = P.choose_actions(carts, options, rules, history)
-    oracle = P.choose_actions(carts, true_options, rules, history)
-    value = P.plan_value(plan, true_options)
-    best = P.plan_value(oracle, true_options)
+    rules = PlanRules(budget=150.0 * len(test_days))
+    plan = choose_actions(carts, options, rules, history)
+    oracle = choose_actions(carts, true_options, rules, history)
+    value = plan_value(plan, true_options)
+    best = plan_value(oracle, true_options)
     # the oracle limited to the arms the gate let the plan use
-    same_arms = P.plan_value(
-        P.choose_actions(carts, true_options[true_options["arm"].isin(allowed)], rules, history),
+    same_arms = plan_value(
+        choose_actions(carts, true_options[true_options["arm"].isin(allowed)], rules, history),
         true_options,
     )
     # the yardstick sends one arm to the riskiest carts; the arm that did best in hindsight
     carts["risk"] = 1 - model.baseline(carts)
     top_k = {
-        arm: P.plan_value(P.top_k_by_risk(carts, everything, arm, rules, history), true_options)
+        arm: plan_value(top_k_by_risk(carts, everything, arm, rules, history), true_options)
         for arm in ARMS
     }
     top_arm = max(top_k, key=lambda a: top_k[a]["incremental_margin"])
     ratio = value["incremental_margin"] / best["incremental_margin"]
     print(f"\ncalibration {model.calibration}\narms {allowed}\nplan {value}\noracle {best}")
     print(f"oracle on the same arms {same_arms}\ntop-k by risk {top_k}\nratio {ratio:.3f}")
-    assert P.constraint_violations(plan, carts, rules, history, catalogue) == dict.fromkeys(
+    assert constraint_violations(plan, carts, rules, history, catalogue) == dict.fromkeys(
         [
             "over_budget",
             "contacted_without_consent",

@@ -13,21 +13,21 @@ import pandas as pd
 from pydantic import Field
 
 from cartintel_assets.defs.partitions import daily_partitions
-from cartintel_assets.ml.abandonment import (
+from cartintel_assets.features.session_features import CATEGORICAL_FEATURES, NUMERIC_FEATURES
+from cartintel_assets.models.abandonment import (
     XGBParams,
     baseline_proba,
     fit_logistic_baseline,
     risk_metrics,
     time_split,
 )
-from cartintel_assets.ml.features import CATEGORICAL_FEATURES, NUMERIC_FEATURES
-from cartintel_assets.ml.warehouse import replace_partition, require_tables
+from cartintel_assets.registry.names import ABANDONMENT_MODEL, CHALLENGER, GLOBAL
 from cartintel_assets.resources import WarehouseResource
 from cartintel_assets.resources.engine import ComputeEngineResource
 from cartintel_assets.resources.mlflow import MLflowResource
 from cartintel_assets.resources.rollout import RolloutResource
+from cartintel_assets.warehouse.tables import replace_partition, require_tables
 
-MODEL_NAME = "cartintel-abandonment"
 EXPERIMENT = "cartintel/abandonment"
 GATES = (
     "abandonment_model_roc_auc_above_floor",
@@ -117,16 +117,16 @@ def abandonment_model(
     """
     import mlflow
 
-    from cartintel_assets.ml.abandonment import reason_codes
-    from cartintel_assets.ml.drift import (
+    from cartintel_assets.models.abandonment import reason_codes
+    from cartintel_assets.models.plots import evaluation_figures, markdown_image
+    from cartintel_assets.monitoring.drift import (
         REFERENCE_DAYS,
         DriftOptions,
         reference_sample,
         store_reference,
         unstable_features,
     )
-    from cartintel_assets.ml.model_registry import log_risk_model, register, version_by_alias
-    from cartintel_assets.ml.plots import evaluation_figures, markdown_image
+    from cartintel_assets.registry.registration import log_risk_model, register, version_by_alias
 
     with warehouse.reader() as con:
         data = con.execute(
@@ -184,10 +184,10 @@ def abandonment_model(
         for name, fig in figures.items():
             mlflow.log_figure(fig, f"plots/{name}")
         model_uri = log_risk_model(model, test)
-        incumbent = version_by_alias(MODEL_NAME, "global")
+        incumbent = version_by_alias(ABANDONMENT_MODEL, GLOBAL)
         incumbent_auc = None
         if incumbent is not None:
-            served = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}/{incumbent}")
+            served = mlflow.pyfunc.load_model(f"models:/{ABANDONMENT_MODEL}/{incumbent}")
             incumbent_auc = risk_metrics(ys["test"], np.asarray(served.predict(model.typed(test))))[
                 "roc_auc"
             ]
@@ -219,8 +219,8 @@ def abandonment_model(
         # challenger, the one version eligible for promotion
         version = register(
             model_uri,
-            MODEL_NAME,
-            "challenger" if gate == "passed" else None,
+            ABANDONMENT_MODEL,
+            CHALLENGER if gate == "passed" else None,
             {
                 "gate": gate,
                 "dagster.run_id": context.run.run_id,
@@ -231,13 +231,13 @@ def abandonment_model(
             },
         )
     with warehouse.get_connection() as con:
-        store_reference(con, MODEL_NAME, version, reference)
+        store_reference(con, ABANDONMENT_MODEL, version, reference)
     top_reasons = pd.Series([r[0] for r in reason_codes(model, sample) if r]).value_counts().head(5)
     yield dg.MaterializeResult(
         metadata={
             "mlflow_run_id": run.info.run_id,
             "model_version": version,
-            "model_uri": f"models:/{MODEL_NAME}/{version}",
+            "model_uri": f"models:/{ABANDONMENT_MODEL}/{version}",
             "tracking_uri": mlflow_tracking.uri(),
             "test_roc_auc": metrics["roc_auc"],
             "test_pr_auc": metrics["pr_auc"],
@@ -250,13 +250,13 @@ def abandonment_model(
                 {str(k): int(v) for k, v in top_reasons.items()}
             ),
             "gate": gate,
-            "global": f"version {incumbent}, test ROC-AUC {incumbent_auc:.4f} on the same days"
+            GLOBAL: f"version {incumbent}, test ROC-AUC {incumbent_auc:.4f} on the same days"
             if incumbent is not None and incumbent_auc is not None
             else "none: no version holds the alias global yet",
             "drift_reference": f"{len(reference)} carts of the latest {REFERENCE_DAYS} landed"
             f" days; not judged (drifted since the training window):"
             f" {', '.join(sorted(unstable)) or 'none'}",
-            "alias": "challenger" if gate == "passed" else "none (gate failed)",
+            "alias": CHALLENGER if gate == "passed" else "none (gate failed)",
             "plots": dg.MetadataValue.md(
                 "\n\n".join(markdown_image(f, n.removesuffix(".png")) for n, f in figures.items())
             ),
@@ -307,14 +307,14 @@ def abandonment_scores(
     """Risk of harmful abandonment for every open cart of the day, at its point-in-time cutoff,
     with the top reason codes (SHAP) and the registry version and alias that scored it on every
     row: `pilot` in the pilot regions, `global` elsewhere."""
-    from cartintel_assets.ml.model_registry import load_risk_model
-    from cartintel_assets.ml.plots import markdown_table
-    from cartintel_assets.ml.promotion import aliases
-    from cartintel_assets.ml.scoring import risk_deciles, score_carts, write_scores
+    from cartintel_assets.models.plots import markdown_table
+    from cartintel_assets.models.scoring import risk_deciles, score_carts, write_scores
+    from cartintel_assets.registry.promotion import aliases
+    from cartintel_assets.registry.registration import load_risk_model
 
     mlflow_tracking.activate()
-    plan = rollout.plan()
-    available = set(aliases(MODEL_NAME))
+    plan = rollout.deployed().plan()
+    available = set(aliases(ABANDONMENT_MODEL))
     day = date.fromisoformat(context.partition_key)
     with warehouse.get_connection() as con:
         require_tables(con, "session_features")
@@ -333,7 +333,7 @@ def abandonment_scores(
         )
         parts, served = [], {}
         for alias in sorted(set(serving)) or [plan.serving_alias("", available)]:
-            registered = load_risk_model(MODEL_NAME, alias)
+            registered = load_risk_model(ABANDONMENT_MODEL, alias)
             rows = features[serving == alias] if len(features) else features
             parts.append(
                 score_carts(registered.model, rows, config.reason_codes).assign(

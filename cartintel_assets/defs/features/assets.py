@@ -6,16 +6,16 @@ import dagster as dg
 from pydantic import Field
 
 from cartintel_assets.defs.partitions import daily_partitions
-from cartintel_assets.ml.features import (
+from cartintel_assets.features.labels import RETURN_WINDOW_DAYS, cart_labels
+from cartintel_assets.features.session_features import (
     CATEGORICAL_FEATURES,
     NUMERIC_FEATURES,
     CutoffPolicy,
 )
-from cartintel_assets.ml.labels import RETURN_WINDOW_DAYS, cart_labels
-from cartintel_assets.ml.sessions import build_cart_sessions
-from cartintel_assets.ml.warehouse import replace_partition
+from cartintel_assets.features.sessions import build_cart_sessions
 from cartintel_assets.resources import WarehouseResource
 from cartintel_assets.resources.engine import ComputeEngineResource
+from cartintel_assets.warehouse.tables import replace_partition
 
 
 @dg.asset(

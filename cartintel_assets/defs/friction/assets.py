@@ -9,16 +9,16 @@ import dagster as dg
 from pydantic import Field
 
 from cartintel_assets.defs.partitions import daily_partitions
-from cartintel_assets.ml.plots import heatmap, markdown_image, markdown_table
-from cartintel_assets.ml.reviews import ASPECTS, aggregate_signals, day_review_signals
-from cartintel_assets.ml.warehouse import (
+from cartintel_assets.features.reviews import ASPECTS, aggregate_signals, day_review_signals
+from cartintel_assets.models.plots import heatmap, markdown_image, markdown_table
+from cartintel_assets.resources import WarehouseResource
+from cartintel_assets.resources.mlflow import MLflowResource
+from cartintel_assets.warehouse.tables import (
     has_table,
     replace_partition,
     replace_table,
     require_tables,
 )
-from cartintel_assets.resources import WarehouseResource
-from cartintel_assets.resources.mlflow import MLflowResource
 
 
 @dg.asset(
@@ -143,9 +143,9 @@ def friction_analysis(
     harmful abandonment, for whom, where and in which categories."""
     import mlflow
 
-    from cartintel_assets.ml.abandonment import XGBParams
-    from cartintel_assets.ml.features import CATEGORICAL_FEATURES, NUMERIC_FEATURES
-    from cartintel_assets.ml.friction import (
+    from cartintel_assets.features.session_features import CATEGORICAL_FEATURES, NUMERIC_FEATURES
+    from cartintel_assets.models.abandonment import XGBParams
+    from cartintel_assets.models.friction import (
         driver_table,
         fit_driver_model,
         friction_index,

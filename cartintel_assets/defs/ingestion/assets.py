@@ -1,14 +1,16 @@
 """Ingestion: one multi-asset per landed table, writing `raw_<table>` and `quarantined_<table>`.
 
-The same step validates the accepted rows with the table's Great Expectations suite and emits one
-asset check per expectation (with its ERROR/WARN severity), plus the reconciliation and
-quarantine-share checks, and records them in the warehouse. A separate blocking check per raw
+The same step validates what *landed* (before quarantine) with the table's Great Expectations
+suite and emits one asset check per expectation (with its ERROR/WARN severity), plus the
+reconciliation with the landing file, the quarantine-share check and the agreement of GX's counts
+with the quarantine's, and records them in the warehouse (`quality.checks.ingest_and_validate`). A separate blocking check per raw
 table, `<raw table>_passes_quality_gate`, fails when any ERROR-severity check of the partition
 failed: it stops everything downstream of that table, while the quarantine outputs (and the
 scorecard built on them) still land, so a failure is reported rather than hidden.
 `dagster-ge` only supports GX < 1.0, so this is the thin GX 1.x → asset-check adapter.
 """
 
+import json
 from collections.abc import Iterator
 from datetime import date
 from typing import Any
@@ -16,17 +18,15 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
+from cartintel_assets.contracts.schema import TABLES, TableSpec
 from cartintel_assets.defs.partitions import daily_partitions
-from cartintel_assets.ml.ingest import RULE_STANDARD, IngestResult, ingest_partition
-from cartintel_assets.ml.quality import (
-    SUITES,
-    Expectation,
-    Outcome,
+from cartintel_assets.ingestion.ingest import RULE_STANDARD, IngestResult
+from cartintel_assets.quality.checks import (
     failed_blocking_checks,
-    record_outcomes,
-    validate_partition,
+    gate_expectations,
+    ingest_and_validate,
 )
-from cartintel_assets.ml.schema import TABLES, TableSpec
+from cartintel_assets.quality.suites import SUITES, Outcome
 from cartintel_assets.resources import LandingResource, WarehouseResource
 
 
@@ -50,7 +50,7 @@ def check_result(asset: str, outcome: Outcome, partition: str) -> dg.AssetCheckR
         "standard": e.standard,
         "partition": partition,
         "expectation": e.gx_type,
-        "kwargs": dg.MetadataValue.json(e.kwargs),
+        "kwargs": dg.MetadataValue.json(json.loads(json.dumps(e.kwargs, default=str))),
     }
     for k, v in outcome.result.items():
         metadata[k] = dg.MetadataValue.json(v) if isinstance(v, list | dict) else v
@@ -61,27 +61,6 @@ def check_result(asset: str, outcome: Outcome, partition: str) -> dg.AssetCheckR
         severity=_severity(e.severity),
         metadata=metadata,
         description=e.description,
-    )
-
-
-def _gate_expectations(spec: TableSpec, limit: float) -> tuple[Expectation, Expectation]:
-    return (
-        Expectation(
-            f"{spec.raw_table}_rows_reconcile",
-            "completeness",
-            "ERROR",
-            "computed",
-            {},
-            "landed = accepted + quarantined: nothing lost",
-        ),
-        Expectation(
-            f"{spec.raw_table}_quarantine_share_within_limit",
-            "accuracy",
-            "ERROR",
-            "computed",
-            {"limit": limit},
-            "quarantined share of landed rows within the limit",
-        ),
     )
 
 
@@ -122,7 +101,7 @@ def build_ingestion_asset(spec: TableSpec) -> dg.AssetsDefinition:
             asset=spec.raw_table,
             description=f"[{e.severity}, {e.standard}] {e.description}",
         )
-        for e in (*SUITES[spec.name], *_gate_expectations(spec, 0.0))
+        for e in (*SUITES[spec.name], *gate_expectations(spec, 0.0))
     ]
 
     @dg.multi_asset(
@@ -156,27 +135,15 @@ def build_ingestion_asset(spec: TableSpec) -> dg.AssetsDefinition:
         partition = context.partition_key
         day = date.fromisoformat(partition)
         with warehouse.get_connection() as con:
-            result = ingest_partition(con, spec, day, landing.path(), landing.pseudonym_key())
-            share = result.quarantined / result.landed if result.landed else 0.0
-            reconcile, limit = _gate_expectations(spec, config.max_quarantine_share)
-            outcomes = [
-                *validate_partition(con, spec, day),
-                Outcome(
-                    reconcile,
-                    result.reconciles,
-                    {
-                        "landed": result.landed,
-                        "accepted": result.accepted,
-                        "quarantined": result.quarantined,
-                    },
-                ),
-                Outcome(
-                    limit,
-                    share <= config.max_quarantine_share,
-                    {"observed_value": share, "limit": config.max_quarantine_share},
-                ),
-            ]
-            record_outcomes(con, spec.name, day, outcomes, _now_iso())
+            quality = ingest_and_validate(
+                con,
+                spec,
+                day,
+                landing.path(),
+                landing.pseudonym_key(),
+                config.max_quarantine_share,
+            )
+        result, outcomes = quality.result, quality.outcomes
         context.log.info(
             f"{spec.name} {partition}: landed {result.landed}, accepted {result.accepted},"
             f" quarantined {result.quarantined} {result.by_rule}"
@@ -215,12 +182,6 @@ def _raw_metadata(result: IngestResult) -> dict[str, Any]:
         if result.source_file
         else "none landed",
     }
-
-
-def _now_iso() -> str:
-    from datetime import UTC, datetime
-
-    return datetime.now(UTC).replace(tzinfo=None).isoformat(timespec="seconds")
 
 
 ingestion_assets: list[dg.AssetsDefinition] = [build_ingestion_asset(spec) for spec in TABLES]

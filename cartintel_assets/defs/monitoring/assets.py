@@ -11,12 +11,12 @@ import pandas as pd
 from pydantic import Field
 
 from cartintel_assets import settings
-from cartintel_assets.defs.abandonment.assets import MODEL_NAME
 from cartintel_assets.defs.partitions import daily_partitions
-from cartintel_assets.ml.drift import DriftOptions, PerformanceBounds
-from cartintel_assets.ml.warehouse import replace_rows, require_tables
+from cartintel_assets.monitoring.drift import DriftOptions, PerformanceBounds
+from cartintel_assets.registry.names import ABANDONMENT_MODEL
 from cartintel_assets.resources import WarehouseResource
 from cartintel_assets.resources.mlflow import MLflowResource
+from cartintel_assets.warehouse.tables import replace_rows, require_tables
 
 DRIFT_CHECKS = ("abandonment_feature_drift", "abandonment_score_drift")
 PERFORMANCE_CHECK = "abandonment_realised_performance"
@@ -76,7 +76,7 @@ WHERE s.partition_date = ? AND s.model_name = ?
 
 def write_results(con: Any, day: date, check: str, rows: list[dict[str, Any]]) -> None:
     """Replace one check's results of one day in `monitoring_results` (the sensor reads them)."""
-    from cartintel_assets.ml.warehouse import typed_temp_table
+    from cartintel_assets.warehouse.tables import typed_temp_table
 
     cols = ", ".join(f"{c} {t}" for c, t in RESULT_COLUMNS.items())
     con.execute(f"CREATE TABLE IF NOT EXISTS {RESULTS_TABLE} ({cols})")
@@ -114,7 +114,8 @@ def abandonment_drift(
     """
     from mlflow.tracking import MlflowClient
 
-    from cartintel_assets.ml.drift import (
+    from cartintel_assets.models.plots import markdown_table
+    from cartintel_assets.monitoring.drift import (
         MONITORED_CATEGORICAL,
         MONITORED_NUMERIC,
         drift_by_slice,
@@ -123,8 +124,7 @@ def abandonment_drift(
         score_drift,
         slices_over,
     )
-    from cartintel_assets.ml.plots import markdown_table
-    from cartintel_assets.ml.warehouse import has_table
+    from cartintel_assets.warehouse.tables import has_table
 
     options = config.options()
     day = date.fromisoformat(context.partition_key)
@@ -137,13 +137,13 @@ def abandonment_drift(
             if has_table(con, "customer_segments")
             else ("(SELECT NULL::VARCHAR AS customer_id, NULL::VARCHAR AS segment_name)")
         )
-        scored = con.execute(_SCORED_SQL.format(segments=segments), [day, MODEL_NAME]).df()
+        scored = con.execute(_SCORED_SQL.format(segments=segments), [day, ABANDONMENT_MODEL]).df()
         if scored.empty:
             raise ValueError(
-                f"no scored carts of {MODEL_NAME} on {day}: materialise abandonment_scores first"
+                f"no scored carts of {ABANDONMENT_MODEL} on {day}: materialise abandonment_scores first"
             )
         references = {
-            v: load_reference(con, MODEL_NAME, v) for v in scored["model_version"].unique()
+            v: load_reference(con, ABANDONMENT_MODEL, v) for v in scored["model_version"].unique()
         }
         segment_of = con.execute(
             f"SELECT DISTINCT customer_id, segment_name AS segment FROM {segments}"
@@ -156,7 +156,7 @@ def abandonment_drift(
     slice_tables: list[pd.DataFrame] = []
     for version, current in scored.groupby("model_version"):
         version = str(version)
-        mv = client.get_model_version(MODEL_NAME, version)
+        mv = client.get_model_version(ABANDONMENT_MODEL, version)
         unstable = [c for c in mv.tags.get("drift.unstable_features", "").split(",") if c]
         judged = [c for c in (*MONITORED_NUMERIC, *MONITORED_CATEGORICAL) if c not in unstable]
         # compare like with like: a pilot version serves only the pilot regions
@@ -178,7 +178,7 @@ def abandonment_drift(
         over = slices_over(slices, options.max_drift_share)
         features_ok = overall.share <= options.max_drift_share and not over
 
-        folder = settings.reports_dir() / "drift" / MODEL_NAME / f"v{version}"
+        folder = settings.reports_dir() / "drift" / ABANDONMENT_MODEL / f"v{version}"
         html = overall.save_html(folder / f"{day}_features.html")
         score_html = scores.save_html(folder / f"{day}_score.html")
         client.log_artifact(mv.run_id, str(html), f"monitoring/{day}")
@@ -199,7 +199,7 @@ def abandonment_drift(
         feature_rows.append(
             {
                 "partition_date": day,
-                "model_name": MODEL_NAME,
+                "model_name": ABANDONMENT_MODEL,
                 "model_version": version,
                 "check_name": DRIFT_CHECKS[0],
                 "passed": features_ok,
@@ -213,7 +213,7 @@ def abandonment_drift(
         score_rows.append(
             {
                 "partition_date": day,
-                "model_name": MODEL_NAME,
+                "model_name": ABANDONMENT_MODEL,
                 "model_version": version,
                 "check_name": DRIFT_CHECKS[1],
                 "passed": not scores.drifted,
@@ -324,7 +324,7 @@ def abandonment_performance(
 ) -> Any:
     """Realised ROC-AUC and calibration of a scored day, per scoring version, once its carts'
     7-day outcomes are final (re-materialise when the day's labels complete)."""
-    from cartintel_assets.ml.drift import realised_performance
+    from cartintel_assets.monitoring.drift import realised_performance
 
     bounds = PerformanceBounds(
         config.min_roc_auc, config.max_calibration_error, config.min_labelled
@@ -332,7 +332,7 @@ def abandonment_performance(
     day = date.fromisoformat(context.partition_key)
     with warehouse.reader() as con:
         require_tables(con, "abandonment_scores", "abandonment_labels")
-        outcomes = con.execute(_OUTCOME_SQL, [day, MODEL_NAME]).df()
+        outcomes = con.execute(_OUTCOME_SQL, [day, ABANDONMENT_MODEL]).df()
     rows, results = [], {}
     for version, g in outcomes.groupby("model_version"):
         r = realised_performance(g["harmful"].to_numpy(), g["risk"].to_numpy(), bounds)
@@ -340,7 +340,7 @@ def abandonment_performance(
         rows.append(
             {
                 "partition_date": day,
-                "model_name": MODEL_NAME,
+                "model_name": ABANDONMENT_MODEL,
                 "model_version": str(version),
                 "check_name": PERFORMANCE_CHECK,
                 "passed": r["passed"],

@@ -7,8 +7,8 @@ from typing import Any
 
 import dagster as dg
 
-from cartintel_assets.defs.abandonment.assets import MODEL_NAME
 from cartintel_assets.defs.monitoring.assets import RESULTS_TABLE
+from cartintel_assets.registry.names import ABANDONMENT_MODEL
 from cartintel_assets.resources import WarehouseResource
 from cartintel_assets.resources.mlflow import MLflowResource
 from cartintel_assets.resources.rollout import RolloutResource
@@ -30,11 +30,11 @@ def retraining_decision(
 ) -> tuple[bool, str, dict[str, Any]]:
     """Whether monitoring of `version` failed on days after its data and at least
     `min_new_labels` carts were labelled since: (request?, why, evidence)."""
-    from cartintel_assets.ml.warehouse import has_table
+    from cartintel_assets.warehouse.tables import has_table
 
     if not has_table(con, RESULTS_TABLE):
         return False, "nothing monitored yet", {}
-    failed = con.execute(_FAILED_SQL, [MODEL_NAME, version, data_to]).df()
+    failed = con.execute(_FAILED_SQL, [ABANDONMENT_MODEL, version, data_to]).df()
     if failed.empty:
         return False, f"no drift or performance check of version {version} failed", {}
     found = con.execute(_NEW_LABELS_SQL, [data_to]).fetchone()
@@ -76,14 +76,14 @@ def abandonment_retraining_sensor(
     mlflow_tracking: MLflowResource,
     rollout: RolloutResource,
 ) -> dg.SensorResult | dg.SkipReason:
-    from cartintel_assets.ml.model_registry import latest_version
+    from cartintel_assets.registry.registration import latest_version
 
     if not warehouse.path().exists():
         return dg.SkipReason(f"no warehouse at {warehouse.path()} yet")
     mlflow_tracking.activate()
-    newest = latest_version(MODEL_NAME)
+    newest = latest_version(ABANDONMENT_MODEL)
     if newest is None:
-        return dg.SkipReason(f"no version of {MODEL_NAME} is trained yet")
+        return dg.SkipReason(f"no version of {ABANDONMENT_MODEL} is trained yet")
     version, tags = newest
     if context.cursor == version:
         return dg.SkipReason(f"retraining already requested after version {version}")
@@ -91,7 +91,7 @@ def abandonment_retraining_sensor(
         return dg.SkipReason(f"version {version} does not record its data window (data_to)")
     with warehouse.reader() as con:
         request, why, evidence = retraining_decision(
-            con, version, tags["data_to"], rollout.retrain_min_new_labels
+            con, version, tags["data_to"], rollout.deployed().retrain_min_new_labels
         )
     if not request:
         return dg.SkipReason(why)

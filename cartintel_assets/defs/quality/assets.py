@@ -5,10 +5,10 @@ from typing import Any
 
 import dagster as dg
 
+from cartintel_assets.contracts.schema import TABLES
 from cartintel_assets.defs.partitions import daily_partitions
-from cartintel_assets.ml.ingest import RULE_STANDARD
-from cartintel_assets.ml.quality import scorecard, write_scorecard
-from cartintel_assets.ml.schema import TABLES
+from cartintel_assets.ingestion.ingest import RULE_STANDARD
+from cartintel_assets.quality.checks import scorecard, write_scorecard
 from cartintel_assets.resources import WarehouseResource
 
 

@@ -7,7 +7,7 @@ from typing import Any, Literal
 import dagster as dg
 from pydantic import Field
 
-from cartintel_assets.ml.promotion import PHASES
+from cartintel_assets.registry.names import GLOBAL, PHASES, PROMOTED_MODELS
 from cartintel_assets.resources import WarehouseResource
 from cartintel_assets.resources.mlflow import MLflowResource
 from cartintel_assets.resources.rollout import RolloutResource
@@ -34,14 +34,14 @@ def _candidate_gate(con: Any, name: str, phase: str, candidate: str, plan: Any) 
     """The gate of one move: blocking training checks, then the phase's own evidence."""
     from mlflow.tracking import MlflowClient
 
-    from cartintel_assets.ml.model_registry import load_risk_model_version, version_by_alias
-    from cartintel_assets.ml.promotion import (
+    from cartintel_assets.registry.promotion import (
         GateResult,
         compare_on_window,
         held_out_window,
         judge_pilot,
         pilot_results,
     )
+    from cartintel_assets.registry.registration import load_risk_model_version, version_by_alias
 
     tags = MlflowClient().get_model_version(name, candidate).tags
     if tags.get("gate") != "passed":
@@ -52,9 +52,9 @@ def _candidate_gate(con: Any, name: str, phase: str, candidate: str, plan: Any) 
             {"gate": tags.get("gate")},
         )
     if phase == "pilot":
-        incumbent = version_by_alias(name, "global")
+        incumbent = version_by_alias(name, GLOBAL)
         if incumbent is None:
-            return GateResult(True, "first rollout: no global version to beat", {"global": None})
+            return GateResult(True, "first rollout: no global version to beat", {GLOBAL: None})
         window = held_out_window(con, tags["test_from"])
         if window.empty:
             return GateResult(False, "no labelled carts in the held-out window", {})
@@ -83,10 +83,8 @@ def model_promotions(
     """The append-only promotion log (`promotion_log`): each materialisation is one requested
     move of a registered model between phases, with its gate's evidence, whether the alias moved,
     who asked and the Dagster run. MLflow keeps no alias history; this log is the history."""
-    from cartintel_assets.ml.model_registry import version_by_alias
-    from cartintel_assets.ml.plots import markdown_table
-    from cartintel_assets.ml.promotion import (
-        MODELS,
+    from cartintel_assets.models.plots import markdown_table
+    from cartintel_assets.registry.promotion import (
         GateResult,
         Move,
         aliases,
@@ -95,10 +93,11 @@ def model_promotions(
         record,
         set_alias,
     )
+    from cartintel_assets.registry.registration import version_by_alias
 
-    name = MODELS[config.model]
+    name = PROMOTED_MODELS[config.model]
     mlflow_tracking.activate()
-    plan = rollout.plan()
+    plan = rollout.deployed().plan()
     phase = config.phase
     current = version_by_alias(name, phase)
     with warehouse.get_connection() as con:

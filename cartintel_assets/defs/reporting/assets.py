@@ -4,10 +4,11 @@ warehouse's latest outputs and the registry's aliases (served by `cartintel serv
 import dagster as dg
 
 from cartintel_assets import settings
+from cartintel_assets.registry.names import ABANDONMENT_MODEL, SEGMENTATION_MODEL, UPLIFT_MODEL
 from cartintel_assets.resources import WarehouseResource
 from cartintel_assets.resources.mlflow import MLflowResource
 
-REGISTERED = ("cartintel-abandonment", "cartintel-uplift", "cartintel-segmentation")
+REGISTERED = (ABANDONMENT_MODEL, UPLIFT_MODEL, SEGMENTATION_MODEL)
 
 
 @dg.asset(
@@ -33,8 +34,8 @@ def executive_dashboard(
     """Who is most at risk, which segments need intervention, which categories drive friction and
     which actions lift conversion; plus the data-quality scorecard and which model versions hold
     `pilot` and `global`. One HTML file with interactive charts that opens without a network."""
-    from cartintel_assets.ml.dashboard import build, page_path, render
-    from cartintel_assets.ml.promotion import aliases
+    from cartintel_assets.registry.promotion import aliases
+    from cartintel_assets.reporting.dashboard import build, page_path, render
 
     mlflow_tracking.activate()
     held = {name: aliases(name) for name in REGISTERED}

@@ -9,18 +9,18 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
-from cartintel_assets.ml.plots import heatmap, markdown_image, markdown_table
-from cartintel_assets.ml.segmentation import PROFILE_COLUMNS, customer_behaviour
-from cartintel_assets.ml.warehouse import (
+from cartintel_assets.models.plots import heatmap, markdown_image, markdown_table
+from cartintel_assets.models.segmentation import PROFILE_COLUMNS, customer_behaviour
+from cartintel_assets.registry.names import CHALLENGER, SEGMENTATION_MODEL
+from cartintel_assets.resources import WarehouseResource
+from cartintel_assets.resources.mlflow import MLflowResource
+from cartintel_assets.warehouse.tables import (
     replace_rows,
     replace_table,
     require_tables,
     typed_temp_table,
 )
-from cartintel_assets.resources import WarehouseResource
-from cartintel_assets.resources.mlflow import MLflowResource
 
-MODEL_NAME = "cartintel-segmentation"
 EXPERIMENT = "cartintel/segmentation"
 
 ASSIGNMENT_COLUMNS: dict[str, str] = {
@@ -89,12 +89,12 @@ def segmentation(
     from its parameters and keeps ids stable by matching the previous model's segments."""
     import mlflow
 
-    from cartintel_assets.ml.model_registry import (
+    from cartintel_assets.models.segmentation import align_segments, fit_segmentation
+    from cartintel_assets.registry.registration import (
         load_segmentation_model,
         log_segmentation_model,
         register,
     )
-    from cartintel_assets.ml.segmentation import align_segments, fit_segmentation
 
     with warehouse.reader() as con:
         require_tables(con, "raw_sessions", "abandonment_labels")
@@ -105,7 +105,7 @@ def segmentation(
         counts, config.min_segments, config.max_segments, config.restarts, config.seed
     )
     experiment = mlflow_tracking.experiment_id(EXPERIMENT)
-    previous = load_segmentation_model(MODEL_NAME, "challenger")
+    previous = load_segmentation_model(SEGMENTATION_MODEL, CHALLENGER)
     report = align_segments(model, previous, config.match_distance)
     proba = model.predict_proba(counts)
     tags = mlflow_tracking.run_tags(context)
@@ -135,7 +135,7 @@ def segmentation(
         mlflow.log_figure(figure, "plots/segment_profiles.png")
         model_uri = log_segmentation_model(model, counts)
         version = register(
-            model_uri, MODEL_NAME, "challenger", {"dagster.run_id": context.run.run_id}
+            model_uri, SEGMENTATION_MODEL, CHALLENGER, {"dagster.run_id": context.run.run_id}
         )
     ids = model.predict(counts)
     name_of = dict(zip(model.segment_ids, model.names, strict=True))
@@ -169,7 +169,7 @@ def segmentation(
     common: dict[str, Any] = {
         "mlflow_run_id": run.info.run_id,
         "model_version": version,
-        "model_uri": f"models:/{MODEL_NAME}/{version}",
+        "model_uri": f"models:/{SEGMENTATION_MODEL}/{version}",
     }
     yield dg.MaterializeResult(
         asset_key="customer_segments",

@@ -5,26 +5,23 @@ ethics rules."""
 
 import hashlib
 from datetime import date, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import dagster as dg
 import numpy as np
 import pandas as pd
 from pydantic import Field
 
+from cartintel_assets.decisions.catalogue import DEFAULT_CATALOGUE
+from cartintel_assets.decisions.settings import PlanSettings
 from cartintel_assets.defs.partitions import daily_partitions
-from cartintel_assets.ml.policy import DEFAULT_CATALOGUE
-from cartintel_assets.ml.warehouse import has_table, replace_partition, require_tables
+from cartintel_assets.registry.names import ABANDONMENT_MODEL, CHALLENGER, UPLIFT_MODEL
 from cartintel_assets.resources import WarehouseResource
 from cartintel_assets.resources.mlflow import MLflowResource
 from cartintel_assets.resources.rollout import RolloutResource
+from cartintel_assets.warehouse.tables import has_table, replace_partition, require_tables
 
-if TYPE_CHECKING:
-    from cartintel_assets.ml.policy import PlanRules
-
-MODEL_NAME = "cartintel-uplift"
 EXPERIMENT = "cartintel/uplift"
-RISK_MODEL = "cartintel-abandonment"
 GATES = ("uplift_model_qini_above_zero", "uplift_model_beats_top_k_by_risk")
 PLAN_CHECKS = ("intervention_plan_within_rules", "intervention_plan_disparity_within_bound")
 
@@ -45,7 +42,7 @@ class UpliftModelConfig(dg.Config):
         description="Gate budget: this share of what treating every cart that pays would cost.",
     )
     risk_alias: str = Field(
-        default="challenger", description="Alias of the risk model the top-k yardstick ranks by."
+        default=CHALLENGER, description="Alias of the risk model the top-k yardstick ranks by."
     )
     catalogue_path: str = Field(
         default=str(DEFAULT_CATALOGUE), description="The intervention catalogue (YAML)."
@@ -73,14 +70,10 @@ def uplift_model(
     """
     import mlflow
 
-    from cartintel_assets.ml.model_registry import (
-        load_risk_model,
-        log_uplift_model,
-        register,
-    )
-    from cartintel_assets.ml.plots import markdown_image, markdown_table, uplift_figures
-    from cartintel_assets.ml.policy import load_catalogue, uplift_gate
-    from cartintel_assets.ml.uplift import (
+    from cartintel_assets.decisions.catalogue import load_catalogue
+    from cartintel_assets.decisions.evaluation import uplift_gate
+    from cartintel_assets.models.plots import markdown_image, markdown_table, uplift_figures
+    from cartintel_assets.models.uplift import (
         LEARNERS,
         TARGETING_EXCLUDED,
         calibrated,
@@ -89,6 +82,11 @@ def uplift_model(
         intervention_log,
         targeting_features,
         uplift_report,
+    )
+    from cartintel_assets.registry.registration import (
+        load_risk_model,
+        log_uplift_model,
+        register,
     )
 
     unknown = set(config.learners) - set(LEARNERS)
@@ -113,7 +111,7 @@ def uplift_model(
     calibration = effect_calibration(fits[best], treatment, y)
     fit = calibrated(fits[best], calibration)
     mlflow_tracking.activate()
-    risk_model = load_risk_model(RISK_MODEL, config.risk_alias)
+    risk_model = load_risk_model(ABANDONMENT_MODEL, config.risk_alias)
     risk = risk_model.model.predict_proba(log)
     evidence = uplift_gate(
         log,
@@ -185,8 +183,8 @@ def uplift_model(
         model_uri = log_uplift_model(model, log, config.catalogue_path, config.margin_rate)
         version = register(
             model_uri,
-            MODEL_NAME,
-            "challenger" if evidence.passed else None,
+            UPLIFT_MODEL,
+            CHALLENGER if evidence.passed else None,
             {
                 "gate": gate,
                 "learner": best,
@@ -199,10 +197,10 @@ def uplift_model(
         metadata={
             "mlflow_run_id": run.info.run_id,
             "model_version": version,
-            "model_uri": f"models:/{MODEL_NAME}/{version}",
+            "model_uri": f"models:/{UPLIFT_MODEL}/{version}",
             "learner": best,
             "gate": gate,
-            "alias": "challenger" if evidence.passed else "none (gate failed)",
+            "alias": CHALLENGER if evidence.passed else "none (gate failed)",
             "allowed_arms": dg.MetadataValue.json(evidence.allowed_arms),
             "excluded_arms": dg.MetadataValue.json(evidence.excluded_arms),
             "rows_log": len(log) + missing,
@@ -306,53 +304,11 @@ WHERE action <> 'none' AND partition_date <> $day
 """
 
 
-class InterventionPlanConfig(dg.Config):
-    """Budget, economics and the rules every plan obeys."""
+class InterventionPlanConfig(PlanSettings, dg.Config):
+    """Budget, economics and the rules every plan obeys (unset fields come from the deployment
+    file's `plan:` section, the one the scoring service reads too)."""
 
-    budget: float = Field(default=150.0, ge=0, description="Expected spend allowed per day.")
-    margin_rate: float = Field(default=0.4, gt=0, le=1, description="Gross margin on cart value.")
-    uplift_alias: str = Field(default="challenger", description="Alias of cartintel-uplift.")
-    catalogue_path: str = Field(
-        default=str(DEFAULT_CATALOGUE), description="The intervention catalogue (YAML)."
-    )
-    holdout_salt: str = Field(
-        default="cartintel-holdout-v1",
-        description="Salt of the holdout hash; changing it reshuffles the holdout.",
-    )
-    min_hours_between_contacts: float = Field(default=16.0, ge=0, description="Contact gap.")
-    max_contacts_per_week: int = Field(default=3, ge=1, description="Contacts per 7 days.")
-    send_delay_minutes: float = Field(
-        default=60.0, ge=0, description="When a nudge goes out after the session ended."
-    )
-    max_discount: float = Field(default=0.10, ge=0, lt=1, description="Deepest discount.")
-    max_discount_by_segment: dict[str, float] = Field(
-        default={},
-        description="Deepest discount per segment name, e.g. {'deal seekers': 0.05} so deal"
-        " seekers are not trained to wait for discounts.",
-    )
-    # shipping costs differ by region, so free-shipping offers do too; 15 points leaves room for
-    # that while catching targeting that follows a group
-    disparity_bound: float = Field(
-        default=0.15,
-        ge=0,
-        le=1,
-        description="Largest gap, in percentage points of carts, between the intervention rates"
-        " of the groups of region, device or new-vs-returning (blocking).",
-    )
-    min_group_size: int = Field(
-        default=30, ge=1, description="Groups smaller than this are reported, not bounded."
-    )
-
-    def rules(self) -> "PlanRules":
-        """The plan's rules (the scoring service applies the same ones)."""
-        from cartintel_assets.ml.policy import ContactRules, PlanRules
-
-        return PlanRules(
-            budget=self.budget,
-            contact=ContactRules(self.min_hours_between_contacts, self.max_contacts_per_week),
-            max_discount=self.max_discount,
-            max_discount_by_segment=dict(self.max_discount_by_segment),
-        )
+    uplift_alias: str = Field(default=CHALLENGER, description="Alias of cartintel-uplift.")
 
 
 @dg.asset(
@@ -374,23 +330,22 @@ def intervention_plan(
     """Per scored cart of the day, the intervention that maximises expected incremental margin,
     or none with the reason, within the day's budget, consent, contact caps, discount caps per
     segment and the persistent holdout; the catalogue is linted for manipulative designs first."""
-    from cartintel_assets.ml.model_registry import load_uplift_model
-    from cartintel_assets.ml.plots import markdown_table
-    from cartintel_assets.ml.policy import (
-        action_table,
-        choose_actions,
+    from cartintel_assets.decisions.economics import action_table
+    from cartintel_assets.decisions.evaluation import (
         constraint_violations,
-        in_holdout,
         intervention_rates,
-        load_catalogue,
         totals,
     )
-    from cartintel_assets.ml.uplift import session_facts
-    from cartintel_assets.ml.warehouse import typed_temp_table
+    from cartintel_assets.decisions.plan import choose_actions, in_holdout
+    from cartintel_assets.models.plots import markdown_table
+    from cartintel_assets.models.uplift import session_facts
+    from cartintel_assets.registry.registration import load_uplift_model
+    from cartintel_assets.warehouse.tables import typed_temp_table
 
-    catalogue = load_catalogue(config.catalogue_path)  # refuses manipulative designs
+    deployed = config.deployed()  # the deployment file under this run's explicit config
+    catalogue = deployed.catalogue()  # refuses manipulative designs
     mlflow_tracking.activate()
-    registered = load_uplift_model(MODEL_NAME, config.uplift_alias)
+    registered = load_uplift_model(UPLIFT_MODEL, config.uplift_alias)
     usable = [i for i in catalogue if i.arm in registered.allowed_arms]
     day = date.fromisoformat(context.partition_key)
     with warehouse.get_connection() as con:
@@ -411,28 +366,28 @@ def intervention_plan(
     seg = dict(zip(segments["customer_id"], segments["segment_name"], strict=True))
     carts["segment"] = carts["customer_id"].map(seg)
     carts["in_holdout"] = in_holdout(
-        carts["customer_id"], rollout.holdout_share, config.holdout_salt
+        carts["customer_id"], rollout.deployed().holdout_share, deployed.holdout_salt
     )
     carts = carts.merge(facts, on="session_id", how="left")
     # a nudge goes out once the session is over
     ended = carts["session_ended_at"].fillna(carts["cutoff_at"])
-    carts["send_at"] = ended + timedelta(minutes=config.send_delay_minutes)
+    carts["send_at"] = ended + timedelta(minutes=deployed.send_delay_minutes)
     carts["blocked"] = np.select(
         [carts["bought_in_session"], ~carts["consent"], carts["in_holdout"]],
         ["bought in session", "no marketing consent", "holdout"],
         "",
     )
-    rules = config.rules()
+    rules = deployed.rules()
     options = action_table(
         carts,
         registered.model.baseline(carts),
         registered.model.effects(carts),
         usable,
-        config.margin_rate,
+        deployed.margin_rate,
     )
     plan = choose_actions(carts, options, rules, history)
     violations = constraint_violations(plan, carts, rules, history, catalogue)
-    total = totals(plan, carts, config.margin_rate)
+    total = totals(plan, carts, deployed.margin_rate)
     carts["returning_customer"] = carts["returning_customer"].astype(bool)
     out = pd.concat([carts.drop(columns=["blocked"]), plan], axis=1).assign(
         uplift_model_version=registered.version, planned_by_run=context.run.run_id
@@ -450,7 +405,7 @@ def intervention_plan(
     for by in ("region", "device", "customer"):
         r = intervention_rates(plan.loc[open_carts], groups, by)
         rates[by] = {str(k): round(float(v), 4) for k, v in r["mean"].items()}
-        big = r[r["size"] >= config.min_group_size]["mean"]
+        big = r[r["size"] >= deployed.min_group_size]["mean"]
         gaps[by] = float(big.max() - big.min()) if len(big) > 1 else 0.0
     worst = max(gaps.values(), default=0.0)
     actions = plan["action"].value_counts()
@@ -461,14 +416,14 @@ def intervention_plan(
             "dagster/row_count": len(out),
             "uplift_model_version": registered.version,
             "allowed_arms": dg.MetadataValue.json(registered.allowed_arms),
-            "budget": config.budget,
+            "budget": deployed.budget,
             **{k: float(v) if isinstance(v, float) else int(v) for k, v in total.items()},
             "actions": dg.MetadataValue.json({str(k): int(v) for k, v in actions.items()}),
             "reasons_for_none": dg.MetadataValue.json({str(k): int(v) for k, v in reasons.items()}),
             "intervention_rates": dg.MetadataValue.json(rates),
             "totals": dg.MetadataValue.md(
                 f"**{total['treated']:,} nudges**, expected spend {total['spend']:.2f} of"
-                f" {config.budget:.2f}; incremental conversions {total['incremental_conversions']:.1f}"
+                f" {deployed.budget:.2f}; incremental conversions {total['incremental_conversions']:.1f}"
                 f" (95 % {total['incremental_conversions_lo']:.1f} to"
                 f" {total['incremental_conversions_hi']:.1f}); incremental margin"
                 f" {total['incremental_margin']:.2f} (95 % {total['incremental_margin_lo']:.2f} to"
@@ -489,9 +444,9 @@ def intervention_plan(
     )
     yield dg.AssetCheckResult(
         check_name=PLAN_CHECKS[1],
-        passed=worst <= config.disparity_bound,
+        passed=worst <= deployed.disparity_bound,
         metadata={
-            "bound": config.disparity_bound,
+            "bound": deployed.disparity_bound,
             **{f"gap_{k}": round(v, 4) for k, v in gaps.items()},
             "rates": dg.MetadataValue.json(rates),
         },

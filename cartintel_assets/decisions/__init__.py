@@ -1,0 +1,1 @@
+"""Which carts to act on and with what: the catalogue, economics, the plan and its evaluation."""

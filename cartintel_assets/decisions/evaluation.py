@@ -1,0 +1,203 @@
+"""How a plan is judged: its value against the truth or a model, its totals with intervals, the
+rules it breaks, off-policy value on the randomised log, and the uplift model's blocking gate."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from cartintel_assets.decisions.catalogue import NONE, Intervention
+from cartintel_assets.decisions.economics import action_table, realised_margin
+from cartintel_assets.decisions.plan import (
+    ContactRules,
+    PlanRules,
+    choose_actions,
+    contacts_by_customer,
+    discount_cap,
+    top_k_by_risk,
+)
+from cartintel_assets.models.uplift import CONTROL
+
+
+def plan_value(plan: pd.DataFrame, truth: pd.DataFrame) -> dict[str, float]:
+    """Incremental margin and conversions of a plan's actions, valued with `truth` (an action
+    table with the same carts: the simulator's true probabilities, or a model's)."""
+    key = truth.set_index(["cart", "arm"])
+    taken = plan.index[plan["action"] != NONE]
+    rows = key.loc[list(zip(taken, plan.loc[taken, "action"], strict=True))]
+    return {
+        "incremental_margin": float(rows["incremental_margin"].sum()),
+        "incremental_conversions": float(rows["incremental_conversion"].sum()),
+        "spend": float(rows["expected_cost"].sum()),
+        "treated": int(len(rows)),
+    }
+
+
+def totals(plan: pd.DataFrame, carts: pd.DataFrame, margin_rate: float) -> dict[str, float]:
+    """Expected incremental conversions and margin with 95 % intervals, and the spend.
+
+    The interval covers the randomness of the outcomes given the predicted probabilities (each
+    treated cart is bought or not, with or without the action); the model's own error is
+    measured separately, out of fold, when it is trained."""
+    t = plan["action"] != NONE
+    pa, p0 = plan.loc[t, "p_treated"].to_numpy(), plan.loc[t, "p_baseline"].to_numpy()
+    var_conv = pa * (1 - pa) + p0 * (1 - p0)
+    worth = carts.loc[t, "cart_value"].to_numpy(dtype=float) * margin_rate
+    conv, margin = plan["incremental_conversion"].sum(), plan["incremental_margin"].sum()
+    half_c = 1.96 * float(np.sqrt(var_conv.sum()))
+    half_m = 1.96 * float(np.sqrt((var_conv * worth**2).sum()))
+    return {
+        "incremental_conversions": float(conv),
+        "incremental_conversions_lo": float(conv - half_c),
+        "incremental_conversions_hi": float(conv + half_c),
+        "incremental_margin": float(margin),
+        "incremental_margin_lo": float(margin - half_m),
+        "incremental_margin_hi": float(margin + half_m),
+        "spend": float(plan["expected_cost"].sum()),
+        "treated": int(t.sum()),
+    }
+
+
+def constraint_violations(
+    plan: pd.DataFrame,
+    carts: pd.DataFrame,
+    rules: PlanRules,
+    history: pd.DataFrame | None,
+    catalogue: list[Intervention],
+) -> dict[str, int]:
+    """Count every broken rule in a finished plan (a correct plan has zeros everywhere)."""
+    t = (plan["action"] != NONE).to_numpy()
+    by_arm = {i.arm: i for i in catalogue}
+    discount = np.array([by_arm[a].discount if a in by_arm else 0.0 for a in plan["action"]])
+    seg = carts["segment"].to_numpy() if "segment" in carts else np.full(len(carts), None)
+    caps = np.array([discount_cap(rules, s) for s in seg])
+    # every planned contact must keep the caps against the customer's other contacts (earlier
+    # sends, and the plan's own); breaches among past sends alone are not the plan's doing
+    contacts = contacts_by_customer(history)
+    planned = list(
+        zip(
+            carts.loc[t, "customer_id"].astype(str),
+            pd.to_datetime(carts.loc[t, "send_at"]),
+            strict=True,
+        )
+    )
+    for cid, at in planned:
+        contacts.setdefault(cid, []).append(pd.Timestamp(at))
+    cap_breaks = 0
+    for cid, at in planned:
+        others = list(contacts[cid])
+        others.remove(pd.Timestamp(at))
+        cap_breaks += rules.contact.violation(others, pd.Timestamp(at)) is not None
+    return {
+        "over_budget": int(plan["expected_cost"].sum() > rules.budget + 1e-6),
+        "contacted_without_consent": int((t & ~carts["consent"].to_numpy(dtype=bool)).sum()),
+        "contacted_in_holdout": int((t & carts["in_holdout"].to_numpy(dtype=bool)).sum()),
+        "discount_over_cap": int((t & (discount > caps + 1e-12)).sum()),
+        "unknown_intervention": int(sum(a not in by_arm for a in plan.loc[t, "action"])),
+        "contact_cap": int(cap_breaks),
+    }
+
+
+def intervention_rates(plan: pd.DataFrame, carts: pd.DataFrame, by: str) -> pd.DataFrame:
+    """Share of carts given an intervention (`mean`) and their number (`size`) per value of `by`."""
+    treated = (plan["action"] != NONE).to_numpy()
+    return pd.Series(treated, index=carts.index).groupby(carts[by].to_numpy()).agg(["mean", "size"])
+
+
+def dr_policy_value(
+    actions: np.ndarray,
+    log: pd.DataFrame,
+    predicted_margin: pd.DataFrame,
+    realised: np.ndarray,
+) -> float:
+    """Doubly robust estimate, on the randomised log, of the total incremental margin of giving
+    each logged cart `actions[i]` (an arm or none) instead of nothing. `predicted_margin` has
+    one column per arm and control (the model's expected margin); arms were assigned with the
+    log's own shares, so the estimate is unbiased whatever the model's error."""
+    arm = log["treatment"].to_numpy()
+    share = pd.Series(arm).value_counts(normalize=True)
+    a = np.where(actions == NONE, CONTROL, actions)
+
+    def dr(choice: np.ndarray) -> np.ndarray:
+        m_hat = predicted_margin.to_numpy()[
+            np.arange(len(log)), [predicted_margin.columns.get_loc(c) for c in choice]
+        ]
+        hit = arm == choice
+        e = share.reindex(choice).to_numpy()
+        return m_hat + np.where(hit, (realised - m_hat) / e, 0.0)
+
+    return float((dr(a) - dr(np.full(len(log), CONTROL))).sum())
+
+
+@dataclass(frozen=True)
+class GateEvidence:
+    """Why an uplift model may (or may not) drive the plan, measured out of fold on the log."""
+
+    allowed_arms: list[str]
+    excluded_arms: dict[str, str]
+    policy_value: float  # doubly robust incremental margin of the budgeted uplift policy
+    top_k_value: float  # ... of sending the best average arm to the riskiest carts instead
+    top_k_arm: str
+    budget: float
+    passed: bool
+
+
+def uplift_gate(
+    log: pd.DataFrame,
+    report: pd.DataFrame,
+    baseline: np.ndarray,
+    effects: pd.DataFrame,
+    risk: np.ndarray,
+    catalogue: list[Intervention],
+    margin_rate: float,
+    budget_share: float = 0.5,
+) -> GateEvidence:
+    """The uplift model's blocking gate, on out-of-fold predictions for the randomised log.
+
+    An arm may be used only if the lower bound of its Qini interval is above 0. With those arms,
+    the budgeted policy (budget: `budget_share` of what treating every cart with a positive
+    predicted margin would cost) must beat the top-k-by-risk yardstick at the same budget (the
+    arm with the best average realised margin, sent to the riskiest carts); both are valued by
+    the doubly robust estimator on the log. Contact caps do not apply to this comparison."""
+    allowed = [a for a in report.index if report.loc[a, "qini_lo"] > 0]
+    excluded = {
+        a: f"Qini 95 % interval [{report.loc[a, 'qini_lo']:.3f}, {report.loc[a, 'qini_hi']:.3f}]"
+        " includes 0"
+        for a in report.index
+        if a not in allowed
+    }
+    carts = log.reset_index(drop=True).assign(
+        blocked="", segment=None, risk=np.asarray(risk), send_at=pd.Timestamp("2000-01-01")
+    )
+    no_caps = ContactRules(min_hours_between=0.0, max_per_week=len(carts) + 1)
+    every = action_table(carts, baseline, effects, catalogue, margin_rate)
+    v = carts["cart_value"].to_numpy(dtype=float)
+    base_margin = np.clip(baseline, 0, 1) * v * margin_rate
+    predicted = pd.DataFrame({CONTROL: base_margin})
+    for arm, rows in every.groupby("arm"):
+        predicted[arm] = rows["incremental_margin"].to_numpy() + base_margin
+    realised = realised_margin(carts, catalogue, margin_rate)
+    arm_gain = {
+        a: realised[carts["treatment"] == a].mean() - realised[carts["treatment"] == CONTROL].mean()
+        for a in every["arm"].unique()
+    }
+    top_arm = max(arm_gain, key=lambda a: arm_gain[a])
+    opts = every[every["arm"].isin(allowed)]
+    unlimited = choose_actions(carts, opts, PlanRules(budget=float("inf"), contact=no_caps))
+    budget = budget_share * float(unlimited["expected_cost"].sum())
+    rules = PlanRules(budget=budget, contact=no_caps)
+    plan = choose_actions(carts, opts, rules) if allowed else unlimited
+    top_k = top_k_by_risk(carts, every, top_arm, rules)
+    value = dr_policy_value(plan["action"].to_numpy(), carts, predicted, realised)
+    top_value = dr_policy_value(top_k["action"].to_numpy(), carts, predicted, realised)
+    return GateEvidence(
+        allowed_arms=allowed,
+        excluded_arms=excluded,
+        policy_value=value,
+        top_k_value=top_value,
+        top_k_arm=top_arm,
+        budget=budget,
+        passed=bool(allowed) and value > top_value,
+    )

@@ -1,0 +1,228 @@
+"""The budgeted choice: which intervention, if any, each cart gets within the budget, consent,
+contact caps, discount caps and the persistent holdout; and the top-k-by-risk yardstick."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from cartintel_assets.decisions.catalogue import NONE
+from cartintel_assets.decisions.economics import ACTION_COLUMNS
+
+
+@dataclass(frozen=True)
+class ContactRules:
+    """Contact caps per customer (Klaviyo Smart Sending's default gap is 16 h)."""
+
+    min_hours_between: float = 16.0
+    max_per_week: int = 3
+
+    def violation(self, earlier: list[pd.Timestamp], at: pd.Timestamp) -> str | None:
+        """Why a contact at `at` would break a cap given the customer's other contacts."""
+        gap = timedelta(hours=self.min_hours_between)
+        if any(abs(at - t) < gap for t in earlier):
+            return f"contact cap: another contact within {self.min_hours_between:g} h"
+        times = sorted([*earlier, at])
+        week = timedelta(days=7)
+        for start in times:
+            if start <= at < start + week and sum(start <= t < start + week for t in times) > (
+                self.max_per_week
+            ):
+                return f"contact cap: more than {self.max_per_week} contacts in 7 days"
+        return None
+
+
+@dataclass(frozen=True)
+class PlanRules:
+    """What a plan must respect besides value."""
+
+    budget: float
+    contact: ContactRules = field(default_factory=ContactRules)
+    max_discount: float = 0.10
+    max_discount_by_segment: dict[str, float] = field(default_factory=dict)
+
+
+def in_holdout(customer_ids: Iterable[Any], share: float, salt: str) -> np.ndarray:
+    """A persistent holdout: a customer is in it when the hash of (salt, pseudonym) falls below
+    `share`, on every day and in every plan, so incrementality can be measured against it."""
+
+    def u(cid: str) -> float:
+        digest = hashlib.sha256(f"{salt}:{cid}".encode()).digest()
+        return int.from_bytes(digest[:8], "big") / 2**64
+
+    return np.array([u(str(c)) < share for c in customer_ids], dtype=bool)
+
+
+def contacts_by_customer(history: pd.DataFrame | None) -> dict[str, list[pd.Timestamp]]:
+    """Earlier contacts (customer_id, sent_at) as send times per customer."""
+    contacts: dict[str, list[pd.Timestamp]] = {}
+    if history is not None:
+        for cid, at in zip(history["customer_id"], history["sent_at"], strict=True):
+            contacts.setdefault(str(cid), []).append(pd.Timestamp(at))
+    return contacts
+
+
+def discount_cap(rules: PlanRules, segment: Any) -> float:
+    return min(rules.max_discount, rules.max_discount_by_segment.get(str(segment), 1.0))
+
+
+def choose_actions(
+    carts: pd.DataFrame,
+    options: pd.DataFrame,
+    rules: PlanRules,
+    history: pd.DataFrame | None = None,
+    order: np.ndarray | None = None,
+) -> pd.DataFrame:
+    """The action per cart that maximises total incremental margin within the rules.
+
+    `carts` (one row per cart, positions match `options.cart`) needs customer_id, send_at,
+    segment and `blocked` (why the cart may not be contacted at all, or empty). `history` holds
+    earlier contacts (customer_id, sent_at) for the caps. The budget is allocated by a Lagrangian
+    relaxation of the multiple-choice knapsack (pick per cart the option maximising
+    margin − λ·cost, with the smallest λ whose spend fits), then contact caps are enforced in order
+    of value and left-over budget is filled greedily. With `order` (a priority per cart, higher
+    first) the value is ignored: carts are taken in that order with their only option while the
+    budget lasts, the "top-k" yardstick.
+    """
+    n = len(carts)
+    out = choose(
+        blocked=carts["blocked"].fillna("").astype(str).to_numpy(),
+        segment=carts["segment"].to_numpy() if "segment" in carts else np.full(n, None),
+        customer=carts["customer_id"].astype(str).to_numpy(),
+        send_at=pd.to_datetime(carts["send_at"]).to_numpy(),
+        options={c: options[c].to_numpy() for c in ACTION_COLUMNS},
+        rules=rules,
+        contacts=contacts_by_customer(history),
+        order=order,
+    )
+    return pd.DataFrame(out)
+
+
+def choose(
+    blocked: np.ndarray,
+    segment: np.ndarray,
+    customer: np.ndarray,
+    send_at: np.ndarray,
+    options: Mapping[str, np.ndarray],
+    rules: PlanRules,
+    contacts: dict[str, list[pd.Timestamp]],
+    order: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
+    """`choose_actions` on numpy columns (one entry per cart; `options` as `option_columns`
+    makes them; `contacts`: earlier contacts per customer, extended with the chosen ones)."""
+    n = len(blocked)
+    blocked = np.asarray(blocked, dtype=object)
+    cart_all = np.asarray(options["cart"], dtype=np.int64)
+    keep = blocked[cart_all] == ""
+    caps = np.array([discount_cap(rules, segment[c]) for c in cart_all], dtype=float)
+    keep &= np.asarray(options["discount"], dtype=float) <= caps + 1e-12
+    if order is None:
+        keep &= np.asarray(options["incremental_margin"], dtype=float) > 0
+    opts = {k: np.asarray(v)[keep] for k, v in options.items()}
+    cart_idx = opts["cart"].astype(np.int64)
+    value = opts["incremental_margin"].astype(float)
+    cost = opts["expected_cost"].astype(float)
+
+    def pick(lam: float) -> np.ndarray:
+        """Row of `opts` chosen per cart at multiplier `lam` (-1: none pays)."""
+        score = value - lam * cost
+        rows = np.flatnonzero(score > 0)
+        rows = rows[np.argsort(-score[rows], kind="stable")]
+        carts_, first = np.unique(cart_idx[rows], return_index=True)
+        best = np.full(n, -1)
+        best[carts_] = rows[first]
+        return best
+
+    def spend_at(lam: float) -> float:
+        c = pick(lam)
+        return float(cost[c[c >= 0]].sum())
+
+    if order is None:
+        lam = 0.0
+        if spend_at(0.0) > rules.budget:
+            lo, hi = 0.0, float(np.max(value / np.maximum(cost, 1e-9), initial=0.0)) + 1.0
+            for _ in range(40):
+                mid = (lo + hi) / 2
+                lo, hi = (mid, hi) if spend_at(mid) > rules.budget else (lo, mid)
+            lam = hi
+        chosen = pick(lam)
+        score = np.append(value - lam * cost, -np.inf)  # index -1: no option
+        priority = score[chosen]
+    else:
+        chosen = np.full(n, -1)
+        chosen[cart_idx] = np.arange(len(cart_idx))
+        priority = np.where(chosen >= 0, np.asarray(order, dtype=float), -np.inf)
+
+    action = np.full(n, -1)
+    reason = blocked.copy()
+    spend = 0.0
+
+    def try_take(c: int, r: int) -> str | None:
+        nonlocal spend
+        if spend + cost[r] > rules.budget + 1e-9:
+            return "budget exhausted"
+        at = pd.Timestamp(send_at[c])
+        why = rules.contact.violation(contacts.get(customer[c], []), at)
+        if why:
+            return why
+        contacts.setdefault(customer[c], []).append(at)
+        action[c], spend = r, spend + cost[r]
+        return None
+
+    for c in np.argsort(-priority, kind="stable"):
+        if chosen[c] < 0 or not np.isfinite(priority[c]):
+            continue
+        why = try_take(c, chosen[c])
+        if why:
+            reason[c] = why
+    if order is None:  # fill what the caps and the multiplier left unspent, best ratio first
+        ratio = value / np.maximum(cost, 1e-9)
+        for r in np.argsort(-ratio, kind="stable"):
+            c = cart_idx[r]
+            free = action[c] < 0 and not reason[c].startswith("contact cap")
+            if free and try_take(c, r) is None:
+                reason[c] = ""
+    has_option = np.zeros(n, dtype=bool)
+    has_option[cart_idx] = True
+    for c in range(n):
+        if action[c] < 0 and not reason[c]:
+            reason[c] = "budget exhausted" if has_option[c] else "no intervention pays"
+    taken = action >= 0
+    at = np.maximum(action, 0)
+
+    def col(k: str, fill: Any) -> np.ndarray:
+        if not len(cart_idx):
+            return np.full(
+                n, fill, dtype=object if fill is None or isinstance(fill, str) else float
+            )
+        return np.where(taken, opts[k][at], fill)
+
+    return {
+        "action": col("arm", NONE),
+        "intervention_id": col("intervention_id", None),
+        "reason": np.where(taken, "", reason),
+        "p_treated": col("p_treated", np.nan).astype(float),
+        "p_baseline": col("p_baseline", np.nan).astype(float),
+        "incremental_conversion": col("incremental_conversion", 0.0).astype(float),
+        "incremental_margin": col("incremental_margin", 0.0).astype(float),
+        "expected_cost": col("expected_cost", 0.0).astype(float),
+    }
+
+
+def top_k_by_risk(
+    carts: pd.DataFrame,
+    options: pd.DataFrame,
+    arm: str,
+    rules: PlanRules,
+    history: pd.DataFrame | None = None,
+) -> pd.DataFrame:
+    """The yardstick: send `arm` to the riskiest contactable carts until the budget is spent."""
+    return choose_actions(
+        carts, options[options["arm"] == arm], rules, history, order=carts["risk"].to_numpy()
+    )

@@ -1,0 +1,1 @@
+"""Scale-out engines that compute features and train models (Apache Spark)."""

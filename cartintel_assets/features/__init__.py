@@ -1,0 +1,1 @@
+"""Cart sessions, outcome labels, point-in-time session features and review signals."""

@@ -1,0 +1,1 @@
+"""Landing files into raw tables and quarantine; mappings of foreign event logs."""

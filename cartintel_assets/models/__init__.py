@@ -1,0 +1,1 @@
+"""The learners: abandonment risk, uplift, segmentation, friction drivers and their metrics."""

@@ -1,0 +1,1 @@
+"""Drift and performance of the served models."""

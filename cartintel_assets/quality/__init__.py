@@ -1,0 +1,1 @@
+"""Data-quality rules: the SQL quarantine, Great Expectations suites and the scorecard."""

@@ -1,0 +1,330 @@
+"""Moving a registered model through the roadmap's phases, challenger -> pilot -> global, only
+through gates, with an append-only promotion log that is the alias history MLflow does not keep.
+
+No Dagster import. One naming scheme: `challenger` (passed its training gates, eligible),
+`pilot` (serves the pilot regions), `global` (serves every other region). The MLflow tracking URI
+is set by the caller.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import duckdb
+import numpy as np
+import pandas as pd
+from mlflow.tracking import MlflowClient
+
+from cartintel_assets.registry.names import CHALLENGER, GLOBAL, PHASES, PILOT
+from cartintel_assets.registry.registration import version_by_alias
+from cartintel_assets.warehouse.tables import has_table, transaction
+
+LOG_TABLE = "promotion_log"
+LOG_COLUMNS: dict[str, str] = {
+    "logged_at": "TIMESTAMP",
+    "model_name": "VARCHAR",
+    "phase": "VARCHAR",
+    "action": "VARCHAR",  # promote | rollback
+    "outcome": "VARCHAR",  # moved | refused
+    "from_version": "VARCHAR",
+    "to_version": "VARCHAR",
+    "triggered_by": "VARCHAR",
+    "reason": "VARCHAR",
+    "evidence": "VARCHAR",  # JSON
+    "dagster_run_id": "VARCHAR",
+}
+
+
+@dataclass(frozen=True)
+class PhasePlan:
+    """Which regions pilot a new version and the bounds each move must meet."""
+
+    pilot_regions: tuple[str, ...] = ("NL", "ES")
+    # to pilot: the candidate must beat the global version on the same held-out carts, ranking
+    # better by a margin without materially worse probabilities
+    pilot_min_auc_gain: float = 0.005
+    pilot_max_log_loss_ratio: float = 1.02
+    # to global: the pilot's realised results on the pilot regions
+    global_min_labelled: int = 300
+    global_min_roc_auc: float = 0.75
+    global_max_calibration_error: float = 0.08
+    # the interventions on the pilot's riskier half may not significantly lose conversions: the
+    # upper end of the 95 % interval of (treated - holdout) must reach this
+    global_min_incremental_conversion: float = 0.0
+    global_max_auc_gap: float = 0.12  # across devices and across pilot regions
+    min_group_rows: int = 100
+
+    def serving_alias(self, region: str, available: set[str]) -> str:
+        """The alias that scores a cart of `region`: pilot in pilot regions (when one exists),
+        global elsewhere; until a version holds global the pilot serves every region, and before
+        any promotion the challenger does."""
+        if region in self.pilot_regions and PILOT in available:
+            return PILOT
+        if GLOBAL in available:
+            return GLOBAL
+        if PILOT in available:
+            return PILOT
+        return CHALLENGER
+
+
+@dataclass
+class GateResult:
+    """Whether a move may happen, why, and the numbers behind it."""
+
+    passed: bool
+    reason: str
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Move:
+    """One line of the promotion log."""
+
+    model_name: str
+    phase: str
+    action: str
+    outcome: str
+    from_version: str | None
+    to_version: str | None
+    triggered_by: str
+    reason: str
+    evidence: dict[str, Any]
+    dagster_run_id: str
+    logged_at: datetime = field(default_factory=lambda: datetime.now(UTC).replace(tzinfo=None))
+
+    def row(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["evidence"] = json.dumps(self.evidence, default=_json_default, sort_keys=True)
+        return out
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    return str(value)
+
+
+def aliases(name: str) -> dict[str, str]:
+    """Every phase alias of `name` that is set, with its version."""
+    found = {a: version_by_alias(name, a) for a in PHASES}
+    return {a: v for a, v in found.items() if v is not None}
+
+
+def ensure_log(con: duckdb.DuckDBPyConnection) -> None:
+    cols = ", ".join(f"{c} {t}" for c, t in LOG_COLUMNS.items())
+    con.execute(f"CREATE TABLE IF NOT EXISTS {LOG_TABLE} ({cols})")
+
+
+def read_log(con: duckdb.DuckDBPyConnection, name: str | None = None) -> pd.DataFrame:
+    """The promotion log, oldest first (empty with its columns when nothing moved yet)."""
+    if not has_table(con, LOG_TABLE):
+        return pd.DataFrame(columns=list(LOG_COLUMNS))
+    where, params = ("WHERE model_name = ?", [name]) if name else ("", [])
+    return con.execute(f"SELECT * FROM {LOG_TABLE} {where} ORDER BY logged_at, rowid", params).df()
+
+
+def record(con: duckdb.DuckDBPyConnection, move: Move) -> None:
+    """Append a move to the log (never update, never delete) and, when it moved an alias, tag the
+    version it moved to in the registry."""
+    ensure_log(con)
+    row = move.row()
+    with transaction(con):
+        con.execute(
+            f"INSERT INTO {LOG_TABLE} ({', '.join(LOG_COLUMNS)})"
+            f" VALUES ({', '.join('?' for _ in LOG_COLUMNS)})",
+            [row[c] for c in LOG_COLUMNS],
+        )
+    if move.outcome == "moved" and move.to_version is not None:
+        client = MlflowClient()
+        prefix = f"{move.phase}."
+        stamp = move.logged_at.isoformat(timespec="seconds")
+        tags = {
+            f"{prefix}{move.action}_at": stamp,
+            f"{prefix}from_version": move.from_version or "none",
+            f"{prefix}triggered_by": move.triggered_by,
+            f"{prefix}dagster_run_id": move.dagster_run_id,
+            f"{prefix}evidence": row["evidence"][:4900],
+        }
+        for k, v in tags.items():
+            client.set_model_version_tag(move.model_name, move.to_version, k, v)
+
+
+def set_alias(name: str, alias: str, version: str) -> None:
+    MlflowClient().set_registered_model_alias(name, alias, version)
+
+
+def registry_agrees(
+    con: duckdb.DuckDBPyConnection, name: str
+) -> dict[str, tuple[str | None, str | None]]:
+    """Per phase moved through the log: (the log's latest version, the registry alias's); the
+    two agree when every pair is equal."""
+    log = read_log(con, name)
+    moved = log[log["outcome"] == "moved"]
+    out: dict[str, tuple[str | None, str | None]] = {}
+    for phase, rows in moved.groupby("phase"):
+        out[str(phase)] = (rows.iloc[-1]["to_version"], version_by_alias(name, str(phase)))
+    return out
+
+
+def previous_version(con: duckdb.DuckDBPyConnection, name: str, phase: str) -> str | None:
+    """The version the latest promotion into the current holder of `phase` replaced."""
+    current = version_by_alias(name, phase)
+    log = read_log(con, name)
+    promoted = log[
+        (log["phase"] == phase)
+        & (log["action"] == "promote")
+        & (log["outcome"] == "moved")
+        & (log["to_version"] == current)
+    ]
+    if promoted.empty:
+        return None
+    before = promoted.iloc[-1]["from_version"]
+    return None if before is None or pd.isna(before) else str(before)
+
+
+# ---- the evidence behind each gate -----------------------------------------------------------
+
+_WINDOW_SQL = """
+SELECT f.*, l.harmful
+FROM session_features f JOIN abandonment_labels l USING (session_id)
+WHERE l.label_complete AND f.started_at >= CAST(? AS TIMESTAMP)
+ORDER BY f.started_at, f.session_id
+"""
+
+
+def held_out_window(con: duckdb.DuckDBPyConnection, test_from: str) -> pd.DataFrame:
+    """Labelled carts from the candidate's first test day on: neither model trained on them (the
+    global version is older than the candidate)."""
+    return con.execute(_WINDOW_SQL, [test_from]).df()
+
+
+def compare_on_window(
+    window: pd.DataFrame, candidate_p: np.ndarray, incumbent_p: np.ndarray, plan: PhasePlan
+) -> GateResult:
+    """Pilot gate: the candidate beats the incumbent on the same carts, on ranking (ROC-AUC gain
+    at least `pilot_min_auc_gain`) and on probabilities (log-loss at most
+    `pilot_max_log_loss_ratio` times the incumbent's)."""
+    from cartintel_assets.models.abandonment import risk_metrics
+
+    y = window["harmful"].to_numpy(dtype=int)
+    cand, inc = risk_metrics(y, candidate_p), risk_metrics(y, incumbent_p)
+    gain = cand["roc_auc"] - inc["roc_auc"]
+    ratio = cand["log_loss"] / inc["log_loss"]
+    evidence = {
+        "window_carts": len(y),
+        "window_from": str(window["started_at"].min()),
+        "window_to": str(window["started_at"].max()),
+        "candidate_roc_auc": cand["roc_auc"],
+        "global_roc_auc": inc["roc_auc"],
+        "candidate_log_loss": cand["log_loss"],
+        "global_log_loss": inc["log_loss"],
+        "auc_gain": gain,
+        "log_loss_ratio": ratio,
+        "min_auc_gain": plan.pilot_min_auc_gain,
+        "max_log_loss_ratio": plan.pilot_max_log_loss_ratio,
+    }
+    problems = []
+    if gain < plan.pilot_min_auc_gain:
+        problems.append(f"ROC-AUC gain {gain:+.4f} < {plan.pilot_min_auc_gain:+.4f}")
+    if ratio > plan.pilot_max_log_loss_ratio:
+        problems.append(f"log-loss ratio {ratio:.4f} > {plan.pilot_max_log_loss_ratio:.4f}")
+    if problems:
+        return GateResult(
+            False, "does not beat global on the held-out window: " + "; ".join(problems), evidence
+        )
+    return GateResult(
+        True, f"beats global on {len(y)} held-out carts (ROC-AUC {gain:+.4f})", evidence
+    )
+
+
+DISPARITY_GROUPS: tuple[str, ...] = ("device", "region")
+_PILOT_SQL = """
+SELECT s.session_id, s.risk, f.region, f.device, l.harmful,
+       i.treatment, i.converted_7d
+FROM abandonment_scores s
+JOIN session_features f USING (session_id)
+JOIN abandonment_labels l USING (session_id)
+LEFT JOIN raw_interventions i USING (session_id)
+WHERE s.model_name = ? AND s.model_version = ? AND s.model_alias = 'pilot' AND l.label_complete
+"""
+
+
+def pilot_results(con: duckdb.DuckDBPyConnection, name: str, version: str) -> pd.DataFrame:
+    """Carts the pilot version scored in its pilot phase whose outcomes are final, with the
+    randomised intervention each received (if any); none before any day was scored."""
+    if not has_table(con, "abandonment_scores"):
+        return pd.DataFrame(columns=["session_id", "risk", "region", "device", "harmful"])
+    return con.execute(_PILOT_SQL, [name, version]).df()
+
+
+def judge_pilot(results: pd.DataFrame, plan: PhasePlan) -> GateResult:
+    """Global gate: the pilot's realised risk-model performance on its regions, the incremental
+    conversion of intervened carts against the randomised holdout (control) where the pilot
+    would act, and the gap in ROC-AUC across devices and across pilot regions."""
+    from cartintel_assets.models.abandonment import risk_metrics
+
+    pilot = results[results["region"].isin(plan.pilot_regions)]
+    n = len(pilot)
+    evidence: dict[str, Any] = {"pilot_regions": list(plan.pilot_regions), "labelled_carts": n}
+    if n < plan.global_min_labelled or pilot["harmful"].nunique() < 2:
+        return GateResult(
+            False,
+            f"only {n} pilot carts with final outcomes (need {plan.global_min_labelled})",
+            evidence,
+        )
+    y, p = pilot["harmful"].to_numpy(dtype=int), pilot["risk"].to_numpy(dtype=float)
+    m = risk_metrics(y, p)
+    evidence.update(roc_auc=m["roc_auc"], calibration_error=m["calibration_error"])
+    # incrementality where the pilot would act: its riskier half, intervened vs the holdout
+    acted = pilot[pilot["risk"] >= pilot["risk"].median()].dropna(subset=["treatment"])
+    treated = acted[acted["treatment"] != "control"]["converted_7d"].astype(float)
+    control = acted[acted["treatment"] == "control"]["converted_7d"].astype(float)
+    lift = float(treated.mean() - control.mean()) if len(treated) and len(control) else float("nan")
+    se = float(np.sqrt(treated.var() / max(len(treated), 1) + control.var() / max(len(control), 1)))
+    high = lift + 1.96 * se
+    evidence.update(
+        treated=len(treated),
+        holdout=len(control),
+        incremental_conversion=lift,
+        incremental_conversion_ci95=[lift - 1.96 * se, high],
+        incremental_conversions=lift * len(treated) if np.isfinite(lift) else None,
+    )
+    gaps: dict[str, float] = {}
+    for col in DISPARITY_GROUPS:
+        aucs = {}
+        for value, g in pilot.groupby(col):
+            if len(g) >= plan.min_group_rows and g["harmful"].nunique() == 2:
+                aucs[str(value)] = risk_metrics(
+                    g["harmful"].to_numpy(dtype=int), g["risk"].to_numpy()
+                )["roc_auc"]
+        evidence[f"roc_auc_by_{col}"] = aucs
+        gaps[col] = max(aucs.values()) - min(aucs.values()) if len(aucs) > 1 else 0.0
+    evidence["auc_gap"] = gaps
+    problems = []
+    if m["roc_auc"] < plan.global_min_roc_auc:
+        problems.append(f"pilot ROC-AUC {m['roc_auc']:.3f} < {plan.global_min_roc_auc:.3f}")
+    if m["calibration_error"] > plan.global_max_calibration_error:
+        problems.append(
+            f"pilot calibration error {m['calibration_error']:.3f} > {plan.global_max_calibration_error:.3f}"
+        )
+    if not np.isfinite(high) or high < plan.global_min_incremental_conversion:
+        problems.append(
+            f"incremental conversion vs holdout {lift:+.3f} (95 % interval up to {high:+.3f})"
+            f" is below {plan.global_min_incremental_conversion:+.3f}"
+        )
+    for col, gap in gaps.items():
+        if gap > plan.global_max_auc_gap:
+            problems.append(f"ROC-AUC gap across {col} {gap:.3f} > {plan.global_max_auc_gap:.3f}")
+    if problems:
+        return GateResult(
+            False, "pilot results miss their bounds: " + "; ".join(problems), evidence
+        )
+    return GateResult(
+        True,
+        f"pilot on {n} carts: ROC-AUC {m['roc_auc']:.3f}, calibration error"
+        f" {m['calibration_error']:.3f}, incremental conversion {lift:+.3f}",
+        evidence,
+    )

@@ -1,0 +1,255 @@
+"""Log a risk model to MLflow as a pyfunc (calibrated probabilities) and register it by alias.
+
+No Dagster import; the MLflow tracking URI is set by the caller (the MLflow resource).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.models import infer_signature
+from mlflow.pyfunc import PythonModel
+from mlflow.tracking import MlflowClient
+
+from cartintel_assets.models.abandonment import RiskModel
+from cartintel_assets.models.segmentation import SegmentationModel, evidence_frame
+from cartintel_assets.models.uplift import UpliftModel
+
+# Pinned to the lock, passed explicitly (inference costs seconds and guesses both xgboost names).
+PIP_REQUIREMENTS = ["xgboost-cpu==3.2.0", "scikit-learn==1.9.1", "pandas==2.3.3", "numpy==2.4.6"]
+
+
+class RiskModelPyfunc(PythonModel):
+    """Serves calibrated risk probabilities from a saved `RiskModel`."""
+
+    def load_context(self, context: Any) -> None:
+        self.model = RiskModel.load(Path(context.artifacts["risk_model"]))
+
+    def predict(
+        self, context: Any, model_input: pd.DataFrame, params: dict | None = None
+    ) -> np.ndarray:
+        return self.model.predict_proba(model_input)
+
+
+def _log_pyfunc(
+    python_model: PythonModel,
+    artifacts: dict[str, str],
+    sample: pd.DataFrame,
+    output: Any,
+    model_config: dict[str, Any] | None = None,
+) -> str:
+    """Log a pyfunc with its artifacts, signature and input example in the active run."""
+    info = mlflow.pyfunc.log_model(
+        name="model",
+        python_model=python_model,
+        artifacts=artifacts,
+        model_config=model_config,
+        signature=infer_signature(sample, output),
+        input_example=sample,
+        pip_requirements=PIP_REQUIREMENTS,
+    )
+    return str(info.model_uri)
+
+
+def log_risk_model(model: RiskModel, example: pd.DataFrame) -> str:
+    """Log the model in the active run; return its model URI."""
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "risk_model"
+        model.save(folder)
+        sample = model.typed(example.head(5))
+        return _log_pyfunc(
+            RiskModelPyfunc(), {"risk_model": str(folder)}, sample, model.predict_proba(sample)
+        )
+
+
+class SegmentationPyfunc(PythonModel):
+    """Serves segment ids from a saved `SegmentationModel`, given customers' behaviour counts."""
+
+    def load_context(self, context: Any) -> None:
+        self.model = SegmentationModel.load(Path(context.artifacts["segmentation"]))
+
+    def predict(
+        self, context: Any, model_input: pd.DataFrame, params: dict | None = None
+    ) -> np.ndarray:
+        return self.model.predict(model_input)
+
+
+def log_segmentation_model(model: SegmentationModel, example: pd.DataFrame) -> str:
+    """Log the segmentation model in the active run; return its model URI."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "segmentation.json"
+        model.save(path)
+        sample = evidence_frame(example.head(5).reset_index(drop=True))
+        return _log_pyfunc(
+            SegmentationPyfunc(), {"segmentation": str(path)}, sample, model.predict(sample)
+        )
+
+
+class UpliftPyfunc(PythonModel):
+    """Serves, per cart, the chance of buying without intervention and, per arm, the effect on
+    that chance (`<arm>`) and on expected margin (`margin_<arm>`, with the catalogue's costs and
+    the margin rate the model was registered with)."""
+
+    def load_context(self, context: Any) -> None:
+        from cartintel_assets.decisions.catalogue import load_catalogue
+
+        self.model = UpliftModel.load(Path(context.artifacts["uplift"]))
+        self.catalogue = load_catalogue(context.artifacts["catalogue"])
+        self.margin_rate = float(context.model_config["margin_rate"])
+
+    def predict(
+        self, context: Any, model_input: pd.DataFrame, params: dict | None = None
+    ) -> pd.DataFrame:
+        return uplift_predictions(self.model, model_input, self.catalogue, self.margin_rate)
+
+
+def uplift_predictions(
+    model: UpliftModel, frame: pd.DataFrame, catalogue: list[Any], margin_rate: float
+) -> pd.DataFrame:
+    """Effects on conversion per arm, the baseline, and incremental margin per arm."""
+    from cartintel_assets.decisions.economics import action_table
+
+    effects = model.effects(frame).reset_index(drop=True)
+    baseline = model.baseline(frame)
+    margins = action_table(frame, baseline, effects, catalogue, margin_rate)
+    wide = margins.pivot(index="cart", columns="arm", values="incremental_margin")
+    out = effects.assign(p_baseline=baseline)
+    for arm in effects.columns:
+        out[f"margin_{arm}"] = wide[arm].to_numpy()
+    return out
+
+
+def log_uplift_model(
+    model: UpliftModel, example: pd.DataFrame, catalogue_path: str, margin_rate: float
+) -> str:
+    """Log the uplift model with its catalogue and margin rate in the active run; return its URI."""
+    from cartintel_assets.decisions.catalogue import load_catalogue
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "uplift"
+        model.save(folder)
+        sample = model.outcome["control"].typed(example.head(5))
+        output = uplift_predictions(model, sample, load_catalogue(catalogue_path), margin_rate)
+        return _log_pyfunc(
+            UpliftPyfunc(),
+            {"uplift": str(folder), "catalogue": catalogue_path},
+            sample,
+            output,
+            {"margin_rate": margin_rate},
+        )
+
+
+@dataclass(frozen=True)
+class RegisteredUpliftModel:
+    """An uplift model loaded by alias, with the arms its gate allows the plan to use."""
+
+    model: UpliftModel
+    name: str
+    alias: str
+    version: str
+    run_id: str
+    allowed_arms: list[str]
+
+
+def load_uplift_model(name: str, alias: str) -> RegisteredUpliftModel:
+    """Resolve `alias` once, load that version and read its `allowed_arms` tag."""
+    found = _by_alias(name, alias, "uplift_training_job")
+    with _version_artifacts(name, str(found.version)) as artifacts:
+        model = UpliftModel.load(artifacts / "uplift")
+    arms = [a for a in found.tags.get("allowed_arms", "").split(",") if a]
+    return RegisteredUpliftModel(model, name, alias, str(found.version), str(found.run_id), arms)
+
+
+def _by_alias(name: str, alias: str, trained_by: str) -> Any:
+    """The model version an alias points at; a clear error naming the job when there is none."""
+    try:
+        return MlflowClient().get_model_version_by_alias(name, alias)
+    except mlflow.exceptions.MlflowException as err:
+        raise LookupError(
+            f"no version of the registered model {name!r} has the alias {alias!r}:"
+            f" train one that passes its gates first ({trained_by})"
+        ) from err
+
+
+@contextmanager
+def _version_artifacts(name: str, version: str) -> Iterator[Path]:
+    """The `artifacts/` folder of a registered version, downloaded to a temporary folder."""
+    with tempfile.TemporaryDirectory() as tmp:
+        local = mlflow.artifacts.download_artifacts(
+            artifact_uri=f"models:/{name}/{version}", dst_path=tmp
+        )
+        yield Path(local) / "artifacts"
+
+
+def load_segmentation_model(name: str, alias: str) -> SegmentationModel | None:
+    """The segmentation model an alias points at, or None when no version holds it."""
+    version = version_by_alias(name, alias)
+    if version is None:
+        return None
+    with _version_artifacts(name, version) as artifacts:
+        return SegmentationModel.load(artifacts / "segmentation.json")
+
+
+def register(model_uri: str, name: str, alias: str | None, tags: dict[str, str]) -> str:
+    """Register `model_uri` as a new version of `name`, tag it and, unless `alias` is None,
+    point `alias` at it."""
+    version = mlflow.register_model(model_uri, name)
+    client = MlflowClient()
+    for k, v in tags.items():
+        client.set_model_version_tag(name, version.version, k, v)
+    if alias is not None:
+        client.set_registered_model_alias(name, alias, version.version)
+    return str(version.version)
+
+
+def version_by_alias(name: str, alias: str) -> str | None:
+    """The version an alias points at, or None when the model or alias does not exist."""
+    try:
+        return str(MlflowClient().get_model_version_by_alias(name, alias).version)
+    except mlflow.exceptions.MlflowException:
+        return None
+
+
+@dataclass(frozen=True)
+class RegisteredRiskModel:
+    """A risk model loaded from the registry, with the version an alias pointed at."""
+
+    model: RiskModel
+    name: str
+    alias: str
+    version: str
+    run_id: str
+
+
+def load_risk_model_version(name: str, version: str) -> RiskModel:
+    """One registered version's `RiskModel`."""
+    with _version_artifacts(name, version) as artifacts:
+        return RiskModel.load(artifacts / "risk_model")
+
+
+def load_risk_model(name: str, alias: str) -> RegisteredRiskModel:
+    """Resolve `alias` to a version once, then load exactly that version's `RiskModel`."""
+    found = _by_alias(name, alias, "abandonment_training_job")
+    model = load_risk_model_version(name, str(found.version))
+    return RegisteredRiskModel(model, name, alias, str(found.version), str(found.run_id))
+
+
+def latest_version(name: str) -> tuple[str, dict[str, str]] | None:
+    """The newest registered version of `name` (whatever its gate) and its tags, or None."""
+    try:
+        found = MlflowClient().search_model_versions(
+            f"name = '{name}'", order_by=["version_number DESC"], max_results=1
+        )
+    except mlflow.exceptions.MlflowException:
+        return None
+    if not found:
+        return None
+    return str(found[0].version), dict(found[0].tags)

@@ -1,0 +1,467 @@
+"""The executive dashboard: one self-contained HTML file (Plotly, its JavaScript inlined, no network
+needed) answering the product brief's four questions from the warehouse's latest outputs, with the
+data-quality scorecard and the model/phase status beside them. No Dagster import.
+
+1. Who is most at risk of abandoning?      `abandonment_scores` x `session_features`
+2. Which segments require intervention?    `intervention_plan` (segment, risk, margin, action)
+3. Which products and categories drive friction?   `friction_index`, `friction_drivers`,
+                                            `category_review_signals`
+4. What actions are likely to increase conversion?  the plan's expected outcomes, and the lift
+                                            measured on the randomised log against its control arm
+"""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+
+from cartintel_assets.warehouse.tables import has_table
+
+DASHBOARD_FILE = "executive_dashboard.html"
+AT_RISK = 0.5  # a cart counts as at risk when its risk of harmful abandonment reaches this
+SECTIONS: dict[str, str] = {
+    "at-risk": "Who is most at risk of abandoning?",
+    "segments": "Which segments require intervention?",
+    "friction": "Which products and categories drive friction?",
+    "actions": "What actions are likely to increase conversion?",
+    "data-quality": "Can the data be trusted? (data-quality scorecard)",
+    "models": "Which models decide? (registry phases)",
+}
+
+
+def page_path(reports: Path) -> Path:
+    """Where the dashboard is written under the reports folder (and served from)."""
+    return reports / "dashboard" / DASHBOARD_FILE
+
+
+@dataclass
+class Section:
+    key: str
+    kpis: dict[str, str] = field(default_factory=dict)
+    figures: list[go.Figure] = field(default_factory=list)
+    tables: list[tuple[str, pd.DataFrame]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def _query(con: duckdb.DuckDBPyConnection, table: str, sql: str, *params: Any) -> pd.DataFrame:
+    """`sql` when `table` exists, else an empty frame (a section then says what to run)."""
+    return con.execute(sql, list(params)).df() if has_table(con, table) else pd.DataFrame()
+
+
+def _latest_day(con: duckdb.DuckDBPyConnection, table: str) -> Any:
+    if not has_table(con, table):
+        return None
+    return con.execute(f"SELECT max(partition_date) FROM {table}").fetchall()[0][0]
+
+
+def _layout(fig: go.Figure, title: str) -> go.Figure:
+    fig.update_layout(title=title, template="plotly_white", height=380, margin={"t": 60})
+    return fig
+
+
+def at_risk(con: duckdb.DuckDBPyConnection) -> Section:
+    s = Section("at-risk")
+    day = _latest_day(con, "abandonment_scores")
+    carts = _query(
+        con,
+        "abandonment_scores",
+        "SELECT s.session_id, s.risk, s.reason_codes, s.model_version, s.model_alias,"
+        " f.cart_value, f.region, f.device FROM abandonment_scores s JOIN session_features f"
+        " USING (session_id, partition_date) WHERE s.partition_date = ?",
+        day,
+    )
+    if carts.empty:
+        s.notes.append("No scored carts yet: run abandonment_scoring_job for a day.")
+        return s
+    carts["expected_loss"] = carts["risk"] * carts["cart_value"]
+    risky = carts[carts["risk"] >= AT_RISK]
+    s.kpis = {
+        "day": str(day),
+        "open carts scored": f"{len(carts):,}",
+        f"at risk (risk ≥ {AT_RISK:g})": f"{len(risky):,} ({len(risky) / len(carts):.0%})",
+        "expected revenue lost (Σ risk × cart value)": f"{carts['expected_loss'].sum():,.0f}",
+    }
+    fig = go.Figure(go.Histogram(x=carts["risk"], nbinsx=20, marker_color="#c0392b"))
+    fig.update_xaxes(title="risk of harmful abandonment")
+    fig.update_yaxes(title="carts")
+    s.figures.append(_layout(fig, "Risk of the day's open carts"))
+    by_region = (
+        carts.groupby("region")
+        .agg(
+            carts=("risk", "size"),
+            at_risk=("risk", lambda r: int((r >= AT_RISK).sum())),
+            expected_loss=("expected_loss", "sum"),
+        )
+        .reset_index()
+        .sort_values("expected_loss", ascending=False)
+    )
+    fig = go.Figure(
+        go.Bar(
+            x=by_region["region"],
+            y=by_region["expected_loss"],
+            customdata=by_region[["carts", "at_risk"]],
+            hovertemplate="%{x}: %{y:,.0f} expected lost revenue<br>%{customdata[0]} carts,"
+            " %{customdata[1]} at risk<extra></extra>",
+            marker_color="#e67e22",
+        )
+    )
+    fig.update_yaxes(title="expected revenue lost")
+    s.figures.append(_layout(fig, "Expected lost revenue by region"))
+    top = carts.nlargest(10, "expected_loss").assign(
+        reason_codes=lambda f: f["reason_codes"].map(lambda r: ", ".join(r))
+    )
+    s.tables.append(
+        (
+            "Carts with the most revenue at risk",
+            top[["session_id", "region", "device", "cart_value", "risk", "reason_codes"]],
+        )
+    )
+    return s
+
+
+def segments(con: duckdb.DuckDBPyConnection) -> Section:
+    s = Section("segments")
+    day = _latest_day(con, "intervention_plan")
+    plan = _query(
+        con,
+        "intervention_plan",
+        "SELECT coalesce(segment, 'unsegmented') AS segment, risk, action, incremental_margin"
+        " FROM intervention_plan WHERE partition_date = ?",
+        day,
+    )
+    if plan.empty:
+        s.notes.append("No intervention plan yet: run intervention_plan_job for a scored day.")
+        return s
+    treated = plan[plan["action"] != "none"]
+    action = treated.groupby("segment")["action"].agg(lambda a: a.value_counts().index[0])
+    seg = (
+        plan.groupby("segment")
+        .agg(
+            carts=("risk", "size"),
+            mean_risk=("risk", "mean"),
+            at_risk=("risk", lambda r: float((r >= AT_RISK).mean())),
+            nudged=("action", lambda a: int((a != "none").sum())),
+            margin=("incremental_margin", "sum"),
+        )
+        .reset_index()
+    )
+    seg["recommended_action"] = seg["segment"].map(action).fillna("none")
+    seg = seg.sort_values("margin", ascending=False)
+    s.kpis = {
+        "day planned": str(day),
+        "segments": str(len(seg)),
+        "segments with a paying intervention": str(int((seg["nudged"] > 0).sum())),
+    }
+    fig = go.Figure(
+        go.Scatter(
+            x=seg["mean_risk"],
+            y=seg["margin"],
+            mode="markers+text",
+            text=seg["segment"],
+            textposition="top center",
+            marker={
+                "size": np.sqrt(seg["carts"].to_numpy(dtype=float)) * 2 + 6,
+                "color": seg["at_risk"],
+                "colorscale": "Reds",
+                "showscale": True,
+                "colorbar": {"title": "share at risk"},
+            },
+            customdata=seg[["carts", "nudged", "recommended_action"]],
+            hovertemplate="%{text}<br>mean risk %{x:.2f}, expected incremental margin %{y:,.1f}"
+            "<br>%{customdata[0]} carts, %{customdata[1]} nudged, mostly"
+            " %{customdata[2]}<extra></extra>",
+        )
+    )
+    fig.update_xaxes(title="mean risk")
+    fig.update_yaxes(title="expected incremental margin of the plan")
+    s.figures.append(_layout(fig, "Segments: risk, size (bubble) and what intervening earns"))
+    s.tables.append(
+        (
+            "Segments by expected incremental margin",
+            seg.rename(columns={"margin": "expected_incremental_margin"}),
+        )
+    )
+    return s
+
+
+ASPECTS = ("shipping", "price", "size_fit", "quality", "returns", "service")
+
+
+def friction(con: duckdb.DuckDBPyConnection) -> Section:
+    s = Section("friction")
+    index = _query(
+        con, "friction_index", "SELECT * FROM friction_index ORDER BY friction_index DESC"
+    )
+    if index.empty:
+        s.notes.append("No friction index yet: run friction_job.")
+        return s
+    hover = {  # what each driver column means; review columns exist once reviews are aggregated
+        "harmful_rate": "harmful abandonment %{customdata[I]:.0%}",
+        "shipping_share": "shipping share %{customdata[I]:.0%}",
+        "price_rise": "price rise %{customdata[I]:.1%}",
+        "delivery_days": "delivery %{customdata[I]:.1f} days",
+        "review_negative_share": "negative reviews %{customdata[I]:.0%}",
+    }
+    shown = [c for c in hover if c in index]
+    lines = [hover[c].replace("[I]", f"[{i}]") for i, c in enumerate(shown)]
+    fig = go.Figure(
+        go.Bar(
+            x=index["category"],
+            y=index["friction_index"],
+            customdata=index[shown],
+            hovertemplate="%{x}: friction index %{y:.2f}<br>"
+            + "<br>".join(lines)
+            + "<extra></extra>",
+            marker_color="#8e44ad",
+        )
+    )
+    fig.update_yaxes(title="friction index")
+    s.figures.append(_layout(fig, "Categories by friction index (hover: the drivers)"))
+    shap = _query(
+        con,
+        "friction_drivers",
+        "SELECT scope AS category, feature, mean_abs_shap FROM friction_drivers"
+        " WHERE scope_type = 'category' AND friction_rank IS NOT NULL",
+    )
+    if not shap.empty:
+        wide = shap.pivot_table(index="feature", columns="category", values="mean_abs_shap")
+        fig = go.Figure(
+            go.Heatmap(
+                z=wide.to_numpy(), x=list(wide.columns), y=list(wide.index), colorscale="Purples"
+            )
+        )
+        s.figures.append(_layout(fig, "Friction drivers per category (mean |SHAP| on risk)"))
+    themes = _query(con, "category_review_signals", "SELECT * FROM category_review_signals")
+    if not themes.empty:
+        cols = [f"share_negative_{a}" for a in ASPECTS if f"share_negative_{a}" in themes]
+        fig = go.Figure(
+            go.Heatmap(
+                z=themes[cols].to_numpy(),
+                x=[c.removeprefix("share_negative_") for c in cols],
+                y=themes["category"],
+                colorscale="Oranges",
+                hovertemplate="%{y}: %{z:.0%} of reviews complain about %{x}<extra></extra>",
+            )
+        )
+        s.figures.append(_layout(fig, "Review themes: share of reviews complaining, by aspect"))
+    s.tables.append(
+        ("Friction index and its drivers", index.drop(columns=["note"], errors="ignore"))
+    )
+    return s
+
+
+_LIFT_SQL = """
+SELECT treatment, count(*) AS carts, avg(converted_7d::INTEGER) AS conversion
+FROM raw_interventions GROUP BY treatment ORDER BY treatment
+"""
+
+
+def actions(con: duckdb.DuckDBPyConnection) -> Section:
+    s = Section("actions")
+    day = _latest_day(con, "intervention_plan")
+    plan = _query(
+        con,
+        "intervention_plan",
+        "SELECT action, count(*) AS carts, sum(expected_cost) AS expected_cost,"
+        " sum(incremental_conversion) AS incremental_conversions,"
+        " sum(incremental_margin) AS incremental_margin FROM intervention_plan"
+        " WHERE partition_date = ? AND action <> 'none' GROUP BY action ORDER BY action",
+        day,
+    )
+    if not plan.empty:
+        s.kpis = {
+            "day planned": str(day),
+            "nudges": f"{int(plan['carts'].sum()):,}",
+            "expected spend": f"{plan['expected_cost'].sum():,.2f}",
+            "expected incremental conversions": f"{plan['incremental_conversions'].sum():.1f}",
+            "expected incremental margin": f"{plan['incremental_margin'].sum():,.1f}",
+        }
+        fig = go.Figure(
+            [
+                go.Bar(
+                    name="expected incremental margin",
+                    x=plan["action"],
+                    y=plan["incremental_margin"],
+                ),
+                go.Bar(name="expected cost", x=plan["action"], y=plan["expected_cost"]),
+            ]
+        )
+        fig.update_layout(barmode="group")
+        s.figures.append(_layout(fig, f"The plan of {day}: what each action is expected to earn"))
+    else:
+        s.notes.append("No intervention plan yet: run intervention_plan_job for a scored day.")
+    log = _query(con, "raw_interventions", _LIFT_SQL)
+    if not log.empty and "control" in set(log["treatment"]):
+        ctrl = log.set_index("treatment").loc["control"]
+        arms = log[log["treatment"] != "control"].copy()
+        p1, n1 = arms["conversion"], arms["carts"]
+        p0, n0 = float(ctrl["conversion"]), float(ctrl["carts"])
+        arms["lift"] = p1 - p0
+        arms["half_ci"] = 1.96 * np.sqrt(p1 * (1 - p1) / n1 + p0 * (1 - p0) / n0)
+        fig = go.Figure(
+            go.Bar(
+                x=arms["treatment"],
+                y=arms["lift"],
+                error_y={"type": "data", "array": arms["half_ci"]},
+                customdata=arms[["carts", "conversion"]],
+                hovertemplate="%{x}: %{y:+.1%} conversion vs control (95 % CI ±"
+                " %{error_y.array:.1%})<br>%{customdata[0]} carts, %{customdata[1]:.1%}"
+                " converted<extra></extra>",
+                marker_color="#27ae60",
+            )
+        )
+        fig.update_yaxes(title="7-day conversion lift vs control", tickformat="+.0%")
+        s.figures.append(
+            _layout(fig, "Measured lift against the holdout (randomised log, 95 % CI)")
+        )
+        s.tables.append(("Randomised intervention log", log))
+    return s
+
+
+def data_quality(con: duckdb.DuckDBPyConnection) -> Section:
+    s = Section("data-quality")
+    card = _query(
+        con,
+        "data_quality_scorecard",
+        "SELECT partition_date, standard, row_score, status, blocking_failures, warnings,"
+        " rows_quarantined FROM data_quality_scorecard ORDER BY partition_date",
+    )
+    if card.empty:
+        s.notes.append("No scorecard yet: ingest a day (storefront_daily_job).")
+        return s
+    card["partition_date"] = pd.to_datetime(card["partition_date"]).dt.date.astype(str)
+    wide = card.pivot_table(index="standard", columns="partition_date", values="row_score")
+    fig = go.Figure(
+        go.Heatmap(
+            z=wide.to_numpy(),
+            x=list(wide.columns),
+            y=list(wide.index),
+            colorscale="RdYlGn",
+            zmin=0.95,
+            zmax=1.0,
+            hovertemplate="%{y} on %{x}: %{z:.2%} of rows meet it<extra></extra>",
+        )
+    )
+    s.figures.append(_layout(fig, "Share of landed rows meeting each standard, per day"))
+    last = card[card["partition_date"] == card["partition_date"].max()]
+    s.kpis = {
+        f"{r.standard} ({r.partition_date})": f"{r.row_score:.2%} · {r.status}"
+        for r in last.itertuples()
+    }
+    s.kpis["blocking failures (all days)"] = str(int(card["blocking_failures"].sum()))
+    return s
+
+
+def models(con: duckdb.DuckDBPyConnection, aliases: dict[str, dict[str, str]]) -> Section:
+    s = Section("models")
+    rows = [
+        {"model": name, "alias": alias, "version": version}
+        for name, held in aliases.items()
+        for alias, version in sorted(held.items())
+    ]
+    s.tables.append(
+        ("Registry aliases now (MLflow)", pd.DataFrame(rows, columns=["model", "alias", "version"]))
+    )
+    for name, held in aliases.items():
+        phases = ", ".join(f"{a} v{v}" for a, v in sorted(held.items())) or "none"
+        s.kpis[name] = phases
+    log = _query(
+        con,
+        "promotion_log",
+        "SELECT logged_at, model_name, phase, action, outcome, from_version, to_version,"
+        " triggered_by, reason FROM promotion_log ORDER BY logged_at DESC LIMIT 10",
+    )
+    if not log.empty:
+        s.tables.append(("Latest promotion decisions", log))
+    drift = _query(
+        con,
+        "monitoring_results",
+        "SELECT partition_date, model_version, check_name, passed, value FROM monitoring_results"
+        " ORDER BY partition_date DESC, check_name LIMIT 12",
+    )
+    if not drift.empty:
+        s.tables.append(("Latest drift and performance checks", drift))
+    return s
+
+
+def build(con: duckdb.DuckDBPyConnection, aliases: dict[str, dict[str, str]]) -> list[Section]:
+    """Every section, from what the warehouse holds now."""
+    return [
+        at_risk(con),
+        segments(con),
+        friction(con),
+        actions(con),
+        data_quality(con),
+        models(con, aliases),
+    ]
+
+
+_CSS = """
+body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:0;background:#f6f7f9;color:#222}
+header{background:#2c3e50;color:#fff;padding:18px 32px}header h1{margin:0;font-size:22px}
+nav a{color:#cfd8e3;margin-right:16px;font-size:14px}
+section{background:#fff;margin:18px 32px;padding:16px 24px;border-radius:8px;box-shadow:0 1px 3px #0002}
+h2{font-size:19px;margin:4px 0 12px}.kpis{display:flex;flex-wrap:wrap;gap:12px;margin-bottom:8px}
+.kpi{background:#f0f3f6;border-radius:6px;padding:8px 12px;min-width:150px}
+.kpi b{display:block;font-size:18px}.kpi span{font-size:12px;color:#555}
+.charts{display:grid;grid-template-columns:repeat(auto-fill,minmax(520px,1fr));gap:12px}.charts>div{min-width:0}
+table{border-collapse:collapse;font-size:12px;margin:8px 0}td,th{padding:3px 8px;border-bottom:1px solid #e3e6ea;text-align:left}
+.note{color:#a04000}
+"""
+
+
+def render(sections: list[Section], built_from: str) -> str:
+    """The HTML page; Plotly's JavaScript is inlined once, so the file opens offline."""
+    parts: list[str] = []
+    first = True
+    for sec in sections:
+        body = [f'<section id="{sec.key}"><h2>{html.escape(SECTIONS[sec.key])}</h2>']
+        if sec.kpis:
+            body.append(
+                '<div class="kpis">'
+                + "".join(
+                    f'<div class="kpi"><b>{html.escape(v)}</b><span>{html.escape(k)}</span></div>'
+                    for k, v in sec.kpis.items()
+                )
+                + "</div>"
+            )
+        body += [f'<p class="note">{html.escape(n)}</p>' for n in sec.notes]
+        if sec.figures:
+            body.append('<div class="charts">')
+            for i, fig in enumerate(sec.figures):
+                body.append(
+                    fig.to_html(
+                        full_html=False,
+                        include_plotlyjs=first,
+                        div_id=f"{sec.key}-chart-{i}",
+                        config={"displaylogo": False, "responsive": True},
+                    )
+                )
+                first = False
+            body.append("</div>")
+        for title, table in sec.tables:
+            shown = table.head(15)
+            body.append(f"<h3>{html.escape(title)}</h3>")
+            body.append(shown.to_html(index=False, float_format=lambda v: f"{v:,.3f}", border=0))
+        body.append("</section>")
+        parts.append("\n".join(body))
+    nav = " ".join(f'<a href="#{k}">{html.escape(k)}</a>' for k in SECTIONS)
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return (
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+        "<meta name='viewport' content='width=device-width, initial-scale=1'>"
+        "<link rel='icon' href='data:,'>"  # no favicon request: the page needs nothing else
+        f"<title>cartintel — executive dashboard</title><style>{_CSS}</style></head><body>"
+        f"<header><h1>cartintel — cart-abandonment intelligence</h1>"
+        f"<p>Built {stamp} from {html.escape(built_from)}</p><nav>{nav}</nav></header>"
+        + "\n".join(parts)
+        + "</body></html>"
+    )

@@ -1,0 +1,690 @@
+"""Real-time scoring of open carts: the batch pipeline's feature code, risk model, reason codes,
+segments, uplift model and plan rules, applied to a request's events. No Dagster, no web code.
+
+- `Snapshot`: an in-memory DuckDB copy of the reference data the features read (prices,
+  shipping quotes, reviews, customer history summarised by the same SQL as batch), plus consent,
+  segments and earlier contacts; from it, the `FeatureReference` of each day, built once by the
+  batch's own functions. It is copied from the warehouse under the warehouse's shared
+  lock and then never touches the file again, so the service never blocks a Dagster run.
+- `Models`: the risk versions each serving alias points at, the `challenger` for shadow scoring
+  and the uplift version the plan uses, resolved once and swapped whole when an alias moves.
+- `ContactLedger`: a small SQLite file shared by the service's worker processes, where each
+  recommended contact is claimed atomically against the contact caps and the day's budget.
+- `Scorer.score`: a batch of requests (the web layer batches concurrent requests) to decisions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass, field, replace
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+import pandas as pd
+
+from cartintel_assets.contracts.schema import SESSIONS
+from cartintel_assets.decisions.catalogue import NONE, Intervention
+from cartintel_assets.decisions.economics import option_columns
+from cartintel_assets.decisions.plan import PlanRules, choose, in_holdout
+from cartintel_assets.features.session_features import (
+    CATEGORICAL_FEATURES,
+    FEATURE_TYPES,
+    NUMERIC_FEATURES,
+    SESSION_SUMMARY_SQL,
+    CutoffPolicy,
+    FeatureReference,
+    compute_features,
+    compute_session_facts,
+    day_of,
+    duckdb_query,
+    feature_reference,
+    lookup,
+    reviews_timeline,
+)
+from cartintel_assets.ingestion.ingest import pseudonymise
+from cartintel_assets.models.abandonment import reason_codes
+from cartintel_assets.registry.names import ABANDONMENT_MODEL, CHALLENGER, PHASES, UPLIFT_MODEL
+from cartintel_assets.registry.promotion import PhasePlan
+from cartintel_assets.registry.registration import (
+    RegisteredRiskModel,
+    RegisteredUpliftModel,
+    load_risk_model,
+    load_uplift_model,
+    version_by_alias,
+)
+
+UNSEGMENTED = "unsegmented"
+HISTORY_TABLE = "session_history"
+
+Reader = Callable[[], AbstractContextManager[duckdb.DuckDBPyConnection]]
+
+# The decision log, in column order (the warehouse table `decision_log`).
+DECISION_COLUMNS: dict[str, str] = {
+    "request_id": "VARCHAR",
+    "decided_at": "TIMESTAMP",
+    "session_id": "VARCHAR",
+    "customer_id": "VARCHAR",
+    "region": "VARCHAR",
+    "cutoff_at": "TIMESTAMP",
+    "features_digest": "VARCHAR",
+    "risk": "DOUBLE",
+    "reason_codes": "VARCHAR[]",
+    "segment": "VARCHAR",
+    "consent": "BOOLEAN",
+    "in_holdout": "BOOLEAN",
+    "action": "VARCHAR",
+    "intervention_id": "VARCHAR",
+    "reason": "VARCHAR",
+    "p_baseline": "DOUBLE",
+    "incremental_margin": "DOUBLE",
+    "expected_cost": "DOUBLE",
+    "risk_model_version": "VARCHAR",
+    "risk_model_alias": "VARCHAR",
+    "uplift_model_version": "VARCHAR",
+    "shadow_model_version": "VARCHAR",
+    "shadow_risk": "DOUBLE",
+}
+
+
+# ---- reference data ------------------------------------------------------------------------------
+
+_CONSENT_SQL = """
+SELECT customer_id, arg_max(marketing_consent, partition_date) AS consent
+FROM raw_customers GROUP BY customer_id
+"""
+# contacts that count towards the caps, as the daily plan counts them, plus the service's own
+_CONTACTS = {
+    "raw_interventions": "SELECT customer_id, assigned_at AS sent_at FROM raw_interventions"
+    " WHERE treatment <> 'control'",
+    "intervention_plan": "SELECT customer_id, send_at AS sent_at FROM intervention_plan"
+    " WHERE action <> 'none'",
+}
+
+
+class Snapshot:
+    """The reference data the features read, consent, segments and contacts, in memory."""
+
+    def __init__(self, reader: Reader, history_days: int = 365) -> None:
+        from cartintel_assets.warehouse.tables import has_table
+
+        started = time.monotonic()
+        self.con = duckdb.connect(":memory:", config={"threads": 1})
+        with reader() as wh:
+            last = wh.execute("SELECT max(partition_date) FROM raw_sessions").fetchall()[0]
+            if last[0] is None:
+                raise LookupError("the warehouse has no landed sessions yet: ingest a day first")
+            self.last_day: date = last[0]
+            self.first_day = self.last_day - timedelta(days=history_days)
+            window = {"first": self.first_day, "last": self.last_day}
+
+            def copy(table: str, sql: str, params: dict[str, Any] | None = None) -> None:
+                frame = wh.sql(sql, params=params or {}).to_arrow_table()  # noqa: F841 (read by SQL)
+                self.con.execute(f"CREATE TABLE {table} AS SELECT * FROM frame")
+
+            copy(
+                "raw_products",
+                "SELECT * FROM raw_products WHERE partition_date >= $first - 31",
+                {"first": self.first_day},
+            )
+            copy("raw_shipping_quotes", "SELECT * FROM raw_shipping_quotes")
+            copy(
+                "raw_reviews", "SELECT product_id, ts, rating FROM raw_reviews ORDER BY product_id"
+            )
+            copy(
+                HISTORY_TABLE,
+                f"{SESSION_SUMMARY_SQL} ORDER BY customer_id",
+                {"history_from": self.first_day, "history_to": self.last_day},
+            )
+            copy("consent", _CONSENT_SQL)
+            segments = (
+                "SELECT customer_id, segment_name FROM customer_segments"
+                if has_table(wh, "customer_segments")
+                else "SELECT NULL::VARCHAR AS customer_id, NULL::VARCHAR AS segment_name LIMIT 0"
+            )
+            copy("segments", segments)
+            parts = [sql for table, sql in _CONTACTS.items() if has_table(wh, table)]
+            if has_table(wh, "decision_log"):
+                parts.append(
+                    # the service's own recommendations, at the moment they were for
+                    "SELECT customer_id, cutoff_at AS sent_at FROM decision_log"
+                    " WHERE action <> 'none'"
+                )
+            copy("contacts", " UNION ALL ".join(parts) if parts else "SELECT NULL LIMIT 0")
+            self.sessions = int(
+                wh.execute(
+                    "SELECT count(*) FROM raw_sessions WHERE partition_date BETWEEN $first AND $last",
+                    window,
+                ).fetchall()[0][0]
+            )
+        self.consent = dict(self.con.execute("SELECT * FROM consent").fetchall())
+        self.segment = dict(self.con.execute("SELECT * FROM segments").fetchall())
+        self.contacts: dict[str, list[pd.Timestamp]] = {}
+        if self.con.execute("SELECT count(*) FROM contacts").fetchall()[0][0]:
+            for cid, at in self.con.execute("SELECT * FROM contacts").fetchall():
+                self.contacts.setdefault(str(cid), []).append(pd.Timestamp(at))
+        self._days: set[date] = set()
+        self._lock = threading.Lock()
+        self.history_days = history_days
+        self._reviews = reviews_timeline(duckdb_query(self.con))
+        self._references: dict[date, FeatureReference] = {}
+        self.reference(max(self.last_day, datetime.now(UTC).date()))  # today's, built up front
+        self.seconds = time.monotonic() - started
+
+    def reference(self, day: date) -> FeatureReference:
+        """What the features of a session started on `day` read besides its events: that day's
+        catalogue and quotes, the reviews, and the customer history of the year before, built
+        once per day by the same functions as batch."""
+        ref = self._references.get(day)
+        if ref is not None:
+            return ref
+        self.ensure_day(day)
+        with self._lock:
+            if day not in self._references:
+                self._references[day] = feature_reference(
+                    duckdb_query(self.con.cursor()),
+                    [day],
+                    day - timedelta(days=self.history_days),
+                    day,
+                    HISTORY_TABLE,
+                    reviews=self._reviews,
+                )
+                for old in sorted(self._references)[:-4]:  # a few days around midnight suffice
+                    del self._references[old]
+            return self._references[day]
+
+    def ensure_day(self, day: date) -> None:
+        """Prices and shipping quotes of a day that has not landed yet are those of the latest
+        landed day (the catalogue and carrier rates in force), copied once under the new date."""
+        if day <= self.last_day or day in self._days:
+            return
+        with self._lock:
+            if day in self._days:
+                return
+            for table in ("raw_products", "raw_shipping_quotes"):
+                cols = [
+                    r[0]
+                    for r in self.con.execute(f"DESCRIBE {table}").fetchall()
+                    if r[0] != "partition_date"
+                ]
+                self.con.execute(
+                    f"INSERT INTO {table} ({', '.join(cols)}, partition_date)"
+                    f" SELECT {', '.join(cols)}, $day FROM {table} WHERE partition_date = $last",
+                    {"day": day, "last": self.last_day},
+                )
+            self._days.add(day)
+
+
+# ---- models --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Models:
+    """The registry versions one decision uses, resolved together."""
+
+    risk: dict[str, RegisteredRiskModel]  # by alias
+    uplift: RegisteredUpliftModel | None
+    shadow: RegisteredRiskModel | None
+
+
+def registry_state(uplift_alias: str = CHALLENGER) -> dict[str, str | None]:
+    """Which version each alias the service reads points at now (None: no such alias)."""
+    state = {f"{ABANDONMENT_MODEL}@{a}": version_by_alias(ABANDONMENT_MODEL, a) for a in PHASES}
+    state[f"{UPLIFT_MODEL}@{uplift_alias}"] = version_by_alias(UPLIFT_MODEL, uplift_alias)
+    return state
+
+
+def load_models(
+    state: dict[str, str | None], shadow: bool, uplift_alias: str = CHALLENGER
+) -> Models:
+    """Load the risk versions of every alias in `state` and the uplift version the plan uses."""
+    risk = {
+        a: load_risk_model(ABANDONMENT_MODEL, a)
+        for a in PHASES
+        if state.get(f"{ABANDONMENT_MODEL}@{a}")
+    }
+    if not risk:
+        raise LookupError(
+            f"no version of {ABANDONMENT_MODEL} holds an alias yet: train one (abandonment_training_job)"
+        )
+    for m in risk.values():  # one thread per model: the service runs one worker per core
+        m.model.booster.set_param({"nthread": 1})
+        # compiled now: a first request should not wait for them
+        m.model.trees  # noqa: B018
+        m.model.shap_tables  # noqa: B018
+    uplift = (
+        load_uplift_model(UPLIFT_MODEL, uplift_alias)
+        if state.get(f"{UPLIFT_MODEL}@{uplift_alias}")
+        else None
+    )
+    if uplift is not None:
+        uplift.model.use_threads(1)
+    return Models(risk, uplift, risk.get(CHALLENGER) if shadow else None)
+
+
+# ---- the contact ledger --------------------------------------------------------------------------
+
+
+class ContactLedger:
+    """Contacts the service recommended, shared by its worker processes (SQLite, WAL): a claim
+    checks the caps against earlier contacts and the day's budget, and records the contact, in
+    one transaction."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._local = threading.local()
+        with self._db() as db:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS contacts (customer_id TEXT NOT NULL, sent_at TEXT NOT"
+                " NULL, day TEXT NOT NULL, expected_cost REAL NOT NULL, request_id TEXT NOT NULL)"
+            )
+            db.execute("CREATE INDEX IF NOT EXISTS contacts_customer ON contacts (customer_id)")
+            db.execute("CREATE INDEX IF NOT EXISTS contacts_day ON contacts (day)")
+
+    @contextmanager
+    def _db(self) -> Iterator[sqlite3.Connection]:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self.path, timeout=5.0, isolation_level=None)
+            db.execute("PRAGMA synchronous=NORMAL")
+            self._local.db = db
+        yield db
+
+    def spent(self, day: date) -> float:
+        with self._db() as db:
+            row = db.execute(
+                "SELECT coalesce(sum(expected_cost), 0) FROM contacts WHERE day = ?",
+                [day.isoformat()],
+            ).fetchone()
+        return float(row[0])
+
+    def contacts_of(self, customers: list[str]) -> dict[str, list[pd.Timestamp]]:
+        out: dict[str, list[pd.Timestamp]] = {}
+        if not customers:
+            return out
+        with self._db() as db:
+            marks = ",".join("?" * len(customers))
+            for cid, at in db.execute(
+                f"SELECT customer_id, sent_at FROM contacts WHERE customer_id IN ({marks})",
+                customers,
+            ):
+                out.setdefault(cid, []).append(pd.Timestamp(at))
+        return out
+
+    def claim(
+        self,
+        customer: str,
+        at: pd.Timestamp,
+        cost: float,
+        request_id: str,
+        earlier: list[pd.Timestamp],
+        rules: PlanRules,
+    ) -> str | None:
+        """Record a contact unless it breaks a cap or the day's budget; the reason if it does."""
+        day = at.date().isoformat()
+        with self._db() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                spent = db.execute(
+                    "SELECT coalesce(sum(expected_cost), 0) FROM contacts WHERE day = ?", [day]
+                ).fetchone()[0]
+                if spent + cost > rules.budget + 1e-9:
+                    db.execute("ROLLBACK")
+                    return "budget exhausted"
+                mine = [
+                    pd.Timestamp(r[0])
+                    for r in db.execute(
+                        "SELECT sent_at FROM contacts WHERE customer_id = ?", [customer]
+                    )
+                ]
+                # the same contact may be known twice (ledger, and the logged decision)
+                why = rules.contact.violation(sorted({*earlier, *mine}), at)
+                if why:
+                    db.execute("ROLLBACK")
+                    return why
+                db.execute(
+                    "INSERT INTO contacts VALUES (?, ?, ?, ?, ?)",
+                    [customer, at.isoformat(), day, cost, request_id],
+                )
+                db.execute("COMMIT")
+                return None
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+
+
+# ---- decisions -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServingPlan:
+    """The plan's rules as the service applies them to one cart at a time."""
+
+    rules: PlanRules
+    catalogue: list[Intervention]
+    margin_rate: float
+    holdout_share: float
+    holdout_salt: str
+
+
+@dataclass
+class Decision:
+    """What the service answers for one cart, and what it logs."""
+
+    request_id: str
+    session_id: str
+    customer_id: str
+    region: str
+    scored: bool
+    features: dict[str, Any] = field(default_factory=dict)
+    cutoff_at: datetime | None = None
+    risk: float | None = None
+    reason_codes: list[str] = field(default_factory=list)
+    segment: str = UNSEGMENTED
+    consent: bool = False
+    in_holdout: bool = False
+    action: str = NONE
+    intervention_id: str | None = None
+    reason: str = ""
+    p_baseline: float | None = None
+    incremental_margin: float = 0.0
+    expected_cost: float = 0.0
+    risk_model_version: str | None = None
+    risk_model_alias: str | None = None
+    uplift_model_version: str | None = None
+    shadow_model_version: str | None = None
+    shadow_risk: float | None = None
+    features_digest: str = ""
+
+    def log_row(self, decided_at: datetime) -> dict[str, Any]:
+        row = {k: getattr(self, k) for k in DECISION_COLUMNS if k != "decided_at"}
+        return {**row, "decided_at": decided_at}
+
+
+def features_digest(row: dict[str, Any]) -> str:
+    """A short, stable digest of a feature row (what the decision was based on)."""
+    text = "|".join(f"{k}={row[k]!r}" for k in (*NUMERIC_FEATURES, *CATEGORICAL_FEATURES))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class CartRequest:
+    """One request as numpy columns: its session (the shop's customer id, started_at in epoch
+    µs) and its events (`features.compute_features`' layout)."""
+
+    session: dict[str, Any]
+    events: dict[str, np.ndarray]
+
+
+class Scorer:
+    """Decisions for carts, from a snapshot, loaded models and the plan's rules."""
+
+    def __init__(
+        self,
+        snapshot: Snapshot,
+        models: Models,
+        phases: PhasePlan,
+        plan: ServingPlan,
+        ledger: ContactLedger,
+        pseudonym_key: str,
+        policy: CutoffPolicy | None = None,
+        reasons: int = 3,
+    ) -> None:
+        self.snapshot, self.models, self.phases, self.plan = snapshot, models, phases, plan
+        self.ledger, self.key, self.policy = ledger, pseudonym_key, policy or CutoffPolicy()
+        self.reasons = reasons
+
+    def score(self, requests: list[CartRequest]) -> list[Decision]:
+        """One decision per request (customer ids as the shop knows them, pseudonymised here).
+        The same session twice in a batch (a retry, or its events so far at two moments) is
+        scored once per request."""
+        rounds: list[tuple[set[str], list[int]]] = []  # each session at most once per round
+        for i, r in enumerate(requests):
+            sid = str(r.session["session_id"])
+            for seen, members in rounds:
+                if sid not in seen:
+                    seen.add(sid)
+                    members.append(i)
+                    break
+            else:
+                rounds.append(({sid}, [i]))
+        if len(rounds) == 1:
+            return self._score(requests)
+        out: dict[int, Decision] = {}
+        for _, members in rounds:
+            out.update(zip(members, self._score([requests[j] for j in members]), strict=True))
+        return [out[i] for i in range(len(requests))]
+
+    def _score(self, requests: list[CartRequest]) -> list[Decision]:
+        models, snap = self.models, self.snapshot  # one consistent set for the whole batch
+        customers = pseudonymise([str(r.session["customer_id"]) for r in requests], self.key)
+        sessions = {
+            k: np.array([r.session[k] for r in requests], dtype=object)
+            for k in ("session_id", "device", "traffic_source", "region")
+        }
+        sessions["customer_id"] = np.array(customers, dtype=object)
+        sessions["started_at"] = np.array([r.session["started_at"] for r in requests], np.int64)
+        events = {k: np.concatenate([r.events[k] for r in requests]) for k in requests[0].events}
+        # the batch's feature code, per day of the sessions (one day but around midnight)
+        days = day_of(sessions["started_at"])
+        parts = []
+        for day in sorted(set(days)):
+            on = days == day
+            parts.append(
+                compute_features(
+                    {k: v[on] for k, v in sessions.items()},
+                    events,
+                    snap.reference(day),
+                    self.policy,
+                )
+            )
+        feats = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        row_of = {sid: i for i, sid in enumerate(feats["session_id"])}
+        out = [
+            Decision(
+                request_id=uuid.uuid4().hex,
+                session_id=str(r.session["session_id"]),
+                customer_id=c,
+                region=str(r.session["region"]),
+                scored=str(r.session["session_id"]) in row_of,
+                reason=""
+                if str(r.session["session_id"]) in row_of
+                else "nothing to score: no add-to-cart before the cutoff",
+                segment=str(snap.segment.get(c) or UNSEGMENTED),
+                consent=bool(snap.consent.get(c, False)),
+            )
+            for r, c in zip(requests, customers, strict=True)
+        ]
+        scored = [d for d in out if d.scored]
+        if not scored:
+            return out
+        take = np.array([row_of[d.session_id] for d in scored])
+        rows = {k: v[take] for k, v in feats.items()}
+        facts = compute_session_facts(events)
+        at = lookup({k: i for i, k in enumerate(facts["session_id"])}, rows["session_id"])
+        rows.update({k: v[at] for k, v in facts.items() if k != "session_id"})
+        available = set(models.risk)
+        alias = np.array(
+            [self.phases.serving_alias(str(r), available) for r in rows["region"]], dtype=object
+        )
+        risk = np.zeros(len(scored))
+        shadow = np.zeros(len(scored))
+        codes: list[list[str]] = [[] for _ in scored]
+        for a in sorted(set(alias)):
+            m = alias == a
+            part = {k: v[m] for k, v in rows.items()}
+            model = models.risk[a].model
+            x = model.matrix(part)  # encoded once for the risk, its reasons and the shadow
+            risk[m] = model.predict_proba(part, x)
+            for i, c in zip(
+                np.flatnonzero(m).tolist(), reason_codes(model, part, self.reasons, x), strict=True
+            ):
+                codes[i] = c
+            if models.shadow is None:
+                continue
+            if models.shadow.version == models.risk[a].version:
+                shadow[m] = risk[m]  # the version served is the challenger: the same prediction
+            else:  # rows encoded alike are encoded once
+                challenger = models.shadow.model
+                shadow[m] = challenger.predict_proba(
+                    part, x if challenger.encodes_like(model) else None
+                )
+        values = {k: feature_values(k, rows[k]) for k in (*NUMERIC_FEATURES, *CATEGORICAL_FEATURES)}
+        for i, d in enumerate(scored):
+            d.features = {k: v[i] for k, v in values.items()}
+            d.features_digest = features_digest(d.features)
+            d.cutoff_at = _datetime(int(rows["cutoff_at"][i]))
+            d.risk, d.reason_codes = float(risk[i]), codes[i]
+            d.risk_model_alias = str(alias[i])
+            d.risk_model_version = models.risk[d.risk_model_alias].version
+            if models.shadow is not None:
+                d.shadow_model_version, d.shadow_risk = models.shadow.version, float(shadow[i])
+        bought = set(events["session_id"][events["event_type"] == "purchase"].tolist())
+        self._act(scored, rows, bought, models)
+        return out
+
+    def _act(
+        self, scored: list[Decision], rows: dict[str, np.ndarray], bought: set[str], models: Models
+    ) -> None:
+        """The intervention per cart: the plan's choice within consent, holdout, discount caps,
+        contact caps and the day's budget (claimed in the shared ledger)."""
+        plan = self.plan
+        holdout = in_holdout([d.customer_id for d in scored], plan.holdout_share, plan.holdout_salt)
+        for d, h in zip(scored, holdout, strict=True):
+            d.in_holdout = bool(h)
+        if models.uplift is None:
+            for d in scored:
+                d.reason = "no uplift model holds its alias yet (uplift_training_job)"
+            return
+        uplift = models.uplift
+        usable = [i for i in plan.catalogue if i.arm in uplift.allowed_arms]
+        rows = {**rows, "segment": np.array([d.segment for d in scored], dtype=object)}
+        baseline, effects = uplift.model.predict(rows)
+        options = option_columns(
+            rows["cart_value"], rows["shipping_cost"], baseline, effects, usable, plan.margin_rate
+        )
+        send_at = rows["cutoff_at"].astype("datetime64[us]")
+        customers = sorted({d.customer_id for d in scored})
+        earlier = {c: list(self.snapshot.contacts.get(c, [])) for c in customers}
+        days = sorted(set(day_of(rows["cutoff_at"])))
+        budget = max(plan.rules.budget - sum(self.ledger.spent(x) for x in days), 0.0)
+        claimed = self.ledger.contacts_of(customers)
+        chosen = choose(
+            blocked=np.array(
+                [
+                    "bought in session"
+                    if d.session_id in bought
+                    else "no marketing consent"
+                    if not d.consent
+                    else "holdout"
+                    if d.in_holdout
+                    else ""
+                    for d in scored
+                ],
+                dtype=object,
+            ),
+            segment=rows["segment"],
+            customer=np.array([d.customer_id for d in scored], dtype=object),
+            send_at=send_at,
+            options=options,
+            rules=replace(plan.rules, budget=budget),  # what is left of the day's budget
+            contacts={c: sorted({*earlier[c], *claimed.get(c, [])}) for c in customers},
+        )
+        for i, d in enumerate(scored):
+            d.uplift_model_version = uplift.version
+            d.p_baseline = float(baseline[i])
+            if chosen["action"][i] == NONE:
+                d.reason = str(chosen["reason"][i])
+                continue
+            why = self.ledger.claim(
+                d.customer_id,
+                pd.Timestamp(send_at[i]),
+                float(chosen["expected_cost"][i]),
+                d.request_id,
+                earlier[d.customer_id],
+                plan.rules,
+            )
+            if why:  # another worker took the budget or contacted the customer meanwhile
+                d.reason = why
+                continue
+            d.action, d.intervention_id = (
+                str(chosen["action"][i]),
+                str(chosen["intervention_id"][i]),
+            )
+            d.incremental_margin = float(chosen["incremental_margin"][i])
+            d.expected_cost = float(chosen["expected_cost"][i])
+
+
+def _datetime(us: int) -> datetime:
+    return datetime(1970, 1, 1) + timedelta(microseconds=us)
+
+
+def feature_values(name: str, column: np.ndarray) -> list[Any]:
+    """A feature column as JSON and the decision log hold it: None for missing, whole numbers for
+    the integer columns of `session_features`."""
+    integer = FEATURE_TYPES[name] in ("BIGINT", "INTEGER", "HUGEINT")
+    return [
+        None
+        if v is None or v is pd.NA or (isinstance(v, float) and np.isnan(v))
+        else int(v)
+        if integer
+        else v
+        for v in column.tolist()  # Python scalars
+    ]
+
+
+def json_scalar(value: Any) -> Any:
+    """A JSON-ready scalar (None for missing)."""
+    if value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NA:
+        return None
+    if isinstance(value, np.generic):
+        value = value.item()
+        if isinstance(value, float) and np.isnan(value):
+            return None
+    return value
+
+
+# ---- requests as columns --------------------------------------------------------------------------
+
+SESSION_FIELDS: tuple[str, ...] = tuple(c.name for c in SESSIONS.columns)
+
+
+def _epoch_us(value: Any) -> int:
+    """A timestamp (ISO text or datetime; naive means UTC) in epoch microseconds, UTC."""
+    t = datetime.fromisoformat(value) if isinstance(value, str) else value
+    if t.tzinfo is not None:
+        t = t.astimezone(UTC).replace(tzinfo=None)
+    return (t - datetime(1970, 1, 1)) // timedelta(microseconds=1)
+
+
+def request_columns(session: Mapping[str, Any], events: Sequence[Mapping[str, Any]]) -> CartRequest:
+    """A request (canonical `sessions` and `events` fields) as the columns the features read."""
+
+    def num(k: str) -> np.ndarray:
+        return np.array([e.get(k) if e.get(k) is not None else np.nan for e in events], float)
+
+    return CartRequest(
+        session={
+            **{k: session.get(k) for k in SESSION_FIELDS},
+            "started_at": _epoch_us(session["started_at"]),
+        },
+        events={
+            "session_id": np.array([e.get("session_id") for e in events], dtype=object),
+            "ts": np.array([_epoch_us(e["ts"]) for e in events], dtype=np.int64),
+            "seq": np.array([e.get("seq") or 0 for e in events], dtype=np.int64),
+            "event_type": np.array([e.get("event_type") for e in events], dtype=object),
+            "product_id": np.array([e.get("product_id") for e in events], dtype=object),
+            "price": num("price"),
+            "quantity": num("quantity"),
+        },
+    )

@@ -1,0 +1,1 @@
+"""The simulated storefront: landing files and the ground truth the tests check against."""

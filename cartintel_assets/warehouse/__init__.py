@@ -1,0 +1,1 @@
+"""The DuckDB warehouse: transactions, idempotent partition writes, typed temp tables."""
