@@ -476,3 +476,36 @@ def _dashboard_renders_in_chromium(url: str) -> None:
         assert charts.get(key), f"section {key} has no chart"
         assert all(points and all(n > 0 for n in points) for points in charts[key]), (key, charts)
     assert errors == [] and failed == []
+
+
+def test_score_follows_the_deployed_budget(
+    demo_store: Storefront,
+    served: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """The deployment file is the one settings source: the plan's budget in it is the budget
+    `/score` spends (the intervention_plan asset reads the same file)."""
+    bodies = _requests(demo_store, LAST)[:150]
+    deployed = tmp_path / "cartintel.yaml"
+    monkeypatch.setenv("CARTINTEL_SETTINGS", str(deployed))
+
+    def actions(budget: float) -> list[dict[str, Any]]:
+        # a full margin and no contact gap, so that on the demo day some nudges pay and budget,
+        # not the caps, decides
+        deployed.write_text(
+            f"plan:\n  budget: {budget}\n  margin_rate: 1.0\n  min_hours_between_contacts: 0\n"
+        )
+        with TestClient(create_app(_settings(served, monkeypatch))) as c:
+            answers = [c.post("/score", json=b) for b in bodies]
+        assert all(a.status_code == 200 for a in answers)
+        return [a.json()["intervention"] for a in answers]
+
+    generous = actions(1e6)
+    taken = [a for a in generous if a["action"] != "none"]
+    assert taken, "a generous budget should buy at least one intervention on the demo day"
+    broke = actions(0.0)
+    assert all(a["action"] == "none" for a in broke)
+    # the carts the generous budget treated are refused for the budget, not for another reason
+    refused = [b["reason"] for a, b in zip(generous, broke, strict=True) if a["action"] != "none"]
+    assert refused and all("budget" in r for r in refused)
