@@ -424,9 +424,12 @@ def _summary(warehouse: Path, days: list[str], failed_checks: list[str], where: 
                 f" ({before or 'none'} -> {after or 'none'})"
             )
     if drift:
-        print("\nfeature drift against each scoring version's reference (Evidently reports):")
+        print(
+            "\nfeature drift against each scoring version's reference (Evidently reports of drifted days):"
+        )
         for day, version, _, passed, share, detail in drift:
-            report = json.loads(detail)["report"]
+            shown = json.loads(detail).get("reports") or ["no report: nothing drifted"]
+            report = ", ".join(shown)
             state = "passed" if passed else "FAILED"
             print(f"  {day}  v{version}  drifted share {share:.3f}  {state}  {report}")
     print("\ndata-quality scorecard (mean row score, summed failures over the days):")

@@ -1,6 +1,6 @@
-"""The drift judgement without a report (`column_drift`) is Evidently's own: it flags and scores
-every column as the full data-drift preset's per-column tests do, and the report saved beside it
-is the preset's page."""
+"""The drift judgement (`column_drift`, scipy's distances with Evidently's thresholds) is the
+one Evidently's public data-drift report makes: the same scores and flags for every column; and
+the report saved beside it is the preset's page."""
 
 from __future__ import annotations
 

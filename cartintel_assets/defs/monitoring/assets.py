@@ -4,7 +4,7 @@ Failed checks here, with enough new labels, make the retraining sensor request a
 
 import json
 from datetime import date
-from typing import Any
+from typing import Any, Literal
 
 import dagster as dg
 import pandas as pd
@@ -51,6 +51,11 @@ class DriftMonitorConfig(dg.Config):
     )
     min_slice_rows: int = Field(
         default=_D.min_slice_rows, description="Smaller slices are reported, not judged."
+    )
+    reports: Literal["drifted", "always"] = Field(
+        default="drifted",
+        description="Render the Evidently HTML reports for the versions whose features or score"
+        " drifted (the evidence), or for every version and day.",
     )
 
     def options(self) -> DriftOptions:
@@ -116,13 +121,9 @@ def abandonment_drift(
 
     from cartintel_assets.models.plots import markdown_table
     from cartintel_assets.monitoring.drift import (
-        MONITORED_CATEGORICAL,
-        MONITORED_NUMERIC,
-        drift_by_slice,
-        feature_drift,
         load_reference,
-        score_drift,
-        slices_over,
+        render_reports,
+        version_drift,
     )
     from cartintel_assets.warehouse.tables import has_table
 
@@ -158,43 +159,29 @@ def abandonment_drift(
         version = str(version)
         mv = client.get_model_version(ABANDONMENT_MODEL, version)
         unstable = [c for c in mv.tags.get("drift.unstable_features", "").split(",") if c]
-        judged = [c for c in (*MONITORED_NUMERIC, *MONITORED_CATEGORICAL) if c not in unstable]
-        # compare like with like: a pilot version serves only the pilot regions
-        reference = references[version]
-        reference = reference[reference["region"].isin(set(current["region"]))]
-        if reference.empty:
-            raise ValueError(
-                f"the drift reference of version {version} has no carts of the regions it scored"
-                f" on {day} ({sorted(set(current['region']))}): retrain to rebuild it"
-            )
-        # segments are read now for both sides, so a re-segmentation does not fake drift
-        reference = reference.merge(segment_of, on="customer_id", how="left")
-        reference["segment"] = reference["segment"].fillna("unsegmented")
-        overall = feature_drift(reference, current, options, judged)
-        scores = score_drift(reference, current, options)
-        slices = drift_by_slice(reference, current, "region", options, judged)
-        if current["segment"].nunique() > 1:
-            slices += drift_by_slice(reference, current, "segment", options, judged)
-        over = slices_over(slices, options.max_drift_share)
-        features_ok = overall.share <= options.max_drift_share and not over
-
-        folder = settings.reports_dir() / "drift" / ABANDONMENT_MODEL / f"v{version}"
-        html = overall.save_html(folder / f"{day}_features.html")
-        score_html = scores.save_html(folder / f"{day}_score.html")
-        client.log_artifact(mv.run_id, str(html), f"monitoring/{day}")
-        client.log_artifact(mv.run_id, str(score_html), f"monitoring/{day}")
-        report_links[f"v{version} features"] = str(html)
-        report_links[f"v{version} score"] = str(score_html)
+        try:
+            drift = version_drift(references[version], current, segment_of, unstable, options)
+        except ValueError as err:
+            raise ValueError(f"version {version} on {day}: {err}") from err
+        overall, scores, over = drift.features, drift.score, drift.over
+        # the Evidently pages are the evidence of a drift, and most of a comparison's cost
+        reports: list[str] = []
+        if config.reports == "always" or not (drift.features_ok and drift.score_ok):
+            folder = settings.reports_dir() / "drift" / ABANDONMENT_MODEL / f"v{version}"
+            for page in render_reports(drift, options, folder, str(day)):
+                client.log_artifact(mv.run_id, str(page), f"monitoring/{day}")
+                reports.append(str(page))
+                report_links[f"v{version} {page.stem.split('_')[-1]}"] = str(page)
 
         detail = {
-            "judged": len(judged),
+            "judged": len(drift.judged),
             "share": overall.share,
             "drifted": overall.drifted_scores(),
             "slices_over": [
                 {"by": s.by, "value": s.value, "share": s.share, "drifted": s.drifted} for s in over
             ],
             "not_judged_unstable": unstable,
-            "report": str(html),
+            "reports": reports,
         }
         feature_rows.append(
             {
@@ -202,8 +189,8 @@ def abandonment_drift(
                 "model_name": ABANDONMENT_MODEL,
                 "model_version": version,
                 "check_name": DRIFT_CHECKS[0],
-                "passed": features_ok,
-                "value": max([overall.share, *[s.share or 0.0 for s in over]]),
+                "passed": drift.features_ok,
+                "value": drift.worst_share,
                 "rows": len(current),
                 "detail": json.dumps(detail),
                 "dagster_run_id": context.run.run_id,
@@ -216,16 +203,16 @@ def abandonment_drift(
                 "model_name": ABANDONMENT_MODEL,
                 "model_version": version,
                 "check_name": DRIFT_CHECKS[1],
-                "passed": not scores.drifted,
+                "passed": drift.score_ok,
                 "value": score_value,
                 "rows": len(current),
                 "detail": json.dumps(
                     {
                         "method": options.method,
                         "threshold": options.score_threshold,
-                        "reference_mean_risk": float(reference["risk"].mean()),
+                        "reference_mean_risk": float(drift.reference["risk"].mean()),
                         "current_mean_risk": float(current["risk"].mean()),
-                        "report": str(score_html),
+                        "reports": reports,
                     }
                 ),
                 "dagster_run_id": context.run.run_id,
@@ -252,7 +239,7 @@ def abandonment_drift(
                         "drifted": ", ".join(f"{k} {v:.2f}" for k, v in s.drifted.items())
                         or ("" if s.judged else "too few rows"),
                     }
-                    for s in slices
+                    for s in drift.slices
                 ]
             )
         )

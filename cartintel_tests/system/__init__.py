@@ -1,0 +1,1 @@
+"""Real processes: the scoring service, the Dagster UI, PostgreSQL, Spark and the browser."""
