@@ -169,3 +169,23 @@ def test_only_the_dagster_layer_imports_dagster() -> None:
             if n.split(".")[0].startswith("dagster")
         ]
     assert not offenders, "\n".join(offenders)
+
+
+def test_no_private_or_legacy_library_api_is_imported() -> None:
+    """Verdicts rest on public APIs: the next Evidently release may drop `evidently.legacy`."""
+    offenders = [
+        f"{path.relative_to(ROOT)} imports {n}"
+        for path in _sources()
+        for n in _imports(path)
+        if n.startswith("evidently.legacy") or ("._" in n and not n.startswith("cartintel"))
+    ]
+    assert not offenders, "\n".join(offenders)
+
+
+def test_tests_live_in_their_tiers() -> None:
+    tiers = {"unit", "model", "pipelines", "system"}
+    found = sorted((ROOT / "cartintel_tests").rglob("test_*.py"))
+    assert len(found) > 20, "no test files found"
+    misplaced = [p for p in found if p.relative_to(ROOT / "cartintel_tests").parts[0] not in tiers]
+    assert not misplaced, misplaced
+    assert {p.relative_to(ROOT / "cartintel_tests").parts[0] for p in found} == tiers
