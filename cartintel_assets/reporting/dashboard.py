@@ -12,7 +12,6 @@ data-quality scorecard and the model/phase status beside them. No Dagster import
 
 from __future__ import annotations
 
-import html
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -404,40 +403,29 @@ def build(con: duckdb.DuckDBPyConnection, aliases: dict[str, dict[str, str]]) ->
     ]
 
 
-_CSS = """
-body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:0;background:#f6f7f9;color:#222}
-header{background:#2c3e50;color:#fff;padding:18px 32px}header h1{margin:0;font-size:22px}
-nav a{color:#cfd8e3;margin-right:16px;font-size:14px}
-section{background:#fff;margin:18px 32px;padding:16px 24px;border-radius:8px;box-shadow:0 1px 3px #0002}
-h2{font-size:19px;margin:4px 0 12px}.kpis{display:flex;flex-wrap:wrap;gap:12px;margin-bottom:8px}
-.kpi{background:#f0f3f6;border-radius:6px;padding:8px 12px;min-width:150px}
-.kpi b{display:block;font-size:18px}.kpi span{font-size:12px;color:#555}
-.charts{display:grid;grid-template-columns:repeat(auto-fill,minmax(520px,1fr));gap:12px}.charts>div{min-width:0}
-table{border-collapse:collapse;font-size:12px;margin:8px 0}td,th{padding:3px 8px;border-bottom:1px solid #e3e6ea;text-align:left}
-.note{color:#a04000}
-"""
+def _template() -> Any:
+    """The page's Jinja2 template; autoescaping escapes every value that is not already HTML."""
+    from jinja2 import Environment, PackageLoader, select_autoescape
+
+    env = Environment(
+        loader=PackageLoader("cartintel_assets.reporting", "templates"),
+        autoescape=select_autoescape(["html", "j2"], default=True),
+    )
+    return env.get_template("dashboard.html.j2")
 
 
 def render(sections: list[Section], built_from: str) -> str:
     """The HTML page; Plotly's JavaScript is inlined once, so the file opens offline."""
-    parts: list[str] = []
+    from markupsafe import Markup
+
+    shown = []
     first = True
     for sec in sections:
-        body = [f'<section id="{sec.key}"><h2>{html.escape(SECTIONS[sec.key])}</h2>']
-        if sec.kpis:
-            body.append(
-                '<div class="kpis">'
-                + "".join(
-                    f'<div class="kpi"><b>{html.escape(v)}</b><span>{html.escape(k)}</span></div>'
-                    for k, v in sec.kpis.items()
-                )
-                + "</div>"
-            )
-        body += [f'<p class="note">{html.escape(n)}</p>' for n in sec.notes]
-        if sec.figures:
-            body.append('<div class="charts">')
-            for i, fig in enumerate(sec.figures):
-                body.append(
+        charts = []
+        for i, fig in enumerate(sec.figures):
+            # Plotly's own HTML (its JSON is escaped for a script element)
+            charts.append(
+                Markup(
                     fig.to_html(
                         full_html=False,
                         include_plotlyjs=first,
@@ -445,23 +433,27 @@ def render(sections: list[Section], built_from: str) -> str:
                         config={"displaylogo": False, "responsive": True},
                     )
                 )
-                first = False
-            body.append("</div>")
-        for title, table in sec.tables:
-            shown = table.head(15)
-            body.append(f"<h3>{html.escape(title)}</h3>")
-            body.append(shown.to_html(index=False, float_format=lambda v: f"{v:,.3f}", border=0))
-        body.append("</section>")
-        parts.append("\n".join(body))
-    nav = " ".join(f'<a href="#{k}">{html.escape(k)}</a>' for k in SECTIONS)
+            )
+            first = False
+        tables = [
+            # pandas escapes the cells (escape=True is its default)
+            (title, Markup(t.head(15).to_html(index=False, float_format=_fmt, border=0)))
+            for title, t in sec.tables
+        ]
+        shown.append(
+            {
+                "key": sec.key,
+                "kpis": sec.kpis,
+                "notes": sec.notes,
+                "charts": charts,
+                "tables": tables,
+            }
+        )
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    return (
-        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
-        "<meta name='viewport' content='width=device-width, initial-scale=1'>"
-        "<link rel='icon' href='data:,'>"  # no favicon request: the page needs nothing else
-        f"<title>cartintel — executive dashboard</title><style>{_CSS}</style></head><body>"
-        f"<header><h1>cartintel — cart-abandonment intelligence</h1>"
-        f"<p>Built {stamp} from {html.escape(built_from)}</p><nav>{nav}</nav></header>"
-        + "\n".join(parts)
-        + "</body></html>"
+    return str(
+        _template().render(sections=shown, questions=SECTIONS, stamp=stamp, built_from=built_from)
     )
+
+
+def _fmt(value: float) -> str:
+    return f"{value:,.3f}"
