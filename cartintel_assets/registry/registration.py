@@ -39,17 +39,21 @@ class RiskModelPyfunc(PythonModel):
         return self.model.predict_proba(model_input)
 
 
+MODELS_FROM_CODE = Path(__file__).resolve().parent / "pyfunc_models"
+
+
 def _log_pyfunc(
-    python_model: PythonModel,
+    code: str,
     artifacts: dict[str, str],
     sample: pd.DataFrame,
     output: Any,
     model_config: dict[str, Any] | None = None,
 ) -> str:
-    """Log a pyfunc with its artifacts, signature and input example in the active run."""
+    """Log a pyfunc from its code file (`pyfunc_models/<code>.py`) with its artifacts, signature
+    and input example in the active run."""
     info = mlflow.pyfunc.log_model(
         name="model",
-        python_model=python_model,
+        python_model=str(MODELS_FROM_CODE / f"{code}.py"),
         artifacts=artifacts,
         model_config=model_config,
         signature=infer_signature(sample, output),
@@ -66,7 +70,7 @@ def log_risk_model(model: RiskModel, example: pd.DataFrame) -> str:
         model.save(folder)
         sample = model.typed(example.head(5))
         return _log_pyfunc(
-            RiskModelPyfunc(), {"risk_model": str(folder)}, sample, model.predict_proba(sample)
+            "risk_model", {"risk_model": str(folder)}, sample, model.predict_proba(sample)
         )
 
 
@@ -89,7 +93,7 @@ def log_segmentation_model(model: SegmentationModel, example: pd.DataFrame) -> s
         model.save(path)
         sample = evidence_frame(example.head(5).reset_index(drop=True))
         return _log_pyfunc(
-            SegmentationPyfunc(), {"segmentation": str(path)}, sample, model.predict(sample)
+            "segmentation_model", {"segmentation": str(path)}, sample, model.predict(sample)
         )
 
 
@@ -139,7 +143,7 @@ def log_uplift_model(
         sample = model.outcome["control"].typed(example.head(5))
         output = uplift_predictions(model, sample, load_catalogue(catalogue_path), margin_rate)
         return _log_pyfunc(
-            UpliftPyfunc(),
+            "uplift_model",
             {"uplift": str(folder), "catalogue": catalogue_path},
             sample,
             output,

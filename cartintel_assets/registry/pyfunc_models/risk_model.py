@@ -1,0 +1,7 @@
+"""The risk model's pyfunc, logged as code (see the package docstring)."""
+
+from mlflow.models import set_model
+
+from cartintel_assets.registry.registration import RiskModelPyfunc
+
+set_model(RiskModelPyfunc())
