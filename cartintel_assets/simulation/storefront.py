@@ -864,9 +864,40 @@ def _inject_bad_rows(
     return events[~removed].reset_index(drop=True), lines, log
 
 
+@dataclass
+class _World:
+    """What the simulation generated, before it is cut into landing files and truth: every
+    session (first visits and returns), every event, the reviews, with their public ids."""
+
+    sim: _Sim
+    sessions: pd.DataFrame  # first visits and returns: session_idx, day, cust, sec, device, ...
+    events: pd.DataFrame  # sorted by day, session, seq; with session_id, event_id, product_id
+    reviews: pd.DataFrame
+    session_ids: np.ndarray  # by session_idx
+    session_start: np.ndarray  # by session_idx (datetime64)
+
+
 def simulate(cfg: StorefrontConfig, progress: Callable[[str], None] | None = None) -> Storefront:
     """Simulate the storefront in memory (see `write_storefront` to land it as files)."""
     say = progress or (lambda _msg: None)
+    world = _generate(cfg, say)
+    say("landing files")
+    landing, bad_event_lines, bad_log = _landing(cfg, world)
+    say("ground truth")
+    truth_customers, truth_sessions, effects = _truth(cfg, world)
+    return Storefront(
+        config=cfg,
+        landing=landing,
+        bad_event_lines=bad_event_lines,
+        truth_customers=truth_customers,
+        truth_sessions=truth_sessions,
+        truth_bad_rows=pd.DataFrame(bad_log, columns=["day", "table", "event_id", "kind", "rule"]),
+        truth_effects=effects,
+    )
+
+
+def _generate(cfg: StorefrontConfig, say: Callable[[str], None]) -> _World:
+    """Draw the catalogue, customers, sessions, events and reviews (one random stream)."""
     sim = _Sim(cfg, say)
     say("catalogue, prices and shipping")
     sim.products()
@@ -922,8 +953,17 @@ def simulate(cfg: StorefrontConfig, progress: Callable[[str], None] | None = Non
     reviews = sim.reviews(purchases)
     reviews["review_id"] = [f"R{sim.cfg.seed}-{i:08d}" for i in range(len(reviews))]
 
+    return _World(sim, sess_all, events, reviews, sess_ids, sess_start)
+
+
+def _landing(
+    cfg: StorefrontConfig, world: _World
+) -> tuple[dict[str, dict[str, pd.DataFrame]], dict[str, list[str]], list[dict[str, object]]]:
+    """Each day's landing tables as the shop's systems would export them, the defective event
+    lines injected into them, and the log of those defects."""
+    sim, s, events, reviews = world.sim, world.sim.s, world.events, world.reviews
+    sess_all, sess_ids, sess_start = world.sessions, world.session_ids, world.session_start
     # ---- per-day landing frames -----------------------------------------------------------
-    say("landing files")
     landing: dict[str, dict[str, pd.DataFrame]] = {}
     bad_event_lines: dict[str, list[str]] = {}
     bad_log: list[dict[str, object]] = []
@@ -1053,7 +1093,16 @@ def simulate(cfg: StorefrontConfig, progress: Callable[[str], None] | None = Non
         )
         landing[d] = tables
 
-    say("ground truth")
+    return landing, bad_event_lines, bad_log
+
+
+def _truth(
+    cfg: StorefrontConfig, world: _World
+) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, object]]:
+    """The ground truth the tests read: each customer's latent type, each session's outcomes and
+    treatment, and the parameters of the effects."""
+    sim, s, sess_ids = world.sim, world.sim.s, world.session_ids
+    devices, regions, cust_ids = np.array(schema.DEVICES), np.array(cfg.regions), sim.cust_ids
     truth_customers = pd.DataFrame(
         {
             "customer_id": cust_ids,
@@ -1085,15 +1134,7 @@ def simulate(cfg: StorefrontConfig, progress: Callable[[str], None] | None = Non
         "discount_effect_scale": "(0.5 + 1.5 * coupon tried) * clip(1 + 5 * max(price_change, 0), 1, 2)",
         "drift": [dataclasses.asdict(d) for d in cfg.drift],
     }
-    return Storefront(
-        config=cfg,
-        landing=landing,
-        bad_event_lines=bad_event_lines,
-        truth_customers=truth_customers,
-        truth_sessions=ts,
-        truth_bad_rows=pd.DataFrame(bad_log, columns=["day", "table", "event_id", "kind", "rule"]),
-        truth_effects=effects,
-    )
+    return truth_customers, ts, effects
 
 
 # What `cartintel demo` lands: twice the default traffic, so the randomised intervention log
