@@ -47,8 +47,9 @@ class XGBParams:
 
 
 @dataclass
-class RiskModel:
-    """A trained booster, its isotonic calibrator and the encoding of its inputs."""
+class BoostedModel:
+    """A trained XGBoost booster, its isotonic calibrator (for the risk classifier; none for the
+    uplift learners' regressors) and the encoding of its inputs."""
 
     booster: xgb.Booster
     calibrator: IsotonicRegression | None
@@ -83,7 +84,7 @@ class RiskModel:
     def _codes(self) -> dict[str, dict[Any, int]]:
         return {f: {v: i for i, v in enumerate(vs)} for f, vs in self.categories.items()}
 
-    def encodes_like(self, other: RiskModel) -> bool:
+    def encodes_like(self, other: BoostedModel) -> bool:
         """Whether `other` encodes rows into the same matrix (one encoding serves both)."""
         return self.features == other.features and self.categories == other.categories
 
@@ -105,7 +106,7 @@ class RiskModel:
         (folder / "risk_model.json").write_text(json.dumps(meta))
 
     @classmethod
-    def load(cls, folder: Path) -> RiskModel:
+    def load(cls, folder: Path) -> BoostedModel:
         meta = json.loads((folder / "risk_model.json").read_text())
         booster = xgb.Booster()
         booster.load_model(folder / "booster.json")
@@ -168,7 +169,7 @@ class RiskModel:
         return tree_shap(self.booster, self.best_iteration + 1)
 
 
-def stack_boosters(models: list[RiskModel]) -> Forest | None:
+def stack_boosters(models: list[BoostedModel]) -> Forest | None:
     """`models` as one `Forest` whose output k is model k's `raw_score`, so one compiled call
     predicts them all (an uplift model asks a dozen boosters per cart); None when one of them
     cannot be stacked: an encoding unlike the first's, a calibrator, or a booster `forest` does
@@ -179,7 +180,7 @@ def stack_boosters(models: list[RiskModel]) -> Forest | None:
     return forest([(m.booster, m.best_iteration + 1) for m in models])
 
 
-def fit_risk_model(
+def fit_boosted_model(
     train: pd.DataFrame,
     y_train: np.ndarray,
     valid: pd.DataFrame,
@@ -188,9 +189,9 @@ def fit_risk_model(
     categorical: list[str],
     params: XGBParams,
     calibrate: bool = True,
-) -> RiskModel:
+) -> BoostedModel:
     """Train on `train`, stop early and calibrate (isotonic) on `valid`."""
-    model = untrained_model(train, valid, numeric, categorical)
+    model = encoder_for(train, valid, numeric, categorical)
     dtrain = xgb.DMatrix(model.matrix(train), label=y_train, feature_names=model.features)
     dvalid = xgb.DMatrix(model.matrix(valid), label=y_valid, feature_names=model.features)
     booster = xgb.train(
@@ -219,15 +220,15 @@ def fit_risk_model(
     return model
 
 
-def untrained_model(
+def encoder_for(
     train: pd.DataFrame, valid: pd.DataFrame, numeric: list[str], categorical: list[str]
-) -> RiskModel:
+) -> BoostedModel:
     """The encoding a model trained on `train` and `valid` uses (categories seen in either), with
     an empty booster: `matrix` encodes rows for any trainer."""
     categories = {
         c: sorted(map(str, pd.concat([train[c], valid[c]]).dropna().unique())) for c in categorical
     }
-    return RiskModel(
+    return BoostedModel(
         booster=xgb.Booster(),
         calibrator=None,
         features=[*numeric, *categorical],
@@ -235,7 +236,7 @@ def untrained_model(
     )
 
 
-def calibrate_on(model: RiskModel, valid: pd.DataFrame, y_valid: np.ndarray) -> None:
+def calibrate_on(model: BoostedModel, valid: pd.DataFrame, y_valid: np.ndarray) -> None:
     """Isotonic calibration of the model's raw probabilities on `valid`."""
     iso = IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0)
     iso.fit(np.asarray(model.raw_score(valid), dtype=float), y_valid)
@@ -291,7 +292,7 @@ def risk_metrics(y: np.ndarray, p: np.ndarray, value: np.ndarray | None = None) 
 
 
 def reason_codes(
-    model: RiskModel, frame: Rows, k: int = 3, matrix: np.ndarray | None = None
+    model: BoostedModel, frame: Rows, k: int = 3, matrix: np.ndarray | None = None
 ) -> list[list[str]]:
     """The k features pushing each row's risk up the most (positive SHAP contributions)."""
     contrib = model.contributions(frame, matrix)[:, :-1]
@@ -311,3 +312,66 @@ def time_split(dates: pd.Series, valid_share: float = 0.2, test_share: float = 0
     test_from, valid_from = days[n - n_test], days[n - n_test - n_valid]
     d = pd.to_datetime(dates).dt.normalize().to_numpy()
     return np.where(d >= test_from, "test", np.where(d >= valid_from, "valid", "train"))
+
+
+# The blocking gates a trained risk model must pass to become the challenger (Dagster check names).
+TRAINING_GATES: tuple[str, ...] = (
+    "abandonment_model_roc_auc_above_floor",
+    "abandonment_model_pr_auc_above_floor",
+    "abandonment_model_calibrated",
+    "abandonment_model_no_worse_than_global",
+)
+
+
+@dataclass(frozen=True)
+class TrainingBounds:
+    """What a trained risk model must reach on its test window."""
+
+    min_roc_auc: float = 0.75
+    min_pr_auc: float = 0.45
+    max_calibration_error: float = 0.05
+    global_tolerance: float = 0.01  # ROC-AUC it may lose against `global` on the same carts
+
+
+@dataclass(frozen=True)
+class GateOutcome:
+    """One gate's verdict and what it observed."""
+
+    passed: bool
+    observed: dict[str, Any]
+
+
+def training_gates(
+    metrics: dict[str, float], incumbent_auc: float | None, bounds: TrainingBounds
+) -> dict[str, GateOutcome]:
+    """The verdict of every training gate on the test-window `metrics` (`risk_metrics`), with
+    `incumbent_auc` the `global` version's ROC-AUC on the same carts (None: no global yet)."""
+    auc, pr, cal = metrics["roc_auc"], metrics["pr_auc"], metrics["calibration_error"]
+    return dict(
+        zip(
+            TRAINING_GATES,
+            (
+                GateOutcome(
+                    auc >= bounds.min_roc_auc, {"test_roc_auc": auc, "floor": bounds.min_roc_auc}
+                ),
+                GateOutcome(
+                    pr >= bounds.min_pr_auc, {"test_pr_auc": pr, "floor": bounds.min_pr_auc}
+                ),
+                GateOutcome(
+                    cal <= bounds.max_calibration_error,
+                    {"calibration_error": cal, "bound": bounds.max_calibration_error},
+                ),
+                GateOutcome(
+                    incumbent_auc is None or auc >= incumbent_auc - bounds.global_tolerance,
+                    {
+                        "test_roc_auc": auc,
+                        "global_test_roc_auc": "no global"
+                        if incumbent_auc is None
+                        else incumbent_auc,
+                        "tolerance": bounds.global_tolerance,
+                    },
+                ),
+            ),
+            strict=True,
+        )
+    )

@@ -15,11 +15,14 @@ from pydantic import Field
 from cartintel_assets.defs.partitions import daily_partitions
 from cartintel_assets.features.session_features import CATEGORICAL_FEATURES, NUMERIC_FEATURES
 from cartintel_assets.models.abandonment import (
+    TRAINING_GATES,
+    TrainingBounds,
     XGBParams,
     baseline_proba,
     fit_logistic_baseline,
     risk_metrics,
     time_split,
+    training_gates,
 )
 from cartintel_assets.registry.names import ABANDONMENT_MODEL, CHALLENGER, GLOBAL
 from cartintel_assets.resources import WarehouseResource
@@ -29,12 +32,8 @@ from cartintel_assets.resources.rollout import RolloutResource
 from cartintel_assets.warehouse.tables import replace_partition, require_tables
 
 EXPERIMENT = "cartintel/abandonment"
-GATES = (
-    "abandonment_model_roc_auc_above_floor",
-    "abandonment_model_pr_auc_above_floor",
-    "abandonment_model_calibrated",
-    "abandonment_model_no_worse_than_global",
-)
+GATES = TRAINING_GATES
+_B = TrainingBounds()
 
 
 class AbandonmentModelConfig(dg.Config):
@@ -52,15 +51,20 @@ class AbandonmentModelConfig(dg.Config):
         default=40, description="Rounds without validation gain before stopping."
     )
     seed: int = Field(default=7, description="Random seed.")
-    min_roc_auc: float = Field(default=0.75, description="Gate: minimum test ROC-AUC.")
-    min_pr_auc: float = Field(default=0.45, description="Gate: minimum test PR-AUC.")
+    min_roc_auc: float = Field(default=_B.min_roc_auc, description="Gate: minimum test ROC-AUC.")
+    min_pr_auc: float = Field(default=_B.min_pr_auc, description="Gate: minimum test PR-AUC.")
     max_calibration_error: float = Field(
-        default=0.05, description="Gate: maximum expected calibration error."
+        default=_B.max_calibration_error, description="Gate: maximum expected calibration error."
     )
     global_tolerance: float = Field(
-        default=0.01,
+        default=_B.global_tolerance,
         description="Gate: allowed ROC-AUC shortfall vs the version serving as `global`.",
     )
+
+    def bounds(self) -> TrainingBounds:
+        return TrainingBounds(
+            self.min_roc_auc, self.min_pr_auc, self.max_calibration_error, self.global_tolerance
+        )
 
 
 # Retrain weekly, or when the retraining sensor records a request (drift or realised performance
@@ -146,7 +150,7 @@ def abandonment_model(
         early_stopping_rounds=config.early_stopping_rounds,
         seed=config.seed,
     )
-    model = engine.fit_risk_model(
+    model = engine.fit_boosted_model(
         parts["train"], ys["train"], parts["valid"], ys["valid"], num, cat, params
     )
     test = parts["test"]
@@ -157,7 +161,7 @@ def abandonment_model(
     # the other label (abandoned in-session vs harmful), reported beside the primary model
     other = "abandoned" if config.target == "harmful" else "harmful"
     oy = {s: parts[s][other].to_numpy(dtype=int) for s in parts}
-    other_model = engine.fit_risk_model(
+    other_model = engine.fit_boosted_model(
         parts["train"], oy["train"], parts["valid"], oy["valid"], num, cat, params
     )
     other_metrics = risk_metrics(oy["test"], other_model.predict_proba(test))
@@ -192,14 +196,8 @@ def abandonment_model(
                 "roc_auc"
             ]
             mlflow.log_metric("global_test_roc_auc", incumbent_auc)
-        passes = {
-            GATES[0]: metrics["roc_auc"] >= config.min_roc_auc,
-            GATES[1]: metrics["pr_auc"] >= config.min_pr_auc,
-            GATES[2]: metrics["calibration_error"] <= config.max_calibration_error,
-            GATES[3]: incumbent_auc is None
-            or metrics["roc_auc"] >= incumbent_auc - config.global_tolerance,
-        }
-        gate = "passed" if all(passes.values()) else "failed"
+        gates = training_gates(metrics, incumbent_auc, config.bounds())
+        gate = "passed" if all(g.passed for g in gates.values()) else "failed"
         mlflow.set_tag("gate", gate)
         # the drift reference of this version, computed once: the latest landed days (not learnt
         # from) with their scores, and the features that already drift since its training window
@@ -262,21 +260,9 @@ def abandonment_model(
             ),
         }
     )
-    observed: dict[str, dict[str, Any]] = {
-        GATES[0]: {"test_roc_auc": metrics["roc_auc"], "floor": config.min_roc_auc},
-        GATES[1]: {"test_pr_auc": metrics["pr_auc"], "floor": config.min_pr_auc},
-        GATES[2]: {
-            "calibration_error": metrics["calibration_error"],
-            "bound": config.max_calibration_error,
-        },
-        GATES[3]: {
-            "test_roc_auc": metrics["roc_auc"],
-            "global_test_roc_auc": incumbent_auc if incumbent_auc is not None else "no global",
-        },
-    }
-    for name in GATES:
+    for name, outcome in gates.items():
         yield dg.AssetCheckResult(
-            check_name=name, passed=bool(passes[name]), metadata=observed[name]
+            check_name=name, passed=bool(outcome.passed), metadata=outcome.observed
         )
 
 
