@@ -9,10 +9,10 @@ production), with the same feature and model code as the embedded engine. No Dag
     day per task: a cogrouped pandas UDF over the day's events and sessions, with the day's
     reference broadcast.
   - The result equals DuckDB's `session_features` row for row (test_spark_engine).
-- Training: `fit_risk_model_spark` trains the risk model with XGBoost's own Spark estimator
+- Training: `fit_boosted_model_spark` trains the risk model with XGBoost's own Spark estimator
   (`SparkXGBClassifier`; the training asset calls it through the `engine` resource). Its
   workers are Spark tasks, and it stops early on the validation rows. It is calibrated
-  (isotonic) on the driver and returned as a `RiskModel` like the single-machine one, so
+  (isotonic) on the driver and returned as a `BoostedModel` like the single-machine one, so
   scoring, reason codes, the registry and the service use it unchanged.
 """
 
@@ -45,7 +45,7 @@ from cartintel_assets.features.session_features import (
     feature_reference,
     reviews_timeline,
 )
-from cartintel_assets.models.abandonment import RiskModel, XGBParams, calibrate_on, untrained_model
+from cartintel_assets.models.abandonment import BoostedModel, XGBParams, calibrate_on, encoder_for
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -226,7 +226,7 @@ def spark_day_features(
     )
 
 
-def fit_risk_model_spark(
+def fit_boosted_model_spark(
     spark: SparkSession,
     train: pd.DataFrame,
     y_train: np.ndarray,
@@ -236,12 +236,12 @@ def fit_risk_model_spark(
     categorical: list[str],
     params: XGBParams,
     num_workers: int = 2,
-) -> RiskModel:
-    """`abandonment.fit_risk_model` trained distributed: XGBoost's Spark estimator on `num_workers`
+) -> BoostedModel:
+    """`abandonment.fit_boosted_model` trained distributed: XGBoost's Spark estimator on `num_workers`
     Spark tasks, early stopping on `valid`, then isotonic calibration on `valid` (driver)."""
     from xgboost.spark import SparkXGBClassifier
 
-    encoder = untrained_model(train, valid, numeric, categorical)
+    encoder = encoder_for(train, valid, numeric, categorical)
     features = encoder.features
     rows = pd.DataFrame(np.vstack([encoder.matrix(train), encoder.matrix(valid)]), columns=features)
     rows["label"] = np.concatenate([y_train, y_valid]).astype(float)
@@ -296,6 +296,6 @@ def fit_risk_model_spark(
             else:
                 spark.conf.set(k, old)
     best = int(booster.attr("best_iteration") or booster.num_boosted_rounds() - 1)
-    model = RiskModel(booster, None, features, encoder.categories, best)
+    model = BoostedModel(booster, None, features, encoder.categories, best)
     calibrate_on(model, valid, y_valid)
     return model

@@ -3,7 +3,7 @@ segment, category and region, with support and bootstrap stability; and a fricti
 category. No Dagster import.
 
 Drivers come from one explanatory model per run, fitted with the abandonment model's training
-code (`fit_risk_model`) on the labelled carts with the customer's segment and the cart's main
+code (`fit_boosted_model`) on the labelled carts with the customer's segment and the cart's main
 category as extra inputs. Without them the production risk model, trained on a few thousand
 carts, gives shipping cost the same weight for every kind of shopper (measured on the default
 storefront: mean positive SHAP 0.034-0.044 for all six planted types); with them the trees can
@@ -20,7 +20,7 @@ import pandas as pd
 from scipy.stats import spearmanr
 from sklearn.model_selection import train_test_split
 
-from cartintel_assets.models.abandonment import RiskModel, XGBParams, fit_risk_model
+from cartintel_assets.models.abandonment import BoostedModel, XGBParams, fit_boosted_model
 
 FRICTION_GROUPS: dict[str, tuple[str, ...]] = {
     "shipping": ("shipping_share", "shipping_cost", "delivery_days"),
@@ -43,14 +43,14 @@ def fit_driver_model(
     numeric: list[str],
     categorical: list[str],
     params: XGBParams,
-) -> RiskModel:
+) -> BoostedModel:
     """The explanatory model: the risk features plus segment and category; a stratified quarter
     of the carts stops it early (no calibration: only its contributions are used)."""
     y = carts[target].to_numpy(dtype=int)
     fit, stop = train_test_split(
         np.arange(len(carts)), test_size=0.25, random_state=params.seed, stratify=y
     )
-    return fit_risk_model(
+    return fit_boosted_model(
         carts.iloc[fit],
         y[fit],
         carts.iloc[stop],
@@ -79,7 +79,7 @@ def _stability(contrib: pd.DataFrame, rng: np.random.Generator, bootstraps: int)
 
 def driver_table(
     carts: pd.DataFrame,
-    model: RiskModel,
+    model: BoostedModel,
     scopes: dict[str, str | None],
     min_support: int = 100,
     bootstraps: int = 50,

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from cartintel_assets.features.session_features import KEY_COLUMNS
-from cartintel_assets.models.abandonment import RiskModel, reason_codes
+from cartintel_assets.models.abandonment import BoostedModel, reason_codes
 from cartintel_assets.warehouse.tables import typed_temp_table
 
 # The scores table, in column order; the warehouse adds `partition_date`.
@@ -33,7 +33,7 @@ SCORE_COLUMNS: dict[str, str] = {
 }
 
 
-def score_carts(model: RiskModel, features: pd.DataFrame, k: int = 3) -> pd.DataFrame:
+def score_carts(model: BoostedModel, features: pd.DataFrame, k: int = 3) -> pd.DataFrame:
     """Risk per cart, its decile within the batch (10 = riskiest) and up to `k` reason codes
     (the features raising that cart's risk most, by SHAP contribution)."""
     out = features[list(KEY_COLUMNS)].reset_index(drop=True)

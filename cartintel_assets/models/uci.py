@@ -17,7 +17,7 @@ import pandas as pd
 from sklearn.metrics import average_precision_score
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
-from cartintel_assets.models.abandonment import XGBParams, fit_risk_model, risk_metrics
+from cartintel_assets.models.abandonment import XGBParams, fit_boosted_model, risk_metrics
 
 UCI_FILE = "online_shoppers_intention.csv"
 UCI_ROWS = 12330
@@ -56,7 +56,7 @@ def _fit_and_score(
         train_idx, test_size=0.2, stratify=data.y[train_idx], random_state=params.seed
     )
     f = data.frame
-    model = fit_risk_model(
+    model = fit_boosted_model(
         f.iloc[fit_idx],
         data.y[fit_idx],
         f.iloc[stop_idx],

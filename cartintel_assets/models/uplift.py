@@ -31,10 +31,10 @@ from cartintel_assets.features.session_features import (
     compute_session_facts,
 )
 from cartintel_assets.models.abandonment import (
-    RiskModel,
+    BoostedModel,
     Rows,
     XGBParams,
-    fit_risk_model,
+    fit_boosted_model,
     stack_boosters,
 )
 from cartintel_assets.models.forest import FOREST_ROWS, Forest
@@ -137,12 +137,12 @@ def _fit(
     categorical: list[str],
     params: XGBParams,
     regression: bool = False,
-) -> RiskModel:
+) -> BoostedModel:
     """One base learner: 80 % fits, 20 % stops the boosting early."""
     idx = np.arange(len(frame))
     fit_idx, stop_idx = train_test_split(idx, test_size=0.2, random_state=params.seed)
     p = replace(params, objective="reg:squarederror" if regression else "binary:logistic")
-    return fit_risk_model(
+    return fit_boosted_model(
         frame.iloc[fit_idx],
         y[fit_idx],
         frame.iloc[stop_idx],
@@ -160,8 +160,10 @@ class UpliftModel:
 
     learner: str
     arms: list[str]
-    outcome: dict[str, RiskModel]  # mu per arm, control included
-    effect: dict[str, tuple[RiskModel, RiskModel]] = field(default_factory=dict)  # X: (tau1, tau0)
+    outcome: dict[str, BoostedModel]  # mu per arm, control included
+    effect: dict[str, tuple[BoostedModel, BoostedModel]] = field(
+        default_factory=dict
+    )  # X: (tau1, tau0)
     weight: dict[str, float] = field(default_factory=dict)  # X: g, the arm's share of arm+control
     # per arm (intercept, slope) mapping raw to calibrated effects, fitted out of fold
     calibration: dict[str, tuple[float, float]] = field(default_factory=dict)
@@ -179,7 +181,7 @@ class UpliftModel:
         return pd.DataFrame(self.predict(frame)[1], index=frame.index)
 
     @property
-    def learners(self) -> list[RiskModel]:
+    def learners(self) -> list[BoostedModel]:
         """Every booster a prediction asks: the control outcome first, then per arm its effect
         models (X-learner) or its outcome model (T-learner)."""
         if self.learner == "x-learner":
@@ -207,7 +209,7 @@ class UpliftModel:
         if stacked is not None:
             column = dict(zip(map(id, self.learners), stacked.predict(x).T, strict=True))
 
-        def proba(m: RiskModel) -> np.ndarray:
+        def proba(m: BoostedModel) -> np.ndarray:
             if stacked is not None:
                 return column[id(m)]
             return m.predict_proba(frame, x if m.encodes_like(control) else None)
@@ -248,11 +250,14 @@ class UpliftModel:
     def load(cls, folder: Path) -> UpliftModel:
         meta = json.loads((folder / "uplift_model.json").read_text())
         arms = list(meta["arms"])
-        outcome = {a: RiskModel.load(folder / f"mu_{a}") for a in [CONTROL, *arms]}
+        outcome = {a: BoostedModel.load(folder / f"mu_{a}") for a in [CONTROL, *arms]}
         effect = {}
         if meta["learner"] == "x-learner":
             effect = {
-                a: (RiskModel.load(folder / f"tau1_{a}"), RiskModel.load(folder / f"tau0_{a}"))
+                a: (
+                    BoostedModel.load(folder / f"tau1_{a}"),
+                    BoostedModel.load(folder / f"tau0_{a}"),
+                )
                 for a in arms
             }
         calibration = {a: (float(c[0]), float(c[1])) for a, c in meta["calibration"].items()}

@@ -19,7 +19,7 @@ from mlflow.models import infer_signature
 from mlflow.pyfunc import PythonModel
 from mlflow.tracking import MlflowClient
 
-from cartintel_assets.models.abandonment import RiskModel
+from cartintel_assets.models.abandonment import BoostedModel
 from cartintel_assets.models.segmentation import SegmentationModel, evidence_frame
 from cartintel_assets.models.uplift import UpliftModel
 
@@ -28,10 +28,10 @@ PIP_REQUIREMENTS = ["xgboost-cpu==3.2.0", "scikit-learn==1.9.1", "pandas==2.3.3"
 
 
 class RiskModelPyfunc(PythonModel):
-    """Serves calibrated risk probabilities from a saved `RiskModel`."""
+    """Serves calibrated risk probabilities from a saved `BoostedModel`."""
 
     def load_context(self, context: Any) -> None:
-        self.model = RiskModel.load(Path(context.artifacts["risk_model"]))
+        self.model = BoostedModel.load(Path(context.artifacts["risk_model"]))
 
     def predict(
         self, context: Any, model_input: pd.DataFrame, params: dict | None = None
@@ -63,7 +63,7 @@ def _log_pyfunc(
     return str(info.model_uri)
 
 
-def log_risk_model(model: RiskModel, example: pd.DataFrame) -> str:
+def log_risk_model(model: BoostedModel, example: pd.DataFrame) -> str:
     """Log the model in the active run; return its model URI."""
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "risk_model"
@@ -226,21 +226,21 @@ def version_by_alias(name: str, alias: str) -> str | None:
 class RegisteredRiskModel:
     """A risk model loaded from the registry, with the version an alias pointed at."""
 
-    model: RiskModel
+    model: BoostedModel
     name: str
     alias: str
     version: str
     run_id: str
 
 
-def load_risk_model_version(name: str, version: str) -> RiskModel:
-    """One registered version's `RiskModel`."""
+def load_risk_model_version(name: str, version: str) -> BoostedModel:
+    """One registered version's `BoostedModel`."""
     with _version_artifacts(name, version) as artifacts:
-        return RiskModel.load(artifacts / "risk_model")
+        return BoostedModel.load(artifacts / "risk_model")
 
 
 def load_risk_model(name: str, alias: str) -> RegisteredRiskModel:
-    """Resolve `alias` to a version once, then load exactly that version's `RiskModel`."""
+    """Resolve `alias` to a version once, then load exactly that version's `BoostedModel`."""
     found = _by_alias(name, alias, "abandonment_training_job")
     model = load_risk_model_version(name, str(found.version))
     return RegisteredRiskModel(model, name, alias, str(found.version), str(found.run_id))

@@ -15,7 +15,7 @@ import pandas as pd
 from pydantic import Field
 
 from cartintel_assets.features.session_features import FEATURE_TYPES, CutoffPolicy, day_features
-from cartintel_assets.models.abandonment import RiskModel, XGBParams, fit_risk_model
+from cartintel_assets.models.abandonment import BoostedModel, XGBParams, fit_boosted_model
 
 
 class ComputeEngineResource(dg.ConfigurableResource):
@@ -67,7 +67,7 @@ class ComputeEngineResource(dg.ConfigurableResource):
         typed_temp_table(con, frame, FEATURE_TYPES, "_session_features")
         return con.table("_session_features").df()
 
-    def fit_risk_model(
+    def fit_boosted_model(
         self,
         train: pd.DataFrame,
         y_train: np.ndarray,
@@ -76,16 +76,16 @@ class ComputeEngineResource(dg.ConfigurableResource):
         numeric: list[str],
         categorical: list[str],
         params: XGBParams,
-    ) -> RiskModel:
-        """`abandonment.fit_risk_model` on the chosen engine: on Spark, XGBoost's Spark estimator
+    ) -> BoostedModel:
+        """`abandonment.fit_boosted_model` on the chosen engine: on Spark, XGBoost's Spark estimator
         with one training task per core the master offers (the same encoding, early stopping and
         calibration, so the model is registered and served like any other)."""
         if self.engine == "duckdb":
-            return fit_risk_model(train, y_train, valid, y_valid, numeric, categorical, params)
-        from cartintel_assets.engines.spark import fit_risk_model_spark, spark_session
+            return fit_boosted_model(train, y_train, valid, y_valid, numeric, categorical, params)
+        from cartintel_assets.engines.spark import fit_boosted_model_spark, spark_session
 
         with spark_session(self.spark_master, driver_memory=self.spark_driver_memory) as spark:
-            return fit_risk_model_spark(
+            return fit_boosted_model_spark(
                 spark,
                 train,
                 y_train,

@@ -2,7 +2,7 @@
 feature row, nothing else. `make bench` serves it beside `cartintel serve` and `mlflow models
 serve` so the run shows what this machine does for the cheapest possible request today.
 
-    BARE_MODEL_DIR=<RiskModel.save folder> uvicorn --factory \
+    BARE_MODEL_DIR=<BoostedModel.save folder> uvicorn --factory \
         cartintel_tests.benchmarks.bare_server:create_app
 """
 
@@ -15,7 +15,7 @@ import numpy as np
 from fastapi import FastAPI
 from pydantic import BaseModel
 
-from cartintel_assets.models.abandonment import RiskModel
+from cartintel_assets.models.abandonment import BoostedModel
 
 
 class Row(BaseModel):
@@ -23,7 +23,7 @@ class Row(BaseModel):
 
 
 def create_app() -> FastAPI:
-    model = RiskModel.load(Path(os.environ["BARE_MODEL_DIR"]))
+    model = BoostedModel.load(Path(os.environ["BARE_MODEL_DIR"]))
     model.booster.set_param({"nthread": 1})
     app = FastAPI()
 

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from cartintel_assets.decisions.catalogue import DEFAULT_CATALOGUE
-from cartintel_assets.models.abandonment import RiskModel
+from cartintel_assets.models.abandonment import BoostedModel
 from cartintel_assets.models.uplift import ARMS, UpliftModel, session_facts
 from cartintel_assets.registry.names import ABANDONMENT_MODEL as RISK_MODEL
 from cartintel_assets.registry.names import UPLIFT_MODEL
@@ -130,7 +130,7 @@ def serving_stage(
     db: Path,
     landing: Path,
     day: str,
-    risk: RiskModel,
+    risk: BoostedModel,
     uplift: UpliftModel,
     features: pd.DataFrame,
     k: int,

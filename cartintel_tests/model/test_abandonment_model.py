@@ -20,11 +20,11 @@ from cartintel_assets.features.session_features import (
     day_features,
 )
 from cartintel_assets.models.abandonment import (
-    RiskModel,
+    BoostedModel,
     XGBParams,
     baseline_proba,
+    fit_boosted_model,
     fit_logistic_baseline,
-    fit_risk_model,
     reason_codes,
     risk_metrics,
     time_split,
@@ -53,11 +53,11 @@ def labelled(store: Storefront, tmp_path_factory: pytest.TempPathFactory) -> pd.
     return pd.concat(frames, ignore_index=True)
 
 
-def _split_fit(labelled: pd.DataFrame) -> tuple[RiskModel, dict[str, pd.DataFrame]]:
+def _split_fit(labelled: pd.DataFrame) -> tuple[BoostedModel, dict[str, pd.DataFrame]]:
     split = time_split(labelled["started_at"])
     parts = {s: labelled[split == s] for s in ("train", "valid", "test")}
     y = {s: parts[s]["harmful"].to_numpy(dtype=int) for s in parts}
-    model = fit_risk_model(
+    model = fit_boosted_model(
         parts["train"],
         y["train"],
         parts["valid"],
@@ -90,7 +90,7 @@ def test_risk_model_beats_logistic_baseline_on_harmful_abandonment(labelled: pd.
     assert m["calibration_error"] < 0.05
     assert m["top_decile_lift"] > 2.0
     # seeded: the same data gives the same model
-    again = fit_risk_model(train, y["train"], valid, y["valid"], num, cat, XGBParams())
+    again = fit_boosted_model(train, y["train"], valid, y["valid"], num, cat, XGBParams())
     assert np.array_equal(again.predict_proba(test), p)
     # the compiled forest (test_forest) predicts what Booster.predict does: on these trees of
     # depth 5, bit for bit
@@ -139,7 +139,7 @@ def test_shuffled_labels_give_a_useless_model(labelled: pd.DataFrame) -> None:
     train, valid, test = (labelled[split == s] for s in ("train", "valid", "test"))
     rng = np.random.default_rng(0)
     num, cat = list(NUMERIC_FEATURES), list(CATEGORICAL_FEATURES)
-    model = fit_risk_model(
+    model = fit_boosted_model(
         train,
         rng.permutation(train["harmful"].to_numpy(dtype=int)),
         valid,

@@ -13,12 +13,14 @@ from sklearn.metrics import roc_auc_score
 from cartintel_assets.features.reviews import (
     ASPECTS,
     aggregate_signals,
+    patterns_digest,
     review_signals,
     tag_aspects,
 )
 from cartintel_assets.simulation.storefront import _ASPECT_PHRASES, StorefrontConfig, simulate
 
 LABELS = Path(__file__).parent.parent / "data" / "review_aspect_labels_heldout.csv"
+LABELLED_WITH = LABELS.with_name("review_aspect_labels.patterns")
 REVIEWS = "womens_clothing_ecommerce_reviews.csv.gz"
 
 
@@ -48,6 +50,13 @@ def test_aspect_tagger_precision_on_hand_labelled_real_reviews(
     patterns and labelled by hand: relevant = the sentence is about that aspect of the purchase
     (delivery speed/cost/condition; price or value; size or fit; material or build; a return or
     exchange; staff or customer service), not a narrative use of the word ("when it arrived")."""
+    made_with = [
+        line for line in LABELLED_WITH.read_text().splitlines() if not line.startswith("#")
+    ]
+    assert made_with == [patterns_digest()], (
+        "the aspect patterns changed since the hand labels were made: label a fresh sample"
+        f" and record the new digest in {LABELLED_WITH.name}"
+    )
     labels = pd.read_csv(LABELS)
     assert len(labels) >= 100 and set(labels["aspect"]) == set(ASPECTS)
     text = real_reviews.set_index("review_row")["Review Text"]

@@ -16,7 +16,7 @@ from cartintel_assets.defs.abandonment.assets import (
     abandonment_model,
     abandonment_scores,
 )
-from cartintel_assets.models.abandonment import RiskModel
+from cartintel_assets.models.abandonment import BoostedModel
 from cartintel_assets.registry.names import ABANDONMENT_MODEL
 from cartintel_assets.simulation.storefront import StorefrontConfig, simulate
 from cartintel_tests.conftest import asset_resources, check_results, labelled_warehouse
@@ -87,7 +87,7 @@ def test_training_logs_registers_and_gates(warehouse: Path, tmp_path: Path) -> N
         local = mlflow.artifacts.download_artifacts(
             artifact_uri=f"models:/{ABANDONMENT_MODEL}@challenger", dst_path=str(tmp_path / "dl")
         )
-        direct = RiskModel.load(Path(local) / "artifacts" / "risk_model")
+        direct = BoostedModel.load(Path(local) / "artifacts" / "risk_model")
         assert "n_views" in str(loaded.metadata.signature)  # a real column signature
         assert np.array_equal(
             np.asarray(loaded.predict(direct.typed(rows))), direct.predict_proba(rows)

@@ -274,6 +274,17 @@ def test_drift_retraining_promotion_and_rollback(
 
         # the drift check failed on the drifted days only
         assert drift_passed == {i: i < DRIFT_DAY for i in drift_passed}
+        # ... naming the planted drift: shipping cost, in DE
+        failed = shop.query(
+            "SELECT detail FROM monitoring_results WHERE check_name = ? AND NOT passed",
+            [DRIFT_CHECKS[0]],
+        )
+        assert len(failed) >= sum(not ok for ok in drift_passed.values()) > 0
+        for detail in failed["detail"]:
+            slices = json.loads(detail)["slices_over"]
+            regions = {s["value"]: s["drifted"] for s in slices if s["by"] == "region"}
+            assert "shipping_cost" in regions.get("DE", {}), regions
+            assert [r for r, cols in regions.items() if "shipping_cost" in cols] == ["DE"]
         # exactly one retraining, on the first tick with drift and enough labels (the day after
         # drift showed, when one more day's labels were final)
         assert [i for i, n in requested.items() if n] == [DRIFT_DAY + 1]

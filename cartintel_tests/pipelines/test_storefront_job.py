@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing as mp
+import time
 from concurrent.futures import ProcessPoolExecutor
 from datetime import date
 from pathlib import Path
@@ -182,6 +183,14 @@ def test_a_failed_blocking_check_stops_downstream_assets_in_the_same_run(tmp_pat
     }
     assert "raw_events" in mats and "quarantined_events" in mats
     assert "cart_sessions" not in mats  # downstream of the failed blocking gate
+    # ... because Dagster never started its step once the blocking check failed, not because it
+    # crashed: the only failed step is that check's (a failed blocking check fails its step)
+    steps = {(e.event_type_value, e.step_key) for e in result.all_events if e.step_key}
+    assert {k for t, k in steps if t == "STEP_FAILURE"} == {
+        "raw_events_raw_events_passes_quality_gate"
+    }
+    started = {k for t, k in steps if t == "STEP_START"}
+    assert "raw_events_raw_events_passes_quality_gate" in started and "cart_sessions" not in started
     assert "data_quality_scorecard" in mats  # reports the failure instead of hiding it
     con = duckdb.connect(str(tmp_path / "wh.duckdb"), read_only=True)
     card = {
@@ -195,8 +204,10 @@ def test_a_failed_blocking_check_stops_downstream_assets_in_the_same_run(tmp_pat
     assert all(score < 0.99 for _, score in card.values())  # 20 % bad rows show in every standard
 
 
-def _ingest_in_process(args: tuple[str, str, str]) -> int:
+def _ingest_in_process(args: tuple[str, str, str]) -> tuple[int, float, float]:
+    """Ingest one day; the rows accepted, and when this process started and finished."""
     landing, wh, day = args
+    started = time.time()
     resource = WarehouseResource(database=wh)
     total = 0
     for name in ("customers", "products", "sessions", "events"):
@@ -206,7 +217,17 @@ def _ingest_in_process(args: tuple[str, str, str]) -> int:
             ).accepted
     with resource.reader() as con:
         con.execute("SELECT count(*) FROM raw_events").fetchall()
-    return total
+    return total, started, time.time()
+
+
+def _log(wh: str) -> list[tuple]:
+    con = duckdb.connect(wh, read_only=True)
+    rows = con.execute(
+        "SELECT table_name, partition_date, landed, accepted, quarantined FROM ingestion_log"
+        " ORDER BY 1, 2"
+    ).fetchall()
+    con.close()
+    return rows
 
 
 def test_concurrent_runs_serialise_on_the_warehouse(small_landing: Path, tmp_path: Path) -> None:
@@ -215,8 +236,16 @@ def test_concurrent_runs_serialise_on_the_warehouse(small_landing: Path, tmp_pat
     # a process pool that reports a dead worker (BrokenProcessPool) instead of waiting forever
     with ProcessPoolExecutor(2, mp_context=mp.get_context("spawn")) as pool:
         jobs = [(str(small_landing), wh, d) for d in days]
-        totals = list(pool.map(_ingest_in_process, jobs, timeout=600))
-    assert all(t > 0 for t in totals)
+        runs = list(pool.map(_ingest_in_process, jobs, timeout=600))
+    assert all(total > 0 for total, _, _ in runs)
+    # the writers did run at the same time (so the lock, not the schedule, kept them apart)
+    spans = sorted((start, end) for _, start, end in runs)
+    assert any(b[0] < a[1] for a, b in zip(spans, spans[1:], strict=False))
+    # and they left what one writer, day after day, leaves
+    alone = str(tmp_path / "alone.duckdb")
+    for d in days[: SMALL.days]:
+        _ingest_in_process((str(small_landing), alone, d))
+    assert _log(wh) == _log(alone) and len(_log(alone)) == 4 * SMALL.days
     con = duckdb.connect(wh, read_only=True)
     per_day = con.execute(
         "SELECT count(*) FROM ingestion_log GROUP BY table_name, partition_date"

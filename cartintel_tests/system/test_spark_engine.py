@@ -121,7 +121,7 @@ def test_distributed_training_matches_the_single_machine_model(
     params = XGBParams()
     args = (parts["train"], y["train"], parts["valid"], y["valid"], num, cat, params)
     # through the resource, as the training asset calls it (the test's local[2] session)
-    single = ComputeEngineResource().fit_risk_model(*args)
+    single = ComputeEngineResource().fit_boosted_model(*args)
     # Arrow batches of 500 rows or 64 KiB: most hold only training or only validation rows,
     # which XGBoost's Spark reader cannot take (the defaults, 10,000 rows and 64 MiB, do this at
     # ~1M and ~5M sessions); the fit lifts both limits for its own job, and only for it
@@ -131,7 +131,7 @@ def test_distributed_training_matches_the_single_machine_model(
     }
     for k, v in small.items():
         spark.conf.set(k, v)  # type: ignore[attr-defined]
-    spread = ComputeEngineResource(engine="spark").fit_risk_model(*args)
+    spread = ComputeEngineResource(engine="spark").fit_boosted_model(*args)
     for k, v in small.items():
         assert spark.conf.get(k) == v  # type: ignore[attr-defined]
         spark.conf.unset(k)  # type: ignore[attr-defined]
@@ -147,7 +147,7 @@ def test_distributed_training_matches_the_single_machine_model(
     # a task's rows must fit in one Arrow batch: beyond it, a clear error before any training job
     monkeypatch.setattr(spark_engine, "ARROW_BATCH_MAX_BYTES", 1024)
     with pytest.raises(ValueError, match="train with more workers than 2"):
-        ComputeEngineResource(engine="spark").fit_risk_model(*args)
+        ComputeEngineResource(engine="spark").fit_boosted_model(*args)
 
 
 def test_the_engine_is_chosen_by_the_resource_config(

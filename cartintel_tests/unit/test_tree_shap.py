@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import xgboost as xgb
 
-from cartintel_assets.models.abandonment import RiskModel, reason_codes
+from cartintel_assets.models.abandonment import BoostedModel, reason_codes
 from cartintel_assets.models.tree_shap import tree_shap
 from cartintel_tests.unit.boosters import CASES, FEATURES, noisy_rows, train, train_case
 
@@ -56,7 +56,7 @@ def test_reason_codes_equal_those_of_xgboost_contributions(
     x, signal = data
     booster = train(x, (signal > 0).astype(float), "binary:logistic", 5, 0.5)
     names = [f"f{i}" for i in range(FEATURES)]
-    model = RiskModel(booster, None, names, {}, best_iteration=99)
+    model = BoostedModel(booster, None, names, {}, best_iteration=99)
     frame = {n: x[:2000, i] for i, n in enumerate(names)}
     xgb_shap = booster.predict(xgb.DMatrix(x[:2000]), iteration_range=(0, 100), pred_contribs=True)[
         :, :-1
@@ -80,7 +80,7 @@ def test_models_it_does_not_cover_are_explained_by_xgboost(
     raw = train(x, (signal > 0).astype(float), "binary:logitraw", 3, 0.5)
     assert tree_shap(raw, 0) is None
     names = [f"f{i}" for i in range(FEATURES)]
-    model = RiskModel(raw, None, names, {}, best_iteration=119)
+    model = BoostedModel(raw, None, names, {}, best_iteration=119)
     expected = raw.predict(xgb.DMatrix(x[:100]), pred_contribs=True)
     np.testing.assert_array_equal(model.contributions({}, x[:100]), expected)
     softprob = xgb.train(
