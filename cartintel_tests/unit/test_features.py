@@ -132,3 +132,56 @@ def test_timeline_counts_and_sums_what_came_before_a_moment() -> None:
         m = (key == q_key[i]) & (at < q_at[i])
         assert end[i] - first[i] == m.sum()
         assert got[i] == pytest.approx(value[m].sum(), abs=1e-12)
+
+
+def test_what_happens_at_or_after_the_cutoff_elsewhere_changes_no_feature(warehouse) -> None:
+    """The event at the cutoff itself, and every table a feature reads beside the day's events
+    (history, reviews, catalogue, carrier quotes), tampered from the cutoff on: no feature moves.
+    Tampering the history before the day does move them."""
+    _, con = warehouse
+    con.execute(
+        f"CREATE OR REPLACE TABLE _ev AS SELECT * FROM raw_events WHERE partition_date = DATE '{DAY}'"
+    )
+    before = _features(con, "_ev")
+    con.register("_cut", before[["session_id", "customer_id", "cutoff_at"]])
+    last_cutoff = before["cutoff_at"].max()
+    later = f"partition_date > DATE '{DAY}'"
+    counts = {
+        "at the cutoff": "SELECT count(*) FROM _ev e JOIN _cut c ON e.session_id = c.session_id"
+        " AND e.ts = c.cutoff_at",
+        "later reviews": f"SELECT count(*) FROM raw_reviews WHERE ts >= TIMESTAMP '{last_cutoff}'",
+        "later history": f"SELECT count(*) FROM raw_events WHERE {later}",
+        "later catalogue": f"SELECT count(*) FROM raw_products WHERE {later}",
+        "later quotes": f"SELECT count(*) FROM raw_shipping_quotes WHERE {later}",
+    }
+    found = {k: con.execute(sql).fetchall()[0][0] for k, sql in counts.items()}
+    assert min(found.values()) > 50, found  # every kind of tampering has rows to act on
+    con.execute("BEGIN TRANSACTION")
+    try:
+        con.execute(
+            "UPDATE _ev e SET price = coalesce(price, 1) * 7, quantity = 9, product_id = 'P00001'"
+            " FROM _cut c WHERE e.session_id = c.session_id AND e.ts = c.cutoff_at"
+        )
+        con.execute(
+            f"UPDATE raw_reviews SET rating = 1, text = 'broken, late, overpriced'"
+            f" WHERE ts >= TIMESTAMP '{last_cutoff}'"
+        )
+        con.execute(f"UPDATE raw_events SET price = coalesce(price, 1) * 7 WHERE {later}")
+        con.execute(f"UPDATE raw_sessions SET device = 'tablet' WHERE {later}")
+        con.execute(
+            f"UPDATE raw_products SET price = price * 5, on_promotion = NOT on_promotion WHERE {later}"
+        )
+        con.execute(
+            f"UPDATE raw_shipping_quotes SET shipping_cost = shipping_cost * 5 WHERE {later}"
+        )
+        pd.testing.assert_frame_equal(before, _features(con, "_ev"))
+        # the test can fail: the customers' earlier sessions are history the features read
+        con.execute(
+            f"DELETE FROM raw_events WHERE partition_date < DATE '{DAY}' AND session_id IN"
+            f" (SELECT session_id FROM raw_sessions WHERE partition_date < DATE '{DAY}')"
+        )
+        changed = _features(con, "_ev")
+        assert not changed[list(NUMERIC_FEATURES)].equals(before[list(NUMERIC_FEATURES)])
+    finally:
+        con.execute("ROLLBACK")
+    pd.testing.assert_frame_equal(before, _features(con, "_ev"))
