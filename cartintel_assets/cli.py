@@ -199,7 +199,11 @@ def _run_days(instance: DagsterInstance, days: list[str]) -> list[str]:
         bad = [f"{day} {ev.check_name} ({ev.severity.value})" for ev in evals if not ev.passed]  # type: ignore[union-attr]
         failed_checks += bad
         state = "ok" if result.success else "FAILED"
-        say(f"[{i}/{len(days)}] {day}: run {state}, {len(evals)} checks, {len(bad)} failed")
+        blocking = sum(b.endswith("(ERROR)") for b in bad)
+        say(
+            f"[{i}/{len(days)}] {day}: run {state}, {len(evals)} checks, {len(bad)} failed"
+            f" ({blocking} blocking; warnings include the expectations its quarantined lines broke)"
+        )
 
     def run(job_name: str, partition_key: str | None = None, failure: str | None = None) -> Any:
         result = defs.resolve_job_def(job_name).execute_in_process(
@@ -434,8 +438,11 @@ def _summary(warehouse: Path, days: list[str], failed_checks: list[str], where: 
             print(f"  {day}  v{version}  drifted share {share:.3f}  {state}  {report}")
     print("\ndata-quality scorecard (mean row score, summed failures over the days):")
     print(card.to_string(index=False))
+    blocking = [c for c in failed_checks if not c.endswith("(WARN)")]
     print(
-        f"\nfailed checks: {len(failed_checks)}" + "".join(f"\n  {c}" for c in failed_checks[:10])
+        f"\nfailed checks: {len(failed_checks)}, of which {len(blocking)} blocking (the others are"
+        " warnings, e.g. the expectations that landed lines broke before quarantine)"
+        + "".join(f"\n  {c}" for c in sorted(failed_checks, key=lambda c: c not in blocking)[:10])
     )
     print(f"\nwarehouse: {warehouse}\n{where}")
     print(
