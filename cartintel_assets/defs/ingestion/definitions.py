@@ -1,0 +1,41 @@
+"""Ingestion, quality and features of one landed day: their assets, checks, job and schedule."""
+
+import dagster as dg
+
+from cartintel_assets.defs.features.assets import (
+    abandonment_labels,
+    cart_sessions,
+    session_features,
+)
+from cartintel_assets.defs.friction.assets import review_signals
+from cartintel_assets.defs.ingestion.assets import ingestion_assets, quality_gates
+from cartintel_assets.defs.jobs import asset_job
+from cartintel_assets.defs.quality.assets import data_quality_scorecard
+
+storefront_daily_job = asset_job(
+    "storefront_daily_job",
+    dg.AssetSelection.groups("ingestion", "quality", "features")
+    | dg.AssetSelection.assets(review_signals),
+    "Ingest one landed day, gate it with the data-quality checks and build what follows.",
+)
+
+# Labels need the 7 days after a cart: re-run this once those days have landed.
+abandonment_labels_job = asset_job(
+    "abandonment_labels_job",
+    dg.AssetSelection.assets(abandonment_labels),
+    "Recompute the harmful/benign labels of a day once its 7-day window has landed.",
+)
+
+defs = dg.Definitions(
+    assets=[
+        *ingestion_assets,
+        data_quality_scorecard,
+        cart_sessions,
+        session_features,
+        abandonment_labels,
+        review_signals,
+    ],
+    asset_checks=quality_gates,
+    jobs=[storefront_daily_job, abandonment_labels_job],
+    schedules=[dg.build_schedule_from_partitioned_job(storefront_daily_job, hour_of_day=2)],
+)
