@@ -205,6 +205,7 @@ def test_online_scores_equal_batch_for_a_whole_day(
 
     # the HTTP layer returns what the scorer decided, and logs every decision
     sample = [b for b in bodies if b["session"]["session_id"] in online][:40]
+    assert len(sample) == 40  # the checks below hold for every one of them, so there must be some
     answers = [client.post("/score", json=b) for b in sample]
     assert all(a.status_code == 200 for a in answers)
     for body, a in zip(sample, answers, strict=True):
@@ -487,6 +488,7 @@ def test_score_follows_the_deployed_budget(
     """The deployment file is the one settings source: the plan's budget in it is the budget
     `/score` spends (the intervention_plan asset reads the same file)."""
     bodies = _requests(demo_store, LAST)[:150]
+    assert len(bodies) == 150
     deployed = tmp_path / "cartintel.yaml"
     monkeypatch.setenv("CARTINTEL_SETTINGS", str(deployed))
 
