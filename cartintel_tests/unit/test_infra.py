@@ -138,7 +138,8 @@ def test_helm_values_use_the_official_charts_external_postgres_and_k8s_run_launc
     assert 'code_location_target_module = "cartintel_assets.definitions"' in pyproject
     launcher = values["runLauncher"]["config"]["k8sRunLauncher"]
     assert launcher["envSecrets"] == [{"name": "cartintel-secrets"}]
-    assert {m["mountPath"] for m in launcher["volumeMounts"]} == {"/data"}
+    # the warehouse, and the settings file (test_every_deployment_reads_the_one_settings_file)
+    assert {m["mountPath"] for m in launcher["volumeMounts"]} == {"/data", "/etc/cartintel"}
 
 
 def test_infra_passes_yamllint_and_holds_no_secret() -> None:
@@ -160,3 +161,41 @@ def test_infra_passes_yamllint_and_holds_no_secret() -> None:
             assert value.startswith(("${", "$$")), (
                 f"{path.relative_to(ROOT)}:{n} writes a secret: {line.strip()}"
             )
+
+
+def test_every_deployment_reads_the_one_settings_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ConfigMap carries infra/settings.yaml as it is, every process that plans, gates or
+    scores mounts it under $CARTINTEL_SETTINGS, and its values parse."""
+    from cartintel_assets.decisions.settings import PlanSettings
+    from cartintel_assets.registry.rollout import RolloutSettings
+
+    source = yaml.safe_load((ROOT / "infra" / "settings.yaml").read_text())
+    docs = list(yaml.safe_load_all((ROOT / "infra" / "k8s" / "cartintel.yaml").read_text()))
+    maps = [
+        d
+        for d in docs
+        if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "cartintel-settings"
+    ]
+    assert len(maps) == 1 and yaml.safe_load(maps[0]["data"]["settings.yaml"]) == source
+    path = "/etc/cartintel/settings.yaml"
+    values = yaml.safe_load((ROOT / "infra" / "k8s" / "values-dagster.yaml").read_text())
+    code = values["dagster-user-deployments"]["deployments"][0]
+    runs = values["runLauncher"]["config"]["k8sRunLauncher"]
+    scoring = next(
+        d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "scoring"
+    )
+    container = scoring["spec"]["template"]["spec"]["containers"][0]
+    for env in (code["env"], runs["env"], container["env"]):
+        assert {"name": "CARTINTEL_SETTINGS", "value": path} in env
+    compose = yaml.safe_load((ROOT / "infra" / "compose.yaml").read_text())
+    for service in ("user-code", "daemon", "scoring"):
+        spec = compose["services"][service]
+        assert spec["environment"]["CARTINTEL_SETTINGS"] == path, service
+        assert spec["configs"] == [{"source": "cartintel-settings", "target": path}], service
+    assert compose["configs"]["cartintel-settings"]["file"] == "./settings.yaml"
+    # the file is valid for the code that reads it
+    monkeypatch.setenv("CARTINTEL_SETTINGS", str(ROOT / "infra" / "settings.yaml"))
+    assert PlanSettings().deployed().budget == source["plan"]["budget"]
+    assert RolloutSettings().deployed().pilot_regions == source["rollout"]["pilot_regions"]
