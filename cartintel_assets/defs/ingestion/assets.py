@@ -1,13 +1,14 @@
 """Ingestion: one multi-asset per landed table, writing `raw_<table>` and `quarantined_<table>`.
 
-The same step validates what *landed* (before quarantine) with the table's Great Expectations
-suite and emits one asset check per expectation (with its ERROR/WARN severity), plus the
-reconciliation with the landing file, the quarantine-share check and the agreement of GX's counts
-with the quarantine's, and records them in the warehouse (`quality.checks.ingest_and_validate`). A separate blocking check per raw
-table, `<raw table>_passes_quality_gate`, fails when any ERROR-severity check of the partition
-failed: it stops everything downstream of that table, while the quarantine outputs (and the
-scorecard built on them) still land, so a failure is reported rather than hidden.
-`dagster-ge` only supports GX < 1.0, so this is the thin GX 1.x → asset-check adapter.
+The same step (`quality.checks.ingest_and_validate`) validates what *landed*, before quarantine,
+with the table's Great Expectations suite, and emits one asset check per expectation (with its
+ERROR/WARN severity), plus the reconciliation with the landing file, the quarantine-share check
+and the agreement of GX's counts with the quarantine's; it records them in the warehouse. A
+separate blocking check per raw table, `<raw table>_passes_quality_gate`, fails when any
+ERROR-severity check of the partition failed: it stops everything downstream of that table, while
+the quarantine outputs (and the scorecard built on them) still land, so a failure is reported
+rather than hidden. `dagster-ge` only supports GX < 1.0, so this is the thin GX 1.x → asset-check
+adapter.
 """
 
 import json
