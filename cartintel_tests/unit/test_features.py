@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import timedelta
 
 import duckdb
@@ -31,6 +32,17 @@ def warehouse(
 ) -> tuple[Storefront, duckdb.DuckDBPyConnection]:
     store = simulate(CFG)
     return store, ingested_warehouse(store, tmp_path_factory.mktemp("features"))
+
+
+# The simulator-truth floors hold for other storefronts too, not only the default seed's.
+@pytest.fixture(
+    scope="module", params=[CFG.seed, CFG.seed + 1, CFG.seed + 2], ids=lambda s: f"seed{s}"
+)
+def seeded(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Storefront, duckdb.DuckDBPyConnection]:
+    store = simulate(dataclasses.replace(CFG, seed=request.param))
+    return store, ingested_warehouse(store, tmp_path_factory.mktemp(f"seed{request.param}"))
 
 
 def _features(con: duckdb.DuckDBPyConnection, events: str) -> pd.DataFrame:
@@ -74,8 +86,8 @@ def test_changing_events_after_the_cutoff_changes_no_feature(warehouse) -> None:
     assert not _features(con, "_ev")["cart_value"].equals(before["cart_value"])
 
 
-def test_features_recover_the_planted_friction(warehouse) -> None:
-    store, con = warehouse
+def test_features_recover_the_planted_friction(seeded) -> None:
+    store, con = seeded
     f = _features(con, f"(SELECT * FROM raw_events WHERE partition_date = DATE '{DAY}')")
     truth = store.truth_sessions.set_index("session_id")
     m = f.join(
@@ -97,8 +109,8 @@ def test_features_recover_the_planted_friction(warehouse) -> None:
     assert f.loc[f["prior_sessions"] == 0, "returning_customer"].eq(0).all()
 
 
-def test_labels_agree_with_the_simulator_truth(warehouse) -> None:
-    store, con = warehouse
+def test_labels_agree_with_the_simulator_truth(seeded) -> None:
+    store, con = seeded
     labels = cart_labels(con, DAY)
     assert labels["label_complete"].all()
     truth = store.truth_sessions.set_index("session_id")[
