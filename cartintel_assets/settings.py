@@ -71,6 +71,13 @@ def deployment_settings_path() -> Path:
 M = TypeVar("M", bound=BaseModel)
 
 
+def deployed_over(model: type[M], section: str, values: BaseModel) -> M:
+    """`model` from the deployment file's `section`, under the fields of `values` (an instance of
+    `model` or of a subclass, e.g. a Dagster config) that were set explicitly."""
+    explicit = values.model_dump(include=set(values.model_fields_set) & set(model.model_fields))
+    return deployed(model, section, explicit)
+
+
 def deployed(model: type[M], section: str, explicit: Mapping[str, Any] | None = None) -> M:
     """`model` built from the deployment file's `section`, under the values set `explicitly` (a
     Dagster run's config, a resource's arguments), over the model's defaults."""

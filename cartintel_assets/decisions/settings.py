@@ -65,7 +65,4 @@ class PlanSettings(BaseModel):
     def deployed(self) -> PlanSettings:
         """These settings under the deployment file's `plan:` section: values set explicitly
         here (a run's config) win over the file, the file over the defaults."""
-        explicit = self.model_dump(
-            include=set(self.model_fields_set) & set(PlanSettings.model_fields)
-        )
-        return settings.deployed(PlanSettings, SECTION, explicit)
+        return settings.deployed_over(PlanSettings, SECTION, self)

@@ -300,15 +300,6 @@ DUPLICATE_IN_FILE = "duplicate_record:in_file"
 DUPLICATE_OF_LOADED = "duplicate_record:already_loaded"
 
 
-def rule_case_ids(spec: TableSpec) -> list[str]:
-    """Every rule case a table's rows can break, including the duplicate cases."""
-    ids = dict.fromkeys(c.case for c in _rule_cases(spec, date(2000, 1, 1), datetime(2000, 1, 1)))
-    ids[DUPLICATE_IN_FILE] = None
-    if spec.key_unique_across_partitions:
-        ids[DUPLICATE_OF_LOADED] = None
-    return list(ids)
-
-
 def _key_sql(spec: TableSpec, alias: str) -> tuple[str, str]:
     """The key columns, and the condition that not all of them are missing."""
     cols = ", ".join(f'{alias}."{k}"' for k in spec.key)
@@ -317,11 +308,11 @@ def _key_sql(spec: TableSpec, alias: str) -> tuple[str, str]:
 
 
 def flagged_counts(
-    con: duckdb.DuckDBPyConnection, spec: TableSpec, partition: date, now: datetime
+    con: duckdb.DuckDBPyConnection, spec: TableSpec, partition: date, cases: list[RuleCase]
 ) -> dict[str, int]:
-    """How many staged (landed) rows break each rule case, whatever rule they are quarantined
-    under: the quarantine's side of the comparison with the Great Expectations suite."""
-    cases = _rule_cases(spec, partition, now)
+    """How many staged (landed) rows break each rule case (`cases`, as the quarantine judged
+    them), whatever rule they are quarantined under: the quarantine's side of the comparison with
+    the Great Expectations suite."""
     by_case: dict[str, list[str]] = {}
     for c in cases:
         by_case.setdefault(c.case, []).append(f"({c.condition})")
@@ -459,7 +450,7 @@ def judge_staged(
             f" FROM _stage s {_reference_joins(spec, partition)}"
         )
         _mark_duplicates(con, spec, partition)
-        flagged = flagged_counts(con, spec, partition, now)
+        flagged = flagged_counts(con, spec, partition, cases)
         cols = ", ".join(f'"{c.name}"' for c in spec.columns)
         p = f"DATE '{partition.isoformat()}'"
         ts = f"TIMESTAMP '{now:%Y-%m-%d %H:%M:%S}'"

@@ -207,12 +207,26 @@ def compare(
     options: DriftOptions,
     threshold: float | None = None,
 ) -> DriftResult:
-    """`column_drift`, with Evidently's data-drift report of the same comparison (its
-    `DataDriftPreset`, method and threshold named explicitly) to save as HTML."""
-    from evidently.presets import DataDriftPreset
-
+    """`column_drift`, with Evidently's data-drift report of the same comparison to save as
+    HTML."""
     limit = options.threshold if threshold is None else threshold
     result = column_drift(reference, current, numeric, categorical, options, limit)
+    result.snapshot = drift_report(reference, current, numeric, categorical, options, limit)
+    return result
+
+
+def drift_report(
+    reference: pd.DataFrame,
+    current: pd.DataFrame,
+    numeric: list[str],
+    categorical: list[str],
+    options: DriftOptions,
+    threshold: float,
+) -> Any:
+    """Evidently's data-drift report of a comparison (its `DataDriftPreset`, method and
+    threshold named explicitly); returns its snapshot (`save_html`)."""
+    from evidently.presets import DataDriftPreset
+
     # Evidently calls a dataset drifted when its drifted share is >= drift_share (and its test
     # passes when it is <); ours, when it is > max_drift_share. With n columns the share moves
     # in steps of 1/n, so the next step above ours makes its page say what the check says (at
@@ -222,11 +236,10 @@ def compare(
         columns=numeric + categorical,
         method=options.method,
         cat_method=options.cat_method,
-        threshold=limit,
+        threshold=threshold,
         drift_share=(math.floor(options.max_drift_share * n + 1e-9) + 1) / n,
     )
-    result.snapshot = _run_report([preset], reference, current, numeric, categorical)
-    return result
+    return _run_report([preset], reference, current, numeric, categorical)
 
 
 def unstable_features(
@@ -350,16 +363,20 @@ def version_drift(
 def render_reports(
     drift: VersionDrift, options: DriftOptions, folder: Path, day: str
 ) -> list[Path]:
-    """Evidently's data-drift reports (features, score) of a version's day, as HTML in `folder`."""
+    """Evidently's data-drift reports (features, score) of a version's day, as HTML in `folder`
+    (the verdict is `drift`'s already; the reports are its evidence)."""
     numeric, categorical = _judged_columns(drift.judged)
     pages = [
         (f"{day}_features.html", numeric, categorical, options.threshold),
         (f"{day}_score.html", [SCORE_COLUMN], [], options.score_threshold),
     ]
-    return [
-        compare(drift.reference, drift.current, num, cat, options, limit).save_html(folder / name)
-        for name, num, cat, limit in pages
-    ]
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for name, num, cat, limit in pages:
+        report = drift_report(drift.reference, drift.current, num, cat, options, limit)
+        report.save_html(str(folder / name))
+        out.append(folder / name)
+    return out
 
 
 @dataclass(frozen=True)

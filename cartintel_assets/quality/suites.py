@@ -313,9 +313,9 @@ def _frame_column(name: str, sql_type: str) -> str:
     """A typed field as the frame holds it: times as epoch seconds and whole numbers as DOUBLE,
     so GX compares them column-wise (it compares other dtypes one value at a time)."""
     if sql_type in ("DATE", "TIMESTAMP"):
-        return f'epoch(t."{name}") AS "{name}"'
+        return f'epoch(t."{name}")'
     if sql_type in ("TINYINT", "SMALLINT", "INTEGER", "BIGINT"):
-        return f'CAST(t."{name}" AS DOUBLE) AS "{name}"'
+        return f'CAST(t."{name}" AS DOUBLE)'
     return f't."{name}"'
 
 
@@ -341,52 +341,50 @@ def landed_frame(
     JSON object (`_is_object`), and the derived columns of the cross-row rules. Only `columns`
     are read: GX fingerprints the whole frame, so a slim frame validates faster."""
     p = f"DATE '{partition.isoformat()}'"
-    extra: list[str] = [_frame_column(c.name, c.sql_type) for c in spec.columns]
-    extra += [
-        f'CAST(CASE WHEN t."{c.name}__txt" IS NOT NULL THEN 1 END AS DOUBLE) AS "{c.name}__landed"'
-        for c in spec.columns
-    ]
-    extra.append("CAST(CASE WHEN t._j IS NOT NULL THEN 1 END AS DOUBLE) AS _is_object")
+    sql: dict[str, str] = {c.name: _frame_column(c.name, c.sql_type) for c in spec.columns}
+    for c in spec.columns:
+        sql[f"{c.name}__landed"] = (
+            f'CAST(CASE WHEN t."{c.name}__txt" IS NOT NULL THEN 1 END AS DOUBLE)'
+        )
+    sql["_is_object"] = "CAST(CASE WHEN t._j IS NOT NULL THEN 1 END AS DOUBLE)"
     for ref in spec.references:
         cmp = "=" if ref.same_partition else "<="
         col, _ = _known(ref.column, ref.table)
-        extra.append(
+        sql[col] = (
             f'(t."{ref.column}" IS NULL OR EXISTS (SELECT 1 FROM raw_{ref.table} r WHERE r.{ref.target_column} = t."{ref.column}"'
-            f" AND r.partition_date {cmp} {p})) AS {col}"
+            f" AND r.partition_date {cmp} {p}))"
         )
     if spec.time_column:
-        extra.append(
-            f'CAST(t."{spec.time_column}" AS DATE) BETWEEN {p} AND {p} + 1 AS in_partition_window'
-        )
-        extra.append(
-            f"date_diff('second', t.\"{spec.time_column}\", CAST({p} + 1 AS TIMESTAMP)) / 3600.0"
-            " AS hours_before_partition_end"
+        t = spec.time_column
+        sql["in_partition_window"] = f'CAST(t."{t}" AS DATE) BETWEEN {p} AND {p} + 1'
+        sql["hours_before_partition_end"] = (
+            f"date_diff('second', t.\"{t}\", CAST({p} + 1 AS TIMESTAMP)) / 3600.0"
         )
     if spec.name == "events":
         skew = int(CLOCK_SKEW.total_seconds())
-        extra += [
+        sql["ts_after_session_start"] = (
             "NOT EXISTS (SELECT 1 FROM raw_sessions r WHERE r.partition_date = "
             f"{p} AND r.session_id = t.session_id AND t.ts < r.started_at - INTERVAL {skew} SECOND)"
-            " AS ts_after_session_start",
-            "coalesce(t.ts >= lag(t.ts) OVER (PARTITION BY t.session_id ORDER BY t.seq), TRUE) AS ts_follows_seq",
+        )
+        sql["ts_follows_seq"] = (
+            "coalesce(t.ts >= lag(t.ts) OVER (PARTITION BY t.session_id ORDER BY t.seq), TRUE)"
+        )
+        sql["purchase_after_cart"] = (
             "CASE WHEN t.event_type = 'purchase' THEN coalesce(count(*) FILTER (WHERE t.event_type = 'add_to_cart')"
             " OVER (PARTITION BY t.session_id ORDER BY t.seq ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) > 0 END"
-            " AS purchase_after_cart",
-        ]
+        )
     if spec.key_unique_across_partitions:
         on = " AND ".join(f'r."{k}" = t."{k}"' for k in spec.key)
-        extra.append(
+        sql["key_not_loaded_before"] = (
             f"NOT EXISTS (SELECT 1 FROM {spec.raw_table} r WHERE {on} AND r.partition_date <> {p})"
-            " AS key_not_loaded_before"
         )
-    named = {x: x.rsplit(" AS ", 1)[-1].strip('"').removeprefix("t.").strip('"') for x in extra}
-    picked = [x for x, name in named.items() if name in columns]
-    missing = columns - set(named.values())
+    missing = columns - set(sql)
     if missing:
         raise ValueError(
             f"the suite of {spec.name} reads columns the frame lacks: {sorted(missing)}"
         )
-    return con.execute(f"SELECT {', '.join(picked)} FROM _stage t ORDER BY t._line_no").df()
+    picked = ", ".join(f'{expr} AS "{name}"' for name, expr in sql.items() if name in columns)
+    return con.execute(f"SELECT {picked} FROM _stage t ORDER BY t._line_no").df()
 
 
 def run_suite(

@@ -77,7 +77,4 @@ class RolloutSettings(BaseModel):
     def deployed(self) -> RolloutSettings:
         """These settings under the deployment file's `rollout:` section: values set explicitly
         here (a resource's arguments) win over the file, the file over the defaults."""
-        explicit = self.model_dump(
-            include=set(self.model_fields_set) & set(RolloutSettings.model_fields)
-        )
-        return settings.deployed(RolloutSettings, SECTION, explicit)
+        return settings.deployed_over(RolloutSettings, SECTION, self)

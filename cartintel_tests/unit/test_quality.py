@@ -126,10 +126,6 @@ def _run(root: Path, con: duckdb.DuckDBPyConnection) -> dict[str, PartitionQuali
     }
 
 
-def _failed(q: PartitionQuality) -> dict[str, object]:
-    return {o.expectation.check: o.result for o in q.outcomes if not o.success}
-
-
 def _checks(q: PartitionQuality) -> dict[str, tuple[bool, dict]]:
     return {o.expectation.check: (o.success, o.result) for o in q.outcomes}
 
