@@ -255,28 +255,36 @@ def _safe_div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return np.where((b == 0) | np.isnan(b), np.nan, a / np.where(b == 0, 1.0, b))
 
 
-def compute_features(
-    sessions: dict[str, np.ndarray],
-    events: dict[str, np.ndarray],
-    reference: FeatureReference,
-    policy: CutoffPolicy,
-) -> dict[str, np.ndarray]:
-    """Feature columns (KEY_COLUMNS, NUMERIC_FEATURES, CATEGORICAL_FEATURES, in that order) of the
-    cart sessions in `sessions`, in session-id order, from their `events`.
+@dataclass(frozen=True)
+class _Batch:
+    """The sessions in session-id order and their events in (session, time, seq) order; `ev_s`
+    is each event's session position."""
 
-    `sessions`: session_id, customer_id, started_at (epoch µs), device, traffic_source, region.
-    `events`: session_id, ts (epoch µs), seq, event_type, product_id (None: none), price and
-    quantity (NaN: none). Sessions without an add-to-cart before checkout get no row.
-    """
+    sid: np.ndarray
+    cols: dict[str, np.ndarray]
+    started: np.ndarray
+    ev_s: np.ndarray
+    ts: np.ndarray
+    etype: np.ndarray
+    product: np.ndarray
+    price: np.ndarray
+    qty: np.ndarray
+
+    @property
+    def n(self) -> int:
+        return len(self.sid)
+
+
+def _batch(sessions: dict[str, np.ndarray], events: dict[str, np.ndarray]) -> _Batch:
+    """Stage 1: sort the sessions and attach and order their events (others are dropped)."""
     sid = np.asarray(sessions["session_id"], dtype=object)
     order = np.argsort(sid, kind="stable")
     sid = sid[order]
-    s_cols = {k: np.asarray(v)[order] for k, v in sessions.items()}
-    n = len(sid)
+    cols = {k: np.asarray(v)[order] for k, v in sessions.items()}
     ev_sid = np.asarray(events["session_id"], dtype=object)
     ev_s = (  # each event's session (-1: not one of these); building an Index costs ~150 µs
         pd.Index(sid).get_indexer(ev_sid)
-        if n >= 1000
+        if len(sid) >= 1000
         else lookup({s: i for i, s in enumerate(sid.tolist())}, ev_sid)
     )
     keep = ev_s >= 0
@@ -284,98 +292,187 @@ def compute_features(
     seq = np.asarray(events["seq"], dtype=np.int64)[keep]
     ev_s = ev_s[keep]
     srt = np.lexsort((seq, ts, ev_s))
-    ev_s, ts = ev_s[srt], ts[srt]
-    etype = lookup(_TYPE, np.asarray(events["event_type"], dtype=object)[keep][srt])
-    product = np.asarray(events["product_id"], dtype=object)[keep][srt]
-    price = np.asarray(events["price"], dtype=float)[keep][srt]
-    qty = np.asarray(events["quantity"], dtype=float)[keep][srt]
+    return _Batch(
+        sid=sid,
+        cols=cols,
+        started=np.asarray(cols["started_at"], dtype=np.int64),
+        ev_s=ev_s[srt],
+        ts=ts[srt],
+        etype=lookup(_TYPE, np.asarray(events["event_type"], dtype=object)[keep][srt]),
+        product=np.asarray(events["product_id"], dtype=object)[keep][srt],
+        price=np.asarray(events["price"], dtype=float)[keep][srt],
+        qty=np.asarray(events["quantity"], dtype=float)[keep][srt],
+    )
 
-    # the cutoff: checkout (or purchase), or the window after the first add-to-cart
+
+@dataclass(frozen=True)
+class _Cutoffs:
+    first_cart: np.ndarray  # epoch µs of the first add-to-cart (int64 max: none)
+    has_cart: np.ndarray
+    cutoff: np.ndarray
+    valid: np.ndarray  # a cart session with an add-to-cart before its cutoff: it gets a row
+
+
+def _cutoffs(b: _Batch, policy: CutoffPolicy) -> _Cutoffs:
+    """Stage 2: checkout (or purchase), or the window after the first add-to-cart."""
     window = pd.Timedelta(minutes=policy.minutes_after_first_cart).to_pytimedelta() // timedelta(
         microseconds=1
     )
     never = np.iinfo(np.int64).max
-    cart_ev = etype == _TYPE["add_to_cart"]
-    fc = _group_first(ev_s[cart_ev], n, ts[cart_ev], never)
+    cart_ev = b.etype == _TYPE["add_to_cart"]
+    fc = _group_first(b.ev_s[cart_ev], b.n, b.ts[cart_ev], never)
     has_cart = fc != never
-    co = (etype == _TYPE["begin_checkout"]) | (etype == _TYPE["purchase"])
-    checkout = _group_first(ev_s[co], n, ts[co], never)
+    co = (b.etype == _TYPE["begin_checkout"]) | (b.etype == _TYPE["purchase"])
+    checkout = _group_first(b.ev_s[co], b.n, b.ts[co], never)
     cutoff = np.where(has_cart, np.minimum(checkout, np.where(has_cart, fc, 0) + window), never)
-    valid = has_cart & (fc < cutoff)
+    return _Cutoffs(fc, has_cart, cutoff, has_cart & (fc < cutoff))
 
-    pre = valid[ev_s] & (ts < cutoff[ev_s])
-    g, t, p_ts = ev_s[pre], etype[pre], ts[pre]
-    prod, pr, q = product[pre], price[pre], qty[pre]
+
+@dataclass(frozen=True)
+class _Seen:
+    """The events strictly before each valid session's cutoff."""
+
+    g: np.ndarray  # session position
+    t: np.ndarray  # event type code
+    ts: np.ndarray
+    product: np.ndarray
+    price: np.ndarray
+    qty: np.ndarray
+    pcode: np.ndarray  # index into `products` (-1: no product)
+    products: np.ndarray  # the distinct products, sorted
+
+
+def _seen(b: _Batch, c: _Cutoffs) -> _Seen:
+    """Stage 3: keep what the shop had seen at the cutoff. Sorted product codes: a cart's lines
+    are summed in product order, whatever else is in the batch."""
+    pre = c.valid[b.ev_s] & (b.ts < c.cutoff[b.ev_s])
+    product = b.product[pre]
+    pcode, products = _factorize_sorted(product)
+    return _Seen(
+        b.ev_s[pre], b.etype[pre], b.ts[pre], product, b.price[pre], b.qty[pre], pcode, products
+    )
+
+
+def _behaviour(s: _Seen, n: int) -> dict[str, np.ndarray]:
+    """Stage 4: counts of what the shopper did before the cutoff."""
 
     def count(kind: str) -> np.ndarray:
-        return np.bincount(g[t == _TYPE[kind]], minlength=n)
+        return np.bincount(s.g[s.t == _TYPE[kind]], minlength=n)
 
-    # sorted codes (no product: -1): a cart's lines are summed in product order, whatever else
-    # is in the batch
-    pcode, products = _factorize_sorted(prod)
-    views = (t == _TYPE["product_view"]) & (pcode >= 0)
-    distinct_views = np.unique(g[views] * (len(products) + 1) + pcode[views])
-    last_ts = _group_last(g, n, p_ts, 0)
+    pcode, width = s.pcode, len(s.products) + 1
+    views = (s.t == _TYPE["product_view"]) & (pcode >= 0)
+    distinct_views = np.unique(s.g[views] * width + pcode[views])
+    return {
+        "n_events": np.bincount(s.g, minlength=n),
+        "n_views": count("product_view"),
+        "n_products_viewed": np.bincount(distinct_views // width, minlength=n),
+        "n_searches": count("search"),
+        "n_rec_impressions": count("recommendation_impression"),
+        "n_rec_clicks": count("recommendation_click"),
+        "n_cart_adds": count("add_to_cart"),
+        "n_cart_removes": count("remove_from_cart"),
+        "coupon_attempts": count("coupon_attempt"),
+    }
 
-    # the cart at the cutoff: per (session, product) line, quantity and first/last price seen
+
+@dataclass(frozen=True)
+class _CartLines:
+    """The cart at the cutoff: one row per (session, product) still in it."""
+
+    session: np.ndarray
+    qty: np.ndarray
+    last_price: np.ndarray
+    first_price: np.ndarray
+    product: np.ndarray
+
+
+def _cart_lines(s: _Seen) -> _CartLines:
+    """Stage 5: per (session, product) line, quantity and first/last price seen."""
+    pcode, products = s.pcode, s.products
+    width = len(products) + 1
     lines = pcode >= 0
-    line_key = g[lines] * (len(products) + 1) + pcode[lines]
-    line_id, line_of = np.unique(line_key, return_inverse=True)
+    line_id, line_of = np.unique(s.g[lines] * width + pcode[lines], return_inverse=True)
     n_lines = len(line_id)
+    t, q, pr = s.t[lines], s.qty[lines], s.price[lines]
     signed = np.where(
-        t[lines] == _TYPE["add_to_cart"],
-        _nan_as(q[lines], 1.0),
-        np.where(t[lines] == _TYPE["remove_from_cart"], -_nan_as(q[lines], 1.0), 0.0),
+        t == _TYPE["add_to_cart"],
+        _nan_as(q, 1.0),
+        np.where(t == _TYPE["remove_from_cart"], -_nan_as(q, 1.0), 0.0),
     )
     line_qty = np.bincount(line_of, weights=signed, minlength=n_lines)
-    priced = ~np.isnan(pr[lines])
+    priced = ~np.isnan(pr)
     # rows are in (session, time) order, so within a line too: first and last priced rows
-    last_price = _group_last(line_of[priced], n_lines, pr[lines][priced], np.nan)
-    first_price = _group_first(line_of[priced], n_lines, pr[lines][priced], np.nan)
-    line_session = (line_id // (len(products) + 1)).astype(np.int64)
+    last_price = _group_last(line_of[priced], n_lines, pr[priced], np.nan)
+    first_price = _group_first(line_of[priced], n_lines, pr[priced], np.nan)
+    line_session = (line_id // width).astype(np.int64)
     line_product = (
-        products[(line_id % (len(products) + 1)).astype(np.int64)]
-        if n_lines
-        else np.array([], dtype=object)
+        products[(line_id % width).astype(np.int64)] if n_lines else np.array([], dtype=object)
+    )
+    kept = line_qty > 0
+    return _CartLines(
+        line_session[kept],
+        line_qty[kept],
+        last_price[kept],
+        first_price[kept],
+        line_product[kept],
     )
 
-    in_cart = line_qty > 0
-    c_s, c_qty = line_session[in_cart], line_qty[in_cart]
-    c_last, c_first, c_prod = last_price[in_cart], first_price[in_cart], line_product[in_cart]
-    started = np.asarray(s_cols["started_at"], dtype=np.int64)
-    day = day_of(started)
+
+def _cart_prices(
+    cart: _CartLines, day: np.ndarray, reference: FeatureReference, n: int
+) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """Stage 6: the cart's size, value and price signals against the day's catalogue; also
+    whether a session's cart holds a line, and its heaviest known weight class (-1: none)."""
+    c_s = cart.session
     weight = np.full(len(c_s), np.nan)
     promo = np.full(len(c_s), np.nan)
     median = np.full(len(c_s), np.nan)
     for d in set(day[c_s]):
         cat = reference.days[d]
         on = day[c_s] == d
-        i = lookup(cat.products, c_prod[on])
+        i = lookup(cat.products, cart.product[on])
         known = i >= 0
         weight[on] = np.where(known, cat.weight_rank[np.maximum(i, 0)], np.nan)
         promo[on] = np.where(known, cat.on_promotion[np.maximum(i, 0)], np.nan)
         median[on] = np.where(known, cat.median_30d[np.maximum(i, 0)], np.nan)
 
-    value = c_qty * _nan_as(c_last)
-    cart_items = np.bincount(c_s, weights=c_qty, minlength=n)
+    value = cart.qty * _nan_as(cart.last_price)
     cart_value = np.bincount(c_s, weights=value, minlength=n)
     has_cart_row = np.bincount(c_s, minlength=n) > 0
     with np.errstate(divide="ignore", invalid="ignore"):
-        rel = value * (c_last / np.where(median == 0, np.nan, median) - 1)
+        rel = value * (cart.last_price / np.where(median == 0, np.nan, median) - 1)
     dev = _sum_or_nan(c_s, n, rel)
     base = np.where(~np.isnan(median), value, np.nan)
-    price_vs_median = _safe_div(dev, _sum_or_nan(c_s, n, base))
-    change = np.bincount(c_s, weights=c_qty * _nan_as(c_last - c_first), minlength=n)
-    change_base = np.bincount(c_s, weights=c_qty * _nan_as(c_first), minlength=n)
-    price_change = np.where(has_cart_row, _safe_div(change, change_base), np.nan)
-    on_promo = np.bincount(c_s, weights=_nan_as(promo), minlength=n) > 0
+    change = np.bincount(
+        c_s, weights=cart.qty * _nan_as(cart.last_price - cart.first_price), minlength=n
+    )
+    change_base = np.bincount(c_s, weights=cart.qty * _nan_as(cart.first_price), minlength=n)
     rank = np.full(n, -1.0)
     np.maximum.at(rank, c_s, _nan_as(weight, -1.0))
+    prices = {
+        "cart_items": np.bincount(c_s, weights=cart.qty, minlength=n),
+        "cart_value": cart_value,
+        "price_vs_30d_median": _safe_div(dev, _sum_or_nan(c_s, n, base)),
+        "price_change_in_session": np.where(has_cart_row, _safe_div(change, change_base), np.nan),
+        "carted_on_promotion": (np.bincount(c_s, weights=_nan_as(promo), minlength=n) > 0).astype(
+            np.int64
+        ),
+    }
+    return prices, has_cart_row, rank
 
-    # the quote for the heaviest carted class, in the session's region on its day
-    shipping_cost = np.full(n, np.nan)
-    delivery_days = np.full(n, np.nan)
-    region = np.asarray(s_cols["region"], dtype=object)
+
+def _shipping(
+    b: _Batch,
+    day: np.ndarray,
+    has_cart_row: np.ndarray,
+    rank: np.ndarray,
+    cart_value: np.ndarray,
+    reference: FeatureReference,
+) -> dict[str, np.ndarray]:
+    """Stage 7: the quote for the heaviest carted class, in the session's region on its day."""
+    shipping_cost = np.full(b.n, np.nan)
+    delivery_days = np.full(b.n, np.nan)
+    region = np.asarray(b.cols["region"], dtype=object)
     for d in set(day[has_cart_row & (rank >= 0)]):
         cat = reference.days[d]
         on = has_cart_row & (rank >= 0) & (day == d)
@@ -383,17 +480,32 @@ def compute_features(
         i = lookup(cat.quotes, keys)
         shipping_cost[on] = np.where(i >= 0, cat.shipping_cost[np.maximum(i, 0)], np.nan)
         delivery_days[on] = np.where(i >= 0, cat.delivery_days[np.maximum(i, 0)], np.nan)
+    return {
+        "shipping_cost": shipping_cost,
+        "shipping_share": _safe_div(shipping_cost, np.where(has_cart_row, cart_value, np.nan)),
+        "delivery_days": delivery_days,
+    }
 
-    # reviews of the carted products written before the cutoff
-    first_r, end_r = reference.reviews.before(c_prod, cutoff[c_s])
-    r_count = np.bincount(c_s, weights=end_r - first_r, minlength=n)
-    r_sum = np.bincount(c_s, weights=reference.reviews.total("rating", first_r, end_r), minlength=n)
 
-    # the customer's earlier sessions, as they stood when this session started
-    h = reference.history
-    customer = np.asarray(s_cols["customer_id"], dtype=object)
+def _reviews(
+    cart: _CartLines, cutoff: np.ndarray, reviews: Timeline, n: int
+) -> dict[str, np.ndarray]:
+    """Stage 8: reviews of the carted products written before the cutoff."""
+    first_r, end_r = reviews.before(cart.product, cutoff[cart.session])
+    r_count = np.bincount(cart.session, weights=end_r - first_r, minlength=n)
+    r_sum = np.bincount(cart.session, weights=reviews.total("rating", first_r, end_r), minlength=n)
+    return {
+        "review_rating": _safe_div(r_sum, np.where(r_count > 0, r_count, np.nan)),
+        "review_count": r_count.astype(np.int64),
+    }
+
+
+def _history(b: _Batch, h: Timeline) -> dict[str, np.ndarray]:
+    """Stage 9: the customer's earlier sessions, as they stood when this session started."""
+    n, started = b.n, b.started
+    customer = np.asarray(b.cols["customer_id"], dtype=object)
     first_h, end_h = h.before(customer, started)
-    own = h.position(sid) if len(h.at) else np.full(n, -1)
+    own = h.position(b.sid) if len(h.at) else np.full(n, -1)
     mine = (own >= first_h) & (own < end_h)  # the session itself, had it ended before it began
     own_c = np.maximum(own, 0)
 
@@ -407,51 +519,69 @@ def compute_features(
     last_idx = np.where(mine & (own == end_h - 1), end_h - 2, end_h - 1)
     has_last = last_idx >= first_h
     last_prior = h.at[np.maximum(last_idx, 0)] if len(h.at) else np.zeros(n, dtype=np.int64)
-    orders, carts_before = prior("purchased"), prior("had_cart")
-    abandoned = prior("abandoned")
-
-    out: dict[str, np.ndarray] = {
-        "session_id": sid,
-        "customer_id": customer,
-        "started_at": started,
-        "cutoff_at": cutoff,
-        "n_events": np.bincount(g, minlength=n),
-        "n_views": count("product_view"),
-        "n_products_viewed": np.bincount(distinct_views // (len(products) + 1), minlength=n),
-        "n_searches": count("search"),
-        "n_rec_impressions": count("recommendation_impression"),
-        "n_rec_clicks": count("recommendation_click"),
-        "n_cart_adds": count("add_to_cart"),
-        "n_cart_removes": count("remove_from_cart"),
-        "cart_items": cart_items,
-        "cart_value": cart_value,
-        "secs_in_session": ((cutoff // 1000) - (started // 1000)) / 1000.0,
-        "secs_since_first_cart": ((last_ts // 1000) - (np.where(has_cart, fc, 0) // 1000)) / 1000.0,
-        "coupon_attempts": count("coupon_attempt"),
-        "price_vs_30d_median": price_vs_median,
-        "price_change_in_session": price_change,
-        "carted_on_promotion": on_promo.astype(np.int64),
-        "shipping_cost": shipping_cost,
-        "shipping_share": _safe_div(shipping_cost, np.where(has_cart_row, cart_value, np.nan)),
-        "delivery_days": delivery_days,
-        "review_rating": _safe_div(r_sum, np.where(r_count > 0, r_count, np.nan)),
-        "review_count": r_count.astype(np.int64),
-        "hour": (started // (3600 * _US)) % 24,
-        "weekday": ((started // (86400 * _US)) + 3) % 7 + 1,  # ISO: Monday 1 (1970-01-01: Thu)
+    carts_before = prior("had_cart")
+    return {
         "returning_customer": (sessions_before > 0).astype(np.int64),
         "days_since_last_session": np.where(
             has_last, ((started // _US) - (last_prior // _US)) / 86400.0, np.nan
         ),
         "prior_sessions": sessions_before.astype(np.int64),
-        "prior_orders": orders.astype(np.int64),
+        "prior_orders": prior("purchased").astype(np.int64),
         "prior_revenue": prior("order_value").astype(float),
         "prior_cart_sessions": carts_before.astype(np.int64),
-        "prior_abandonment_rate": _safe_div(abandoned.astype(float), carts_before.astype(float)),
-        "device": np.asarray(s_cols["device"], dtype=object),
-        "traffic_source": np.asarray(s_cols["traffic_source"], dtype=object),
-        "region": region,
+        "prior_abandonment_rate": _safe_div(
+            prior("abandoned").astype(float), carts_before.astype(float)
+        ),
     }
-    return {k: v[valid] for k, v in out.items()}
+
+
+def compute_features(
+    sessions: dict[str, np.ndarray],
+    events: dict[str, np.ndarray],
+    reference: FeatureReference,
+    policy: CutoffPolicy,
+) -> dict[str, np.ndarray]:
+    """Feature columns (KEY_COLUMNS, NUMERIC_FEATURES, CATEGORICAL_FEATURES, in that order) of the
+    cart sessions in `sessions`, in session-id order, from their `events`.
+
+    `sessions`: session_id, customer_id, started_at (epoch µs), device, traffic_source, region.
+    `events`: session_id, ts (epoch µs), seq, event_type, product_id (None: none), price and
+    quantity (NaN: none). Sessions without an add-to-cart before checkout get no row.
+
+    Stages: order the batch, find each cutoff, keep what was seen before it, then behaviour,
+    the cart at the cutoff and its prices, shipping, reviews and the customer's history.
+    """
+    b = _batch(sessions, events)
+    c = _cutoffs(b, policy)
+    seen = _seen(b, c)
+    cart = _cart_lines(seen)
+    day = day_of(b.started)
+    prices, has_cart_row, rank = _cart_prices(cart, day, reference, b.n)
+    last_ts = _group_last(seen.g, b.n, seen.ts, 0)
+    started = b.started
+    columns = {
+        "session_id": b.sid,
+        "customer_id": np.asarray(b.cols["customer_id"], dtype=object),
+        "started_at": started,
+        "cutoff_at": c.cutoff,
+        **_behaviour(seen, b.n),
+        **prices,
+        "secs_in_session": ((c.cutoff // 1000) - (started // 1000)) / 1000.0,
+        "secs_since_first_cart": (
+            (last_ts // 1000) - (np.where(c.has_cart, c.first_cart, 0) // 1000)
+        )
+        / 1000.0,
+        **_shipping(b, day, has_cart_row, rank, prices["cart_value"], reference),
+        **_reviews(cart, c.cutoff, reference.reviews, b.n),
+        "hour": (started // (3600 * _US)) % 24,
+        "weekday": ((started // (86400 * _US)) + 3) % 7 + 1,  # ISO: Monday 1 (1970-01-01: Thu)
+        **_history(b, reference.history),
+        "device": np.asarray(b.cols["device"], dtype=object),
+        "traffic_source": np.asarray(b.cols["traffic_source"], dtype=object),
+        "region": np.asarray(b.cols["region"], dtype=object),
+    }
+    order = (*KEY_COLUMNS, *NUMERIC_FEATURES, *CATEGORICAL_FEATURES)
+    return {k: columns[k][c.valid] for k in order}
 
 
 def compute_session_facts(events: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
