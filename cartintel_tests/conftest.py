@@ -43,6 +43,20 @@ if "CARTINTEL_REPORTS" not in os.environ:
 SMALL = StorefrontConfig(days=3, sessions_per_day=400, n_customers=1500, n_products=120)
 
 
+# The code addresses each MLflow store through its own client; MLflow's global ("fluent") URI
+# points nowhere, so any code that still relies on it fails here instead of writing elsewhere.
+POISONED_TRACKING_URI = "unset-global-uri://cartintel-passes-a-store-explicitly"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_global_mlflow_uri() -> Iterator[None]:
+    import mlflow
+
+    mlflow.set_tracking_uri(POISONED_TRACKING_URI)
+    mlflow.set_registry_uri(POISONED_TRACKING_URI)
+    yield
+
+
 @pytest.fixture(scope="session")
 def default_store() -> Storefront:
     """The default storefront, in memory (the one `make demo` lands)."""

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
-import mlflow
 import numpy as np
 import pandas as pd
 from sklearn.metrics import average_precision_score
@@ -90,25 +90,36 @@ def uci_month_split(data: UCIData, params: XGBParams) -> dict[str, float]:
     return out
 
 
-def log_uci_runs(data: UCIData, experiment_id: str, params: XGBParams) -> dict[str, str]:
-    """Both evaluations as MLflow runs of their own experiment; returns {evaluation: run id}."""
-    runs = {}
+@dataclass(frozen=True)
+class Evaluation:
+    """One evaluation, ready to be logged as a finished MLflow run (`Store.log_evaluation`)."""
+
+    run_name: str
+    tags: dict[str, str]
+    params: dict[str, Any]
+    metrics: dict[str, float]
+    steps: list[dict[str, float]]  # per-step metrics (the folds), step = position
+
+
+def uci_evaluations(data: UCIData, params: XGBParams) -> dict[str, Evaluation]:
+    """Both evaluations, keyed by split: stratified 5-fold (`cv5`) and by months (`month`)."""
+    common = {**asdict(params), "label": "not Revenue", "dataset": UCI_FILE}
     folds = uci_cross_validation(data, params)
     summary = {k: float(np.mean([f[k] for f in folds])) for k in folds[0]}
-    with mlflow.start_run(
-        experiment_id=experiment_id, run_name="stratified-5-fold", tags={"split": "cv5"}
-    ) as run:
-        mlflow.log_params({**asdict(params), "label": "not Revenue", "dataset": UCI_FILE})
-        mlflow.log_metrics({f"cv_{k}": v for k, v in summary.items()})
-        for i, fold in enumerate(folds):
-            mlflow.log_metrics({f"fold_{k}": v for k, v in fold.items()}, step=i)
-        runs["cv5"] = run.info.run_id
     month = uci_month_split(data, params)
-    with mlflow.start_run(
-        experiment_id=experiment_id, run_name="months-feb-oct-vs-nov-dec", tags={"split": "month"}
-    ) as run:
-        mlflow.log_params({**asdict(params), "label": "not Revenue", "dataset": UCI_FILE})
-        mlflow.log_params({"train_months": ",".join(TRAIN_MONTHS), "test_months": "Nov,Dec"})
-        mlflow.log_metrics({f"test_{k}": v for k, v in month.items()})
-        runs["month"] = run.info.run_id
-    return runs
+    return {
+        "cv5": Evaluation(
+            "stratified-5-fold",
+            {"split": "cv5"},
+            common,
+            {f"cv_{k}": v for k, v in summary.items()},
+            [{f"fold_{k}": v for k, v in fold.items()} for fold in folds],
+        ),
+        "month": Evaluation(
+            "months-feb-oct-vs-nov-dec",
+            {"split": "month"},
+            {**common, "train_months": ",".join(TRAIN_MONTHS), "test_months": "Nov,Dec"},
+            {f"test_{k}": v for k, v in month.items()},
+            [],
+        ),
+    }

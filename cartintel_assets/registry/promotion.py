@@ -2,8 +2,8 @@
 through gates, with an append-only promotion log that is the alias history MLflow does not keep.
 
 No Dagster import. One naming scheme: `challenger` (passed its training gates, eligible),
-`pilot` (serves the pilot regions), `global` (serves every other region). The MLflow tracking URI
-is set by the caller.
+`pilot` (serves the pilot regions), `global` (serves every other region). The MLflow store is
+passed in by the caller.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from typing import Any
 import duckdb
 import numpy as np
 import pandas as pd
-from mlflow.tracking import MlflowClient
 
 from cartintel_assets.registry.names import CHALLENGER, GLOBAL, PHASES, PILOT
 from cartintel_assets.registry.registration import version_by_alias
+from cartintel_assets.registry.tracking import Store
 from cartintel_assets.warehouse.tables import has_table, transaction
 
 LOG_TABLE = "promotion_log"
@@ -107,9 +107,9 @@ def _json_default(value: Any) -> Any:
     return str(value)
 
 
-def aliases(name: str) -> dict[str, str]:
+def aliases(store: Store, name: str) -> dict[str, str]:
     """Every phase alias of `name` that is set, with its version."""
-    found = {a: version_by_alias(name, a) for a in PHASES}
+    found = {a: version_by_alias(store, name, a) for a in PHASES}
     return {a: v for a, v in found.items() if v is not None}
 
 
@@ -126,7 +126,7 @@ def read_log(con: duckdb.DuckDBPyConnection, name: str | None = None) -> pd.Data
     return con.execute(f"SELECT * FROM {LOG_TABLE} {where} ORDER BY logged_at, rowid", params).df()
 
 
-def record(con: duckdb.DuckDBPyConnection, move: Move) -> None:
+def record(con: duckdb.DuckDBPyConnection, store: Store, move: Move) -> None:
     """Append a move to the log (never update, never delete) and, when it moved an alias, tag the
     version it moved to in the registry."""
     ensure_log(con)
@@ -138,7 +138,6 @@ def record(con: duckdb.DuckDBPyConnection, move: Move) -> None:
             [row[c] for c in LOG_COLUMNS],
         )
     if move.outcome == "moved" and move.to_version is not None:
-        client = MlflowClient()
         prefix = f"{move.phase}."
         stamp = move.logged_at.isoformat(timespec="seconds")
         tags = {
@@ -149,15 +148,15 @@ def record(con: duckdb.DuckDBPyConnection, move: Move) -> None:
             f"{prefix}evidence": row["evidence"][:4900],
         }
         for k, v in tags.items():
-            client.set_model_version_tag(move.model_name, move.to_version, k, v)
+            store.client.set_model_version_tag(move.model_name, move.to_version, k, v)
 
 
-def set_alias(name: str, alias: str, version: str) -> None:
-    MlflowClient().set_registered_model_alias(name, alias, version)
+def set_alias(store: Store, name: str, alias: str, version: str) -> None:
+    store.client.set_registered_model_alias(name, alias, version)
 
 
 def registry_agrees(
-    con: duckdb.DuckDBPyConnection, name: str
+    con: duckdb.DuckDBPyConnection, store: Store, name: str
 ) -> dict[str, tuple[str | None, str | None]]:
     """Per phase moved through the log: (the log's latest version, the registry alias's); the
     two agree when every pair is equal."""
@@ -165,13 +164,15 @@ def registry_agrees(
     moved = log[log["outcome"] == "moved"]
     out: dict[str, tuple[str | None, str | None]] = {}
     for phase, rows in moved.groupby("phase"):
-        out[str(phase)] = (rows.iloc[-1]["to_version"], version_by_alias(name, str(phase)))
+        out[str(phase)] = (rows.iloc[-1]["to_version"], version_by_alias(store, name, str(phase)))
     return out
 
 
-def previous_version(con: duckdb.DuckDBPyConnection, name: str, phase: str) -> str | None:
+def previous_version(
+    con: duckdb.DuckDBPyConnection, store: Store, name: str, phase: str
+) -> str | None:
     """The version the latest promotion into the current holder of `phase` replaced."""
-    current = version_by_alias(name, phase)
+    current = version_by_alias(store, name, phase)
     log = read_log(con, name)
     promoted = log[
         (log["phase"] == phase)

@@ -1,27 +1,26 @@
 """Log a risk model to MLflow as a pyfunc (calibrated probabilities) and register it by alias.
 
-No Dagster import; the MLflow tracking URI is set by the caller (the MLflow resource).
+No Dagster import and no global MLflow state: every function is given the `Store` (or the `Run`)
+it works in.
 """
 
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import mlflow
 import numpy as np
 import pandas as pd
+from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from mlflow.pyfunc import PythonModel
-from mlflow.tracking import MlflowClient
 
 from cartintel_assets.models.abandonment import BoostedModel
 from cartintel_assets.models.segmentation import SegmentationModel, evidence_frame
 from cartintel_assets.models.uplift import UpliftModel
+from cartintel_assets.registry.tracking import Run, Store
 
 # Pinned to the lock, passed explicitly (inference costs seconds and guesses both xgboost names).
 PIP_REQUIREMENTS = ["xgboost-cpu==3.2.0", "scikit-learn==1.9.1", "pandas==2.3.3", "numpy==2.4.6"]
@@ -43,6 +42,7 @@ MODELS_FROM_CODE = Path(__file__).resolve().parent / "pyfunc_models"
 
 
 def _log_pyfunc(
+    run: Run,
     code: str,
     artifacts: dict[str, str],
     sample: pd.DataFrame,
@@ -50,9 +50,9 @@ def _log_pyfunc(
     model_config: dict[str, Any] | None = None,
 ) -> str:
     """Log a pyfunc from its code file (`pyfunc_models/<code>.py`) with its artifacts, signature
-    and input example in the active run."""
-    info = mlflow.pyfunc.log_model(
-        name="model",
+    and input example as a logged model of `run`."""
+    return run.log_pyfunc(
+        "model",
         python_model=str(MODELS_FROM_CODE / f"{code}.py"),
         artifacts=artifacts,
         model_config=model_config,
@@ -60,17 +60,16 @@ def _log_pyfunc(
         input_example=sample,
         pip_requirements=PIP_REQUIREMENTS,
     )
-    return str(info.model_uri)
 
 
-def log_risk_model(model: BoostedModel, example: pd.DataFrame) -> str:
-    """Log the model in the active run; return its model URI."""
+def log_risk_model(run: Run, model: BoostedModel, example: pd.DataFrame) -> str:
+    """Log the model in `run`; return its model URI."""
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "risk_model"
         model.save(folder)
         sample = model.typed(example.head(5))
         return _log_pyfunc(
-            "risk_model", {"risk_model": str(folder)}, sample, model.predict_proba(sample)
+            run, "risk_model", {"risk_model": str(folder)}, sample, model.predict_proba(sample)
         )
 
 
@@ -86,14 +85,14 @@ class SegmentationPyfunc(PythonModel):
         return self.model.predict(model_input)
 
 
-def log_segmentation_model(model: SegmentationModel, example: pd.DataFrame) -> str:
-    """Log the segmentation model in the active run; return its model URI."""
+def log_segmentation_model(run: Run, model: SegmentationModel, example: pd.DataFrame) -> str:
+    """Log the segmentation model in `run`; return its model URI."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "segmentation.json"
         model.save(path)
         sample = evidence_frame(example.head(5).reset_index(drop=True))
         return _log_pyfunc(
-            "segmentation_model", {"segmentation": str(path)}, sample, model.predict(sample)
+            run, "segmentation_model", {"segmentation": str(path)}, sample, model.predict(sample)
         )
 
 
@@ -132,9 +131,9 @@ def uplift_predictions(
 
 
 def log_uplift_model(
-    model: UpliftModel, example: pd.DataFrame, catalogue_path: str, margin_rate: float
+    run: Run, model: UpliftModel, example: pd.DataFrame, catalogue_path: str, margin_rate: float
 ) -> str:
-    """Log the uplift model with its catalogue and margin rate in the active run; return its URI."""
+    """Log the uplift model with its catalogue and margin rate in `run`; return its URI."""
     from cartintel_assets.decisions.catalogue import load_catalogue
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -143,6 +142,7 @@ def log_uplift_model(
         sample = model.outcome["control"].typed(example.head(5))
         output = uplift_predictions(model, sample, load_catalogue(catalogue_path), margin_rate)
         return _log_pyfunc(
+            run,
             "uplift_model",
             {"uplift": str(folder), "catalogue": catalogue_path},
             sample,
@@ -163,62 +163,53 @@ class RegisteredUpliftModel:
     allowed_arms: list[str]
 
 
-def load_uplift_model(name: str, alias: str) -> RegisteredUpliftModel:
+def load_uplift_model(store: Store, name: str, alias: str) -> RegisteredUpliftModel:
     """Resolve `alias` once, load that version and read its `allowed_arms` tag."""
-    found = _by_alias(name, alias, "uplift_training_job")
-    with _version_artifacts(name, str(found.version)) as artifacts:
+    found = _by_alias(store, name, alias, "uplift_training_job")
+    with store.version_artifacts(name, str(found.version)) as artifacts:
         model = UpliftModel.load(artifacts / "uplift")
     arms = [a for a in found.tags.get("allowed_arms", "").split(",") if a]
     return RegisteredUpliftModel(model, name, alias, str(found.version), str(found.run_id), arms)
 
 
-def _by_alias(name: str, alias: str, trained_by: str) -> Any:
+def _by_alias(store: Store, name: str, alias: str, trained_by: str) -> Any:
     """The model version an alias points at; a clear error naming the job when there is none."""
     try:
-        return MlflowClient().get_model_version_by_alias(name, alias)
-    except mlflow.exceptions.MlflowException as err:
+        return store.client.get_model_version_by_alias(name, alias)
+    except MlflowException as err:
         raise LookupError(
             f"no version of the registered model {name!r} has the alias {alias!r}:"
             f" train one that passes its gates first ({trained_by})"
         ) from err
 
 
-@contextmanager
-def _version_artifacts(name: str, version: str) -> Iterator[Path]:
-    """The `artifacts/` folder of a registered version, downloaded to a temporary folder."""
-    with tempfile.TemporaryDirectory() as tmp:
-        local = mlflow.artifacts.download_artifacts(
-            artifact_uri=f"models:/{name}/{version}", dst_path=tmp
-        )
-        yield Path(local) / "artifacts"
-
-
-def load_segmentation_model(name: str, alias: str) -> SegmentationModel | None:
+def load_segmentation_model(store: Store, name: str, alias: str) -> SegmentationModel | None:
     """The segmentation model an alias points at, or None when no version holds it."""
-    version = version_by_alias(name, alias)
+    version = version_by_alias(store, name, alias)
     if version is None:
         return None
-    with _version_artifacts(name, version) as artifacts:
+    with store.version_artifacts(name, version) as artifacts:
         return SegmentationModel.load(artifacts / "segmentation.json")
 
 
-def register(model_uri: str, name: str, alias: str | None, tags: dict[str, str]) -> str:
+def register(
+    store: Store, model_uri: str, name: str, alias: str | None, tags: dict[str, str]
+) -> str:
     """Register `model_uri` as a new version of `name`, tag it and, unless `alias` is None,
     point `alias` at it."""
-    version = mlflow.register_model(model_uri, name)
-    client = MlflowClient()
+    version = store.register(model_uri, name)
     for k, v in tags.items():
-        client.set_model_version_tag(name, version.version, k, v)
+        store.client.set_model_version_tag(name, version, k, v)
     if alias is not None:
-        client.set_registered_model_alias(name, alias, version.version)
-    return str(version.version)
+        store.client.set_registered_model_alias(name, alias, version)
+    return version
 
 
-def version_by_alias(name: str, alias: str) -> str | None:
+def version_by_alias(store: Store, name: str, alias: str) -> str | None:
     """The version an alias points at, or None when the model or alias does not exist."""
     try:
-        return str(MlflowClient().get_model_version_by_alias(name, alias).version)
-    except mlflow.exceptions.MlflowException:
+        return str(store.client.get_model_version_by_alias(name, alias).version)
+    except MlflowException:
         return None
 
 
@@ -233,26 +224,26 @@ class RegisteredRiskModel:
     run_id: str
 
 
-def load_risk_model_version(name: str, version: str) -> BoostedModel:
+def load_risk_model_version(store: Store, name: str, version: str) -> BoostedModel:
     """One registered version's `BoostedModel`."""
-    with _version_artifacts(name, version) as artifacts:
+    with store.version_artifacts(name, version) as artifacts:
         return BoostedModel.load(artifacts / "risk_model")
 
 
-def load_risk_model(name: str, alias: str) -> RegisteredRiskModel:
+def load_risk_model(store: Store, name: str, alias: str) -> RegisteredRiskModel:
     """Resolve `alias` to a version once, then load exactly that version's `BoostedModel`."""
-    found = _by_alias(name, alias, "abandonment_training_job")
-    model = load_risk_model_version(name, str(found.version))
+    found = _by_alias(store, name, alias, "abandonment_training_job")
+    model = load_risk_model_version(store, name, str(found.version))
     return RegisteredRiskModel(model, name, alias, str(found.version), str(found.run_id))
 
 
-def latest_version(name: str) -> tuple[str, dict[str, str]] | None:
+def latest_version(store: Store, name: str) -> tuple[str, dict[str, str]] | None:
     """The newest registered version of `name` (whatever its gate) and its tags, or None."""
     try:
-        found = MlflowClient().search_model_versions(
+        found = store.client.search_model_versions(
             f"name = '{name}'", order_by=["version_number DESC"], max_results=1
         )
-    except mlflow.exceptions.MlflowException:
+    except MlflowException:
         return None
     if not found:
         return None

@@ -9,6 +9,7 @@ import dagster as dg
 from pydantic import Field
 
 from cartintel_assets import settings
+from cartintel_assets.registry.tracking import Store
 
 
 class MLflowResource(dg.ConfigurableResource):
@@ -27,33 +28,17 @@ class MLflowResource(dg.ConfigurableResource):
     def uri(self) -> str:
         return self.tracking_uri or settings.mlflow_tracking_uri()
 
-    def artifacts(self) -> Path:
-        return (
-            Path(self.artifact_root).resolve()
-            if self.artifact_root
-            else settings.mlruns_dir() / "artifacts"
-        )
+    def store(self) -> Store:
+        """This store, addressed through its own client (MLflow's global URI is never set).
 
-    def activate(self) -> None:
-        """Point MLflow (tracking and registry) at this store, at run time."""
-        import mlflow
-
-        if self.uri().startswith("sqlite:///"):
-            Path(self.uri().removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        mlflow.set_tracking_uri(self.uri())
-
-    def experiment_id(self, name: str) -> str:
-        """Activate the store and get or create the experiment."""
-        import mlflow
-
-        self.activate()
-        found = mlflow.get_experiment_by_name(name)
-        if found is not None:
-            return str(found.experiment_id)
-        location = None  # a tracking server stores (or proxies) artifacts where it was told to
-        if self.artifact_root or not self.uri().startswith(("http://", "https://")):
-            location = (self.artifacts() / name.replace("/", "_")).as_uri()
-        return str(mlflow.create_experiment(name, artifact_location=location))
+        New experiments keep artifacts under `artifact_root`, or <repo>/mlruns/artifacts, except
+        on a tracking server without `artifact_root`, which stores (or proxies) them itself."""
+        uri = self.uri()
+        if self.artifact_root:
+            return Store(uri, Path(self.artifact_root).resolve())
+        if uri.startswith(("http://", "https://")):
+            return Store(uri)
+        return Store(uri, settings.mlruns_dir() / "artifacts")
 
     def run_tags(self, context: dg.AssetExecutionContext) -> dict[str, str]:
         """The provenance tags every training run carries: Dagster run, asset, partition, commit."""

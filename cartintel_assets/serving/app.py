@@ -9,209 +9,58 @@ restart when an alias moves.
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import contextlib
 import gc
 import logging
 import math
 import multiprocessing
-import os
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from multiprocessing.connection import Connection
-from pathlib import Path
 from typing import Any
 
-import pandas as pd
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 
 from cartintel_assets import settings
-from cartintel_assets.registry.names import CHALLENGER
+from cartintel_assets.registry.names import ABANDONMENT_MODEL, CHALLENGER, UPLIFT_MODEL
+from cartintel_assets.registry.tracking import Store
+from cartintel_assets.serving.batching import Batcher
+from cartintel_assets.serving.config import ServiceSettings, serving_plan
 from cartintel_assets.serving.decision import (
-    ABANDONMENT_MODEL,
-    DECISION_COLUMNS,
-    UPLIFT_MODEL,
-    ContactLedger,
     Decision,
     Scorer,
-    ServingPlan,
-    Snapshot,
-    load_models,
-    registry_state,
     request_columns,
 )
+from cartintel_assets.serving.housekeeping import housekeeping
+from cartintel_assets.serving.ledger import ContactLedger
+from cartintel_assets.serving.models import load_models, registry_state
 from cartintel_assets.serving.schemas import (
     Intervention,
     ModelUsed,
     ScoreRequest,
     ScoreResponse,
 )
+from cartintel_assets.serving.snapshot import Snapshot
 from cartintel_assets.warehouse.connection import Warehouse
-from cartintel_assets.warehouse.tables import typed_temp_table
 
 log = logging.getLogger("cartintel.serve")
-
-HOUSEKEEPING_NICENESS = 10  # added to the companion processes' niceness
-
-
-@dataclass(frozen=True)
-class ServiceSettings:
-    """Where the service reads and writes, and how often it looks for changes."""
-
-    warehouse: Path = field(default_factory=settings.warehouse_path)
-    ledger: Path = field(
-        default_factory=lambda: settings.warehouse_path().parent / "serving" / "contacts.sqlite"
-    )
-    reports: Path = field(default_factory=settings.reports_dir)
-    shadow: bool = True
-    reload_interval_s: float = 5.0
-    snapshot_refresh_s: float = 300.0
-    flush_interval_s: float = 5.0
-    hand_over_s: float = 0.25  # how often a worker hands its decisions to its companion process
-    max_batch: int = 64
-    gather_turns: int = 8  # event-loop turns that let arrived requests join a batch
-
-    @classmethod
-    def from_env(cls) -> ServiceSettings:
-        env = os.environ.get
-        return cls(
-            shadow=env("CARTINTEL_SERVE_SHADOW", "1") != "0",
-            reload_interval_s=float(env("CARTINTEL_SERVE_RELOAD_S", "5")),
-            snapshot_refresh_s=float(env("CARTINTEL_SERVE_SNAPSHOT_S", "300")),
-            flush_interval_s=float(env("CARTINTEL_SERVE_FLUSH_S", "5")),
-        )
-
-
-def serving_plan() -> ServingPlan:
-    """The daily plan's rules and the rollout's holdout, as deployed (the plan reads the same)."""
-    from cartintel_assets.decisions.settings import PlanSettings
-    from cartintel_assets.registry.rollout import RolloutSettings
-
-    c = PlanSettings().deployed()
-    return ServingPlan(
-        rules=c.rules(),
-        catalogue=c.catalogue(),
-        margin_rate=c.margin_rate,
-        holdout_share=RolloutSettings().deployed().holdout_share,
-        holdout_salt=c.holdout_salt,
-    )
-
-
-class DecisionWriter:
-    """Appends decisions to the warehouse table `decision_log`. A flush waits briefly for the
-    warehouse lock; if a run holds it, the rows stay queued for the next try."""
-
-    def __init__(self, warehouse: Path) -> None:
-        self.warehouse = Warehouse(warehouse, lock_timeout_s=2.0)
-        self.pending: list[dict[str, Any]] = []
-        self.written = 0
-
-    def flush(self) -> int:
-        """Write what is queued; return how many rows were written."""
-        rows, self.pending = self.pending, []
-        if not rows:
-            return 0
-        try:
-            with self.warehouse.writer() as con:
-                cols = ", ".join(f'"{c}" {t}' for c, t in DECISION_COLUMNS.items())
-                con.execute(f"CREATE TABLE IF NOT EXISTS decision_log ({cols})")
-                typed_temp_table(con, pd.DataFrame(rows), DECISION_COLUMNS, "_decisions")
-                con.execute("INSERT INTO decision_log SELECT * FROM _decisions")
-        except Exception as err:  # keep them: nothing is lost while a run holds the warehouse
-            self.pending[:0] = rows
-            log.warning("decision log: %d rows wait for the warehouse (%s)", len(rows), err)
-            return 0
-        self.written += len(rows)
-        return len(rows)
-
-
-def _housekeeping(cfg: ServiceSettings, tracking_uri: str, worker: Connection) -> None:
-    """The companion process of a worker: every `flush_interval_s` it appends the decisions the
-    worker handed over to the warehouse; every `reload_interval_s` it reads the registry's
-    aliases, and every `snapshot_refresh_s` the latest landed day, and tells the worker what it
-    found. Messages in: ("rows", [...]), ("flush", token), ("stop",). Out: ("ready", state) once,
-    then ("aliases", state), ("landed", day), ("logged", token, written, pending)."""
-    import mlflow
-
-    logging.basicConfig(level=logging.WARNING)
-    # its chores can wait; a request cannot: when the cores are busy, the scheduler runs the
-    # workers first (each chore costs tens of milliseconds of CPU every few seconds)
-    os.nice(HOUSEKEEPING_NICENESS)
-    mlflow.set_tracking_uri(tracking_uri)
-    writer = DecisionWriter(cfg.warehouse)
-    reader = Warehouse(cfg.warehouse, lock_timeout_s=60.0).reader
-    every = {
-        "flush": cfg.flush_interval_s,
-        "aliases": cfg.reload_interval_s,
-        "landed": cfg.snapshot_refresh_s,
-    }
-    due = {k: time.monotonic() + s for k, s in every.items()}
-    # ready once its imports are done and the registry answered: the worker waits for this, so
-    # the start of this process does not slow the first requests
-    worker.send(("ready", registry_state()))
-
-    def landed() -> str | None:
-        with reader() as wh:
-            last = wh.execute("SELECT max(partition_date) FROM raw_sessions").fetchall()[0][0]
-        return None if last is None else str(last)
-
-    def flush(token: int | None = None, tries: int = 1) -> None:
-        for _ in range(tries):
-            if writer.flush() or not writer.pending:
-                break
-        worker.send(("logged", token, writer.written, len(writer.pending)))
-
-    chores: dict[str, Callable[[], None]] = {
-        "aliases": lambda: worker.send(("aliases", registry_state())),
-        "landed": lambda: worker.send(("landed", landed())),
-        "flush": flush,
-    }
-    while True:
-        try:
-            wait = max(0.0, min(due.values()) - time.monotonic())
-            msg: tuple[Any, ...] = worker.recv() if worker.poll(wait) else ("tick",)
-        except EOFError:  # the worker is gone: write what it handed over
-            msg = ("stop",)
-        if msg[0] == "rows":
-            writer.pending.extend(msg[1])
-        elif msg[0] == "flush":
-            flush(msg[1])
-        elif msg[0] == "stop":
-            flush(tries=5)  # outwait a short run holding the warehouse
-            if writer.pending:
-                log.error("decision log: %d rows not written at stop", len(writer.pending))
-            with contextlib.suppress(OSError):
-                worker.send(None)
-            return
-        now = time.monotonic()
-        for chore, at in due.items():
-            if now >= at:
-                due[chore] = now + every[chore]
-                try:
-                    chores[chore]()
-                except Exception as err:  # the worker keeps serving what it has
-                    log.warning("%s failed: %s", chore, err)
 
 
 class Service:
     """Everything one worker process holds: the scorer, and the companion process that logs its
-    decisions and watches the registry and the warehouse (`_housekeeping`)."""
+    decisions and watches the registry and the warehouse (`housekeeping`)."""
 
     def __init__(self, cfg: ServiceSettings) -> None:
-        import mlflow
-
         from cartintel_assets.registry.promotion import PhasePlan
         from cartintel_assets.registry.rollout import RolloutSettings
 
-        mlflow.set_tracking_uri(settings.mlflow_tracking_uri())
+        self.store = Store(settings.mlflow_tracking_uri())
         self.cfg = cfg
         self.started = time.time()
         # The chores hold the GIL for tens of milliseconds each (opening and checkpointing
@@ -222,8 +71,8 @@ class Service:
         self._conn, theirs = multiprocessing.Pipe()
         self._send_lock = threading.Lock()
         self._keeper = multiprocessing.get_context("spawn").Process(
-            target=_housekeeping,
-            args=(cfg, settings.mlflow_tracking_uri(), theirs),
+            target=housekeeping,
+            args=(cfg, self.store.uri, theirs),
             name="cartintel-housekeeping",
             daemon=True,
         )
@@ -231,12 +80,12 @@ class Service:
         theirs.close()
         try:
             self.reader = Warehouse(cfg.warehouse, lock_timeout_s=60.0).reader
-            self.state = registry_state()
+            self.state = registry_state(self.store)
             self.phases: PhasePlan = RolloutSettings().deployed().plan()
             snapshot = Snapshot(self.reader)
             self.scorer = Scorer(
                 snapshot,
-                load_models(self.state, cfg.shadow),
+                load_models(self.store, self.state, cfg.shadow),
                 self.phases,
                 serving_plan(),
                 ContactLedger(cfg.ledger),
@@ -259,8 +108,9 @@ class Service:
         self.logged = {"written": 0, "pending": 0}
         self.unsent: list[dict[str, Any]] = []
         self._flushed: dict[int, threading.Event] = {}
-        self._queue: asyncio.Queue[tuple[ScoreRequest, asyncio.Future[Decision]]] | None = None
-        self._batcher: asyncio.Task[None] | None = None
+        self.batcher: Batcher[ScoreRequest, Decision] = Batcher(
+            self._score_batch, cfg.max_batch, cfg.gather_turns
+        )
         self.batches, self.scored, self.busy_s = 0, 0, 0.0
 
     # -- models and snapshot ----------------------------------------------------------------
@@ -271,9 +121,9 @@ class Service:
         them now), and the warehouse snapshot if asked."""
         with self._reload_lock:
             changed: dict[str, Any] = {}
-            state = registry_state() if state is None else state
+            state = registry_state(self.store) if state is None else state
             if state != self.state:
-                self.scorer.models = load_models(state, self.cfg.shadow)
+                self.scorer.models = load_models(self.store, state, self.cfg.shadow)
                 changed["models"] = {"from": self.state, "to": state}
                 self.state, self.loaded_at = state, datetime.now(UTC)
                 log.info("models reloaded: %s", state)
@@ -321,14 +171,12 @@ class Service:
         # the snapshot and the models are millions of long-lived objects: out of the collector's
         # way, so a full collection does not stall a request for tens of milliseconds
         gc.freeze()
-        self._queue = asyncio.Queue()
-        self._batcher = asyncio.create_task(self._batch_loop())
+        self.batcher.start()
         self._listener.start()
         self._sender.start()
 
     async def stop(self) -> None:
-        if self._batcher:
-            self._batcher.cancel()
+        self.batcher.stop()
         self._stopping.set()
         self._sender.join(timeout=30)
         self._hand_over()
@@ -360,35 +208,7 @@ class Service:
                 self.unsent.extend(rows)
 
     async def score(self, request: ScoreRequest) -> Decision:
-        assert self._queue is not None, "the service has not started"
-        future: asyncio.Future[Decision] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait((request, future))
-        return await future
-
-    async def _batch_loop(self) -> None:
-        """Score what is queued as one batch, in the event loop itself: the work is CPU-bound
-        and holds the GIL, so a scoring thread would only fight the loop for it (measured:
-        ~35 % less throughput at concurrency 16). Before each batch the loop turns a few times
-        so requests already on the sockets join it; while a batch is scored, new requests wait
-        in the socket buffers and make up the next one."""
-        assert self._queue is not None
-        while True:
-            batch = [await self._queue.get()]
-            for _ in range(self.cfg.gather_turns):
-                await asyncio.sleep(0)
-            while not self._queue.empty() and len(batch) < self.cfg.max_batch:
-                batch.append(self._queue.get_nowait())
-            try:
-                decisions = self._score_batch([r for r, _ in batch])
-            except Exception as err:
-                log.exception("scoring failed for a batch of %d", len(batch))
-                for _, f in batch:
-                    if not f.done():
-                        f.set_exception(err)
-                continue
-            for (_, f), d in zip(batch, decisions, strict=True):
-                if not f.done():
-                    f.set_result(d)
+        return await self.batcher.submit(request)
 
     def _score_batch(self, requests: list[ScoreRequest]) -> list[Decision]:
         started = time.perf_counter()

@@ -1,33 +1,20 @@
-"""Real-time scoring of open carts: the batch pipeline's feature code, risk model, reason codes,
+"""Real-time decisions on open carts: the batch pipeline's feature code, risk model, reason codes,
 segments, uplift model and plan rules, applied to a request's events. No Dagster, no web code.
 
-- `Snapshot`: an in-memory DuckDB copy of the reference data the features read (prices,
-  shipping quotes, reviews, customer history summarised by the same SQL as batch), plus consent,
-  segments and earlier contacts; from it, the `FeatureReference` of each day, built once by the
-  batch's own functions. It is copied from the warehouse under the warehouse's shared
-  lock and then never touches the file again, so the service never blocks a Dagster run.
-- `Models`: the risk versions each serving alias points at, the `challenger` for shadow scoring
-  and the uplift version the plan uses, resolved once and swapped whole when an alias moves.
-- `ContactLedger`: a small SQLite file shared by the service's worker processes, where each
-  recommended contact is claimed atomically against the contact caps and the day's budget.
-- `Scorer.score`: a batch of requests (the web layer batches concurrent requests) to decisions.
+`Scorer.score` turns a batch of requests (the web layer batches concurrent requests) into
+decisions, reading the reference data from a `Snapshot` (serving/snapshot.py), the models from
+`Models` (serving/models.py) and claiming contacts in the `ContactLedger` (serving/ledger.py).
 """
 
 from __future__ import annotations
 
 import hashlib
-import sqlite3
-import threading
-import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, date, datetime, timedelta
-from pathlib import Path
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import duckdb
 import numpy as np
 import pandas as pd
 
@@ -39,33 +26,20 @@ from cartintel_assets.features.session_features import (
     CATEGORICAL_FEATURES,
     FEATURE_TYPES,
     NUMERIC_FEATURES,
-    SESSION_SUMMARY_SQL,
     CutoffPolicy,
-    FeatureReference,
     compute_features,
     compute_session_facts,
     day_of,
-    duckdb_query,
-    feature_reference,
     lookup,
-    reviews_timeline,
 )
 from cartintel_assets.ingestion.ingest import pseudonymise
 from cartintel_assets.models.abandonment import reason_codes
-from cartintel_assets.registry.names import ABANDONMENT_MODEL, CHALLENGER, PHASES, UPLIFT_MODEL
 from cartintel_assets.registry.promotion import PhasePlan
-from cartintel_assets.registry.registration import (
-    RegisteredRiskModel,
-    RegisteredUpliftModel,
-    load_risk_model,
-    load_uplift_model,
-    version_by_alias,
-)
+from cartintel_assets.serving.ledger import ContactLedger
+from cartintel_assets.serving.models import Models
+from cartintel_assets.serving.snapshot import Snapshot
 
 UNSEGMENTED = "unsegmented"
-HISTORY_TABLE = "session_history"
-
-Reader = Callable[[], AbstractContextManager[duckdb.DuckDBPyConnection]]
 
 # The decision log, in column order (the warehouse table `decision_log`).
 DECISION_COLUMNS: dict[str, str] = {
@@ -93,274 +67,6 @@ DECISION_COLUMNS: dict[str, str] = {
     "shadow_model_version": "VARCHAR",
     "shadow_risk": "DOUBLE",
 }
-
-
-# ---- reference data ------------------------------------------------------------------------------
-
-_CONSENT_SQL = """
-SELECT customer_id, arg_max(marketing_consent, partition_date) AS consent
-FROM raw_customers GROUP BY customer_id
-"""
-# contacts that count towards the caps, as the daily plan counts them, plus the service's own
-_CONTACTS = {
-    "raw_interventions": "SELECT customer_id, assigned_at AS sent_at FROM raw_interventions"
-    " WHERE treatment <> 'control'",
-    "intervention_plan": "SELECT customer_id, send_at AS sent_at FROM intervention_plan"
-    " WHERE action <> 'none'",
-}
-
-
-class Snapshot:
-    """The reference data the features read, consent, segments and contacts, in memory."""
-
-    def __init__(self, reader: Reader, history_days: int = 365) -> None:
-        from cartintel_assets.warehouse.tables import has_table
-
-        started = time.monotonic()
-        self.con = duckdb.connect(":memory:", config={"threads": 1})
-        with reader() as wh:
-            last = wh.execute("SELECT max(partition_date) FROM raw_sessions").fetchall()[0]
-            if last[0] is None:
-                raise LookupError("the warehouse has no landed sessions yet: ingest a day first")
-            self.last_day: date = last[0]
-            self.first_day = self.last_day - timedelta(days=history_days)
-            window = {"first": self.first_day, "last": self.last_day}
-
-            def copy(table: str, sql: str, params: dict[str, Any] | None = None) -> None:
-                frame = wh.sql(sql, params=params or {}).to_arrow_table()  # noqa: F841 (read by SQL)
-                self.con.execute(f"CREATE TABLE {table} AS SELECT * FROM frame")
-
-            copy(
-                "raw_products",
-                "SELECT * FROM raw_products WHERE partition_date >= $first - 31",
-                {"first": self.first_day},
-            )
-            copy("raw_shipping_quotes", "SELECT * FROM raw_shipping_quotes")
-            copy(
-                "raw_reviews", "SELECT product_id, ts, rating FROM raw_reviews ORDER BY product_id"
-            )
-            copy(
-                HISTORY_TABLE,
-                f"{SESSION_SUMMARY_SQL} ORDER BY customer_id",
-                {"history_from": self.first_day, "history_to": self.last_day},
-            )
-            copy("consent", _CONSENT_SQL)
-            segments = (
-                "SELECT customer_id, segment_name FROM customer_segments"
-                if has_table(wh, "customer_segments")
-                else "SELECT NULL::VARCHAR AS customer_id, NULL::VARCHAR AS segment_name LIMIT 0"
-            )
-            copy("segments", segments)
-            parts = [sql for table, sql in _CONTACTS.items() if has_table(wh, table)]
-            if has_table(wh, "decision_log"):
-                parts.append(
-                    # the service's own recommendations, at the moment they were for
-                    "SELECT customer_id, cutoff_at AS sent_at FROM decision_log"
-                    " WHERE action <> 'none'"
-                )
-            copy("contacts", " UNION ALL ".join(parts) if parts else "SELECT NULL LIMIT 0")
-            self.sessions = int(
-                wh.execute(
-                    "SELECT count(*) FROM raw_sessions WHERE partition_date BETWEEN $first AND $last",
-                    window,
-                ).fetchall()[0][0]
-            )
-        self.consent = dict(self.con.execute("SELECT * FROM consent").fetchall())
-        self.segment = dict(self.con.execute("SELECT * FROM segments").fetchall())
-        self.contacts: dict[str, list[pd.Timestamp]] = {}
-        if self.con.execute("SELECT count(*) FROM contacts").fetchall()[0][0]:
-            for cid, at in self.con.execute("SELECT * FROM contacts").fetchall():
-                self.contacts.setdefault(str(cid), []).append(pd.Timestamp(at))
-        self._days: set[date] = set()
-        self._lock = threading.Lock()
-        self.history_days = history_days
-        self._reviews = reviews_timeline(duckdb_query(self.con))
-        self._references: dict[date, FeatureReference] = {}
-        self.reference(max(self.last_day, datetime.now(UTC).date()))  # today's, built up front
-        self.seconds = time.monotonic() - started
-
-    def reference(self, day: date) -> FeatureReference:
-        """What the features of a session started on `day` read besides its events: that day's
-        catalogue and quotes, the reviews, and the customer history of the year before, built
-        once per day by the same functions as batch."""
-        ref = self._references.get(day)
-        if ref is not None:
-            return ref
-        self.ensure_day(day)
-        with self._lock:
-            if day not in self._references:
-                self._references[day] = feature_reference(
-                    duckdb_query(self.con.cursor()),
-                    [day],
-                    day - timedelta(days=self.history_days),
-                    day,
-                    HISTORY_TABLE,
-                    reviews=self._reviews,
-                )
-                for old in sorted(self._references)[:-4]:  # a few days around midnight suffice
-                    del self._references[old]
-            return self._references[day]
-
-    def ensure_day(self, day: date) -> None:
-        """Prices and shipping quotes of a day that has not landed yet are those of the latest
-        landed day (the catalogue and carrier rates in force), copied once under the new date."""
-        if day <= self.last_day or day in self._days:
-            return
-        with self._lock:
-            if day in self._days:
-                return
-            for table in ("raw_products", "raw_shipping_quotes"):
-                cols = [
-                    r[0]
-                    for r in self.con.execute(f"DESCRIBE {table}").fetchall()
-                    if r[0] != "partition_date"
-                ]
-                self.con.execute(
-                    f"INSERT INTO {table} ({', '.join(cols)}, partition_date)"
-                    f" SELECT {', '.join(cols)}, $day FROM {table} WHERE partition_date = $last",
-                    {"day": day, "last": self.last_day},
-                )
-            self._days.add(day)
-
-
-# ---- models --------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Models:
-    """The registry versions one decision uses, resolved together."""
-
-    risk: dict[str, RegisteredRiskModel]  # by alias
-    uplift: RegisteredUpliftModel | None
-    shadow: RegisteredRiskModel | None
-
-
-def registry_state(uplift_alias: str = CHALLENGER) -> dict[str, str | None]:
-    """Which version each alias the service reads points at now (None: no such alias)."""
-    state = {f"{ABANDONMENT_MODEL}@{a}": version_by_alias(ABANDONMENT_MODEL, a) for a in PHASES}
-    state[f"{UPLIFT_MODEL}@{uplift_alias}"] = version_by_alias(UPLIFT_MODEL, uplift_alias)
-    return state
-
-
-def load_models(
-    state: dict[str, str | None], shadow: bool, uplift_alias: str = CHALLENGER
-) -> Models:
-    """Load the risk versions of every alias in `state` and the uplift version the plan uses."""
-    risk = {
-        a: load_risk_model(ABANDONMENT_MODEL, a)
-        for a in PHASES
-        if state.get(f"{ABANDONMENT_MODEL}@{a}")
-    }
-    if not risk:
-        raise LookupError(
-            f"no version of {ABANDONMENT_MODEL} holds an alias yet: train one (abandonment_training_job)"
-        )
-    for m in risk.values():  # one thread per model: the service runs one worker per core
-        m.model.booster.set_param({"nthread": 1})
-        # compiled now: a first request should not wait for them
-        m.model.trees  # noqa: B018
-        m.model.shap_tables  # noqa: B018
-    uplift = (
-        load_uplift_model(UPLIFT_MODEL, uplift_alias)
-        if state.get(f"{UPLIFT_MODEL}@{uplift_alias}")
-        else None
-    )
-    if uplift is not None:
-        uplift.model.use_threads(1)
-    return Models(risk, uplift, risk.get(CHALLENGER) if shadow else None)
-
-
-# ---- the contact ledger --------------------------------------------------------------------------
-
-
-class ContactLedger:
-    """Contacts the service recommended, shared by its worker processes (SQLite, WAL): a claim
-    checks the caps against earlier contacts and the day's budget, and records the contact, in
-    one transaction."""
-
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
-        self._local = threading.local()
-        with self._db() as db:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute(
-                "CREATE TABLE IF NOT EXISTS contacts (customer_id TEXT NOT NULL, sent_at TEXT NOT"
-                " NULL, day TEXT NOT NULL, expected_cost REAL NOT NULL, request_id TEXT NOT NULL)"
-            )
-            db.execute("CREATE INDEX IF NOT EXISTS contacts_customer ON contacts (customer_id)")
-            db.execute("CREATE INDEX IF NOT EXISTS contacts_day ON contacts (day)")
-
-    @contextmanager
-    def _db(self) -> Iterator[sqlite3.Connection]:
-        db = getattr(self._local, "db", None)
-        if db is None:
-            db = sqlite3.connect(self.path, timeout=5.0, isolation_level=None)
-            db.execute("PRAGMA synchronous=NORMAL")
-            self._local.db = db
-        yield db
-
-    def spent(self, day: date) -> float:
-        with self._db() as db:
-            row = db.execute(
-                "SELECT coalesce(sum(expected_cost), 0) FROM contacts WHERE day = ?",
-                [day.isoformat()],
-            ).fetchone()
-        return float(row[0])
-
-    def contacts_of(self, customers: list[str]) -> dict[str, list[pd.Timestamp]]:
-        out: dict[str, list[pd.Timestamp]] = {}
-        if not customers:
-            return out
-        with self._db() as db:
-            marks = ",".join("?" * len(customers))
-            for cid, at in db.execute(
-                f"SELECT customer_id, sent_at FROM contacts WHERE customer_id IN ({marks})",
-                customers,
-            ):
-                out.setdefault(cid, []).append(pd.Timestamp(at))
-        return out
-
-    def claim(
-        self,
-        customer: str,
-        at: pd.Timestamp,
-        cost: float,
-        request_id: str,
-        earlier: list[pd.Timestamp],
-        rules: PlanRules,
-    ) -> str | None:
-        """Record a contact unless it breaks a cap or the day's budget; the reason if it does."""
-        day = at.date().isoformat()
-        with self._db() as db:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                spent = db.execute(
-                    "SELECT coalesce(sum(expected_cost), 0) FROM contacts WHERE day = ?", [day]
-                ).fetchone()[0]
-                if spent + cost > rules.budget + 1e-9:
-                    db.execute("ROLLBACK")
-                    return "budget exhausted"
-                mine = [
-                    pd.Timestamp(r[0])
-                    for r in db.execute(
-                        "SELECT sent_at FROM contacts WHERE customer_id = ?", [customer]
-                    )
-                ]
-                # the same contact may be known twice (ledger, and the logged decision)
-                why = rules.contact.violation(sorted({*earlier, *mine}), at)
-                if why:
-                    db.execute("ROLLBACK")
-                    return why
-                db.execute(
-                    "INSERT INTO contacts VALUES (?, ?, ?, ?, ?)",
-                    [customer, at.isoformat(), day, cost, request_id],
-                )
-                db.execute("COMMIT")
-                return None
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
 
 
 # ---- decisions -----------------------------------------------------------------------------------

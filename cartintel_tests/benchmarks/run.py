@@ -321,14 +321,16 @@ def hillstrom_floor_rows() -> list[str]:
 
 def uci_floor() -> list[str]:
     """The real-data floor, logged to the project's MLflow store under its own experiment."""
-    import mlflow
+    from dataclasses import asdict
 
-    from cartintel_assets.models.uci import UCI_EXPERIMENT, load_uci, log_uci_runs
+    from cartintel_assets.models.uci import UCI_EXPERIMENT, load_uci, uci_evaluations
     from cartintel_assets.resources.mlflow import MLflowResource
 
-    experiment = MLflowResource().experiment_id(UCI_EXPERIMENT)
-    runs = log_uci_runs(load_uci(settings.shared_data_dir()), experiment, XGBParams())
-    client = mlflow.tracking.MlflowClient()
+    store = MLflowResource().store()
+    experiment = store.experiment_id(UCI_EXPERIMENT)
+    evaluations = uci_evaluations(load_uci(settings.shared_data_dir()), XGBParams())
+    runs = {k: store.log_evaluation(experiment, **asdict(e)) for k, e in evaluations.items()}
+    client = store.client
     cv = client.get_run(runs["cv5"]).data.metrics
     month = client.get_run(runs["month"]).data.metrics
     fold_auc = [m.value for m in client.get_metric_history(runs["cv5"], "fold_roc_auc")]

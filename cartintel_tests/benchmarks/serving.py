@@ -23,7 +23,6 @@ from typing import Any
 
 import duckdb
 import httpx
-import mlflow
 import numpy as np
 import pandas as pd
 
@@ -33,6 +32,7 @@ from cartintel_assets.models.uplift import ARMS, UpliftModel, session_facts
 from cartintel_assets.registry.names import ABANDONMENT_MODEL as RISK_MODEL
 from cartintel_assets.registry.names import UPLIFT_MODEL
 from cartintel_assets.registry.registration import log_risk_model, log_uplift_model, register
+from cartintel_assets.registry.tracking import Store
 from cartintel_assets.serving.schemas import ScoreRequest
 from cartintel_tests.processes import free_port, wait_until_answers
 
@@ -141,16 +141,17 @@ def serving_stage(
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         uri = f"sqlite:///{tmp / 'mlflow.db'}"
-        mlflow.set_tracking_uri(uri)
-        experiment = mlflow.create_experiment("bench", artifact_location=str(tmp / "artifacts"))
-        with mlflow.start_run(experiment_id=experiment):
-            register(log_risk_model(risk, features.head(50)), RISK_MODEL, "challenger", {})
+        store = Store(uri, tmp / "artifacts")
+        experiment = store.experiment_id("bench")
+        with store.run(experiment) as run:
+            logged = log_risk_model(run, risk, features.head(50))
+            register(store, logged, RISK_MODEL, "challenger", {})
         con = duckdb.connect(str(db), read_only=True)
         example = features.merge(session_facts(con, date.fromisoformat(day)), on="session_id")
         con.close()
-        with mlflow.start_run(experiment_id=experiment):
-            logged = log_uplift_model(uplift, example.head(50), str(DEFAULT_CATALOGUE), 0.4)
-            register(logged, UPLIFT_MODEL, "challenger", {"allowed_arms": ",".join(ARMS)})
+        with store.run(experiment) as run:
+            logged = log_uplift_model(run, uplift, example.head(50), str(DEFAULT_CATALOGUE), 0.4)
+            register(store, logged, UPLIFT_MODEL, "challenger", {"allowed_arms": ",".join(ARMS)})
         carts = sample_carts(landing, day)
         ours_body = tmp / "score.jsonl"
         ours_body.write_text("\n".join(json.dumps(b) for b in carts) + "\n")

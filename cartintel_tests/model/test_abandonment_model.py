@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
 import duckdb
-import mlflow
 import numpy as np
 import pandas as pd
 import pytest
@@ -30,7 +30,8 @@ from cartintel_assets.models.abandonment import (
     time_split,
 )
 from cartintel_assets.models.scoring import SCORE_COLUMNS, score_carts, write_scores
-from cartintel_assets.models.uci import UCI_EXPERIMENT, load_uci, log_uci_runs
+from cartintel_assets.models.uci import UCI_EXPERIMENT, load_uci, uci_evaluations
+from cartintel_assets.registry.tracking import Store
 from cartintel_assets.simulation.storefront import Storefront, StorefrontConfig, simulate
 from cartintel_tests.conftest import ingested_warehouse
 
@@ -158,10 +159,11 @@ def test_shuffled_labels_give_a_useless_model(labelled: pd.DataFrame) -> None:
 def test_uci_online_shoppers_floor(shared_data: Path, tmp_path: Path) -> None:
     """Published reference: gradient boosting ROC-AUC ~0.93 (Heliyon 2023, e15163), random splits.
     The runs land in their own MLflow experiment."""
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    experiment = mlflow.create_experiment(UCI_EXPERIMENT, (tmp_path / "art").as_uri())
-    runs = log_uci_runs(load_uci(shared_data), experiment, XGBParams())
-    client = mlflow.tracking.MlflowClient()
+    store = Store(f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "art")
+    experiment = store.experiment_id(UCI_EXPERIMENT)
+    evaluations = uci_evaluations(load_uci(shared_data), XGBParams())
+    runs = {k: store.log_evaluation(experiment, **asdict(e)) for k, e in evaluations.items()}
+    client = store.client
     cv = client.get_run(runs["cv5"]).data.metrics
     assert cv["cv_roc_auc"] >= 0.92, cv  # measured 0.929
     assert cv["cv_pr_auc_purchase"] >= 0.70  # published ~0.75 with purchase as the positive class

@@ -6,10 +6,8 @@ from pathlib import Path
 
 import dagster as dg
 import duckdb
-import mlflow
 import numpy as np
 import pytest
-from mlflow.tracking import MlflowClient
 
 from cartintel_assets.defs.abandonment.assets import (
     GATES,
@@ -18,6 +16,7 @@ from cartintel_assets.defs.abandonment.assets import (
 )
 from cartintel_assets.models.abandonment import BoostedModel
 from cartintel_assets.registry.names import ABANDONMENT_MODEL
+from cartintel_assets.registry.tracking import Store
 from cartintel_assets.simulation.storefront import StorefrontConfig, simulate
 from cartintel_tests.conftest import asset_resources, check_results, labelled_warehouse
 
@@ -65,8 +64,8 @@ def test_training_logs_registers_and_gates(warehouse: Path, tmp_path: Path) -> N
         assert check_results(first) == dict.fromkeys(GATES, True)
         meta = first.asset_materializations_for_node("abandonment_model")[0].metadata
         assert meta["model_version"].value == "1" and meta["gate"].value == "passed"
-        mlflow.set_tracking_uri(f"sqlite:///{mlruns / 'mlflow.db'}")
-        client = MlflowClient()
+        store = Store(f"sqlite:///{mlruns / 'mlflow.db'}")
+        client = store.client
         run = client.get_run(meta["mlflow_run_id"].value)
         assert run.data.tags["dagster.run_id"] == first.run_id
         assert run.data.metrics["test_roc_auc"] > run.data.metrics["baseline_test_roc_auc"] - 0.02
@@ -80,13 +79,11 @@ def test_training_logs_registers_and_gates(warehouse: Path, tmp_path: Path) -> N
         assert run.data.metrics["abandoned_test_roc_auc"] > 0.8  # the secondary label, reported
         assert meta["plots"].value.count("data:image/png;base64,") == 4
         # loads back by alias and scores like the model it logged
-        loaded = mlflow.pyfunc.load_model(f"models:/{ABANDONMENT_MODEL}@challenger")
+        loaded = store.load_pyfunc(f"models:/{ABANDONMENT_MODEL}@challenger")
         con = duckdb.connect(str(warehouse), read_only=True)
         rows = con.execute("SELECT * FROM session_features LIMIT 500").df()
         con.close()
-        local = mlflow.artifacts.download_artifacts(
-            artifact_uri=f"models:/{ABANDONMENT_MODEL}@challenger", dst_path=str(tmp_path / "dl")
-        )
+        local = store.download(f"models:/{ABANDONMENT_MODEL}@challenger", tmp_path / "dl")
         direct = BoostedModel.load(Path(local) / "artifacts" / "risk_model")
         assert "n_views" in str(loaded.metadata.signature)  # a real column signature
         assert np.array_equal(
@@ -152,7 +149,7 @@ def test_gate_blocks_a_model_trained_on_shuffled_labels(warehouse: Path, tmp_pat
         assert not result.success  # a failed blocking check fails the step
         assert not checks["abandonment_model_roc_auc_above_floor"]
         # registered for the audit trail, but not the challenger: nothing can score with it
-        client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+        client = Store(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}").client
         version = client.get_model_version(ABANDONMENT_MODEL, "1")
         assert version.tags["gate"] == "failed" and not version.aliases
         scored = _score(db, tmp_path / "mlruns", instance, CFG.day(CFG.days - 1).isoformat())

@@ -9,10 +9,8 @@ from typing import Any
 
 import dagster as dg
 import duckdb
-import mlflow
 import numpy as np
 import pytest
-from mlflow.tracking import MlflowClient
 
 from cartintel_assets.cli import main
 from cartintel_assets.contracts.schema import TABLES
@@ -40,6 +38,7 @@ from cartintel_assets.registry.promotion import (
     read_log,
     registry_agrees,
 )
+from cartintel_assets.registry.tracking import Store
 from cartintel_assets.resources.rollout import RolloutResource
 from cartintel_assets.simulation.storefront import (
     DriftSpec,
@@ -162,7 +161,9 @@ class Ops:
     def agrees(self) -> None:
         con = duckdb.connect(str(self.shop.db), read_only=True)
         try:
-            pairs = registry_agrees(con, ABANDONMENT_MODEL)
+            pairs = registry_agrees(
+                con, Store(f"sqlite:///{self.mlruns / 'mlflow.db'}"), ABANDONMENT_MODEL
+            )
         finally:
             con.close()
         assert pairs and all(log == alias for log, alias in pairs.values()), pairs
@@ -210,8 +211,7 @@ def test_drift_retraining_promotion_and_rollback(
             .value
             == "1"
         )
-        mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
-        client = MlflowClient()
+        client = Store(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}").client
 
         # nothing holds pilot yet: global is refused; the first rollout needs no global to beat
         refused = ops.move("promote", "global")

@@ -6,13 +6,12 @@ from pathlib import Path
 
 import dagster as dg
 import duckdb
-import mlflow
 import pytest
-from mlflow.tracking import MlflowClient
 
 from cartintel_assets.defs.friction.assets import friction_analysis
 from cartintel_assets.defs.segmentation.assets import segmentation
 from cartintel_assets.registry.names import SEGMENTATION_MODEL as MODEL_NAME
+from cartintel_assets.registry.tracking import Store
 from cartintel_assets.resources import WarehouseResource
 from cartintel_assets.resources.mlflow import MLflowResource
 from cartintel_assets.simulation.storefront import StorefrontConfig, simulate
@@ -69,8 +68,8 @@ def test_each_retrain_is_a_tracked_version_and_keeps_segment_ids(
     assert "data:image/png;base64," in metas[0]["segment_profiles"]["profile_plot"].value
     assert metas[0]["segment_profiles"]["match_summary"].value.startswith("first version")
     assert "kept their ids" in metas[1]["segment_profiles"]["match_summary"].value
-    mlflow.set_tracking_uri(f"sqlite:///{mlruns / 'mlflow.db'}")
-    client = MlflowClient()
+    store = Store(f"sqlite:///{mlruns / 'mlflow.db'}")
+    client = store.client
     assert str(client.get_model_version_by_alias(MODEL_NAME, "challenger").version) == "2"
     run = client.get_run(metas[1]["customer_segments"]["mlflow_run_id"].value)
     assert run.data.tags["dagster.run_id"] == results[1].run_id
@@ -79,7 +78,7 @@ def test_each_retrain_is_a_tracked_version_and_keeps_segment_ids(
     assert {"segment_profiles.json", "segment_matches.json"} <= artifacts
     version = client.get_model_version(MODEL_NAME, "2")
     assert version.run_id == run.info.run_id
-    loaded = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}@challenger")
+    loaded = store.load_pyfunc(f"models:/{MODEL_NAME}@challenger")
 
     con = duckdb.connect(str(warehouse), read_only=True)
     profiles = con.execute(
@@ -148,9 +147,9 @@ def test_friction_analysis_after_segmentation(warehouse: Path, tmp_path: Path) -
         ranked["stability"].min()
     )
     assert ranked["stability"].between(-1, 1).all() and (ranked["support"] >= 50).all()
-    mlflow.set_tracking_uri(f"sqlite:///{mlruns / 'mlflow.db'}")
-    run = MlflowClient().get_run(meta["friction_drivers"]["mlflow_run_id"].value)
+    client = Store(f"sqlite:///{mlruns / 'mlflow.db'}").client
+    run = client.get_run(meta["friction_drivers"]["mlflow_run_id"].value)
     assert run.data.tags["dagster.run_id"] == result.run_id
-    plots = {a.path for a in MlflowClient().list_artifacts(run.info.run_id, "plots")}
+    plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
     assert plots == {"plots/friction_by_segment.png"}
     assert "data:image/png;base64," in meta["friction_drivers"]["friction_by_segment"].value

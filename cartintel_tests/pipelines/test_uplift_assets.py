@@ -10,10 +10,8 @@ from typing import Any
 
 import dagster as dg
 import duckdb
-import mlflow
 import numpy as np
 import pandas as pd
-from mlflow.tracking import MlflowClient
 
 from cartintel_assets.decisions.catalogue import load_catalogue
 from cartintel_assets.decisions.economics import action_table
@@ -27,6 +25,7 @@ from cartintel_assets.defs.uplift.assets import (
 from cartintel_assets.models.uplift import TARGETING_EXCLUDED, session_facts
 from cartintel_assets.registry.names import UPLIFT_MODEL
 from cartintel_assets.registry.registration import load_uplift_model
+from cartintel_assets.registry.tracking import Store
 from cartintel_assets.simulation.storefront import DEMO_STOREFRONT, Storefront
 from cartintel_tests.conftest import asset_resources, check_results
 
@@ -67,7 +66,8 @@ def test_uplift_model_and_plan(
         assert meta["rows_log"] == int(demo_store.truth_sessions["in_experiment"].sum())
         assert meta["plots"].count("data:image/png;base64,") == 2  # Qini and uplift curves
         assert meta["allowed_arms"] and meta["policy_value_dr"] > meta["top_k_by_risk_value_dr"]
-        client = MlflowClient(f"sqlite:///{mlruns / 'mlflow.db'}")
+        store = Store(f"sqlite:///{mlruns / 'mlflow.db'}")
+        client = store.client
         version = client.get_model_version_by_alias(UPLIFT_MODEL, "challenger")
         assert version.tags["allowed_arms"] == ",".join(meta["allowed_arms"])
         run = client.get_run(meta["mlflow_run_id"])
@@ -79,15 +79,14 @@ def test_uplift_model_and_plan(
             "plots/uplift_curves.png",
         }
         # the logged pyfunc serves effects per arm and the baseline
-        mlflow.set_tracking_uri(f"sqlite:///{mlruns / 'mlflow.db'}")
-        served = mlflow.pyfunc.load_model(f"models:/{UPLIFT_MODEL}@challenger")
+        served = store.load_pyfunc(f"models:/{UPLIFT_MODEL}@challenger")
         con = duckdb.connect(str(db), read_only=True)
         rows = con.execute("SELECT * FROM session_features ORDER BY session_id LIMIT 50").df()
         rows = rows.merge(session_facts(con), on="session_id", how="left")
         con.close()
         features = [c.name for c in served.metadata.signature.inputs.inputs]
         assert "region" not in features and "device" not in features
-        registered = load_uplift_model(UPLIFT_MODEL, "challenger")
+        registered = load_uplift_model(store, UPLIFT_MODEL, "challenger")
         assert registered.allowed_arms == meta["allowed_arms"]
         typed = registered.model.outcome["control"].typed(rows)
         out = pd.DataFrame(served.predict(typed))

@@ -20,11 +20,9 @@ from typing import Any
 import dagster as dg
 import duckdb
 import httpx
-import mlflow
 import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
-from mlflow.tracking import MlflowClient
 
 from cartintel_assets import settings
 from cartintel_assets.defs.abandonment.assets import abandonment_model, abandonment_scores
@@ -34,9 +32,12 @@ from cartintel_assets.defs.segmentation.assets import segmentation
 from cartintel_assets.defs.uplift.assets import intervention_plan, uplift_model
 from cartintel_assets.features.session_features import CATEGORICAL_FEATURES, NUMERIC_FEATURES
 from cartintel_assets.registry.names import ABANDONMENT_MODEL as RISK_MODEL
+from cartintel_assets.registry.tracking import Store
 from cartintel_assets.reporting.dashboard import SECTIONS, page_path
-from cartintel_assets.serving.app import HOUSEKEEPING_NICENESS, ServiceSettings, create_app
+from cartintel_assets.serving.app import create_app
+from cartintel_assets.serving.config import ServiceSettings
 from cartintel_assets.serving.decision import json_scalar, request_columns
+from cartintel_assets.serving.housekeeping import HOUSEKEEPING_NICENESS
 from cartintel_assets.serving.schemas import MAX_EVENTS
 from cartintel_assets.simulation.storefront import DEMO_STOREFRONT, Storefront
 from cartintel_tests.conftest import asset_resources
@@ -98,7 +99,6 @@ def _settings(
     uri = f"sqlite:///{served['mlruns'] / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("CARTINTEL_PSEUDONYM_KEY", KEY)
-    mlflow.set_tracking_uri(uri)
     return ServiceSettings(
         warehouse=served["db"],
         ledger=served["tmp"] / f"contacts-{time.monotonic_ns()}.sqlite",
@@ -289,8 +289,10 @@ def test_models_reload_when_an_alias_moves(served: dict[str, Any], client: TestC
     assert before["aliases"][f"{RISK_MODEL}@pilot"] is None
     assert client.post("/score", json=body).json()["models"][0]["alias"] == "challenger"
     # a second version of the same model, promoted to pilot and global outside the service
-    mlflow_client = MlflowClient()
-    v2 = mlflow.register_model(f"models:/{RISK_MODEL}/1", RISK_MODEL).version
+    store = Store(f"sqlite:///{served['mlruns'] / 'mlflow.db'}")
+    mlflow_client = store.client
+    run = mlflow_client.get_run(mlflow_client.get_model_version(RISK_MODEL, "1").run_id)
+    v2 = store.register(f"models:/{run.outputs.model_outputs[0].model_id}", RISK_MODEL)
     mlflow_client.set_registered_model_alias(RISK_MODEL, "global", v2)
     mlflow_client.set_registered_model_alias(RISK_MODEL, "pilot", "1")
     deadline = time.monotonic() + 20

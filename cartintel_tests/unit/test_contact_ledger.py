@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from cartintel_assets.decisions.plan import ContactRules, PlanRules
-from cartintel_assets.serving.decision import ContactLedger
+from cartintel_assets.serving.ledger import ContactLedger
 
 RULES = PlanRules(budget=10.0, contact=ContactRules(min_hours_between=16.0, max_per_week=3))
 T0 = pd.Timestamp("2026-10-14 09:00")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 import tomllib
@@ -181,6 +182,27 @@ def test_no_private_or_legacy_library_api_is_imported() -> None:
         if n.split(".")[:2] == ["evidently", "legacy"]
         or ("._" in n and not n.startswith("cartintel"))
     ]
+    assert not offenders, "\n".join(offenders)
+
+
+# MLflow's module-level ("fluent") calls that read or set its global tracking URI or active run
+FLUENT_MLFLOW = re.compile(
+    r"\bmlflow\.(set_tracking_uri|set_registry_uri|start_run|end_run|active_run|log_\w+|set_tag"
+    r"|set_tags|register_model|create_experiment|get_experiment_by_name|search_\w+"
+    r"|pyfunc\.log_model)\(|\bMlflowClient\(\)"
+)
+
+
+def test_mlflow_is_addressed_through_an_explicit_client() -> None:
+    """Every MLflow call goes through a `Store`'s own client: no global URI, no active run (the
+    test session also points MLflow's global URI nowhere, so a missed call fails at run time)."""
+    offenders = [
+        f"{path.relative_to(ROOT)}:{i}: {line.strip()}"
+        for path in _sources()
+        for i, line in enumerate(path.read_text().splitlines(), 1)
+        if FLUENT_MLFLOW.search(line)
+    ]
+    assert len(_sources()) > 50
     assert not offenders, "\n".join(offenders)
 
 

@@ -119,8 +119,6 @@ def abandonment_model(
     calibration / test), compared with a logistic baseline; every run is an MLflow run and every
     model a registered version of `cartintel-abandonment` with the alias `challenger`.
     """
-    import mlflow
-
     from cartintel_assets.models.abandonment import reason_codes
     from cartintel_assets.models.plots import evaluation_figures, markdown_image
     from cartintel_assets.monitoring.drift import (
@@ -169,36 +167,34 @@ def abandonment_model(
         pd.util.hash_pandas_object(data, index=False).values.tobytes()
     ).hexdigest()[:16]
 
-    experiment = mlflow_tracking.experiment_id(EXPERIMENT)
+    store = mlflow_tracking.store()
     tags = {**mlflow_tracking.run_tags(context), "target": config.target}
-    with mlflow.start_run(experiment_id=experiment, tags=tags) as run:
-        mlflow.log_params(
-            {**asdict(params), "target": config.target, "features": len(model.features)}
-        )
-        mlflow.log_params(
+    with store.run(store.experiment_id(EXPERIMENT), tags) as run:
+        run.log_params({**asdict(params), "target": config.target, "features": len(model.features)})
+        run.log_params(
             {"dataset_digest": digest, "test_from": str(test["started_at"].min().date())}
         )
-        mlflow.log_metrics({f"rows_{s}": len(parts[s]) for s in parts})
-        mlflow.log_metrics({f"test_{k}": v for k, v in metrics.items()})
-        mlflow.log_metrics({f"baseline_test_{k}": v for k, v in base_metrics.items()})
-        mlflow.log_metrics({f"{other}_test_{k}": v for k, v in other_metrics.items()})
-        mlflow.log_metric("best_iteration", model.best_iteration)
+        run.log_metrics({f"rows_{s}": len(parts[s]) for s in parts})
+        run.log_metrics({f"test_{k}": v for k, v in metrics.items()})
+        run.log_metrics({f"baseline_test_{k}": v for k, v in base_metrics.items()})
+        run.log_metrics({f"{other}_test_{k}": v for k, v in other_metrics.items()})
+        run.log_metric("best_iteration", model.best_iteration)
         sample = test.sample(min(len(test), 2000), random_state=0)
         figures = evaluation_figures(ys["test"], p, model.contributions(sample), model.features)
         for name, fig in figures.items():
-            mlflow.log_figure(fig, f"plots/{name}")
-        model_uri = log_risk_model(model, test)
-        incumbent = version_by_alias(ABANDONMENT_MODEL, GLOBAL)
+            run.log_figure(fig, f"plots/{name}")
+        model_uri = log_risk_model(run, model, test)
+        incumbent = version_by_alias(store, ABANDONMENT_MODEL, GLOBAL)
         incumbent_auc = None
         if incumbent is not None:
-            served = mlflow.pyfunc.load_model(f"models:/{ABANDONMENT_MODEL}/{incumbent}")
+            served = store.load_pyfunc(f"models:/{ABANDONMENT_MODEL}/{incumbent}")
             incumbent_auc = risk_metrics(ys["test"], np.asarray(served.predict(model.typed(test))))[
                 "roc_auc"
             ]
-            mlflow.log_metric("global_test_roc_auc", incumbent_auc)
+            run.log_metric("global_test_roc_auc", incumbent_auc)
         gates = training_gates(metrics, incumbent_auc, config.bounds())
         gate = "passed" if all(g.passed for g in gates.values()) else "failed"
-        mlflow.set_tag("gate", gate)
+        run.set_tag("gate", gate)
         # the drift reference of this version, computed once: the latest landed days (not learnt
         # from) with their scores, and the features that already drift since its training window
         with warehouse.reader() as con:
@@ -212,10 +208,11 @@ def abandonment_model(
             recent = test
         reference = reference_sample(recent, model.predict_proba(recent))
         unstable = unstable_features(parts["train"], recent, DriftOptions())
-        mlflow.log_dict(unstable, "reference/unstable_features.json")
+        run.log_dict(unstable, "reference/unstable_features.json")
         # every run is a registered version (audit); only one that passes its gates becomes the
         # challenger, the one version eligible for promotion
         version = register(
+            store,
             model_uri,
             ABANDONMENT_MODEL,
             CHALLENGER if gate == "passed" else None,
@@ -233,7 +230,7 @@ def abandonment_model(
     top_reasons = pd.Series([r[0] for r in reason_codes(model, sample) if r]).value_counts().head(5)
     yield dg.MaterializeResult(
         metadata={
-            "mlflow_run_id": run.info.run_id,
+            "mlflow_run_id": run.run_id,
             "model_version": version,
             "model_uri": f"models:/{ABANDONMENT_MODEL}/{version}",
             "tracking_uri": mlflow_tracking.uri(),
@@ -298,9 +295,9 @@ def abandonment_scores(
     from cartintel_assets.registry.promotion import aliases
     from cartintel_assets.registry.registration import load_risk_model
 
-    mlflow_tracking.activate()
+    store = mlflow_tracking.store()
     plan = rollout.deployed().plan()
-    available = set(aliases(ABANDONMENT_MODEL))
+    available = set(aliases(store, ABANDONMENT_MODEL))
     day = date.fromisoformat(context.partition_key)
     with warehouse.get_connection() as con:
         require_tables(con, "session_features")
@@ -319,7 +316,7 @@ def abandonment_scores(
         )
         parts, served = [], {}
         for alias in sorted(set(serving)) or [plan.serving_alias("", available)]:
-            registered = load_risk_model(ABANDONMENT_MODEL, alias)
+            registered = load_risk_model(store, ABANDONMENT_MODEL, alias)
             rows = features[serving == alias] if len(features) else features
             parts.append(
                 score_carts(registered.model, rows, config.reason_codes).assign(

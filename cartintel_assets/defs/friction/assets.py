@@ -141,8 +141,6 @@ def friction_analysis(
 ) -> Iterator[dg.MaterializeResult]:
     """Which frictions (shipping cost, delivery time, price changes, promotions, reviews) drive
     harmful abandonment, for whom, where and in which categories."""
-    import mlflow
-
     from cartintel_assets.features.session_features import CATEGORICAL_FEATURES, NUMERIC_FEATURES
     from cartintel_assets.models.abandonment import XGBParams
     from cartintel_assets.models.friction import (
@@ -175,11 +173,13 @@ def friction_analysis(
     with warehouse.get_connection() as con:
         replace_table(con, "friction_drivers", drivers)
         replace_table(con, "friction_index", index)
-    experiment = mlflow_tracking.experiment_id("cartintel/friction")
-    with mlflow.start_run(experiment_id=experiment, tags=mlflow_tracking.run_tags(context)) as run:
-        mlflow.log_params({**config.model_dump(), "carts": len(carts)})
-        mlflow.log_table(drivers, "friction_drivers.json")
-        mlflow.log_table(index, "friction_index.json")
+    store = mlflow_tracking.store()
+    with store.run(
+        store.experiment_id("cartintel/friction"), mlflow_tracking.run_tags(context)
+    ) as run:
+        run.log_params({**config.model_dump(), "carts": len(carts)})
+        run.log_table(drivers, "friction_drivers.json")
+        run.log_table(index, "friction_index.json")
         by_segment = drivers[(drivers["scope_type"] == "segment") & drivers["friction"].notna()]
         grid = by_segment.pivot_table(index="scope", columns="feature", values="mean_abs_shap")
         figure = (
@@ -188,7 +188,7 @@ def friction_analysis(
             else None
         )
         if figure is not None:
-            mlflow.log_figure(figure, "plots/friction_by_segment.png")
+            run.log_figure(figure, "plots/friction_by_segment.png")
     plot = (
         markdown_image(figure, "friction by segment")
         if figure is not None
@@ -201,7 +201,7 @@ def friction_analysis(
         asset_key="friction_drivers",
         metadata={
             "dagster/row_count": len(drivers),
-            "mlflow_run_id": run.info.run_id,
+            "mlflow_run_id": run.run_id,
             "labelled_carts": len(carts),
             "top_friction_per_scope": dg.MetadataValue.md(
                 markdown_table(
@@ -227,7 +227,7 @@ def friction_analysis(
         asset_key="friction_index",
         metadata={
             "dagster/row_count": len(index),
-            "mlflow_run_id": run.info.run_id,
+            "mlflow_run_id": run.run_id,
             "categories": dg.MetadataValue.md(
                 markdown_table(
                     index,

@@ -117,8 +117,6 @@ def abandonment_drift(
     version is trained. The Evidently HTML report is kept under the reports folder and in the
     version's MLflow run (`monitoring/<day>/`).
     """
-    from mlflow.tracking import MlflowClient
-
     from cartintel_assets.models.plots import markdown_table
     from cartintel_assets.monitoring.drift import (
         load_reference,
@@ -129,8 +127,7 @@ def abandonment_drift(
 
     options = config.options()
     day = date.fromisoformat(context.partition_key)
-    mlflow_tracking.activate()
-    client = MlflowClient()
+    client = mlflow_tracking.store().client
     with warehouse.reader() as con:
         require_tables(con, "abandonment_scores", "session_features")
         segments = (

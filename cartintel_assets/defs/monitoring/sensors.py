@@ -80,8 +80,7 @@ def abandonment_retraining_sensor(
 
     if not warehouse.path().exists():
         return dg.SkipReason(f"no warehouse at {warehouse.path()} yet")
-    mlflow_tracking.activate()
-    newest = latest_version(ABANDONMENT_MODEL)
+    newest = latest_version(mlflow_tracking.store(), ABANDONMENT_MODEL)
     if newest is None:
         return dg.SkipReason(f"no version of {ABANDONMENT_MODEL} is trained yet")
     version, tags = newest

@@ -30,10 +30,8 @@ class PromotionConfig(dg.Config):
     triggered_by: str = Field(default="dagster-ui", description="Who or what asked for the move.")
 
 
-def _candidate_gate(con: Any, name: str, phase: str, candidate: str, plan: Any) -> Any:
+def _candidate_gate(con: Any, store: Any, name: str, phase: str, candidate: str, plan: Any) -> Any:
     """The gate of one move: blocking training checks, then the phase's own evidence."""
-    from mlflow.tracking import MlflowClient
-
     from cartintel_assets.registry.promotion import (
         GateResult,
         compare_on_window,
@@ -43,7 +41,7 @@ def _candidate_gate(con: Any, name: str, phase: str, candidate: str, plan: Any) 
     )
     from cartintel_assets.registry.registration import load_risk_model_version, version_by_alias
 
-    tags = MlflowClient().get_model_version(name, candidate).tags
+    tags = store.client.get_model_version(name, candidate).tags
     if tags.get("gate") != "passed":
         return GateResult(
             False,
@@ -52,14 +50,14 @@ def _candidate_gate(con: Any, name: str, phase: str, candidate: str, plan: Any) 
             {"gate": tags.get("gate")},
         )
     if phase == "pilot":
-        incumbent = version_by_alias(name, GLOBAL)
+        incumbent = version_by_alias(store, name, GLOBAL)
         if incumbent is None:
             return GateResult(True, "first rollout: no global version to beat", {GLOBAL: None})
         window = held_out_window(con, tags["test_from"])
         if window.empty:
             return GateResult(False, "no labelled carts in the held-out window", {})
-        cand = load_risk_model_version(name, candidate)
-        inc = load_risk_model_version(name, incumbent)
+        cand = load_risk_model_version(store, name, candidate)
+        inc = load_risk_model_version(store, name, incumbent)
         result = compare_on_window(
             window, cand.predict_proba(window), inc.predict_proba(window), plan
         )
@@ -96,22 +94,22 @@ def model_promotions(
     from cartintel_assets.registry.registration import version_by_alias
 
     name = PROMOTED_MODELS[config.model]
-    mlflow_tracking.activate()
+    store = mlflow_tracking.store()
     plan = rollout.deployed().plan()
     phase = config.phase
-    current = version_by_alias(name, phase)
+    current = version_by_alias(store, name, phase)
     with warehouse.get_connection() as con:
         if config.action == "promote":
             source = PHASES[PHASES.index(phase) - 1]
-            target = version_by_alias(name, source)
+            target = version_by_alias(store, name, source)
             if target is None:
                 gate = GateResult(False, f"no version of {name} holds {source!r} to promote", {})
             elif target == current:
                 gate = GateResult(False, f"version {target} already holds {phase!r}", {})
             else:
-                gate = _candidate_gate(con, name, phase, target, plan)
+                gate = _candidate_gate(con, store, name, phase, target, plan)
         else:
-            target = previous_version(con, name, phase)
+            target = previous_version(con, store, name, phase)
             gate = (
                 GateResult(True, f"restores version {target}, which {phase!r} held before", {})
                 if target is not None
@@ -123,7 +121,7 @@ def model_promotions(
                 )
             )
         if gate.passed and target is not None:
-            set_alias(name, phase, target)
+            set_alias(store, name, phase, target)
         move = Move(
             model_name=name,
             phase=phase,
@@ -136,7 +134,7 @@ def model_promotions(
             evidence=gate.evidence,
             dagster_run_id=context.run.run_id,
         )
-        record(con, move)
+        record(con, store, move)
         log = read_log(con, name)
     context.log.info(f"{config.action} {name} to {phase}: {move.outcome} ({gate.reason})")
     shown = log.tail(10)[
@@ -153,7 +151,7 @@ def model_promotions(
             "reason": gate.reason,
             "evidence": dg.MetadataValue.json(json.loads(move.row()["evidence"])),
             "triggered_by": config.triggered_by,
-            "aliases_now": dg.MetadataValue.json(aliases(name)),
+            "aliases_now": dg.MetadataValue.json(aliases(store, name)),
             "log_rows": len(log),
             "recent_moves": dg.MetadataValue.md(markdown_table(shown, list(shown.columns))),
         }

@@ -37,8 +37,8 @@ def executive_dashboard(
     from cartintel_assets.registry.promotion import aliases
     from cartintel_assets.reporting.dashboard import build, page_path, render
 
-    mlflow_tracking.activate()
-    held = {name: aliases(name) for name in REGISTERED}
+    store = mlflow_tracking.store()
+    held = {name: aliases(store, name) for name in REGISTERED}
     with warehouse.reader() as con:
         sections = build(con, held)
     page = render(sections, f"warehouse {warehouse.path().name}, registry {mlflow_tracking.uri()}")

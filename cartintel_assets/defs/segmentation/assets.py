@@ -87,8 +87,6 @@ def segmentation(
     """Segments shoppers by browsing and decision pattern with a latent-class model over their
     behaviour counts (number of segments by ICL within the configured range), names each segment
     from its parameters and keeps ids stable by matching the previous model's segments."""
-    import mlflow
-
     from cartintel_assets.models.segmentation import align_segments, fit_segmentation
     from cartintel_assets.registry.registration import (
         load_segmentation_model,
@@ -104,16 +102,16 @@ def segmentation(
     model = fit_segmentation(
         counts, config.min_segments, config.max_segments, config.restarts, config.seed
     )
-    experiment = mlflow_tracking.experiment_id(EXPERIMENT)
-    previous = load_segmentation_model(SEGMENTATION_MODEL, CHALLENGER)
+    store = mlflow_tracking.store()
+    previous = load_segmentation_model(store, SEGMENTATION_MODEL, CHALLENGER)
     report = align_segments(model, previous, config.match_distance)
     proba = model.predict_proba(counts)
     tags = mlflow_tracking.run_tags(context)
     profiles = model.profiles().merge(
         report[["segment_id", "previous_segment_id", "distance", "status"]], on="segment_id"
     )
-    with mlflow.start_run(experiment_id=experiment, tags=tags) as run:
-        mlflow.log_params(
+    with store.run(store.experiment_id(EXPERIMENT), tags) as run:
+        run.log_params(
             {
                 "history_days": config.history_days,
                 "from": str(start),
@@ -124,18 +122,18 @@ def segmentation(
                 "seed": config.seed,
             }
         )
-        mlflow.log_metrics({"customers": len(counts), "segments": model.k})
+        run.log_metrics({"customers": len(counts), "segments": model.k})
         for row in model.selection:
-            mlflow.log_metrics({"icl": row["icl"], "bic": row["bic"]}, step=int(row["k"]))
-        mlflow.log_table(profiles, "segment_profiles.json")
-        mlflow.log_table(report, "segment_matches.json")
+            run.log_metrics({"icl": row["icl"], "bic": row["bic"]}, step=int(row["k"]))
+        run.log_table(profiles, "segment_profiles.json")
+        run.log_table(report, "segment_matches.json")
         shown_profiles = profiles.set_index("segment_name")[list(PROFILE_COLUMNS)]
         z = (shown_profiles - shown_profiles.mean()) / shown_profiles.std(ddof=0).replace(0, 1)
         figure = heatmap(z, "Segment profiles (z-score per column)", "z-score")
-        mlflow.log_figure(figure, "plots/segment_profiles.png")
-        model_uri = log_segmentation_model(model, counts)
+        run.log_figure(figure, "plots/segment_profiles.png")
+        model_uri = log_segmentation_model(run, model, counts)
         version = register(
-            model_uri, SEGMENTATION_MODEL, CHALLENGER, {"dagster.run_id": context.run.run_id}
+            store, model_uri, SEGMENTATION_MODEL, CHALLENGER, {"dagster.run_id": context.run.run_id}
         )
     ids = model.predict(counts)
     name_of = dict(zip(model.segment_ids, model.names, strict=True))
@@ -167,7 +165,7 @@ def segmentation(
         )
     shown = ["segment_id", "segment_name", "share", *PROFILE_COLUMNS]
     common: dict[str, Any] = {
-        "mlflow_run_id": run.info.run_id,
+        "mlflow_run_id": run.run_id,
         "model_version": version,
         "model_uri": f"models:/{SEGMENTATION_MODEL}/{version}",
     }

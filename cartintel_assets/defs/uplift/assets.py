@@ -68,8 +68,6 @@ def uplift_model(
     `cartintel-uplift`. Only arms whose Qini interval is above 0 may be planned; the version gets
     the alias `challenger` only if its policy also beats top-k-by-risk at the same budget.
     """
-    import mlflow
-
     from cartintel_assets.decisions.catalogue import load_catalogue
     from cartintel_assets.decisions.evaluation import uplift_gate
     from cartintel_assets.models.plots import markdown_image, markdown_table, uplift_figures
@@ -110,8 +108,8 @@ def uplift_model(
     # margins need effect sizes, not just rankings: calibrate out of fold (Qini is unchanged)
     calibration = effect_calibration(fits[best], treatment, y)
     fit = calibrated(fits[best], calibration)
-    mlflow_tracking.activate()
-    risk_model = load_risk_model(ABANDONMENT_MODEL, config.risk_alias)
+    store = mlflow_tracking.store()
+    risk_model = load_risk_model(store, ABANDONMENT_MODEL, config.risk_alias)
     risk = risk_model.model.predict_proba(log)
     evidence = uplift_gate(
         log,
@@ -133,9 +131,8 @@ def uplift_model(
         .tobytes()
     ).hexdigest()[:16]
 
-    experiment = mlflow_tracking.experiment_id(EXPERIMENT)
-    with mlflow.start_run(experiment_id=experiment, tags=mlflow_tracking.run_tags(context)) as run:
-        mlflow.log_params(
+    with store.run(store.experiment_id(EXPERIMENT), mlflow_tracking.run_tags(context)) as run:
+        run.log_params(
             {
                 "learner": best,
                 "learners_compared": ",".join(config.learners),
@@ -149,7 +146,7 @@ def uplift_model(
                 "risk_model_version": risk_model.version,
             }
         )
-        mlflow.log_metrics(
+        run.log_metrics(
             {
                 "rows_log": len(log) + missing,
                 "rows_without_features": missing,
@@ -170,18 +167,19 @@ def uplift_model(
                     "uplift_at_10",
                     "uplift_at_30",
                 ):
-                    mlflow.log_metric(f"{learner}.{arm}.{k}", float(row[k]))
+                    run.log_metric(f"{learner}.{arm}.{k}", float(row[k]))
         figures = uplift_figures(fit.effects, treatment, y)
         for name, fig in figures.items():
-            mlflow.log_figure(fig, f"plots/{name}")
-        mlflow.log_text(report.to_csv(), "uplift_report.csv")
-        mlflow.log_dict(
+            run.log_figure(fig, f"plots/{name}")
+        run.log_text(report.to_csv(), "uplift_report.csv")
+        run.log_dict(
             {a: {"intercept": c[0], "slope": c[1]} for a, c in calibration.items()},
             "effect_calibration.json",
         )
-        mlflow.set_tag("gate", gate)
-        model_uri = log_uplift_model(model, log, config.catalogue_path, config.margin_rate)
+        run.set_tag("gate", gate)
+        model_uri = log_uplift_model(run, model, log, config.catalogue_path, config.margin_rate)
         version = register(
+            store,
             model_uri,
             UPLIFT_MODEL,
             CHALLENGER if evidence.passed else None,
@@ -195,7 +193,7 @@ def uplift_model(
     shown = report.reset_index()
     yield dg.MaterializeResult(
         metadata={
-            "mlflow_run_id": run.info.run_id,
+            "mlflow_run_id": run.run_id,
             "model_version": version,
             "model_uri": f"models:/{UPLIFT_MODEL}/{version}",
             "learner": best,
@@ -344,8 +342,7 @@ def intervention_plan(
 
     deployed = config.deployed()  # the deployment file under this run's explicit config
     catalogue = deployed.catalogue()  # refuses manipulative designs
-    mlflow_tracking.activate()
-    registered = load_uplift_model(UPLIFT_MODEL, config.uplift_alias)
+    registered = load_uplift_model(mlflow_tracking.store(), UPLIFT_MODEL, config.uplift_alias)
     usable = [i for i in catalogue if i.arm in registered.allowed_arms]
     day = date.fromisoformat(context.partition_key)
     with warehouse.get_connection() as con:
