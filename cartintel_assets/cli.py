@@ -11,6 +11,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import pandas as pd
+
 from cartintel_assets import settings
 from cartintel_assets.simulation.storefront import (
     DEMO_STOREFRONT,
@@ -281,161 +283,111 @@ def _run_days(instance: DagsterInstance, days: list[str]) -> list[str]:
 
 
 def _summary(warehouse: Path, days: list[str], failed_checks: list[str], where: str) -> None:
+    """What the demo's days produced, read through the dashboard's own queries."""
+    from cartintel_assets.reporting import queries as q
     from cartintel_assets.reporting.dashboard import page_path
     from cartintel_assets.resources import WarehouseResource
-    from cartintel_assets.warehouse.tables import has_table
 
-    window = {"lo": days[0], "hi": days[-1]}
-    in_window = "partition_date BETWEEN CAST($lo AS DATE) AND CAST($hi AS DATE)"
+    lo, hi = days[0], days[-1]
     with WarehouseResource(database=str(warehouse)).reader() as con:
-        log = con.execute(
-            "SELECT table_name, sum(landed)::BIGINT landed, sum(accepted)::BIGINT accepted,"
-            f" sum(quarantined)::BIGINT quarantined FROM ingestion_log WHERE {in_window}"
-            " GROUP BY 1 ORDER BY 1",
-            window,
-        ).df()
-        carts = con.execute(
-            "SELECT count(*), avg(abandoned::INT), avg(harmful::INT) FILTER (WHERE label_complete),"
-            " avg(benign::INT) FILTER (WHERE label_complete AND abandoned),"
-            f" count(*) FILTER (WHERE label_complete) FROM abandonment_labels WHERE {in_window}",
-            window,
-        ).fetchall()[0]
-        n_features = con.execute(
-            f"SELECT count(*) FROM session_features WHERE {in_window}", window
-        ).fetchall()[0][0]
-        scores = (
-            con.execute(
-                "SELECT session_id, risk, risk_decile, reason_codes, model_version"
-                " FROM abandonment_scores WHERE partition_date = CAST($hi AS DATE)"
-                " ORDER BY risk DESC, session_id",
-                {"hi": days[-1]},
-            ).fetchall()
-            if has_table(con, "abandonment_scores")
-            else []
+        log = q.ingestion_totals(con, lo, hi)
+        rates = q.label_rates(con, lo, hi)
+        n_features = q.feature_rows(con, lo, hi)
+        scored = q.scored_carts(con, hi)
+        categories = q.review_signals(con)
+        segments = q.segment_sizes(con)
+        frictions = q.friction_drivers(con, "segment")
+        planned = q.planned_carts(con, hi)
+        checks = q.monitoring_checks(con)
+        moves = q.promotion_moves(con)
+        card = q.quality_scorecard(con)
+    frictions = frictions[frictions["friction_rank"] == 1] if not frictions.empty else frictions
+    plan = q.plan_by_action(planned)
+    plan = plan.sort_values("carts", ascending=False, kind="stable") if not plan.empty else plan
+    drift = (
+        checks[checks["check_name"] == "abandonment_feature_drift"] if not checks.empty else checks
+    )
+    if not card.empty:
+        card["partition_date"] = card["partition_date"].astype(str)
+        card = (
+            card[card["partition_date"].between(lo, hi)]
+            .groupby("standard")
+            .agg(
+                row_score=("row_score", "mean"),
+                blocking_failures=("blocking_failures", "sum"),
+                warnings=("warnings", "sum"),
+            )
+            .round({"row_score": 4})
+            .reset_index()
         )
-        categories = (
-            con.execute(
-                "SELECT category, reviews, round(mean_rating, 2), round(negative_share, 3),"
-                " round(share_negative_shipping, 3) FROM category_review_signals"
-                " ORDER BY negative_share DESC"
-            ).fetchall()
-            if has_table(con, "category_review_signals")
-            else []
-        )
-        segments = (
-            con.execute(
-                "SELECT segment_id, segment_name, count(*), avg(probability) FROM customer_segments"
-                " GROUP BY ALL ORDER BY segment_id"
-            ).fetchall()
-            if has_table(con, "customer_segments")
-            else []
-        )
-        frictions = (
-            con.execute(
-                "SELECT scope, feature, round(mean_abs_shap, 3), round(stability, 2)"
-                " FROM friction_drivers WHERE scope_type = 'segment' AND friction_rank = 1"
-                " ORDER BY mean_abs_shap DESC"
-            ).fetchall()
-            if has_table(con, "friction_drivers")
-            else []
-        )
-        plan = (
-            con.execute(
-                "SELECT action, count(*), sum(expected_cost), sum(incremental_conversion),"
-                " sum(incremental_margin) FROM intervention_plan"
-                " WHERE partition_date = CAST($hi AS DATE) GROUP BY 1 ORDER BY 2 DESC",
-                {"hi": days[-1]},
-            ).fetchall()
-            if has_table(con, "intervention_plan")
-            else []
-        )
-        plan_reasons = (
-            con.execute(
-                "SELECT reason, count(*) FROM intervention_plan WHERE action = 'none'"
-                " AND partition_date = CAST($hi AS DATE) GROUP BY 1 ORDER BY 2 DESC",
-                {"hi": days[-1]},
-            ).fetchall()
-            if has_table(con, "intervention_plan")
-            else []
-        )
-        drift = (
-            con.execute(
-                "SELECT partition_date, model_version, check_name, passed, round(value, 3),"
-                " detail FROM monitoring_results WHERE check_name = 'abandonment_feature_drift'"
-                " ORDER BY partition_date, model_version"
-            ).fetchall()
-            if has_table(con, "monitoring_results")
-            else []
-        )
-        moves = (
-            con.execute(
-                "SELECT logged_at, phase, action, outcome, from_version, to_version"
-                " FROM promotion_log ORDER BY logged_at"
-            ).fetchall()
-            if has_table(con, "promotion_log")
-            else []
-        )
-        card = con.execute(
-            "SELECT standard, round(avg(row_score), 4) row_score, sum(blocking_failures)::BIGINT"
-            f" blocking_failures, sum(warnings)::BIGINT warnings FROM data_quality_scorecard"
-            f" WHERE {in_window} GROUP BY 1 ORDER BY 1",
-            window,
-        ).df()
     print(f"\n== cartintel demo summary: {days[0]} .. {days[-1]} ==")
     print(log.to_string(index=False))
-    print(
-        f"\ncart sessions: {carts[0]:,} (return visits that buy an earlier cart count too);"
-        f" abandoned in-session {carts[1]:.1%}; with a complete 7-day window ({carts[4]:,}):"
-        f" harmful {carts[2] or 0:.1%} of carts, benign {carts[3] or 0:.1%} of abandoned"
-    )
-    print(f"point-in-time feature rows: {n_features:,}")
-    if scores:
+    if not rates.empty:
+        labels = rates.iloc[0]
         print(
-            f"\nrisk scores of {days[-1]}: {len(scores):,} open carts, model version"
-            f" {scores[0][4]}; the riskiest, with their reason codes:"
+            f"\ncart sessions: {labels['carts']:,} (return visits that buy an earlier cart count"
+            f" too); abandoned in-session {_rate(labels['abandoned'])}; with a complete 7-day"
+            f" window ({labels['complete']:,}): harmful {_rate(labels['harmful'])} of carts,"
+            f" benign {_rate(labels['benign'])} of abandoned"
         )
-        for session_id, risk, decile, reasons, _ in scores[:5]:
-            print(f"  {session_id}  risk {risk:.2f} (decile {decile})  {', '.join(reasons)}")
-    if segments:
+    print(f"point-in-time feature rows: {n_features:,}")
+    if not scored.empty:
+        print(
+            f"\nrisk scores of {hi}: {len(scored):,} open carts, model version"
+            f" {scored['model_version'].iloc[0]}; the riskiest, with their reason codes:"
+        )
+        for c in scored.head(5).itertuples():
+            print(
+                f"  {c.session_id}  risk {c.risk:.2f} (decile {c.risk_decile})"
+                f"  {', '.join(c.reason_codes)}"
+            )
+    if not segments.empty:
         print("\ncustomer segments (id, profile, customers, mean assignment probability):")
-        for sid, name, n, prob in segments:
-            print(f"  {sid}  {name:<28} {n:>5}  {prob:.2f}")
-    if frictions:
+        for g in segments.itertuples():
+            print(f"  {g.segment_id}  {g.segment_name:<28} {g.customers:>5}  {g.probability:.2f}")
+    if not frictions.empty:
         print(
             "\ntop friction driver per segment (mean |SHAP| towards harmful abandonment, stability):"
         )
-        for scope, feature, shap, stab in frictions:
-            print(f"  {scope:<28} {feature:<22} {shap:.3f}  {stab:.2f}")
-    if categories:
+        for f in frictions.itertuples():
+            print(f"  {f.scope:<28} {f.feature:<22} {f.mean_abs_shap:.3f}  {f.stability:.2f}")
+    if not categories.empty:
         print("\nreviews by category (share negative, share complaining about shipping):")
-        for cat, n, rating, neg, ship in categories:
+        for r in categories.itertuples():
             print(
-                f"  {cat:<12} {n:>5} reviews, mean rating {rating}, negative {neg:.1%}, shipping {ship:.1%}"
+                f"  {r.category:<12} {r.reviews:>5} reviews, mean rating {r.mean_rating:.2f},"
+                f" negative {r.negative_share:.1%}, shipping {r.share_negative_shipping:.1%}"
             )
-    if plan:
+    if not plan.empty:
         print(
-            f"\nintervention plan of {days[-1]} (carts, expected spend, incremental conversions"
+            f"\nintervention plan of {hi} (carts, expected spend, incremental conversions"
             " and margin):"
         )
-        for action, n, cost, conv, margin in plan:
-            print(f"  {action:<16} {n:>5}  {cost:>8.2f}  {conv:>6.1f}  {margin:>8.2f}")
-        print("  no action because: " + "; ".join(f"{r} {n}" for r, n in plan_reasons))
-    if moves:
-        print("\npromotion log of cartintel-abandonment (MLflow aliases challenger/pilot/global):")
-        for at, phase, action, outcome, before, after in moves:
+        for a in plan.itertuples():
             print(
-                f"  {at:%Y-%m-%d %H:%M:%S}  {action} {phase}: {outcome}"
-                f" ({before or 'none'} -> {after or 'none'})"
+                f"  {a.action:<16} {a.carts:>5}  {a.expected_cost:>8.2f}"
+                f"  {a.incremental_conversions:>6.1f}  {a.incremental_margin:>8.2f}"
             )
-    if drift:
+        reasons = planned.loc[planned["action"] == "none", "reason"].value_counts()
+        print("  no action because: " + "; ".join(f"{r} {n}" for r, n in reasons.items()))
+    if not moves.empty:
+        print("\npromotion log of cartintel-abandonment (MLflow aliases challenger/pilot/global):")
+        for m in moves.itertuples():
+            print(
+                f"  {m.logged_at:%Y-%m-%d %H:%M:%S}  {m.action} {m.phase}: {m.outcome}"
+                f" ({m.from_version or 'none'} -> {m.to_version or 'none'})"
+            )
+    if not drift.empty:
         print(
             "\nfeature drift against each scoring version's reference (Evidently reports of drifted days):"
         )
-        for day, version, _, passed, share, detail in drift:
-            shown = json.loads(detail).get("reports") or ["no report: nothing drifted"]
-            report = ", ".join(shown)
-            state = "passed" if passed else "FAILED"
-            print(f"  {day}  v{version}  drifted share {share:.3f}  {state}  {report}")
+        for d in drift.itertuples():
+            shown = json.loads(d.detail).get("reports") or ["no report: nothing drifted"]
+            state = "passed" if d.passed else "FAILED"
+            print(
+                f"  {d.partition_date:%Y-%m-%d}  v{d.model_version}  drifted share {d.value:.3f}"
+                f"  {state}  {', '.join(shown)}"
+            )
     print("\ndata-quality scorecard (mean row score, summed failures over the days):")
     print(card.to_string(index=False))
     blocking = [c for c in failed_checks if not c.endswith("(WARN)")]
@@ -457,6 +409,10 @@ def _summary(warehouse: Path, days: list[str], failed_checks: list[str], where: 
         f"  curl -s -X POST http://127.0.0.1:8000/score -H 'content-type: application/json'"
         f" -d @{os.path.relpath(SAMPLE_REQUEST)}\n  and the dashboard at http://127.0.0.1:8000/dashboard"
     )
+
+
+def _rate(value: float | None) -> str:
+    return "n/a" if value is None or pd.isna(value) else f"{value:.1%}"
 
 
 SAMPLE_REQUEST = Path(__file__).parent / "serving" / "sample_request.json"

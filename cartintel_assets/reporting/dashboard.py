@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from cartintel_assets.warehouse.tables import has_table
+from cartintel_assets.reporting import queries as q
 
 DASHBOARD_FILE = "executive_dashboard.html"
 AT_RISK = 0.5  # a cart counts as at risk when its risk of harmful abandonment reaches this
@@ -50,17 +50,6 @@ class Section:
     notes: list[str] = field(default_factory=list)
 
 
-def _query(con: duckdb.DuckDBPyConnection, table: str, sql: str, *params: Any) -> pd.DataFrame:
-    """`sql` when `table` exists, else an empty frame (a section then says what to run)."""
-    return con.execute(sql, list(params)).df() if has_table(con, table) else pd.DataFrame()
-
-
-def _latest_day(con: duckdb.DuckDBPyConnection, table: str) -> Any:
-    if not has_table(con, table):
-        return None
-    return con.execute(f"SELECT max(partition_date) FROM {table}").fetchall()[0][0]
-
-
 def _layout(fig: go.Figure, title: str) -> go.Figure:
     fig.update_layout(title=title, template="plotly_white", height=380, margin={"t": 60})
     return fig
@@ -68,15 +57,8 @@ def _layout(fig: go.Figure, title: str) -> go.Figure:
 
 def at_risk(con: duckdb.DuckDBPyConnection) -> Section:
     s = Section("at-risk")
-    day = _latest_day(con, "abandonment_scores")
-    carts = _query(
-        con,
-        "abandonment_scores",
-        "SELECT s.session_id, s.risk, s.reason_codes, s.model_version, s.model_alias,"
-        " f.cart_value, f.region, f.device FROM abandonment_scores s JOIN session_features f"
-        " USING (session_id, partition_date) WHERE s.partition_date = ?",
-        day,
-    )
+    day = q.latest_day(con, "abandonment_scores")
+    carts = q.scored_carts(con, day)
     if carts.empty:
         s.notes.append("No scored carts yet: run abandonment_scoring_job for a day.")
         return s
@@ -128,14 +110,8 @@ def at_risk(con: duckdb.DuckDBPyConnection) -> Section:
 
 def segments(con: duckdb.DuckDBPyConnection) -> Section:
     s = Section("segments")
-    day = _latest_day(con, "intervention_plan")
-    plan = _query(
-        con,
-        "intervention_plan",
-        "SELECT coalesce(segment, 'unsegmented') AS segment, risk, action, incremental_margin"
-        " FROM intervention_plan WHERE partition_date = ?",
-        day,
-    )
+    day = q.latest_day(con, "intervention_plan")
+    plan = q.planned_carts(con, day)
     if plan.empty:
         s.notes.append("No intervention plan yet: run intervention_plan_job for a scored day.")
         return s
@@ -196,9 +172,7 @@ ASPECTS = ("shipping", "price", "size_fit", "quality", "returns", "service")
 
 def friction(con: duckdb.DuckDBPyConnection) -> Section:
     s = Section("friction")
-    index = _query(
-        con, "friction_index", "SELECT * FROM friction_index ORDER BY friction_index DESC"
-    )
+    index = q.friction_index(con)
     if index.empty:
         s.notes.append("No friction index yet: run friction_job.")
         return s
@@ -224,12 +198,7 @@ def friction(con: duckdb.DuckDBPyConnection) -> Section:
     )
     fig.update_yaxes(title="friction index")
     s.figures.append(_layout(fig, "Categories by friction index (hover: the drivers)"))
-    shap = _query(
-        con,
-        "friction_drivers",
-        "SELECT scope AS category, feature, mean_abs_shap FROM friction_drivers"
-        " WHERE scope_type = 'category' AND friction_rank IS NOT NULL",
-    )
+    shap = q.friction_drivers(con, "category").rename(columns={"scope": "category"})
     if not shap.empty:
         wide = shap.pivot_table(index="feature", columns="category", values="mean_abs_shap")
         fig = go.Figure(
@@ -238,7 +207,7 @@ def friction(con: duckdb.DuckDBPyConnection) -> Section:
             )
         )
         s.figures.append(_layout(fig, "Friction drivers per category (mean |SHAP| on risk)"))
-    themes = _query(con, "category_review_signals", "SELECT * FROM category_review_signals")
+    themes = q.review_signals(con)
     if not themes.empty:
         cols = [f"share_negative_{a}" for a in ASPECTS if f"share_negative_{a}" in themes]
         fig = go.Figure(
@@ -265,16 +234,9 @@ FROM raw_interventions GROUP BY treatment ORDER BY treatment
 
 def actions(con: duckdb.DuckDBPyConnection) -> Section:
     s = Section("actions")
-    day = _latest_day(con, "intervention_plan")
-    plan = _query(
-        con,
-        "intervention_plan",
-        "SELECT action, count(*) AS carts, sum(expected_cost) AS expected_cost,"
-        " sum(incremental_conversion) AS incremental_conversions,"
-        " sum(incremental_margin) AS incremental_margin FROM intervention_plan"
-        " WHERE partition_date = ? AND action <> 'none' GROUP BY action ORDER BY action",
-        day,
-    )
+    day = q.latest_day(con, "intervention_plan")
+    plan = q.plan_by_action(q.planned_carts(con, day))
+    plan = plan[plan["action"] != "none"] if not plan.empty else plan
     if not plan.empty:
         s.kpis = {
             "day planned": str(day),
@@ -297,7 +259,7 @@ def actions(con: duckdb.DuckDBPyConnection) -> Section:
         s.figures.append(_layout(fig, f"The plan of {day}: what each action is expected to earn"))
     else:
         s.notes.append("No intervention plan yet: run intervention_plan_job for a scored day.")
-    log = _query(con, "raw_interventions", _LIFT_SQL)
+    log = q.query(con, "raw_interventions", _LIFT_SQL)
     if not log.empty and "control" in set(log["treatment"]):
         ctrl = log.set_index("treatment").loc["control"]
         arms = log[log["treatment"] != "control"].copy()
@@ -327,12 +289,7 @@ def actions(con: duckdb.DuckDBPyConnection) -> Section:
 
 def data_quality(con: duckdb.DuckDBPyConnection) -> Section:
     s = Section("data-quality")
-    card = _query(
-        con,
-        "data_quality_scorecard",
-        "SELECT partition_date, standard, row_score, status, blocking_failures, warnings,"
-        " rows_quarantined FROM data_quality_scorecard ORDER BY partition_date",
-    )
+    card = q.quality_scorecard(con)
     if card.empty:
         s.notes.append("No scorecard yet: ingest a day (storefront_daily_job).")
         return s
@@ -372,22 +329,16 @@ def models(con: duckdb.DuckDBPyConnection, aliases: dict[str, dict[str, str]]) -
     for name, held in aliases.items():
         phases = ", ".join(f"{a} v{v}" for a, v in sorted(held.items())) or "none"
         s.kpis[name] = phases
-    log = _query(
-        con,
-        "promotion_log",
-        "SELECT logged_at, model_name, phase, action, outcome, from_version, to_version,"
-        " triggered_by, reason FROM promotion_log ORDER BY logged_at DESC LIMIT 10",
-    )
+    log = q.promotion_moves(con)
     if not log.empty:
-        s.tables.append(("Latest promotion decisions", log))
-    drift = _query(
-        con,
-        "monitoring_results",
-        "SELECT partition_date, model_version, check_name, passed, value FROM monitoring_results"
-        " ORDER BY partition_date DESC, check_name LIMIT 12",
-    )
-    if not drift.empty:
-        s.tables.append(("Latest drift and performance checks", drift))
+        shown = ["logged_at", "model_name", "phase", "action", "outcome", "from_version"]
+        shown += ["to_version", "triggered_by", "reason"]
+        s.tables.append(("Latest promotion decisions", log[shown].iloc[::-1].head(10)))
+    checks = q.monitoring_checks(con)
+    if not checks.empty:
+        latest = checks.sort_values(["partition_date", "check_name"], ascending=[False, True])
+        shown = ["partition_date", "model_version", "check_name", "passed", "value"]
+        s.tables.append(("Latest drift and performance checks", latest[shown].head(12)))
     return s
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -424,6 +425,36 @@ def test_dashboard_answers_the_four_questions(served: dict[str, Any]) -> None:
     assert headline["at-risk: at risk (risk ≥ 0.5)"].startswith(f"{risky:,} (")
     assert headline["actions: nudges"] == f"{nudges:,}"
     assert headline["models: cartintel-abandonment"] == "challenger v1"
+
+
+def test_the_run_summary_prints_what_the_tables_hold(
+    served: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`make demo`'s summary reads the dashboard's queries: its figures match counts taken
+    straight from the tables they come from."""
+    from cartintel_assets.cli import _summary
+
+    _summary(served["db"], [DEMO_STOREFRONT.day(0).isoformat(), LAST], [], "where: here")
+    out = capsys.readouterr().out
+    con = duckdb.connect(str(served["db"]), read_only=True)
+    carts = con.execute(  # independent of the scores: the day's feature rows
+        "SELECT count(*) FROM session_features WHERE partition_date = ?", [LAST]
+    ).fetchall()[0][0]
+    actions = con.execute(
+        "SELECT action, count(*) FROM intervention_plan WHERE partition_date = ? GROUP BY 1",
+        [LAST],
+    ).fetchall()
+    segments = con.execute(
+        "SELECT segment_id, count(DISTINCT customer_id) FROM customer_segments GROUP BY 1"
+    ).fetchall()
+    con.close()
+    assert carts > 0 and actions and segments
+    assert f"risk scores of {LAST}: {carts:,} open carts" in out
+    for action, n in actions:
+        assert re.search(rf"^  {action} +{n} ", out, re.M), (action, n)
+    for segment, n in segments:
+        assert re.search(rf"^  {segment}  .* {n} +0\.\d\d$", out, re.M), (segment, n)
+    assert "no action because: " in out and "where: here" in out
 
 
 def _chromium() -> str:
