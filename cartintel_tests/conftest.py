@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import os
 import pickle
 import shutil
@@ -159,6 +160,50 @@ def demo_warehouse(demo_store: Storefront, tmp_path_factory: pytest.TempPathFact
         if not built:
             labelled_warehouse(demo_store, out, str(db), features=True).close()
         return db
+
+
+# The default storefront's seed and two more: the simulator-truth floors of the models must hold
+# on each, not only on the storefront they were measured on.
+TRUTH_SEEDS: tuple[int, ...] = (7, 8, 9)
+
+
+@pytest.fixture(scope="session", params=TRUTH_SEEDS, ids=lambda s: f"seed{s}")
+def seeded_store(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Storefront, Path]:
+    """The default storefront under one of `TRUTH_SEEDS`, and a DuckDB file with it ingested,
+    labelled and featurised: built once per test run, shared by every worker (open it
+    read-only, or copy it)."""
+    seed = int(request.param)
+    with built_once(tmp_path_factory, f"default_seed{seed}") as (out, built):
+        path, db = out / "store.pickle", out / "wh.duckdb"
+        if built:
+            return pickle.loads(path.read_bytes()), db
+        store = simulate(dataclasses.replace(StorefrontConfig(), seed=seed))
+        labelled_warehouse(store, out, str(db), features=True).close()
+        path.write_bytes(pickle.dumps(store, protocol=pickle.HIGHEST_PROTOCOL))
+        return store, db
+
+
+@pytest.fixture(scope="session", params=TRUTH_SEEDS, ids=lambda s: f"demo-seed{s}")
+def seeded_demo_store(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Storefront, Path]:
+    """`demo_store` and `demo_warehouse` under one of `TRUTH_SEEDS` (the demo's own seed reuses
+    them): for the floors that need the demo's traffic, such as uplift's effect recovery."""
+    from cartintel_assets.simulation.storefront import DEMO_STOREFRONT
+
+    seed = int(request.param)
+    if seed == DEMO_STOREFRONT.seed:
+        return request.getfixturevalue("demo_store"), request.getfixturevalue("demo_warehouse")
+    with built_once(tmp_path_factory, f"demo_seed{seed}") as (out, built):
+        path, db = out / "store.pickle", out / "wh.duckdb"
+        if built:
+            return pickle.loads(path.read_bytes()), db
+        store = simulate(dataclasses.replace(DEMO_STOREFRONT, seed=seed))
+        labelled_warehouse(store, out, str(db), features=True).close()
+        path.write_bytes(pickle.dumps(store, protocol=pickle.HIGHEST_PROTOCOL))
+        return store, db
 
 
 def check_results(result: Any) -> dict[str, bool]:

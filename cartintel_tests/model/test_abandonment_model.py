@@ -111,6 +111,31 @@ def test_risk_model_beats_logistic_baseline_on_harmful_abandonment(labelled: pd.
     assert all(set(c) <= set(model.features) for c in codes) and any(codes)
 
 
+def test_risk_floors_hold_on_every_seed(seeded_store: tuple[Storefront, Path]) -> None:
+    """The floors above, on the default storefront under three seeds (14 days, 7 of them with a
+    complete return window): skill over the logistic baseline, calibration, top-decile lift."""
+    _, db = seeded_store
+    with duckdb.connect(str(db), read_only=True) as con:
+        labelled = con.execute(
+            "SELECT f.*, l.abandoned, l.harmful FROM session_features f JOIN abandonment_labels l"
+            " USING (session_id) WHERE l.label_complete ORDER BY f.started_at, f.session_id"
+        ).df()
+    assert len(labelled) > 5000
+    model, parts = _split_fit(labelled)
+    train, test = parts["train"], parts["test"]
+    y_train, y_test = train["harmful"].to_numpy(dtype=int), test["harmful"].to_numpy(dtype=int)
+    m = risk_metrics(y_test, model.predict_proba(test), test["cart_value"].to_numpy())
+    num = list(NUMERIC_FEATURES)
+    baseline = roc_auc_score(
+        y_test, baseline_proba(fit_logistic_baseline(train, y_train, num), test, num)
+    )
+    print(f"\nROC-AUC {m['roc_auc']:.3f} vs baseline {baseline:.3f}, {m}")
+    assert m["roc_auc"] > 0.8
+    assert m["roc_auc"] - baseline > 0.015
+    assert m["calibration_error"] < 0.05
+    assert m["top_decile_lift"] > 2.0
+
+
 SHIPPING_REASONS = {"shipping_share", "shipping_cost", "delivery_days"}
 
 

@@ -37,21 +37,27 @@ def behaviour(
     default_store: Storefront, tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[duckdb.DuckDBPyConnection, pd.DataFrame]:
     """The default storefront (the one `make demo` lands) in a warehouse with its labels."""
-    cfg = default_store.config
     con = labelled_warehouse(default_store, tmp_path_factory.mktemp("segments"))
-    truth = default_store.truth_customers
+    return con, _behaviour(default_store, con)
+
+
+def _behaviour(store: Storefront, con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
+    """Each customer's behaviour counts over the storefront's days, with their latent type."""
+    cfg, truth = store.config, store.truth_customers
     ids = pd.Series(
         truth["latent_type"].to_numpy(),
         index=pseudonymise(truth["customer_id"].tolist(), "test-key"),
     )
     counts = customer_behaviour(con, cfg.day(0), cfg.day(cfg.days - 1))
-    return con, counts.assign(latent_type=ids.loc[counts["customer_id"]].to_numpy())
+    return counts.assign(latent_type=ids.loc[counts["customer_id"]].to_numpy())
 
 
 def test_segments_recover_the_latent_types_and_are_named_after_them(
-    behaviour: tuple[duckdb.DuckDBPyConnection, pd.DataFrame],
+    seeded_store: tuple[Storefront, Path],
 ) -> None:
-    _, counts = behaviour
+    store, db = seeded_store
+    with duckdb.connect(str(db), read_only=True) as con:
+        counts = _behaviour(store, con)
     model = fit_segmentation(counts)
     assert model.k == 6  # chosen by ICL within 3..8; the simulator plants six types
     labels = model.predict(counts)
