@@ -325,9 +325,9 @@ def _summary(warehouse: Path, days: list[str], failed_checks: list[str], where: 
     if not rates.empty:
         labels = rates.iloc[0]
         print(
-            f"\ncart sessions: {labels['carts']:,} (return visits that buy an earlier cart count"
+            f"\ncart sessions: {int(labels['carts']):,} (return visits that buy an earlier cart count"
             f" too); abandoned in-session {_rate(labels['abandoned'])}; with a complete 7-day"
-            f" window ({labels['complete']:,}): harmful {_rate(labels['harmful'])} of carts,"
+            f" window ({int(labels['complete']):,}): harmful {_rate(labels['harmful'])} of carts,"
             f" benign {_rate(labels['benign'])} of abandoned"
         )
     print(f"point-in-time feature rows: {n_features:,}")

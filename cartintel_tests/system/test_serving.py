@@ -447,6 +447,7 @@ def test_the_run_summary_prints_what_the_tables_hold(
     segments = con.execute(
         "SELECT segment_id, count(DISTINCT customer_id) FROM customer_segments GROUP BY 1"
     ).fetchall()
+    all_carts = con.execute("SELECT count(*) FROM session_features").fetchall()[0][0]
     con.close()
     assert carts > 0 and actions and segments
     assert f"risk scores of {LAST}: {carts:,} open carts" in out
@@ -455,6 +456,7 @@ def test_the_run_summary_prints_what_the_tables_hold(
     for segment, n in segments:
         assert re.search(rf"^  {segment}  .* {n} +0\.\d\d$", out, re.M), (segment, n)
     assert "no action because: " in out and "where: here" in out
+    assert re.search(rf"^cart sessions: {all_carts:,} \(", out, re.M), all_carts  # whole numbers
 
 
 def _chromium() -> str:
