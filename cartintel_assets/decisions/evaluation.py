@@ -1,5 +1,5 @@
 """How a plan is judged: its value against the truth or a model, its totals with intervals, the
-rules it breaks, off-policy value on the randomised log, and the uplift model's blocking gate."""
+rules it breaks, and the uplift model's blocking gate (valued off-policy: decisions/ope.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import pandas as pd
 
 from cartintel_assets.decisions.catalogue import NONE, Intervention
 from cartintel_assets.decisions.economics import action_table, realised_margin
+from cartintel_assets.decisions.ope import off_policy_value
 from cartintel_assets.decisions.plan import (
     ContactRules,
     PlanRules,
@@ -106,31 +107,6 @@ def intervention_rates(plan: pd.DataFrame, carts: pd.DataFrame, by: str) -> pd.D
     return pd.Series(treated, index=carts.index).groupby(carts[by].to_numpy()).agg(["mean", "size"])
 
 
-def dr_policy_value(
-    actions: np.ndarray,
-    log: pd.DataFrame,
-    predicted_margin: pd.DataFrame,
-    realised: np.ndarray,
-) -> float:
-    """Doubly robust estimate, on the randomised log, of the total incremental margin of giving
-    each logged cart `actions[i]` (an arm or none) instead of nothing. `predicted_margin` has
-    one column per arm and control (the model's expected margin); arms were assigned with the
-    log's own shares, so the estimate is unbiased whatever the model's error."""
-    arm = log["treatment"].to_numpy()
-    share = pd.Series(arm).value_counts(normalize=True)
-    a = np.where(actions == NONE, CONTROL, actions)
-
-    def dr(choice: np.ndarray) -> np.ndarray:
-        m_hat = predicted_margin.to_numpy()[
-            np.arange(len(log)), [predicted_margin.columns.get_loc(c) for c in choice]
-        ]
-        hit = arm == choice
-        e = share.reindex(choice).to_numpy()
-        return m_hat + np.where(hit, (realised - m_hat) / e, 0.0)
-
-    return float((dr(a) - dr(np.full(len(log), CONTROL))).sum())
-
-
 @dataclass(frozen=True)
 class GateEvidence:
     """Why an uplift model may (or may not) drive the plan, measured out of fold on the log."""
@@ -190,8 +166,8 @@ def uplift_gate(
     rules = PlanRules(budget=budget, contact=no_caps)
     plan = choose_actions(carts, opts, rules) if allowed else unlimited
     top_k = top_k_by_risk(carts, every, top_arm, rules)
-    value = dr_policy_value(plan["action"].to_numpy(), carts, predicted, realised)
-    top_value = dr_policy_value(top_k["action"].to_numpy(), carts, predicted, realised)
+    value = off_policy_value(plan["action"].to_numpy(), carts, realised, predicted).value
+    top_value = off_policy_value(top_k["action"].to_numpy(), carts, realised, predicted).value
     return GateEvidence(
         allowed_arms=allowed,
         excluded_arms=excluded,
