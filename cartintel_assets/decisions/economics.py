@@ -58,6 +58,23 @@ def action_table(
     )
 
 
+def expected_margins(
+    carts: pd.DataFrame,
+    baseline: np.ndarray,
+    effects: pd.DataFrame,
+    catalogue: list[Intervention],
+    margin_rate: float,
+    control: str = "control",
+) -> pd.DataFrame:
+    """Each cart's expected margin without intervention (`control`) and under every arm (net of
+    its cost): the columns a policy picks from, and the model a doubly robust estimate uses."""
+    base = np.clip(baseline, 0, 1) * carts["cart_value"].to_numpy(dtype=float) * margin_rate
+    out = pd.DataFrame({control: base})
+    for arm, rows in action_table(carts, baseline, effects, catalogue, margin_rate).groupby("arm"):
+        out[arm] = rows.sort_values("cart", kind="stable")["incremental_margin"].to_numpy() + base
+    return out
+
+
 def option_columns(
     cart_value: np.ndarray,
     shipping_cost: np.ndarray,

@@ -9,7 +9,11 @@ import numpy as np
 import pandas as pd
 
 from cartintel_assets.decisions.catalogue import NONE, Intervention
-from cartintel_assets.decisions.economics import action_table, realised_margin
+from cartintel_assets.decisions.economics import (
+    action_table,
+    expected_margins,
+    realised_margin,
+)
 from cartintel_assets.decisions.ope import off_policy_value
 from cartintel_assets.decisions.plan import (
     ContactRules,
@@ -149,11 +153,7 @@ def uplift_gate(
     )
     no_caps = ContactRules(min_hours_between=0.0, max_per_week=len(carts) + 1)
     every = action_table(carts, baseline, effects, catalogue, margin_rate)
-    v = carts["cart_value"].to_numpy(dtype=float)
-    base_margin = np.clip(baseline, 0, 1) * v * margin_rate
-    predicted = pd.DataFrame({CONTROL: base_margin})
-    for arm, rows in every.groupby("arm"):
-        predicted[arm] = rows["incremental_margin"].to_numpy() + base_margin
+    predicted = expected_margins(carts, baseline, effects, catalogue, margin_rate, CONTROL)
     realised = realised_margin(carts, catalogue, margin_rate)
     arm_gain = {
         a: realised[carts["treatment"] == a].mean() - realised[carts["treatment"] == CONTROL].mean()

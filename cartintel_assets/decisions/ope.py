@@ -81,6 +81,22 @@ def _per_cart(
     return m_hat + w * (realised - m_logged), np.ones(len(choice))
 
 
+def greedy_policy(margins: pd.DataFrame) -> np.ndarray:
+    """Per cart, the arm with the highest expected margin when it beats no intervention, else
+    none (`margins`: `economics.expected_margins`, a model's or the truth's: the oracle)."""
+    gain = margins.drop(columns=CONTROL).sub(margins[CONTROL], axis=0)
+    return np.where(gain.max(axis=1) > 0, gain.idxmax(axis=1), NONE).astype(object)
+
+
+def true_value(actions: np.ndarray, margins: pd.DataFrame) -> float:
+    """A policy's total incremental margin under known expected margins (on the simulator: the
+    truth the estimates are judged against)."""
+    arms = _as_arms(actions)
+    cols = [margins.columns.get_loc(a) for a in arms]
+    chosen = margins.to_numpy(dtype=float)[np.arange(len(margins)), cols]
+    return float((chosen - margins[CONTROL].to_numpy(dtype=float)).sum())
+
+
 def off_policy_value(
     actions: np.ndarray,
     log: pd.DataFrame,

@@ -11,10 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cartintel_assets.decisions.catalogue import NONE, load_catalogue
-from cartintel_assets.decisions.economics import action_table, realised_margin
+from cartintel_assets.decisions.catalogue import load_catalogue
+from cartintel_assets.decisions.economics import action_table, expected_margins, realised_margin
 from cartintel_assets.decisions.evaluation import constraint_violations, plan_value, uplift_gate
-from cartintel_assets.decisions.ope import off_policy_value
+from cartintel_assets.decisions.ope import greedy_policy, off_policy_value, true_value
 from cartintel_assets.decisions.plan import PlanRules, choose_actions, in_holdout, top_k_by_risk
 from cartintel_assets.models.abandonment import XGBParams, calibrate_on, stack_boosters
 from cartintel_assets.models.uplift import (
@@ -189,22 +189,15 @@ def test_off_policy_values_cover_the_true_values(
     model's policy from nothing."""
     store, log, fit = seeded_fit
     catalogue = load_catalogue()
-    predicted = margins_by_arm(log, fit.baseline, fit.effects, catalogue)
+    predicted = expected_margins(log, fit.baseline, fit.effects, catalogue, MARGIN)
     p0, effects = true_effects(store, log["session_id"])
-    true = margins_by_arm(log, p0, effects, catalogue)
+    true = expected_margins(log, p0, effects, catalogue, MARGIN)
     realised = realised_margin(log, catalogue, MARGIN)
-
-    def greedy(m: pd.DataFrame) -> np.ndarray:
-        gain = m[list(ARMS)].sub(m[CONTROL], axis=0)
-        return np.where(gain.max(axis=1) > 0, gain.idxmax(axis=1), NONE).astype(object)
-
-    policies = {"model": greedy(predicted), "oracle": greedy(true)}
+    policies = {"model": greedy_policy(predicted), "oracle": greedy_policy(true)}
     policies |= {f"{a} to all": np.full(len(log), a, dtype=object) for a in ARMS}
     rows = []
     for name, actions in policies.items():
-        arms = np.where(actions == NONE, CONTROL, actions)
-        chosen = true.to_numpy()[np.arange(len(log)), [true.columns.get_loc(a) for a in arms]]
-        truth = float((chosen - true[CONTROL].to_numpy()).sum())
+        truth = true_value(actions, true)
         for estimator in ("dr", "snips"):
             v = off_policy_value(actions, log, realised, predicted, estimator, seed=1)
             rows.append((name, estimator, truth, v.value, v.lo, v.hi))
@@ -218,18 +211,6 @@ def test_off_policy_values_cover_the_true_values(
     # the estimates rank the model above sending the costliest arm to everyone, as the truth does
     assert dr.loc["model", "truth"] > dr.loc["discount_10 to all", "truth"]
     assert dr.loc["model", "value"] > dr.loc["discount_10 to all", "value"]
-
-
-def margins_by_arm(
-    log: pd.DataFrame, baseline: np.ndarray, effects: pd.DataFrame, catalogue: list
-) -> pd.DataFrame:
-    """Expected margin of each cart under control and under every arm."""
-    base = np.clip(baseline, 0, 1) * log["cart_value"].to_numpy(dtype=float) * MARGIN
-    table = action_table(log, baseline, effects, catalogue, MARGIN)
-    out = pd.DataFrame({CONTROL: base})
-    for arm, rows in table.groupby("arm"):
-        out[arm] = rows["incremental_margin"].to_numpy() + base
-    return out
 
 
 def test_gate_passes_a_good_model_and_fails_a_shuffled_one(

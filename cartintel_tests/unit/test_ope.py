@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from cartintel_assets.decisions.catalogue import NONE
-from cartintel_assets.decisions.ope import logged_propensity, off_policy_value
+from cartintel_assets.decisions.ope import logged_propensity, off_policy_value, true_value
 from cartintel_assets.models.uplift import CONTROL
 
 ARMS = (CONTROL, "a", "b", "c")
@@ -37,12 +37,6 @@ def bandit(
         log["propensity"] = probs[np.arange(n), pick]
     log["realised"] = mean + rng.normal(scale=3.0, size=n)
     return log, true
-
-
-def true_value(actions: np.ndarray, true: pd.DataFrame) -> float:
-    arms = np.where(actions == NONE, CONTROL, actions)
-    chosen = true.to_numpy()[np.arange(len(true)), [true.columns.get_loc(a) for a in arms]]
-    return float((chosen - true[CONTROL].to_numpy()).sum())
 
 
 def policies(log: pd.DataFrame) -> dict[str, np.ndarray]:
