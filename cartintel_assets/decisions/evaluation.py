@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import duckdb
 import numpy as np
 import pandas as pd
 
@@ -19,8 +20,6 @@ from cartintel_assets.decisions.plan import (
     ContactRules,
     PlanRules,
     choose_actions,
-    contacts_by_customer,
-    discount_cap,
     top_k_by_risk,
 )
 from cartintel_assets.models.uplift import CONTROL
@@ -65,6 +64,22 @@ def totals(plan: pd.DataFrame, carts: pd.DataFrame, margin_rate: float) -> dict[
     }
 
 
+_CAP_BREAKS_SQL = """
+WITH c AS (SELECT *, row_number() OVER () AS id FROM _contacts)
+SELECT
+    count(*) FILTER (WHERE EXISTS (
+        SELECT 1 FROM c o WHERE o.customer_id = p.customer_id AND o.id <> p.id
+        AND abs(epoch(o.sent_at) - epoch(p.sent_at)) < $gap_s)) AS gap,
+    count(*) FILTER (WHERE EXISTS (
+        SELECT 1 FROM c w WHERE w.customer_id = p.customer_id
+        AND w.sent_at <= p.sent_at AND p.sent_at < w.sent_at + INTERVAL 7 DAY
+        AND (SELECT count(*) FROM c t WHERE t.customer_id = p.customer_id
+             AND t.sent_at >= w.sent_at AND t.sent_at < w.sent_at + INTERVAL 7 DAY) > $per_week
+    )) AS weekly
+FROM c p WHERE p.planned
+"""
+
+
 def constraint_violations(
     plan: pd.DataFrame,
     carts: pd.DataFrame,
@@ -72,36 +87,54 @@ def constraint_violations(
     history: pd.DataFrame | None,
     catalogue: list[Intervention],
 ) -> dict[str, int]:
-    """Count every broken rule in a finished plan (a correct plan has zeros everywhere)."""
+    """Count every broken rule in a finished plan (a correct plan has zeros everywhere).
+
+    Written apart from the planner's own rule code (`plan.py`), so the two check each other: the
+    contact caps are counted in SQL over every contact of the customer (earlier sends and the
+    plan's own), per planned contact: another contact closer than the minimum gap, and a 7-day
+    window holding more than the weekly maximum. Breaches among past sends alone are not the
+    plan's doing and are not counted."""
     t = (plan["action"] != NONE).to_numpy()
     by_arm = {i.arm: i for i in catalogue}
-    discount = np.array([by_arm[a].discount if a in by_arm else 0.0 for a in plan["action"]])
-    seg = carts["segment"].to_numpy() if "segment" in carts else np.full(len(carts), None)
-    caps = np.array([discount_cap(rules, s) for s in seg])
-    # every planned contact must keep the caps against the customer's other contacts (earlier
-    # sends, and the plan's own); breaches among past sends alone are not the plan's doing
-    contacts = contacts_by_customer(history)
-    planned = list(
-        zip(
-            carts.loc[t, "customer_id"].astype(str),
-            pd.to_datetime(carts.loc[t, "send_at"]),
-            strict=True,
-        )
+    discount = plan["action"].map(lambda a: by_arm[a].discount if a in by_arm else 0.0)
+    segment = carts["segment"] if "segment" in carts else pd.Series(None, index=carts.index)
+    cap = segment.map(
+        lambda g: min(rules.max_discount, rules.max_discount_by_segment.get(str(g), 1.0))
     )
-    for cid, at in planned:
-        contacts.setdefault(cid, []).append(pd.Timestamp(at))
-    cap_breaks = 0
-    for cid, at in planned:
-        others = list(contacts[cid])
-        others.remove(pd.Timestamp(at))
-        cap_breaks += rules.contact.violation(others, pd.Timestamp(at)) is not None
+    planned = pd.DataFrame(
+        {
+            "customer_id": carts.loc[t, "customer_id"].astype(str).to_numpy(),
+            "sent_at": pd.to_datetime(carts.loc[t, "send_at"]).to_numpy(),
+            "planned": True,
+        }
+    )
+    earlier = pd.DataFrame(
+        {
+            "customer_id": (history["customer_id"] if history is not None else []),
+            "sent_at": pd.to_datetime(history["sent_at"] if history is not None else []),
+        }
+    ).astype({"customer_id": str})
+    contacts = pd.concat([planned, earlier.assign(planned=False)], ignore_index=True)
+    con = duckdb.connect()
+    try:
+        con.register("_contacts", contacts)
+        gap, weekly = con.execute(
+            _CAP_BREAKS_SQL,
+            {
+                "gap_s": rules.contact.min_hours_between * 3600,
+                "per_week": rules.contact.max_per_week,
+            },
+        ).fetchone() or (0, 0)
+    finally:
+        con.close()
     return {
         "over_budget": int(plan["expected_cost"].sum() > rules.budget + 1e-6),
         "contacted_without_consent": int((t & ~carts["consent"].to_numpy(dtype=bool)).sum()),
         "contacted_in_holdout": int((t & carts["in_holdout"].to_numpy(dtype=bool)).sum()),
-        "discount_over_cap": int((t & (discount > caps + 1e-12)).sum()),
+        "discount_over_cap": int((t & (discount.to_numpy() > cap.to_numpy() + 1e-12)).sum()),
         "unknown_intervention": int(sum(a not in by_arm for a in plan.loc[t, "action"])),
-        "contact_cap": int(cap_breaks),
+        "contact_gap": int(gap or 0),
+        "contact_weekly_cap": int(weekly or 0),
     }
 
 

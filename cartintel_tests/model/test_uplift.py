@@ -324,7 +324,8 @@ def test_plan_against_the_oracle_and_top_k_by_risk(
             "contacted_in_holdout",
             "discount_over_cap",
             "unknown_intervention",
-            "contact_cap",
+            "contact_gap",
+            "contact_weekly_cap",
         ],
         0,
     )

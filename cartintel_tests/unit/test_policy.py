@@ -163,6 +163,60 @@ def test_rules_hold_and_reasons_are_given() -> None:
     assert sum(violations.values()) == 0
 
 
+def _rule_breaking_setup() -> tuple[pd.DataFrame, pd.DataFrame, PlanRules, pd.DataFrame]:
+    """The carts of `test_rules_hold_and_reasons_are_given`, their valid plan, rules, history."""
+    carts = _carts(6)
+    carts.loc[1, "blocked"], carts.loc[1, "consent"] = "no marketing consent", False
+    carts.loc[2, "blocked"], carts.loc[2, "in_holdout"] = "holdout", True
+    carts.loc[3, "customer_id"] = "c0"
+    carts.loc[3, "send_at"] = pd.Timestamp("2026-10-10 14:00")
+    carts.loc[4, "segment"] = "deal seekers"
+    history = pd.DataFrame(  # c5: three contacts this week; c4: two, so a third is allowed
+        {
+            "customer_id": ["c5"] * 3 + ["c4"] * 2,
+            "sent_at": pd.to_datetime(
+                ["2026-10-05", "2026-10-07", "2026-10-09", "2026-10-05", "2026-10-07"]
+            ),
+        }
+    )
+    rules = PlanRules(budget=100.0, max_discount_by_segment={"deal seekers": 0.05})
+    opts = _options(carts, {"discount_10": 0.3, "discount_5": 0.05})
+    plan = choose_actions(carts, opts, rules, history)
+    assert plan.loc[4, "action"] != "none"  # the third contact of the week, at the limit
+    return carts, plan, rules, history
+
+
+@pytest.mark.parametrize(
+    ("cart", "action", "budget", "counted"),
+    [
+        (1, "discount_5", None, {"contacted_without_consent": 1}),
+        (2, "discount_5", None, {"contacted_in_holdout": 1}),
+        # the second contact 2 h after the first: both planned contacts break the 16 h gap
+        (3, "discount_5", None, {"contact_gap": 2}),
+        (5, "discount_5", None, {"contact_weekly_cap": 1}),  # a 4th contact in 7 days
+        (4, "discount_10", None, {"discount_over_cap": 1}),  # deal seekers: 5 % at most
+        (None, None, 1.0, {"over_budget": 1}),
+        (0, "free_dessert", None, {"unknown_intervention": 1}),
+    ],
+)
+def test_each_injected_violation_is_counted(
+    cart: int | None, action: str | None, budget: float | None, counted: dict[str, int]
+) -> None:
+    """The counter is written apart from the planner (SQL for the caps): a valid plan counts
+    nothing, and one injected break of each kind is counted under its own name, and only there."""
+    carts, plan, rules, history = _rule_breaking_setup()
+    clean = constraint_violations(plan, carts, rules, history, HONEST)
+    assert set(clean.values()) == {0} and set(counted) <= set(clean)
+    assert (plan["action"] != "none").sum() >= 2  # the valid plan does contact someone
+    broken = plan.copy()
+    if cart is not None:
+        broken.loc[cart, "action"] = action
+    if budget is not None:
+        rules = replace(rules, budget=budget)
+    found = constraint_violations(broken, carts, rules, history, HONEST)
+    assert found == {**clean, **counted}
+
+
 def test_budget_goes_to_the_best_value_per_cost_and_is_never_exceeded() -> None:
     carts = _carts(40)
     effects = pd.DataFrame(
