@@ -167,22 +167,31 @@ def demo_warehouse(demo_store: Storefront, tmp_path_factory: pytest.TempPathFact
 TRUTH_SEEDS: tuple[int, ...] = (7, 8, 9)
 
 
+def _seeded(
+    tmp_path_factory: pytest.TempPathFactory, name: str, config: StorefrontConfig
+) -> tuple[Storefront, Path]:
+    """`config`'s storefront and a DuckDB file with it ingested, labelled and featurised, built
+    once per test run under `name` and shared by every worker."""
+    with built_once(tmp_path_factory, name) as (out, built):
+        path, db = out / "store.pickle", out / "wh.duckdb"
+        if built:
+            return pickle.loads(path.read_bytes()), db
+        store = simulate(config)
+        labelled_warehouse(store, out, str(db), features=True).close()
+        path.write_bytes(pickle.dumps(store, protocol=pickle.HIGHEST_PROTOCOL))
+        return store, db
+
+
 @pytest.fixture(scope="session", params=TRUTH_SEEDS, ids=lambda s: f"seed{s}")
 def seeded_store(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[Storefront, Path]:
-    """The default storefront under one of `TRUTH_SEEDS`, and a DuckDB file with it ingested,
-    labelled and featurised: built once per test run, shared by every worker (open it
+    """The default storefront under one of `TRUTH_SEEDS`, with its warehouse (open it
     read-only, or copy it)."""
     seed = int(request.param)
-    with built_once(tmp_path_factory, f"default_seed{seed}") as (out, built):
-        path, db = out / "store.pickle", out / "wh.duckdb"
-        if built:
-            return pickle.loads(path.read_bytes()), db
-        store = simulate(dataclasses.replace(StorefrontConfig(), seed=seed))
-        labelled_warehouse(store, out, str(db), features=True).close()
-        path.write_bytes(pickle.dumps(store, protocol=pickle.HIGHEST_PROTOCOL))
-        return store, db
+    return _seeded(
+        tmp_path_factory, f"default_seed{seed}", dataclasses.replace(StorefrontConfig(), seed=seed)
+    )
 
 
 @pytest.fixture(scope="session", params=TRUTH_SEEDS, ids=lambda s: f"demo-seed{s}")
@@ -196,14 +205,9 @@ def seeded_demo_store(
     seed = int(request.param)
     if seed == DEMO_STOREFRONT.seed:
         return request.getfixturevalue("demo_store"), request.getfixturevalue("demo_warehouse")
-    with built_once(tmp_path_factory, f"demo_seed{seed}") as (out, built):
-        path, db = out / "store.pickle", out / "wh.duckdb"
-        if built:
-            return pickle.loads(path.read_bytes()), db
-        store = simulate(dataclasses.replace(DEMO_STOREFRONT, seed=seed))
-        labelled_warehouse(store, out, str(db), features=True).close()
-        path.write_bytes(pickle.dumps(store, protocol=pickle.HIGHEST_PROTOCOL))
-        return store, db
+    return _seeded(
+        tmp_path_factory, f"demo_seed{seed}", dataclasses.replace(DEMO_STOREFRONT, seed=seed)
+    )
 
 
 def check_results(result: Any) -> dict[str, bool]:

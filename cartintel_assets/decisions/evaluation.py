@@ -124,7 +124,7 @@ def constraint_violations(
                 "gap_s": rules.contact.min_hours_between * 3600,
                 "per_week": rules.contact.max_per_week,
             },
-        ).fetchone() or (0, 0)
+        ).fetchall()[0]
     finally:
         con.close()
     return {
@@ -133,8 +133,8 @@ def constraint_violations(
         "contacted_in_holdout": int((t & carts["in_holdout"].to_numpy(dtype=bool)).sum()),
         "discount_over_cap": int((t & (discount.to_numpy() > cap.to_numpy() + 1e-12)).sum()),
         "unknown_intervention": int(sum(a not in by_arm for a in plan.loc[t, "action"])),
-        "contact_gap": int(gap or 0),
-        "contact_weekly_cap": int(weekly or 0),
+        "contact_gap": int(gap),
+        "contact_weekly_cap": int(weekly),
     }
 
 

@@ -27,8 +27,8 @@ def latest_day(con: duckdb.DuckDBPyConnection, table: str) -> date | None:
     """The newest partition of `table`, or None."""
     if not has_table(con, table):
         return None
-    day = con.execute(f"SELECT max(partition_date) FROM {table}").fetchall()[0][0]
-    return None if day is None else day
+    day: date | None = con.execute(f"SELECT max(partition_date) FROM {table}").fetchall()[0][0]
+    return day
 
 
 def ingestion_totals(con: duckdb.DuckDBPyConnection, lo: str, hi: str) -> pd.DataFrame:
