@@ -22,6 +22,7 @@ from cartintel_assets.models.uplift import (
     CONTROL,
     TARGETING_EXCLUDED,
     CrossFit,
+    calibrated,
     cross_fit,
     effect_calibration,
     effect_error,
@@ -216,21 +217,24 @@ def test_off_policy_values_cover_the_true_values(
 def test_gate_passes_a_good_model_and_fails_a_shuffled_one(
     log: pd.DataFrame, fits: dict[str, CrossFit]
 ) -> None:
-    t, y = log["treatment"].to_numpy(), log["converted_7d"].to_numpy(dtype=int)
+    """The gate values the policy off-policy: a model's policy passes, the same effects shuffled
+    across carts (no ranking signal left) do not, and the arms it keeps are those the policy is
+    worth more with (each kept arm's removal lowers the estimate)."""
     fit = fits["x-learner"]
     catalogue = load_catalogue()
     # for an abandoned cart, the risk of losing it for good is 1 - P(bought anyway)
     risk = 1 - fit.baseline
-    report = uplift_report(fit.effects, t, y)
-    good = uplift_gate(log, report, fit.baseline, fit.effects, risk, catalogue, MARGIN)
-    print("\n", report.round(3), "\n", good)
+    good = uplift_gate(log, fit.baseline, fit.effects, risk, catalogue, MARGIN)
+    print("\n", good)
     assert good.passed and good.allowed_arms
-    assert good.policy_value > good.top_k_value
+    assert good.policy.value > max(good.top_k.value, 0.0)
+    assert good.policy.lo < good.policy.value < good.policy.hi
     shuffled = fit.effects.sample(frac=1.0, random_state=3).reset_index(drop=True)
-    bad_report = uplift_report(shuffled, t, y)
-    bad = uplift_gate(log, bad_report, fit.baseline, shuffled, risk, catalogue, MARGIN)
+    bad = uplift_gate(log, fit.baseline, shuffled, risk, catalogue, MARGIN)
+    print(bad)
     assert not bad.passed
-    assert set(bad.excluded_arms) == set(ARMS)  # no arm's Qini interval clears 0
+    assert bad.policy.value < good.policy.value
+    assert set(good.allowed_arms) | set(good.excluded_arms) == set(ARMS)
 
 
 def _plan_carts(store: Storefront, con: duckdb.DuckDBPyConnection, days: list[str]) -> pd.DataFrame:
@@ -261,16 +265,15 @@ def test_plan_against_the_oracle_and_top_k_by_risk(
     demo_store: Storefront, demo_warehouse: Path, log: pd.DataFrame
 ) -> None:
     """Train on the first 11 days' log, plan the abandoned carts of the last 3 days with a budget
-    of 150 a day (only the arms whose Qini interval clears 0; effects calibrated out of fold),
+    of 150 a day (the arms the off-policy gate keeps; effects calibrated out of fold),
     and value every policy with the simulator's true probabilities.
 
-    Measured on the demo storefront: free shipping and both discounts clear the Qini gate on 11
-    days of log; the plan makes +147 of true incremental margin, while sending any single arm to
-    the riskiest carts loses money (best: -47, reminder e-mail). The oracle, which knows every
-    cart's true effect, makes 2,830 with every arm (mostly cheap e-mails to the shoppers they
-    move) and 1,352 with the plan's arms: the plan reaches 5 % and 11 % of them, far below the
-    issue's 90 % target. Its chosen carts' effects are overestimated about twofold (selection on
-    noisy estimates), see the README.
+    Measured on the demo storefront: the off-policy gate keeps the reminder e-mail and the 5 %
+    discount on 11 days of log; the plan makes +438 of true incremental margin, 15.5 % of the
+    oracle's 2,830 (which knows every cart's true effect; mostly cheap e-mails to the shoppers
+    they move). The per-arm Qini gate kept free shipping and both discounts instead and made
+    +147 (5.2 %). On seeds 8 and 9 the two gates give 7.7 % vs 3.3 % and 11.1 % vs 11.1 %.
+    Sending any single arm to the riskiest carts loses money (best: -47, reminder e-mail).
     """
     days = sorted(log["partition_date"].astype(str).unique())
     test_days = days[-3:]
@@ -289,12 +292,15 @@ def test_plan_against_the_oracle_and_top_k_by_risk(
     catalogue = load_catalogue()
     p0, truth = true_effects(demo_store, carts["session_id"])
     true_options = action_table(carts, p0, truth, catalogue, MARGIN)
-    # as in the asset: only arms whose out-of-fold Qini interval (on the training days) clears 0
+    # as in the asset: the arms the gate keeps, valued off-policy out of fold on the training days
     t, y = train["treatment"].to_numpy(), train["converted_7d"].to_numpy(dtype=int)
     oof = cross_fit(train, t, y, "x-learner", num, cat)
-    report = uplift_report(oof.effects, t, y)
-    allowed = [a for a in ARMS if report.loc[a, "qini_lo"] > 0]
     model.calibration = effect_calibration(oof, t, y)
+    fit = calibrated(oof, model.calibration)
+    gate = uplift_gate(train, fit.baseline, fit.effects, 1 - fit.baseline, load_catalogue(), MARGIN)
+    allowed = gate.allowed_arms
+    report = uplift_report(oof.effects, t, y)
+    qini_arms = [a for a in ARMS if report.loc[a, "qini_lo"] > 0]
     everything = action_table(carts, model.baseline(carts), model.effects(carts), catalogue, MARGIN)
     options = everything[everything["arm"].isin(allowed)]
     rules = PlanRules(budget=150.0 * len(test_days))
@@ -314,8 +320,13 @@ def test_plan_against_the_oracle_and_top_k_by_risk(
         for arm in ARMS
     }
     top_arm = max(top_k, key=lambda a: top_k[a]["incremental_margin"])
+    by_qini = plan_value(
+        choose_actions(carts, everything[everything["arm"].isin(qini_arms)], rules, history),
+        true_options,
+    )
     ratio = value["incremental_margin"] / best["incremental_margin"]
     print(f"\ncalibration {model.calibration}\narms {allowed}\nplan {value}\noracle {best}")
+    print(f"arms by per-arm Qini {qini_arms}: {by_qini}")
     print(f"oracle on the same arms {same_arms}\ntop-k by risk {top_k}\nratio {ratio:.3f}")
     assert constraint_violations(plan, carts, rules, history, catalogue) == dict.fromkeys(
         [
@@ -331,4 +342,6 @@ def test_plan_against_the_oracle_and_top_k_by_risk(
     )
     assert value["incremental_margin"] > 0
     assert value["incremental_margin"] >= 1.2 * max(top_k[top_arm]["incremental_margin"], 0.0)
-    assert ratio >= 0.03  # measured 0.052: a regression guard, not the issue's 0.9
+    # gating the policy rather than each arm's Qini keeps the e-mail that pays for a subset
+    assert value["incremental_margin"] >= by_qini["incremental_margin"]
+    assert ratio >= 0.10  # measured 0.155 (0.052 with the per-arm Qini gate)

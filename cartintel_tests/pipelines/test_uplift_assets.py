@@ -161,3 +161,18 @@ def test_uplift_model_and_plan(
         )
         assert not strict.success
         assert check_results(strict) == {PLAN_CHECKS[0]: True, PLAN_CHECKS[1]: False}
+        # ... and the blocked plan is never published: the day keeps the plan that passed (the
+        # one the service, the contact caps and the storefront read); the blocked one is kept
+        # apart with the check it failed
+        con = duckdb.connect(str(db), read_only=True)
+        published = con.execute(
+            "SELECT planned_by_run, count(*) FROM intervention_plan GROUP BY ALL"
+        ).fetchall()
+        blocked = con.execute(
+            "SELECT planned_by_run, blocked_by, count(*) FROM blocked_intervention_plans"
+            " WHERE partition_date = ? GROUP BY ALL",
+            [LAST],
+        ).fetchall()
+        con.close()
+        assert published == [(again.run_id, len(plan))]
+        assert blocked == [(strict.run_id, PLAN_CHECKS[1], len(plan))]

@@ -22,7 +22,7 @@ from cartintel_assets.resources.rollout import RolloutResource
 from cartintel_assets.warehouse.tables import has_table, replace_partition, require_tables
 
 EXPERIMENT = "cartintel/uplift"
-GATES = ("uplift_model_qini_above_zero", "uplift_model_beats_top_k_by_risk")
+GATES = ("uplift_policy_value_above_zero", "uplift_model_beats_top_k_by_risk")
 PLAN_CHECKS = ("intervention_plan_within_rules", "intervention_plan_disparity_within_bound")
 
 
@@ -65,8 +65,9 @@ def uplift_model(
 
     T- and X-learners on XGBoost are cross-fitted on the randomised intervention log; the one
     with the higher mean Qini is refit on the whole log and registered as a version of
-    `cartintel-uplift`. Only arms whose Qini interval is above 0 may be planned; the version gets
-    the alias `challenger` only if its policy also beats top-k-by-risk at the same budget.
+    `cartintel-uplift`. The gate values the budgeted policy off-policy (doubly robust, out of
+    fold) and keeps the arms that add to that value; the version gets the alias `challenger` only
+    if that value is above 0 and above top-k-by-risk's at the same budget.
     """
     from cartintel_assets.decisions.catalogue import load_catalogue
     from cartintel_assets.decisions.evaluation import uplift_gate
@@ -113,13 +114,13 @@ def uplift_model(
     risk = risk_model.model.predict_proba(log)
     evidence = uplift_gate(
         log,
-        report,
         fit.baseline,
         fit.effects,
         risk,
         catalogue,
         config.margin_rate,
         config.gate_budget_share,
+        config.bootstrap,
     )
     gate = "passed" if evidence.passed else "failed"
     context.log.info(f"refitting the {best} on the whole log")
@@ -150,8 +151,10 @@ def uplift_model(
             {
                 "rows_log": len(log) + missing,
                 "rows_without_features": missing,
-                "policy_value_dr": evidence.policy_value,
-                "top_k_by_risk_value_dr": evidence.top_k_value,
+                "policy_value_dr": evidence.policy.value,
+                "policy_value_dr_lo": evidence.policy.lo,
+                "policy_value_dr_hi": evidence.policy.hi,
+                "top_k_by_risk_value_dr": evidence.top_k.value,
                 "gate_budget": evidence.budget,
             }
         )
@@ -212,8 +215,11 @@ def uplift_model(
                     ["arm", "qini", "qini_lo", "qini_hi", "auuc", "uplift_at_30", "ate", "n_arm"],
                 )
             ),
-            "policy_value_dr": evidence.policy_value,
-            "top_k_by_risk_value_dr": evidence.top_k_value,
+            "policy_value_dr": evidence.policy.value,
+            "policy_value_dr_interval": dg.MetadataValue.json(
+                [round(evidence.policy.lo, 2), round(evidence.policy.hi, 2)]
+            ),
+            "top_k_by_risk_value_dr": evidence.top_k.value,
             "effect_calibration": dg.MetadataValue.json(
                 {
                     a: {"intercept": round(c[0], 4), "slope": round(c[1], 3)}
@@ -227,8 +233,13 @@ def uplift_model(
     )
     yield dg.AssetCheckResult(
         check_name=GATES[0],
-        passed=bool(evidence.allowed_arms),
+        passed=bool(evidence.allowed_arms) and evidence.policy.value > 0,
+        description="The budgeted policy's doubly robust value (out of fold) is above 0.",
         metadata={
+            "policy_value_dr": evidence.policy.value,
+            "policy_value_dr_lo": evidence.policy.lo,
+            "policy_value_dr_hi": evidence.policy.hi,
+            "carts_matched": evidence.policy.matched,
             "allowed_arms": dg.MetadataValue.json(evidence.allowed_arms),
             "excluded_arms": dg.MetadataValue.json(evidence.excluded_arms),
         },
@@ -237,8 +248,11 @@ def uplift_model(
         check_name=GATES[1],
         passed=bool(evidence.passed),
         metadata={
-            "policy_value_dr": evidence.policy_value,
-            "top_k_by_risk_value_dr": evidence.top_k_value,
+            "policy_value_dr": evidence.policy.value,
+            "top_k_by_risk_value_dr": evidence.top_k.value,
+            "top_k_by_risk_interval": dg.MetadataValue.json(
+                [round(evidence.top_k.lo, 2), round(evidence.top_k.hi, 2)]
+            ),
             "top_k_arm": evidence.top_k_arm,
             "budget": evidence.budget,
         },
@@ -268,6 +282,8 @@ PLAN_COLUMNS: dict[str, str] = {
     "risk_model_version": "VARCHAR",
     "planned_by_run": "VARCHAR",
 }
+# a plan that failed a blocking check, kept for review: which checks it failed
+BLOCKED_PLAN_COLUMNS: dict[str, str] = {**PLAN_COLUMNS, "blocked_by": "VARCHAR"}
 
 # The day's scored carts with what the plan needs; a cart bought in its session needs nothing.
 _CARTS_SQL = """
@@ -327,7 +343,9 @@ def intervention_plan(
 ) -> Any:
     """Per scored cart of the day, the intervention that maximises expected incremental margin,
     or none with the reason, within the day's budget, consent, contact caps, discount caps per
-    segment and the persistent holdout; the catalogue is linted for manipulative designs first."""
+    segment and the persistent holdout; the catalogue is linted for manipulative designs first.
+    Published only if its blocking checks (rules, disparity) pass; otherwise it goes to
+    `blocked_intervention_plans` with the checks it failed, and nothing acts on it."""
     from cartintel_assets.decisions.economics import action_table
     from cartintel_assets.decisions.evaluation import (
         constraint_violations,
@@ -386,13 +404,6 @@ def intervention_plan(
     violations = constraint_violations(plan, carts, rules, history, catalogue)
     total = totals(plan, carts, deployed.margin_rate)
     carts["returning_customer"] = carts["returning_customer"].astype(bool)
-    out = pd.concat([carts.drop(columns=["blocked"]), plan], axis=1).assign(
-        uplift_model_version=registered.version, planned_by_run=context.run.run_id
-    )
-    with warehouse.get_connection() as con:
-        typed_temp_table(con, out[list(PLAN_COLUMNS)], PLAN_COLUMNS, "_intervention_plan")
-        replace_partition(con, "intervention_plan", "_intervention_plan", day)
-
     # disparity: intervention rates among the carts that could be contacted at all
     open_carts = ~carts["bought_in_session"].to_numpy()
     groups = carts.assign(customer=np.where(carts["returning_customer"], "returning", "new")).loc[
@@ -405,12 +416,39 @@ def intervention_plan(
         big = r[r["size"] >= deployed.min_group_size]["mean"]
         gaps[by] = float(big.max() - big.min()) if len(big) > 1 else 0.0
     worst = max(gaps.values(), default=0.0)
+    passed = {
+        PLAN_CHECKS[0]: sum(violations.values()) == 0,
+        PLAN_CHECKS[1]: worst <= deployed.disparity_bound,
+    }
+    blocked_by = [c for c, ok in passed.items() if not ok]
+    out = pd.concat([carts.drop(columns=["blocked"]), plan], axis=1).assign(
+        uplift_model_version=registered.version,
+        planned_by_run=context.run.run_id,
+        blocked_by=",".join(blocked_by),
+    )
+    # a plan that fails a blocking check is never published: the service, the contact history
+    # and the storefront read only `intervention_plan`; the blocked one is kept for review
+    table, columns = (
+        ("blocked_intervention_plans", BLOCKED_PLAN_COLUMNS)
+        if blocked_by
+        else ("intervention_plan", PLAN_COLUMNS)
+    )
+    with warehouse.get_connection() as con:
+        typed_temp_table(con, out[list(columns)], columns, "_intervention_plan")
+        replace_partition(con, table, "_intervention_plan", day)
+    if blocked_by:
+        context.log.error(
+            f"the plan of {day} fails {blocked_by}: not published (kept in {table});"
+            " the service, the contact caps and the storefront ignore it"
+        )
     actions = plan["action"].value_counts()
     reasons = plan.loc[plan["action"] == "none", "reason"].value_counts()
     treated = out[out["action"] != "none"].nlargest(10, "incremental_margin")
     yield dg.MaterializeResult(
         metadata={
             "dagster/row_count": len(out),
+            "published": not blocked_by,
+            "table": table,
             "uplift_model_version": registered.version,
             "allowed_arms": dg.MetadataValue.json(registered.allowed_arms),
             "budget": deployed.budget,
@@ -436,12 +474,12 @@ def intervention_plan(
     )
     yield dg.AssetCheckResult(
         check_name=PLAN_CHECKS[0],
-        passed=sum(violations.values()) == 0,
+        passed=passed[PLAN_CHECKS[0]],
         metadata={k: int(v) for k, v in violations.items()},
     )
     yield dg.AssetCheckResult(
         check_name=PLAN_CHECKS[1],
-        passed=worst <= deployed.disparity_bound,
+        passed=passed[PLAN_CHECKS[1]],
         metadata={
             "bound": deployed.disparity_bound,
             **{f"gap_{k}": round(v, 4) for k, v in gaps.items()},
