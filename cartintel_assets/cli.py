@@ -264,7 +264,9 @@ def _run_days(instance: DagsterInstance, days: list[str]) -> list[str]:
                 say(f"  drift vs the reference, {ev.check_name}: {state}")  # type: ignore[union-attr]
                 if not ev.passed:  # type: ignore[union-attr]
                     failed_checks.append(f"{day} {ev.check_name} (WARN)")  # type: ignore[union-attr]
-    say("training the uplift model on the intervention log (T- vs X-learner, Qini, gates)")
+    say(
+        "training the uplift model on the intervention log (T-, X- and DR-learner, Qini, off-policy gate)"
+    )
     result = run("uplift_training_job", failure="uplift_model: training or a blocking gate failed")
     for m in result.asset_materializations_for_node("uplift_model"):
         md = {k: v.value for k, v in m.metadata.items()}

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from cartintel_assets.decisions.catalogue import NONE
-from cartintel_assets.models.uplift import CONTROL
+from cartintel_assets.models.uplift import CONTROL, logged_propensity
 
 ESTIMATORS = ("dr", "snips")
 
@@ -40,17 +40,11 @@ class PolicyValue:
     matched: int  # carts whose logged arm is the policy's action (they carry the evidence)
 
 
-def logged_propensity(log: pd.DataFrame) -> np.ndarray:
-    """Each logged arm's chance of having been chosen: the `propensity` column when the log has
-    one, else the arm's share of the log (exact for a uniformly randomised log)."""
-    if "propensity" in log:
-        p = log["propensity"].to_numpy(dtype=float)
-    else:
-        arm = log["treatment"]
-        p = arm.map(arm.value_counts(normalize=True)).to_numpy(dtype=float)
-    if not np.all((p > 0) & (p <= 1)):
-        raise ValueError("logged propensities must be in (0, 1]: a chosen arm had no chance?")
-    return p
+def propensities(log: pd.DataFrame) -> np.ndarray:
+    """`models.uplift.logged_propensity` of a log: its `propensity` column when it has one, else
+    each arm's share of the log."""
+    logged = log["propensity"].to_numpy() if "propensity" in log else None
+    return logged_propensity(log["treatment"].to_numpy(), logged)
 
 
 def _as_arms(actions: np.ndarray) -> np.ndarray:
@@ -120,7 +114,7 @@ def off_policy_value(
             f"{len(actions)} actions and {len(realised)} outcomes for {n} logged carts"
         )
     logged = log["treatment"].to_numpy(dtype=object)
-    p = logged_propensity(log)
+    p = propensities(log)
     choice = _as_arms(actions)
     num_pi, w_pi = _per_cart(estimator, choice, logged, p, realised, predicted)
     num_0, w_0 = _per_cart(

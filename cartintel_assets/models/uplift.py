@@ -6,6 +6,12 @@ Two meta-learners on XGBoost, one per idea:
 - X-learner (Kuenzel et al. 2019): outcome models impute each unit's effect (treated:
   y - mu_control(x); control: mu_arm(x) - y), two effect models regress those imputations, and
   their predictions are blended by the arm's share g: tau = g * tau_control + (1 - g) * tau_arm.
+- DR-learner (Kennedy 2023): outcome models fitted on one half of the rows predict the other
+  half, and each row's doubly robust pseudo-outcome per arm,
+  mu_arm - mu_control + [T=arm] (y - mu_arm) / e_arm - [T=control] (y - mu_control) / e_control,
+  is regressed on the features. e is the logged propensity of the row's arm (the `propensity`
+  column of a log written by an exploring policy) or the arm's share of a randomised log, so it
+  learns from a shop's own logged decisions, not only from a blanket experiment.
 Evaluation is out-of-fold (cross-fitting), so every logged cart is scored by a model that did
 not see it; the learner with the higher mean Qini is chosen, then refit on the whole log.
 """
@@ -154,6 +160,10 @@ def _fit(
     )
 
 
+# the effect models each learner saves per arm, by file name
+_EFFECT_FILES: dict[str, tuple[str, ...]] = {"x-learner": ("tau1", "tau0"), "dr-learner": ("tau",)}
+
+
 @dataclass
 class UpliftModel:
     """Per-arm effect on the 7-day conversion of an abandoned cart, and the control baseline."""
@@ -161,9 +171,8 @@ class UpliftModel:
     learner: str
     arms: list[str]
     outcome: dict[str, BoostedModel]  # mu per arm, control included
-    effect: dict[str, tuple[BoostedModel, BoostedModel]] = field(
-        default_factory=dict
-    )  # X: (tau1, tau0)
+    # X: (tau1, tau0); DR: (tau,)
+    effect: dict[str, tuple[BoostedModel, ...]] = field(default_factory=dict)
     weight: dict[str, float] = field(default_factory=dict)  # X: g, the arm's share of arm+control
     # per arm (intercept, slope) mapping raw to calibrated effects, fitted out of fold
     calibration: dict[str, tuple[float, float]] = field(default_factory=dict)
@@ -183,8 +192,8 @@ class UpliftModel:
     @property
     def learners(self) -> list[BoostedModel]:
         """Every booster a prediction asks: the control outcome first, then per arm its effect
-        models (X-learner) or its outcome model (T-learner)."""
-        if self.learner == "x-learner":
+        models (X- and DR-learner) or its outcome model (T-learner)."""
+        if self.effect:
             return [self.outcome[CONTROL], *(m for arm in self.arms for m in self.effect[arm])]
         return [self.outcome[a] for a in [CONTROL, *self.arms]]
 
@@ -221,6 +230,8 @@ class UpliftModel:
                 tau1, tau0 = (proba(m) for m in self.effect[arm])
                 g = self.weight[arm]
                 tau = g * tau0 + (1 - g) * tau1
+            elif self.learner == "dr-learner":
+                tau = proba(self.effect[arm][0])
             else:
                 tau = proba(self.outcome[arm]) - base
             if arm in self.calibration:
@@ -235,9 +246,9 @@ class UpliftModel:
         folder.mkdir(parents=True, exist_ok=True)
         for arm, m in self.outcome.items():
             m.save(folder / f"mu_{arm}")
-        for arm, (tau1, tau0) in self.effect.items():
-            tau1.save(folder / f"tau1_{arm}")
-            tau0.save(folder / f"tau0_{arm}")
+        for arm, models in self.effect.items():
+            for name, m in zip(_EFFECT_FILES[self.learner], models, strict=True):
+                m.save(folder / f"{name}_{arm}")
         meta = {
             "learner": self.learner,
             "arms": self.arms,
@@ -251,15 +262,12 @@ class UpliftModel:
         meta = json.loads((folder / "uplift_model.json").read_text())
         arms = list(meta["arms"])
         outcome = {a: BoostedModel.load(folder / f"mu_{a}") for a in [CONTROL, *arms]}
-        effect = {}
-        if meta["learner"] == "x-learner":
-            effect = {
-                a: (
-                    BoostedModel.load(folder / f"tau1_{a}"),
-                    BoostedModel.load(folder / f"tau0_{a}"),
-                )
-                for a in arms
-            }
+        names = _EFFECT_FILES.get(meta["learner"], ())
+        effect = {
+            a: tuple(BoostedModel.load(folder / f"{name}_{a}") for name in names)
+            for a in arms
+            if names
+        }
         calibration = {a: (float(c[0]), float(c[1])) for a, c in meta["calibration"].items()}
         return cls(meta["learner"], arms, outcome, effect, dict(meta["weight"]), calibration)
 
@@ -297,7 +305,8 @@ def fit_x_learner(
     t_model = fit_t_learner(frame, treatment, y, numeric, categorical, params)
     control = treatment == CONTROL
     xc, yc = frame[control], y[control]
-    effect, weight = {}, {}
+    effect: dict[str, tuple[BoostedModel, ...]] = {}
+    weight: dict[str, float] = {}
     for arm in t_model.arms:
         treated = treatment == arm
         xt, yt = frame[treated], y[treated]
@@ -311,9 +320,60 @@ def fit_x_learner(
     return UpliftModel("x-learner", t_model.arms, t_model.outcome, effect, weight)
 
 
+def logged_propensity(treatment: np.ndarray, propensity: np.ndarray | None = None) -> np.ndarray:
+    """Each row's chance of having been given its logged arm: the logged propensities when there
+    are any, else the arm's share of the log (exact for a uniformly randomised log)."""
+    if propensity is not None:
+        p = np.asarray(propensity, dtype=float)
+    else:
+        arm = pd.Series(np.asarray(treatment))
+        p = arm.map(arm.value_counts(normalize=True)).to_numpy(dtype=float)
+    if not np.all((p > 0) & (p <= 1)):
+        raise ValueError("logged propensities must be in (0, 1]: a chosen arm had no chance?")
+    return p
+
+
+def fit_dr_learner(
+    frame: pd.DataFrame,
+    treatment: np.ndarray,
+    y: np.ndarray,
+    numeric: list[str],
+    categorical: list[str],
+    params: XGBParams = UPLIFT_PARAMS,
+) -> UpliftModel:
+    """Per arm, one effect model on the rows' doubly robust pseudo-outcomes; the outcome models
+    behind them are cross-fitted over two halves (stratified by arm and outcome), so no row's
+    pseudo-outcome uses a model that saw it. Propensities: `frame["propensity"]` if logged."""
+    treatment, y = np.asarray(treatment), np.asarray(y, dtype=int)
+    frame = frame.reset_index(drop=True)
+    e = logged_propensity(
+        treatment, frame["propensity"].to_numpy() if "propensity" in frame else None
+    )
+    t_model = fit_t_learner(frame, treatment, y, numeric, categorical, params)
+    mu = pd.DataFrame(0.0, index=frame.index, columns=[CONTROL, *t_model.arms])
+    strata = pd.Series(treatment).astype(str) + "/" + pd.Series(y).astype(str)
+    halves = StratifiedKFold(n_splits=2, shuffle=True, random_state=params.seed)
+    for fit_idx, out_idx in halves.split(frame, strata):
+        half = fit_t_learner(
+            frame.iloc[fit_idx], treatment[fit_idx], y[fit_idx], numeric, categorical, params
+        )
+        part = frame.iloc[out_idx]
+        for a in mu.columns:
+            mu.loc[out_idx, a] = np.clip(half.outcome[a].predict_proba(part), 0.0, 1.0)
+    control = treatment == CONTROL
+    effect: dict[str, tuple[BoostedModel, ...]] = {}
+    for arm in t_model.arms:
+        treated = treatment == arm
+        m1, m0 = mu[arm].to_numpy(), mu[CONTROL].to_numpy()
+        psi = m1 - m0 + np.where(treated, (y - m1) / e, 0.0) - np.where(control, (y - m0) / e, 0.0)
+        effect[arm] = (_fit(frame, psi, numeric, categorical, params, regression=True),)
+    return UpliftModel("dr-learner", t_model.arms, t_model.outcome, effect)
+
+
 LEARNERS: dict[str, Callable[..., UpliftModel]] = {
     "t-learner": fit_t_learner,
     "x-learner": fit_x_learner,
+    "dr-learner": fit_dr_learner,
 }
 
 

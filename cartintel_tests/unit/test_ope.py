@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from cartintel_assets.decisions.catalogue import NONE
-from cartintel_assets.decisions.ope import logged_propensity, off_policy_value, true_value
+from cartintel_assets.decisions.ope import off_policy_value, propensities, true_value
 from cartintel_assets.models.uplift import CONTROL
 
 ARMS = (CONTROL, "a", "b", "c")
@@ -106,4 +106,4 @@ def test_bad_inputs_are_refused() -> None:
     with pytest.raises(ValueError, match="99 actions"):
         off_policy_value(np.full(99, NONE), log, r, true)
     with pytest.raises(ValueError, match="propensities must be in"):
-        logged_propensity(log.assign(propensity=0.0))
+        propensities(log.assign(propensity=0.0))

@@ -30,7 +30,8 @@ class UpliftModelConfig(dg.Config):
     """Learners compared, evaluation and the gate's settings."""
 
     learners: list[str] = Field(
-        default=["t-learner", "x-learner"], description="Meta-learners compared by Qini."
+        default=["t-learner", "x-learner", "dr-learner"],
+        description="Meta-learners compared by Qini.",
     )
     folds: int = Field(default=5, ge=2, description="Cross-fitting folds.")
     bootstrap: int = Field(default=200, ge=50, description="Bootstrap replicates per interval.")
@@ -63,7 +64,7 @@ def uplift_model(
 ) -> Any:
     """Incremental effect of each intervention on buying an abandoned cart within 7 days.
 
-    T- and X-learners on XGBoost are cross-fitted on the randomised intervention log; the one
+    T-, X- and DR-learners on XGBoost are cross-fitted on the intervention log; the one
     with the higher mean Qini is refit on the whole log and registered as a version of
     `cartintel-uplift`. The gate values the budgeted policy off-policy (doubly robust, out of
     fold) and keeps the arms that add to that value; the version gets the alias `challenger` only
