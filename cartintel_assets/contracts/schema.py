@@ -39,6 +39,9 @@ TREATMENTS: tuple[str, ...] = (
     "discount_5",
     "discount_10",
 )
+# Who chose a logged arm: the shop's randomised experiment, the daily plan, the plan's
+# exploration, the persistent holdout, or the scoring service.
+CHOOSERS: tuple[str, ...] = ("experiment", "plan", "exploration", "holdout", "api")
 # Pseudonymised at ingestion: the raw value never reaches a warehouse table.
 PERSONAL_ID_COLUMNS: tuple[str, ...] = ("customer_id",)
 
@@ -216,8 +219,10 @@ REVIEWS = TableSpec(
 INTERVENTIONS = TableSpec(
     name="interventions",
     description=(
-        "Randomised intervention experiment log: eligible abandoned carts of consenting customers,"
-        " the arm assigned at random, its cost and the 7-day outcome (exported once it closed)."
+        "Intervention log: decided abandoned carts of consenting customers, the arm each got, who"
+        " chose it (the shop's randomised experiment, the plan, its exploration, the holdout or"
+        " the scoring service) with what propensity, its cost and the 7-day outcome (exported"
+        " once it closed)."
     ),
     landing_format="parquet",
     columns=(
@@ -229,6 +234,23 @@ INTERVENTIONS = TableSpec(
         Column("cost", "DOUBLE", True, "Cost incurred", min_value=0.0),
         Column("converted_7d", "BOOLEAN", True, "Bought the cart within 7 days"),
         Column("revenue_7d", "DOUBLE", True, "Revenue within 7 days", min_value=0.0),
+        Column(
+            "chosen_by",
+            "VARCHAR",
+            False,
+            "Who chose the arm",
+            allowed=CHOOSERS,
+        ),
+        Column(
+            "propensity",
+            "DOUBLE",
+            False,
+            "Chance the chosen arm had of being chosen (empty: the arm's share of the log)",
+            min_value=1e-9,
+            max_value=1.0,
+        ),
+        Column("policy_version", "VARCHAR", False, "Plan run or policy that chose the arm"),
+        Column("model_version", "VARCHAR", False, "cartintel-uplift version behind the choice"),
     ),
     key=("assignment_id",),
     time_column="assigned_at",

@@ -89,11 +89,17 @@ def pseudonymise(values: list[str], key: str) -> list[str]:
 
 
 def warehouse_ddl(spec: TableSpec) -> list[str]:
-    """DDL for a table's raw and quarantine tables (created if missing)."""
+    """DDL for a table's raw and quarantine tables (created if missing; an optional column the
+    contract gained since is added to a warehouse created before it)."""
     cols = ", ".join(f'"{c.name}" {c.sql_type}' for c in spec.columns)
     return [
         f"CREATE TABLE IF NOT EXISTS {spec.raw_table} ({cols}, partition_date DATE NOT NULL,"
         " source_line BIGINT NOT NULL, ingested_at TIMESTAMP NOT NULL)",
+        *(
+            f'ALTER TABLE {spec.raw_table} ADD COLUMN IF NOT EXISTS "{c.name}" {c.sql_type}'
+            for c in spec.columns
+            if not c.required
+        ),
         f"CREATE TABLE IF NOT EXISTS {spec.quarantine_table} (partition_date DATE NOT NULL,"
         " source_line BIGINT NOT NULL, rule VARCHAR NOT NULL, reason VARCHAR NOT NULL,"
         " raw_record VARCHAR, source_file VARCHAR, ingested_at TIMESTAMP NOT NULL)",

@@ -137,6 +137,9 @@ class StorefrontConfig:
     # share of eligible abandoned carts entering the randomised experiment: the shop randomises
     # every consenting abandoner (the arms include control) until the uplift model is trusted
     experiment_rate: float = 1.0
+    # the experiment runs on the first `experiment_days` days only (None: every day); after it,
+    # nobody acts on a cart unless a `Shop` is told to (the plan, its exploration, the service)
+    experiment_days: int | None = None
     review_rate: float = 0.15
     new_customer_share: float = 0.15  # customers who sign up during the simulated window
     drift: tuple[DriftSpec, ...] = ()
@@ -232,6 +235,8 @@ class _Sim:
     def __init__(self, cfg: StorefrontConfig, progress: Callable[[str], None]) -> None:
         self.cfg = cfg
         self.rng = np.random.default_rng(cfg.seed)
+        # every potential return from a stream of its own: decisions change none of the others
+        self.return_rng = np.random.default_rng([cfg.seed, cfg.population_seed or 0, 1])
         self.progress = progress
         self.tp = cfg.types
         self.day0 = np.datetime64(cfg.start_date.isoformat(), "D")
@@ -427,6 +432,8 @@ class _Sim:
         # the randomness of what follows, drawn in a fixed order (the stream stays reproducible)
         consented = self.consent[cust]
         in_exp = abandoned & consented & (rng.random(n) < cfg.experiment_rate)
+        if cfg.experiment_days is not None:
+            in_exp &= day < cfg.experiment_days
         treatment = np.where(in_exp, rng.integers(0, len(schema.TREATMENTS), n), 0)
         u_ret = rng.random(n)
         return_delay = np.where(ctype == 4, rng.integers(1, 4, n), rng.integers(1, 8, n))
@@ -478,6 +485,10 @@ class _Sim:
                 "treatment": treatment,
                 "returned_7d": returned,
                 "return_day": np.where(returned, day + return_delay, -1),
+                # the common random numbers of the 7-day outcome: under any arm the cart is bought
+                # back iff u_return < p_conv of that arm, `return_delay` days later
+                "u_return": u_ret,
+                "return_delay": return_delay,
                 "coupon": coupon,
                 "reach_checkout": reach_checkout,
             }
@@ -576,10 +587,17 @@ class _Sim:
             }
         )
 
-    def return_sessions(self) -> tuple[pd.DataFrame, pd.DataFrame]:
-        """Sessions in which an abandoned cart is bought back within 7 days (benign abandonment)."""
-        rng, s, cfg = self.rng, self.s, self.cfg
-        ret = s[s["returned_7d"] & (s["return_day"] < cfg.days)]
+    def potential_returns(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """For every abandoned cart, the session in which it would be bought back (`returns`: the
+        abandoned session), whichever arm it gets; only those the outcome makes happen land.
+        Drawn from a stream of their own, so what one cart's decision changes leaves every other
+        cart's return untouched. Arm-dependent fields (traffic source, shipping charged, order
+        value) are set when the day lands."""
+        rng, s, cfg = self.return_rng, self.s, self.cfg
+        return_day = s["day"] + s["return_delay"]
+        ret = s[s["abandoned"] & (return_day < cfg.days)].assign(
+            return_day=return_day[s["abandoned"] & (return_day < cfg.days)]
+        )
         m = len(ret)
         base = self.s_n
         rs = pd.DataFrame(
@@ -589,15 +607,15 @@ class _Sim:
                 "cust": ret["cust"].to_numpy(),
                 "sec": rng.integers(7 * 3600, 22 * 3600, m),
                 "device": self.pref_device[ret["cust"].to_numpy()],
-                "source": np.where(ret["treatment"].to_numpy() > 0, 2, 0),  # email link or direct
+                "source": 0,  # direct; an e-mail link when the cart was sent something
                 "region": ret["region"].to_numpy(),
-                "returns_session": ret["session_idx"].to_numpy(),
+                "returns": ret["session_idx"].to_numpy(),
             }
         )
         # events: view_cart, begin_checkout, shipping_quote_shown, purchase, after re-adding items
         cart_mask = np.isin(self.cart_sess, ret["session_idx"].to_numpy())
         cs, cp, cq = self.cart_sess[cart_mask], self.cart_prod[cart_mask], self.cart_qty[cart_mask]
-        new_idx = pd.Series(rs["session_idx"].to_numpy(), index=rs["returns_session"].to_numpy())
+        new_idx = pd.Series(rs["session_idx"].to_numpy(), index=rs["returns"].to_numpy())
         adds = pd.DataFrame(
             {
                 "sess": new_idx.loc[cs].to_numpy(),
@@ -635,15 +653,11 @@ class _Sim:
         p0 = np.where(prod >= 0, prod, 0)
         etype = ev["etype"].to_numpy()
         region = rs["region"].to_numpy()[sess]
-        src = ret.set_index(rs["session_idx"].to_numpy())
-        treat = src["treatment"].to_numpy()[sess]
-        cart_value = src["cart_value"].to_numpy()[sess]
+        cart_value = ret["cart_value"].to_numpy()[sess]
         wcls = np.zeros(m, dtype=int)
         if len(cs):
             np.maximum.at(wcls, new_idx.loc[cs].to_numpy() - base, self.weight_idx[cp])
         ship = self.ship_cost[day, region, wcls[sess]]
-        ship = np.where(treat == 2, 0.0, ship)
-        disc = np.select([treat == 3, treat == 4], [0.05, 0.10], 0.0)
         ts = self.day0 + day.astype("timedelta64[D]") + (sec * 1000).astype("timedelta64[ms]")
         events = pd.DataFrame(
             {
@@ -660,8 +674,12 @@ class _Sim:
                     etype == "shipping_quote_shown", self.ship_days[day, region, wcls[sess]], -1
                 ),
                 "coupon": False,
-                "order_value": np.where(
-                    etype == "purchase", np.round(cart_value * (1 - disc) + ship, 2), np.nan
+                "order_value": np.nan,
+                "returns": rs["returns"].to_numpy()[sess],
+                # what the order is worth before the arm's discount or free shipping
+                "cart_value": np.where(etype == "purchase", cart_value, np.nan),
+                "quoted_shipping": np.where(
+                    np.isin(etype, ["shipping_quote_shown", "purchase"]), ship, np.nan
                 ),
             }
         )
@@ -867,37 +885,197 @@ def _inject_bad_rows(
 @dataclass
 class _World:
     """What the simulation generated, before it is cut into landing files and truth: every
-    session (first visits and returns), every event, the reviews, with their public ids."""
+    session (first visits and every potential return), every event, the reviews, with their
+    public ids. Nothing in it depends on which arm a cart gets."""
 
     sim: _Sim
-    sessions: pd.DataFrame  # first visits and returns: session_idx, day, cust, sec, device, ...
+    # first visits and potential returns: session_idx, day, cust, sec, device, source, region,
+    # returns (the abandoned session a return buys back; -1 for a first visit)
+    sessions: pd.DataFrame
     events: pd.DataFrame  # sorted by day, session, seq; with session_id, event_id, product_id
     reviews: pd.DataFrame
     session_ids: np.ndarray  # by session_idx
     session_start: np.ndarray  # by session_idx (datetime64)
 
 
+@dataclass
+class _Outcomes:
+    """The arm each abandoned cart got and who chose it (first visits, by session_idx); the
+    7-day outcome follows from the common random numbers."""
+
+    treatment: np.ndarray  # index into schema.TREATMENTS; 0 (control) when nobody acted
+    chosen_by: np.ndarray  # "" when nobody decided
+    propensity: np.ndarray
+    policy_version: np.ndarray
+    model_version: np.ndarray
+    decided_at: np.ndarray  # datetime64[ms]; NaT: an hour after the session started
+
+    @classmethod
+    def experiment(cls, s: pd.DataFrame) -> _Outcomes:
+        """The storefront's randomised experiment (`experiment_rate` of consenting abandoners, a
+        uniformly random arm each, control included)."""
+        n = len(s)
+        exp = s["in_experiment"].to_numpy()
+        return cls(
+            treatment=np.where(exp, s["treatment"].to_numpy(), 0),
+            chosen_by=np.where(exp, "experiment", "").astype(object),
+            propensity=np.where(exp, 1.0 / len(schema.TREATMENTS), np.nan),
+            policy_version=np.full(n, None, dtype=object),
+            model_version=np.full(n, None, dtype=object),
+            decided_at=np.full(n, np.datetime64("NaT"), dtype="datetime64[ms]"),
+        )
+
+    def returned(self, s: pd.DataFrame) -> np.ndarray:
+        """Whether each cart is bought back within 7 days under the arm it got."""
+        p = s[[f"p_conv_{t}" for t in schema.TREATMENTS]].to_numpy()
+        chance = p[np.arange(len(s)), self.treatment]
+        return s["abandoned"].to_numpy() & (s["u_return"].to_numpy() < np.nan_to_num(chance))
+
+
 def simulate(cfg: StorefrontConfig, progress: Callable[[str], None] | None = None) -> Storefront:
-    """Simulate the storefront in memory (see `write_storefront` to land it as files)."""
-    say = progress or (lambda _msg: None)
-    world = _generate(cfg, say)
-    say("landing files")
-    landing, bad_event_lines, bad_log = _landing(cfg, world)
-    say("ground truth")
-    truth_customers, truth_sessions, effects = _truth(cfg, world)
-    return Storefront(
-        config=cfg,
-        landing=landing,
-        bad_event_lines=bad_event_lines,
-        truth_customers=truth_customers,
-        truth_sessions=truth_sessions,
-        truth_bad_rows=pd.DataFrame(bad_log, columns=["day", "table", "event_id", "kind", "rule"]),
-        truth_effects=effects,
-    )
+    """Simulate the storefront in memory, the shop's randomised experiment deciding every arm
+    (see `Shop` for a storefront that acts on decisions made day by day, and
+    `write_storefront` to land it as files)."""
+    shop = Shop(cfg, progress)
+    return shop.storefront(range(cfg.days))
+
+
+class Shop:
+    """A storefront that acts: it lands one day at a time and applies the arms chosen for that
+    day's abandoned carts (by the daily plan, its exploration, the holdout, the scoring service,
+    or its own randomised experiment), each cart's 7-day outcome drawn from that shopper's true
+    probability under the chosen arm (common random numbers: the same cart, the same luck).
+
+    A day's carts are decided after the day lands and before the next one does; their returns
+    land on later days and their outcomes in the day's interventions feed."""
+
+    def __init__(self, cfg: StorefrontConfig, progress: Callable[[str], None] | None = None):
+        self.cfg = cfg
+        self.say = progress or (lambda _msg: None)
+        self.world = _generate(cfg, self.say)
+        s = self.world.sim.s
+        self.outcomes = _Outcomes.experiment(s)
+        self.session_idx = pd.Series(
+            np.arange(len(s)), index=self.world.session_ids[: len(s)], dtype=np.int64
+        )
+        self.landed = -1  # the last day landed
+        self.not_applied = 0  # decisions of the last `act` left alone (the cart was bought)
+        self._tables: dict[int, dict[str, pd.DataFrame]] = {}
+        self._bad: dict[str, tuple[list[str], list[dict[str, object]]]] = {}
+
+    def day_tables(self, i: int) -> dict[str, pd.DataFrame]:
+        """Day `i`'s landing tables but the interventions feed (its defective event lines:
+        `bad_lines(day)`). Days land in order; landing a day closes the decisions of the days
+        before it."""
+        if i in self._tables:
+            return dict(self._tables[i])
+        if i != self.landed + 1 or i >= self.cfg.days:
+            raise ValueError(f"day {i} cannot land: the last day landed is {self.landed}")
+        tables, bad, log = _land_day(self.cfg, self.world, i, self.outcomes)
+        self._tables[i] = tables
+        self._bad[self.cfg.day(i).isoformat()] = (bad, log)
+        self.landed = i
+        return dict(tables)
+
+    def bad_lines(self, day: str) -> list[str]:
+        return self._bad.get(day, ([], []))[0]
+
+    def act(self, decisions: pd.DataFrame) -> int:
+        """Apply decisions (session_id, arm, chosen_by, propensity, and optionally
+        policy_version, model_version, decided_at) to the carts of the last day landed; returns
+        how many were applied. A cart that was in fact bought is left alone, as a shop would (the
+        pipeline can miss a purchase whose event line was defective): `not_applied` counts them.
+        Carts already decided, unknown arms, choosers and sessions are refused with an error."""
+        self.not_applied = 0
+        if decisions.empty:
+            return 0
+        s = self.world.sim.s
+        first = decisions["session_id"].isin(self.session_idx.index)
+        unknown = ~first & ~decisions["session_id"].isin(self.world.session_ids)
+        if unknown.any():
+            raise ValueError(
+                f"unknown sessions {decisions.loc[unknown, 'session_id'].head(3).tolist()}"
+            )
+        # a return visit buys its cart back: nothing to act on (its purchase line may have been
+        # defective, so the pipeline saw an open cart)
+        returns = int((~first).sum())
+        decisions = decisions[first]
+        idx = self.session_idx.loc[decisions["session_id"]].to_numpy()
+        arms = decisions["arm"].map({t: k for k, t in enumerate(schema.TREATMENTS)})
+        if arms.isna().any():
+            raise ValueError(f"unknown arms {sorted(set(decisions.loc[arms.isna(), 'arm']))}")
+        bad_by = set(decisions["chosen_by"]) - set(schema.CHOOSERS)
+        if bad_by:
+            raise ValueError(
+                f"unknown choosers {sorted(bad_by)}; expected some of {schema.CHOOSERS}"
+            )
+        p = decisions["propensity"].to_numpy(dtype=float)
+        if not np.all((p > 0) & (p <= 1)):
+            raise ValueError("propensities must be in (0, 1]")
+        day = s["day"].to_numpy()[idx]
+        late = day != self.landed
+        if late.any():
+            raise ValueError(
+                f"{int(late.sum())} decisions are not for day {self.landed}, the last day landed:"
+                " a day's carts are decided after it lands and before the next one does"
+            )
+        taken = self.outcomes.chosen_by[idx] != ""
+        if taken.any():
+            raise ValueError(f"{int(taken.sum())} carts were already decided (experiment or twice)")
+        open_ = s["abandoned"].to_numpy()[idx]
+        self.not_applied = returns + int((~open_).sum())
+        decisions, idx, arms, p = decisions[open_], idx[open_], arms[open_], p[open_]
+        o = self.outcomes
+        o.treatment[idx] = arms.to_numpy(dtype=int)
+        o.chosen_by[idx] = decisions["chosen_by"].to_numpy()
+        o.propensity[idx] = p
+        for col in ("policy_version", "model_version"):
+            if col in decisions:
+                getattr(o, col)[idx] = decisions[col].astype(object).to_numpy()
+        if "decided_at" in decisions:
+            o.decided_at[idx] = pd.to_datetime(decisions["decided_at"]).to_numpy(
+                dtype="datetime64[ms]"
+            )
+        return len(idx)
+
+    def interventions(self, i: int) -> pd.DataFrame:
+        """Day `i`'s interventions feed: every decided cart of the day, its arm, who chose it
+        with what propensity, and its 7-day outcome."""
+        return _interventions(self.cfg, self.world, i, self.outcomes)
+
+    def truth_sessions(self) -> pd.DataFrame:
+        """Every first visit's truth with the arm it got so far (tests and benchmarks only)."""
+        return _truth(self.cfg, self.world, self.outcomes)[1]
+
+    def storefront(self, days: Sequence[int] | range | None = None) -> Storefront:
+        """What has landed (or, with `days`, lands now: those days in order) with the truth as
+        decided so far."""
+        landing: dict[str, dict[str, pd.DataFrame]] = {}
+        for i in days if days is not None else range(self.landed + 1):
+            if i > self.landed:
+                self.say(f"landing {self.cfg.day(i)}")
+            tables = self.day_tables(i)
+            tables["interventions"] = self.interventions(i)
+            landing[self.cfg.day(i).isoformat()] = tables
+        self.say("ground truth")
+        truth_customers, truth_sessions, effects = _truth(self.cfg, self.world, self.outcomes)
+        bad_log = [row for _, log in self._bad.values() for row in log]
+        return Storefront(
+            config=self.cfg,
+            landing=landing,
+            bad_event_lines={d: self.bad_lines(d) for d in landing},
+            truth_customers=truth_customers,
+            truth_sessions=truth_sessions,
+            truth_bad_rows=pd.DataFrame(
+                bad_log, columns=["day", "table", "event_id", "kind", "rule"]
+            ),
+            truth_effects=effects,
+        )
 
 
 def _generate(cfg: StorefrontConfig, say: Callable[[str], None]) -> _World:
-    """Draw the catalogue, customers, sessions, events and reviews (one random stream)."""
+    """Draw the catalogue, customers, sessions, events and reviews (one random stream), and
+    every abandoned cart's potential return (a stream of its own)."""
     sim = _Sim(cfg, say)
     say("catalogue, prices and shipping")
     sim.products()
@@ -910,16 +1088,18 @@ def _generate(cfg: StorefrontConfig, say: Callable[[str], None]) -> _World:
     sim.sessions()
     say("events")
     ev = sim.events()
-    rs, rev = sim.return_sessions()
+    rs, rev = sim.potential_returns()
     s = sim.s
     sess_all = pd.concat(
         [
-            s[["session_idx", "day", "cust", "sec", "device", "source", "region"]],
-            rs.drop(columns="returns_session"),
+            s[["session_idx", "day", "cust", "sec", "device", "source", "region"]].assign(
+                returns=-1
+            ),
+            rs,
         ],
         ignore_index=True,
     )
-    events = pd.concat([ev, rev], ignore_index=True).sort_values(
+    events = pd.concat([ev.assign(returns=-1), rev], ignore_index=True).sort_values(
         ["day", "sess", "seq"], kind="stable"
     )
     sess_ids = np.char.add("S", np.char.zfill(sess_all["session_idx"].to_numpy().astype(str), 9))
@@ -956,153 +1136,187 @@ def _generate(cfg: StorefrontConfig, say: Callable[[str], None]) -> _World:
     return _World(sim, sess_all, events, reviews, sess_ids, sess_start)
 
 
-def _landing(
-    cfg: StorefrontConfig, world: _World
-) -> tuple[dict[str, dict[str, pd.DataFrame]], dict[str, list[str]], list[dict[str, object]]]:
-    """Each day's landing tables as the shop's systems would export them, the defective event
-    lines injected into them, and the log of those defects."""
-    sim, s, events, reviews = world.sim, world.sim.s, world.events, world.reviews
+_DISCOUNT: dict[int, float] = {3: 0.05, 4: 0.10}  # schema.TREATMENTS index -> share off
+_FREE_SHIPPING = 2
+
+
+def _land_day(
+    cfg: StorefrontConfig, world: _World, i: int, outcomes: _Outcomes
+) -> tuple[dict[str, pd.DataFrame], list[str], list[dict[str, object]]]:
+    """Day `i`'s landing tables (but the interventions feed) as the shop's systems would export
+    them, with the returns the decided arms made happen, the defective event lines injected into
+    them (a stream of the day's own) and the log of those defects."""
+    sim, reviews = world.sim, world.reviews
     sess_all, sess_ids, sess_start = world.sessions, world.session_ids, world.session_start
-    # ---- per-day landing frames -----------------------------------------------------------
-    landing: dict[str, dict[str, pd.DataFrame]] = {}
-    bad_event_lines: dict[str, list[str]] = {}
-    bad_log: list[dict[str, object]] = []
     devices = np.array(schema.DEVICES)
     sources = np.array(schema.TRAFFIC_SOURCES)
     regions = np.array(cfg.regions)
     cust_ids = sim.cust_ids
-    ev_day = events["day"].to_numpy()
-    bounds = np.searchsorted(ev_day, np.arange(cfg.days + 1))
-    sess_day = sess_all["day"].to_numpy()
-    start_by_sess = pd.Series(sess_start, index=sess_ids)
-    for i in range(cfg.days):
-        d = cfg.day(i).isoformat()
-        tables: dict[str, pd.DataFrame] = {}
-        new = (sim.signup_day == i) | ((i == 0) & (sim.signup_day <= 0))
-        tables["customers"] = pd.DataFrame(
-            {
-                "customer_id": cust_ids[new],
-                "region": regions[sim.cust_region[new]],
-                "signup_date": (sim.day0 + sim.signup_day[new].astype("timedelta64[D]"))
-                .astype("datetime64[s]")
-                .astype("datetime64[ms]"),
-                "marketing_consent": sim.consent[new],
-                "preferred_device": devices[sim.pref_device[new]],
-            }
-        )
-        tables["customers"]["signup_date"] = pd.to_datetime(
-            tables["customers"]["signup_date"]
-        ).dt.date
-        tables["products"] = pd.DataFrame(
-            {
-                "product_id": sim.product_ids,
-                "category": np.array(cfg.categories)[sim.cat_idx],
-                "list_price": sim.list_price,
-                "price": sim.price_window[i],
-                "on_promotion": sim.promo_window[i],
-                "weight_class": np.array(schema.WEIGHT_CLASSES)[sim.weight_idx],
-            }
-        )
-        rr, ww = np.meshgrid(np.arange(len(cfg.regions)), np.arange(4), indexing="ij")
-        tables["shipping_quotes"] = pd.DataFrame(
-            {
-                "region": regions[rr.ravel()],
-                "weight_class": np.array(schema.WEIGHT_CLASSES)[ww.ravel()],
-                "shipping_cost": sim.ship_cost[i].ravel(),
-                "delivery_days": sim.ship_days[i].ravel().astype("int32"),
-            }
-        )
-        sm = sess_day == i
-        tables["sessions"] = pd.DataFrame(
-            {
-                "session_id": sess_ids[sm],
-                "customer_id": cust_ids[sess_all["cust"].to_numpy()[sm]],
-                "started_at": sess_start[sm].astype("datetime64[ms]"),
-                "device": devices[sess_all["device"].to_numpy()[sm]],
-                "traffic_source": sources[sess_all["source"].to_numpy()[sm]],
-                "region": regions[sess_all["region"].to_numpy()[sm]],
-            }
-        )
-        day_ev = events.iloc[bounds[i] : bounds[i + 1]]
-        out = pd.DataFrame(
-            {
-                "event_id": day_ev["event_id"].to_numpy(),
-                "session_id": day_ev["session_id"].to_numpy(),
-                "seq": day_ev["seq"].to_numpy(),
-                "ts": _iso(day_ev["ts"].to_numpy()),
-                "event_type": day_ev["event_type"].to_numpy(),
-                "product_id": day_ev["product_id"].to_numpy(),
-                "quantity": pd.array(
-                    np.where(day_ev["quantity"].to_numpy() > 0, day_ev["quantity"].to_numpy(), 0),
-                    dtype="Int64",
-                ),
-                "price": day_ev["price"].to_numpy(),
-                "shipping_cost": day_ev["shipping_cost"].to_numpy(),
-                "delivery_days": pd.array(day_ev["delivery_days"].to_numpy(), dtype="Int64"),
-                "coupon_code": pd.Series(day_ev["coupon"].to_numpy())
-                .map({True: "SAVE10", False: None})
-                .to_numpy(),
-                "order_value": day_ev["order_value"].to_numpy(),
-            }
-        )
-        out.loc[out["quantity"] == 0, "quantity"] = pd.NA
-        out.loc[out["delivery_days"] < 0, "delivery_days"] = pd.NA
-        bad_lines: list[str] = []
-        if cfg.bad_row_rate > 0:
-            starts = start_by_sess.loc[out["session_id"].to_numpy()].to_numpy()
-            out, bad_lines, log = _inject_bad_rows(
-                out, cfg.bad_row_kinds, cfg.bad_row_rate, sim.rng, starts
-            )
-            for row in log:
-                row.update({"day": d, "table": "events"})
-            bad_log.extend(log)
-        tables["events"] = out
-        bad_event_lines[d] = bad_lines
-        rv = reviews[reviews["day"] == i]
-        rv_out = pd.DataFrame(
-            {
-                "review_id": rv["review_id"].to_numpy(),
-                "product_id": sim.product_ids[rv["prod"].to_numpy()],
-                "customer_id": cust_ids[rv["cust"].to_numpy()],
-                "ts": _iso(rv["ts"].to_numpy()),
-                "rating": rv["rating"].to_numpy(),
-                "text": rv["text"].to_numpy(),
-            }
-        )
-        tables["reviews"] = rv_out
-        ex = s[(s["day"] == i) & s["in_experiment"]]
-        treat = ex["treatment"].to_numpy()
-        conv = ex["returned_7d"].to_numpy()
-        cv = ex["cart_value"].to_numpy()
-        disc = np.select([treat == 3, treat == 4], [0.05, 0.10], 0.0)
-        cost = np.where(treat == 1, 0.05, 0.0) + conv * (
-            np.where(treat == 2, ex["ship_cost"].to_numpy(), 0.0) + disc * cv
-        )
-        end = sess_start[ex["session_idx"].to_numpy()] + np.timedelta64(1, "h")
-        tables["interventions"] = pd.DataFrame(
-            {
-                "assignment_id": np.char.add("A", sess_ids[ex["session_idx"].to_numpy()]),
-                "session_id": sess_ids[ex["session_idx"].to_numpy()],
-                "customer_id": cust_ids[ex["cust"].to_numpy()],
-                "assigned_at": end.astype("datetime64[ms]"),
-                "treatment": np.array(schema.TREATMENTS)[treat],
-                "cost": np.round(cost, 2),
-                "converted_7d": conv,
-                "revenue_7d": np.round(np.where(conv, cv * (1 - disc), 0.0), 2),
-            }
-        )
-        landing[d] = tables
+    d = cfg.day(i).isoformat()
+    returned = outcomes.returned(sim.s)
+    treat = outcomes.treatment
 
-    return landing, bad_event_lines, bad_log
+    def happens(returns: np.ndarray) -> np.ndarray:
+        """First visits, and the returns whose cart the arm it got brought back."""
+        return (returns < 0) | returned[np.maximum(returns, 0)]
+
+    tables: dict[str, pd.DataFrame] = {}
+    new = (sim.signup_day == i) | ((i == 0) & (sim.signup_day <= 0))
+    tables["customers"] = pd.DataFrame(
+        {
+            "customer_id": cust_ids[new],
+            "region": regions[sim.cust_region[new]],
+            "signup_date": (sim.day0 + sim.signup_day[new].astype("timedelta64[D]"))
+            .astype("datetime64[s]")
+            .astype("datetime64[ms]"),
+            "marketing_consent": sim.consent[new],
+            "preferred_device": devices[sim.pref_device[new]],
+        }
+    )
+    tables["customers"]["signup_date"] = pd.to_datetime(tables["customers"]["signup_date"]).dt.date
+    tables["products"] = pd.DataFrame(
+        {
+            "product_id": sim.product_ids,
+            "category": np.array(cfg.categories)[sim.cat_idx],
+            "list_price": sim.list_price,
+            "price": sim.price_window[i],
+            "on_promotion": sim.promo_window[i],
+            "weight_class": np.array(schema.WEIGHT_CLASSES)[sim.weight_idx],
+        }
+    )
+    rr, ww = np.meshgrid(np.arange(len(cfg.regions)), np.arange(4), indexing="ij")
+    tables["shipping_quotes"] = pd.DataFrame(
+        {
+            "region": regions[rr.ravel()],
+            "weight_class": np.array(schema.WEIGHT_CLASSES)[ww.ravel()],
+            "shipping_cost": sim.ship_cost[i].ravel(),
+            "delivery_days": sim.ship_days[i].ravel().astype("int32"),
+        }
+    )
+    day_sess = sess_all[(sess_all["day"].to_numpy() == i) & happens(sess_all["returns"].to_numpy())]
+    pos = day_sess["session_idx"].to_numpy()
+    src_arm = np.where(day_sess["returns"] >= 0, treat[np.maximum(day_sess["returns"], 0)], 0)
+    source = np.where(src_arm > 0, 2, day_sess["source"].to_numpy())  # the e-mail's link
+    tables["sessions"] = pd.DataFrame(
+        {
+            "session_id": sess_ids[pos],
+            "customer_id": cust_ids[day_sess["cust"].to_numpy()],
+            "started_at": sess_start[pos].astype("datetime64[ms]"),
+            "device": devices[day_sess["device"].to_numpy()],
+            "traffic_source": sources[source],
+            "region": regions[day_sess["region"].to_numpy()],
+        }
+    )
+    ev = world.events
+    day_ev = ev[(ev["day"].to_numpy() == i) & happens(ev["returns"].to_numpy())]
+    arm = np.where(day_ev["returns"] >= 0, treat[np.maximum(day_ev["returns"], 0)], 0)
+    etype = day_ev["event_type"].to_numpy()
+    returning = day_ev["returns"].to_numpy() >= 0
+    ship = np.where(arm == _FREE_SHIPPING, 0.0, day_ev["quoted_shipping"].to_numpy())
+    off = pd.Series(arm).map(_DISCOUNT).fillna(0.0).to_numpy()
+    shipping_cost = np.where(
+        returning & (etype == "shipping_quote_shown"), ship, day_ev["shipping_cost"].to_numpy()
+    )
+    order_value = np.where(
+        returning & (etype == "purchase"),
+        np.round(day_ev["cart_value"].to_numpy() * (1 - off) + ship, 2),
+        day_ev["order_value"].to_numpy(),
+    )
+    quantity = day_ev["quantity"].to_numpy()
+    out = pd.DataFrame(
+        {
+            "event_id": day_ev["event_id"].to_numpy(),
+            "session_id": day_ev["session_id"].to_numpy(),
+            "seq": day_ev["seq"].to_numpy(),
+            "ts": _iso(day_ev["ts"].to_numpy()),
+            "event_type": etype,
+            "product_id": day_ev["product_id"].to_numpy(),
+            "quantity": pd.array(np.where(quantity > 0, quantity, 0), dtype="Int64"),
+            "price": day_ev["price"].to_numpy(),
+            "shipping_cost": shipping_cost,
+            "delivery_days": pd.array(day_ev["delivery_days"].to_numpy(), dtype="Int64"),
+            "coupon_code": pd.Series(day_ev["coupon"].to_numpy())
+            .map({True: "SAVE10", False: None})
+            .to_numpy(),
+            "order_value": order_value,
+        }
+    )
+    out.loc[out["quantity"] == 0, "quantity"] = pd.NA
+    out.loc[out["delivery_days"] < 0, "delivery_days"] = pd.NA
+    bad_lines: list[str] = []
+    log: list[dict[str, object]] = []
+    if cfg.bad_row_rate > 0:
+        start_by_sess = pd.Series(sess_start, index=sess_ids)
+        starts = start_by_sess.loc[out["session_id"].to_numpy()].to_numpy()
+        rng = np.random.default_rng([cfg.seed, cfg.population_seed or 0, 2, i])
+        out, bad_lines, log = _inject_bad_rows(
+            out, cfg.bad_row_kinds, cfg.bad_row_rate, rng, starts
+        )
+        for row in log:
+            row.update({"day": d, "table": "events"})
+    tables["events"] = out
+    rv = reviews[reviews["day"] == i]
+    tables["reviews"] = pd.DataFrame(
+        {
+            "review_id": rv["review_id"].to_numpy(),
+            "product_id": sim.product_ids[rv["prod"].to_numpy()],
+            "customer_id": cust_ids[rv["cust"].to_numpy()],
+            "ts": _iso(rv["ts"].to_numpy()),
+            "rating": rv["rating"].to_numpy(),
+            "text": rv["text"].to_numpy(),
+        }
+    )
+    return tables, bad_lines, log
+
+
+def _interventions(cfg: StorefrontConfig, world: _World, i: int, o: _Outcomes) -> pd.DataFrame:
+    """Day `i`'s decided carts with the arm, who chose it, its propensity, the versions behind
+    it, its cost and its 7-day outcome (exported once the 7 days have closed)."""
+    s, sess_ids, sess_start = world.sim.s, world.session_ids, world.session_start
+    m = (s["day"].to_numpy() == i) & (o.chosen_by != "")
+    idx = np.flatnonzero(m)
+    treat = o.treatment[idx]
+    conv = o.returned(s)[idx]
+    cv = s["cart_value"].to_numpy()[idx]
+    off = pd.Series(treat).map(_DISCOUNT).fillna(0.0).to_numpy()
+    cost = np.where(treat == 1, 0.05, 0.0) + conv * (
+        np.where(treat == _FREE_SHIPPING, s["ship_cost"].to_numpy()[idx], 0.0) + off * cv
+    )
+    at = o.decided_at[idx]
+    at = np.where(np.isnat(at), sess_start[idx] + np.timedelta64(1, "h"), at)
+    return pd.DataFrame(
+        {
+            "assignment_id": np.char.add("A", sess_ids[idx]),
+            "session_id": sess_ids[idx],
+            "customer_id": world.sim.cust_ids[s["cust"].to_numpy()[idx]],
+            "assigned_at": at.astype("datetime64[ms]"),
+            "treatment": np.array(schema.TREATMENTS)[treat],
+            "cost": np.round(cost, 2),
+            "converted_7d": conv,
+            "revenue_7d": np.round(np.where(conv, cv * (1 - off), 0.0), 2),
+            "chosen_by": o.chosen_by[idx].astype(str),
+            "propensity": o.propensity[idx],
+            "policy_version": o.policy_version[idx],
+            "model_version": o.model_version[idx],
+        }
+    )
 
 
 def _truth(
-    cfg: StorefrontConfig, world: _World
+    cfg: StorefrontConfig, world: _World, outcomes: _Outcomes
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, object]]:
     """The ground truth the tests read: each customer's latent type, each session's outcomes and
-    treatment, and the parameters of the effects."""
-    sim, s, sess_ids = world.sim, world.sim.s, world.session_ids
+    the arm it got, and the parameters of the effects."""
+    sim, sess_ids = world.sim, world.session_ids
+    s = sim.s.assign(
+        treatment=outcomes.treatment,
+        in_experiment=outcomes.chosen_by == "experiment",
+        chosen_by=outcomes.chosen_by.astype(str),
+        returned_7d=outcomes.returned(sim.s),
+    )
+    s["return_day"] = np.where(s["returned_7d"], s["day"] + s["return_delay"], -1)
     devices, regions, cust_ids = np.array(schema.DEVICES), np.array(cfg.regions), sim.cust_ids
+
     truth_customers = pd.DataFrame(
         {
             "customer_id": cust_ids,
@@ -1142,6 +1356,29 @@ def _truth(
 DEMO_STOREFRONT = StorefrontConfig(sessions_per_day=3000, n_customers=12000)
 
 
+def _write_tables(
+    con: duckdb.DuckDBPyConnection,
+    folder: Path,
+    tables: dict[str, pd.DataFrame],
+    bad_lines: list[str] | None = None,
+) -> None:
+    """Write landing tables into one day's folder (defective event lines appended)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, frame in tables.items():
+        spec = schema.TABLES_BY_NAME[name]
+        path = folder / spec.landing_file
+        if spec.landing_format == "parquet":
+            frame.to_parquet(path, index=False)
+            continue
+        # DuckDB writes JSON lines ~5x faster than pandas, in the frame's row order
+        con.register("_rows", frame)
+        con.execute(f"COPY (SELECT * FROM _rows) TO '{path}' (FORMAT json)")
+        con.unregister("_rows")
+        if name == "events" and bad_lines:
+            with open(path, "a", encoding="utf-8") as fh:
+                fh.writelines(line + "\n" for line in bad_lines)
+
+
 def write_storefront(store: Storefront, out_dir: Path | str) -> dict[str, Path]:
     """Land the storefront: `<out>/landing/<day>/<table>.<ext>` and `<out>/truth/` (tests only)."""
     out = Path(out_dir)
@@ -1149,30 +1386,44 @@ def write_storefront(store: Storefront, out_dir: Path | str) -> dict[str, Path]:
     con = duckdb.connect()
     try:
         for day, tables in store.landing.items():
-            folder = landing / day
-            folder.mkdir(parents=True, exist_ok=True)
-            for name, frame in tables.items():
-                spec = schema.TABLES_BY_NAME[name]
-                path = folder / spec.landing_file
-                if spec.landing_format == "parquet":
-                    frame.to_parquet(path, index=False)
-                    continue
-                # DuckDB writes JSON lines ~5x faster than pandas, in the frame's row order
-                con.register("_rows", frame)
-                con.execute(f"COPY (SELECT * FROM _rows) TO '{path}' (FORMAT json)")
-                con.unregister("_rows")
-                if name == "events" and store.bad_event_lines[day]:
-                    with open(path, "a", encoding="utf-8") as fh:
-                        fh.writelines(line + "\n" for line in store.bad_event_lines[day])
+            _write_tables(con, landing / day, tables, store.bad_event_lines[day])
     finally:
         con.close()
+    write_truth(store, truth)
+    return {"landing": landing, "truth": truth}
+
+
+def write_truth(store: Storefront, truth: Path) -> None:
+    """The ground truth only tests and benchmarks read."""
     truth.mkdir(parents=True, exist_ok=True)
     store.truth_customers.to_parquet(truth / "customers.parquet", index=False)
     store.truth_sessions.to_parquet(truth / "sessions.parquet", index=False)
     store.truth_bad_rows.to_parquet(truth / "bad_rows.parquet", index=False)
     (truth / "effects.json").write_text(json.dumps(store.truth_effects, indent=2, default=str))
     (truth / "config.json").write_text(store.config.to_json())
-    return {"landing": landing, "truth": truth}
+
+
+def land_day(shop: Shop, i: int, landing: Path | str) -> Path:
+    """Land day `i` of an acting shop (every table but the interventions feed, which
+    `land_interventions` writes once the day's carts are decided); returns the day's folder."""
+    folder = Path(landing) / shop.cfg.day(i).isoformat()
+    con = duckdb.connect()
+    try:
+        _write_tables(con, folder, shop.day_tables(i), shop.bad_lines(folder.name))
+    finally:
+        con.close()
+    return folder
+
+
+def land_interventions(shop: Shop, i: int, landing: Path | str) -> Path:
+    """Write day `i`'s interventions feed: its decided carts and their outcomes."""
+    folder = Path(landing) / shop.cfg.day(i).isoformat()
+    con = duckdb.connect()
+    try:
+        _write_tables(con, folder, {"interventions": shop.interventions(i)})
+    finally:
+        con.close()
+    return folder / schema.TABLES_BY_NAME["interventions"].landing_file
 
 
 def parse_drift(spec: str) -> DriftSpec:

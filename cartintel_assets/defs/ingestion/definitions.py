@@ -26,6 +26,14 @@ abandonment_labels_job = asset_job(
     "Recompute the harmful/benign labels of a day once its 7-day window has landed.",
 )
 
+# A storefront that acts on the day's plan lands that day's interventions feed afterwards.
+interventions_ingestion_job = asset_job(
+    "interventions_ingestion_job",
+    dg.AssetSelection.assets("raw_interventions", "quarantined_interventions")
+    | dg.AssetSelection.assets(data_quality_scorecard),
+    "Ingest a day's interventions feed again once the storefront has acted on its plan.",
+)
+
 defs = dg.Definitions(
     assets=[
         *ingestion_assets,
@@ -36,6 +44,6 @@ defs = dg.Definitions(
         review_signals,
     ],
     asset_checks=quality_gates,
-    jobs=[storefront_daily_job, abandonment_labels_job],
+    jobs=[storefront_daily_job, abandonment_labels_job, interventions_ingestion_job],
     schedules=[dg.build_schedule_from_partitioned_job(storefront_daily_job, hour_of_day=2)],
 )
