@@ -48,15 +48,21 @@ class PlanRules:
     max_discount_by_segment: dict[str, float] = field(default_factory=dict)
 
 
+def unit_hash(keys: Iterable[Any], salt: str) -> np.ndarray:
+    """A number in [0, 1) per key from the hash of (salt, key): the same key and salt always give
+    the same number, so a draw made with it can be repeated and audited."""
+
+    def u(key: str) -> float:
+        digest = hashlib.sha256(f"{salt}:{key}".encode()).digest()
+        return int.from_bytes(digest[:8], "big") / 2**64
+
+    return np.array([u(str(k)) for k in keys], dtype=float)
+
+
 def in_holdout(customer_ids: Iterable[Any], share: float, salt: str) -> np.ndarray:
     """A persistent holdout: a customer is in it when the hash of (salt, pseudonym) falls below
     `share`, on every day and in every plan, so incrementality can be measured against it."""
-
-    def u(cid: str) -> float:
-        digest = hashlib.sha256(f"{salt}:{cid}".encode()).digest()
-        return int.from_bytes(digest[:8], "big") / 2**64
-
-    return np.array([u(str(c)) < share for c in customer_ids], dtype=bool)
+    return unit_hash(customer_ids, salt) < share
 
 
 def contacts_by_customer(history: pd.DataFrame | None) -> dict[str, list[pd.Timestamp]]:
@@ -226,3 +232,131 @@ def top_k_by_risk(
     return choose_actions(
         carts, options[options["arm"] == arm], rules, history, order=carts["risk"].to_numpy()
     )
+
+
+def explore_and_choose(
+    carts: pd.DataFrame,
+    options: pd.DataFrame,
+    rules: PlanRules,
+    history: pd.DataFrame | None,
+    share: float,
+    salt: str,
+) -> pd.DataFrame:
+    """The plan with exploration, and the propensity of every decision it logs.
+
+    A `share` of the carts that may be contacted (`blocked` empty), picked by a hash of
+    (salt, session_id), gets a uniformly random choice among no intervention and the arms it may
+    have (`options` rows, within its segment's discount cap; none if a contact would break a cap
+    at that time). The others get what `choose_actions` gives them with the day's budget;
+    exploration's own spend is reported apart (`chosen_by`). `propensity` is the chance the
+    logged choice had under this policy: share / k + (1 - share) * [the plan's choice], k the
+    cart's choices, the plan's choice being what it picks with every cart in play. Holdout carts
+    log no intervention with propensity 1; carts that may not be contacted log nothing."""
+    n = len(carts)
+    blocked = carts["blocked"].fillna("").astype(str).to_numpy()
+    eligible = blocked == ""
+    if not 0.0 <= share < 1.0:
+        raise ValueError(f"the exploration share must be in [0, 1), not {share}")
+    greedy = choose_actions(carts, options, rules, history)
+    caps = np.array(
+        [discount_cap(rules, g) for g in carts.get("segment", pd.Series(None, index=carts.index))]
+    )
+    cart_of = options["cart"].to_numpy(dtype=np.int64)
+    allowed = options["discount"].to_numpy(dtype=float) <= caps[cart_of] + 1e-12
+    rows_of: dict[int, list[int]] = {}
+    for r in np.flatnonzero(allowed):
+        rows_of.setdefault(int(cart_of[r]), []).append(int(r))
+    explored = eligible & (unit_hash(carts["session_id"], salt) < share)
+    draw = unit_hash(carts["session_id"], f"{salt}:arm")
+    contacts = contacts_by_customer(history)
+    customer = carts["customer_id"].astype(str).to_numpy()
+    send_at = pd.to_datetime(carts["send_at"]).to_numpy()
+    picked = np.full(n, -1)  # option row drawn per explored cart (-1: no intervention)
+    choices = np.ones(n)
+    for c in np.flatnonzero(explored)[np.argsort(send_at[explored], kind="stable")]:
+        at = pd.Timestamp(send_at[c])
+        rows = rows_of.get(int(c), [])
+        if rows and rules.contact.violation(contacts.get(customer[c], []), at):
+            rows = []
+        choices[c] = len(rows) + 1
+        k = int(draw[c] * choices[c])
+        if k > 0:
+            picked[c] = rows[k - 1]
+            contacts.setdefault(customer[c], []).append(at)
+    for c in np.flatnonzero(eligible & ~explored):
+        choices[c] = len(rows_of.get(int(c), [])) + 1
+    done = pd.DataFrame({"customer_id": customer[picked >= 0], "sent_at": send_at[picked >= 0]})
+    rest = carts.assign(blocked=np.where(explored, "exploration", blocked))
+    parts = [h for h in (history, done) if h is not None and len(h)]
+    plan = choose_actions(
+        rest, options, rules, pd.concat(parts, ignore_index=True) if parts else None
+    )
+    for c in np.flatnonzero(explored):
+        r = picked[c]
+        for col, value in (
+            ("action", options["arm"].iat[r] if r >= 0 else NONE),
+            ("intervention_id", options["intervention_id"].iat[r] if r >= 0 else None),
+            ("reason", "" if r >= 0 else "exploration: no intervention"),
+            ("p_treated", options["p_treated"].iat[r] if r >= 0 else np.nan),
+            ("p_baseline", options["p_baseline"].iat[r] if r >= 0 else np.nan),
+            ("incremental_conversion", options["incremental_conversion"].iat[r] if r >= 0 else 0.0),
+            ("incremental_margin", options["incremental_margin"].iat[r] if r >= 0 else 0.0),
+            ("expected_cost", options["expected_cost"].iat[r] if r >= 0 else 0.0),
+        ):
+            plan.loc[c, col] = value
+    same = (plan["action"] == greedy["action"]).to_numpy()
+    propensity = share / choices + (1 - share) * np.where(explored, same, True)
+    holdout = blocked == "holdout"
+    plan["chosen_by"] = np.select(
+        [explored, eligible, holdout], ["exploration", "plan", "holdout"], ""
+    )
+    plan["propensity"] = np.select([eligible, holdout], [propensity, 1.0], np.nan)
+    return plan
+
+
+DISPARITY = "disparity bound"
+
+
+def within_disparity(
+    plan: pd.DataFrame, groups: pd.DataFrame, bound: float, min_group_size: int
+) -> pd.DataFrame:
+    """`plan` with the fewest, least valuable of its own contacts withdrawn so that, for every
+    column of `groups` (e.g. region, device, new vs returning; rows: the carts the rates are
+    taken over, indexed like `plan`), the intervention rates of the groups with at least
+    `min_group_size` carts lie within `bound` of each other.
+
+    Only the plan's own choices (`chosen_by` "plan") are withdrawn, reason "disparity bound";
+    exploration stays uniform and the holdout untouched. Withdrawing only lowers spend, so the
+    budget still holds. If exploration alone breaks the bound, the plan is left as it is and
+    the blocking check refuses it."""
+    plan = plan.copy()
+    rows = groups.index
+    labels = {by: groups[by].astype(str).to_numpy() for by in groups.columns}
+    margin = plan.loc[rows, "incremental_margin"].to_numpy(dtype=float)
+    own = (plan.loc[rows, "chosen_by"] == "plan").to_numpy()
+    for _ in range(10 * len(labels) + 10):
+        treated = (plan.loc[rows, "action"] != NONE).to_numpy()
+        worst: tuple[float, str, str, float] | None = None  # gap, column, top group, floor
+        for by, label in labels.items():
+            rate = pd.Series(treated).groupby(label).agg(["mean", "size"])
+            big = rate[rate["size"] >= min_group_size]["mean"]
+            if len(big) > 1 and big.max() - big.min() > bound + 1e-12:
+                gap = float(big.max() - big.min())
+                if worst is None or gap > worst[0]:
+                    worst = (gap, by, str(big.idxmax()), float(big.min()) + bound)
+        if worst is None:
+            break
+        _, by, top, ceiling = worst
+        members = labels[by] == top
+        excess = int(np.ceil(treated[members].sum() - ceiling * members.sum() - 1e-9))
+        candidates = np.flatnonzero(members & treated & own)
+        if not len(candidates) or excess <= 0:
+            break
+        drop = candidates[np.argsort(margin[candidates], kind="stable")[:excess]]
+        at = rows[drop]
+        plan.loc[at, "action"] = NONE
+        plan.loc[at, "intervention_id"] = None
+        plan.loc[at, "reason"] = DISPARITY
+        plan.loc[at, ["p_treated", "p_baseline"]] = np.nan
+        plan.loc[at, ["incremental_conversion", "incremental_margin", "expected_cost"]] = 0.0
+    return plan

@@ -30,6 +30,17 @@ class PlanSettings(BaseModel):
     send_delay_minutes: float = Field(
         default=60.0, ge=0, description="When a nudge goes out after the session ended."
     )
+    exploration_share: float = Field(
+        default=0.10,
+        ge=0,
+        lt=1,
+        description="Share of contactable carts given a uniformly random choice (no intervention"
+        " included), its propensity logged, so the next uplift model can learn from the plan's"
+        " own log; 0 turns exploration off. Its spend is reported apart from the budget.",
+    )
+    exploration_salt: str = Field(
+        default="cartintel-explore-v1", description="Salt of the exploration hash."
+    )
     max_discount: float = Field(default=0.10, ge=0, lt=1, description="Deepest discount.")
     max_discount_by_segment: dict[str, float] = Field(
         default={},

@@ -73,7 +73,8 @@ UPLIFT_PARAMS = XGBParams(
 
 
 _LOG_SQL = """
-SELECT i.assignment_id, i.treatment, i.converted_7d, i.assigned_at, f.*
+SELECT i.assignment_id, i.treatment, i.converted_7d, i.assigned_at, i.chosen_by, i.propensity,
+       f.*
 FROM raw_interventions i LEFT JOIN session_features f USING (session_id)
 ORDER BY i.assigned_at, i.assignment_id
 """
@@ -321,13 +322,13 @@ def fit_x_learner(
 
 
 def logged_propensity(treatment: np.ndarray, propensity: np.ndarray | None = None) -> np.ndarray:
-    """Each row's chance of having been given its logged arm: the logged propensities when there
-    are any, else the arm's share of the log (exact for a uniformly randomised log)."""
+    """Each row's chance of having been given its logged arm: the logged propensity, or where a
+    row has none, the arm's share of the log (exact for a uniformly randomised log)."""
+    arm = pd.Series(np.asarray(treatment))
+    p = arm.map(arm.value_counts(normalize=True)).to_numpy(dtype=float)
     if propensity is not None:
-        p = np.asarray(propensity, dtype=float)
-    else:
-        arm = pd.Series(np.asarray(treatment))
-        p = arm.map(arm.value_counts(normalize=True)).to_numpy(dtype=float)
+        logged = np.asarray(propensity, dtype=float)
+        p = np.where(np.isnan(logged), p, logged)
     if not np.all((p > 0) & (p <= 1)):
         raise ValueError("logged propensities must be in (0, 1]: a chosen arm had no chance?")
     return p

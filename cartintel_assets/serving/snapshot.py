@@ -90,7 +90,9 @@ class Snapshot:
                     "SELECT customer_id, cutoff_at AS sent_at FROM decision_log"
                     " WHERE action <> 'none'"
                 )
-            copy("contacts", " UNION ALL ".join(parts) if parts else "SELECT NULL LIMIT 0")
+            # UNION: a planned contact the storefront acted on is also in its interventions
+            # feed, at the same time; it is one contact
+            copy("contacts", " UNION ".join(parts) if parts else "SELECT NULL LIMIT 0")
             self.sessions = int(
                 wh.execute(
                     "SELECT count(*) FROM raw_sessions WHERE partition_date BETWEEN $first AND $last",

@@ -16,8 +16,16 @@ from cartintel_assets.decisions.catalogue import (
     parse_catalogue,
 )
 from cartintel_assets.decisions.economics import action_table
-from cartintel_assets.decisions.evaluation import constraint_violations
-from cartintel_assets.decisions.plan import PlanRules, choose_actions, in_holdout, top_k_by_risk
+from cartintel_assets.decisions.evaluation import constraint_violations, intervention_rates
+from cartintel_assets.decisions.plan import (
+    DISPARITY,
+    PlanRules,
+    choose_actions,
+    explore_and_choose,
+    in_holdout,
+    top_k_by_risk,
+    within_disparity,
+)
 
 HONEST = load_catalogue()
 
@@ -239,3 +247,100 @@ def test_top_k_by_risk_takes_the_riskiest_first() -> None:
     opts = _options(carts, {"discount_10": 0.1})
     plan = top_k_by_risk(carts, opts, "discount_10", replace(PlanRules(budget=12.2)))
     assert list(plan.index[plan["action"] != "none"]) == [0, 1, 2]
+
+
+def test_exploration_logs_the_chance_each_choice_had() -> None:
+    """Carts alike, a plan that gives all of them the reminder e-mail: a fifth of them (by hash)
+    explore uniformly over {none, e-mail, 5 % off}; the logged propensities are the frequencies
+    the choices are drawn with, and the rules still hold."""
+    n = 6000
+    carts = _carts(n, session_id=[f"s{i}" for i in range(n)])
+    carts.loc[:199, "blocked"] = "holdout"
+    carts.loc[200:399, "blocked"] = "no marketing consent"
+    opts = _options(carts, {"reminder_email": 0.05, "discount_5": 0.02})
+    rules = PlanRules(budget=1e9)
+    plan = explore_and_choose(carts, opts, rules, None, 0.2, "salt")
+    assert (plan.loc[:199, "chosen_by"] == "holdout").all()
+    assert (plan.loc[:199, "propensity"] == 1.0).all() and (
+        plan.loc[:199, "action"] == "none"
+    ).all()
+    assert (plan.loc[200:399, "chosen_by"] == "").all() and plan.loc[
+        200:399, "propensity"
+    ].isna().all()
+    open_ = plan.loc[400:]
+    explored = open_["chosen_by"] == "exploration"
+    assert abs(explored.mean() - 0.2) < 3 * np.sqrt(0.2 * 0.8 / len(open_))
+    assert set(open_.loc[~explored, "action"]) == {"reminder_email"}
+    for action, share in (
+        ("reminder_email", 0.8 + 0.2 / 3),
+        ("discount_5", 0.2 / 3),
+        ("none", 0.2 / 3),
+    ):
+        logged = open_.loc[open_["action"] == action, "propensity"]
+        assert len(logged) > 100 and np.allclose(logged, share)
+        assert abs((open_["action"] == action).mean() - share) < 3 * np.sqrt(
+            share * (1 - share) / len(open_)
+        )
+    # the same salt gives the same draws; exploration's spend is reported apart from the budget's
+    again = explore_and_choose(carts, opts, rules, None, 0.2, "salt")
+    assert again["action"].equals(plan["action"])
+    tight = PlanRules(budget=20.0)
+    capped = explore_and_choose(carts, opts, tight, None, 0.2, "salt")
+    assert capped.loc[capped["chosen_by"] == "plan", "expected_cost"].sum() <= 20.0 + 1e-9
+    assert capped.loc[capped["chosen_by"] == "exploration", "expected_cost"].sum() > 20.0
+    assert sum(constraint_violations(capped, carts, tight, None, HONEST).values()) == 0
+
+
+def test_exploration_respects_the_contact_caps() -> None:
+    """An explored contact counts towards the caps: the same customer's other carts that day are
+    neither explored into a second contact nor planned one."""
+    carts = _carts(400, session_id=[f"s{i}" for i in range(400)], customer_id="c0")
+    carts["send_at"] = pd.Timestamp("2026-10-10 12:00") + pd.to_timedelta(np.arange(400), "min")
+    opts = _options(carts, {"reminder_email": 0.05})
+    rules = PlanRules(budget=1e9)
+    plan = explore_and_choose(carts, opts, rules, None, 0.5, "salt")
+    assert (plan["action"] != "none").sum() == 1
+    assert sum(constraint_violations(plan, carts, rules, None, HONEST).values()) == 0
+
+
+def test_the_plan_keeps_within_the_disparity_bound() -> None:
+    """E-mails move ES shoppers (effect rising with the cart's index) and only a quarter of DE's:
+    the unconstrained plan mails ES at 3-4 times DE's rate. Bounded, it withdraws the least
+    valuable of its own ES contacts, and only as many as the bound needs; exploration and the
+    budget are untouched, and the rates, counted apart, are within 15 points on every grouping."""
+    n = 4000
+    rng = np.random.default_rng(3)
+    carts = _carts(n, session_id=[f"s{i}" for i in range(n)])
+    carts["region"] = np.where(np.arange(n) % 2 == 0, "ES", "DE")
+    carts["device"] = rng.choice(["mobile", "desktop"], n)
+    carts["customer"] = rng.choice(["new", "returning"], n)
+    es = (carts["region"] == "ES").to_numpy()
+    effect = np.where(es, np.linspace(0.01, 0.08, n), np.where(rng.random(n) < 0.25, 0.05, -0.05))
+    opts = action_table(
+        carts, np.full(n, 0.3), pd.DataFrame({"reminder_email": effect}), HONEST, 0.4
+    )
+    rules = PlanRules(budget=1e9)
+    plan = explore_and_choose(carts, opts, rules, None, 0.1, "salt")
+    groups = carts[["region", "device", "customer"]]
+    before = intervention_rates(plan, carts, "region")["mean"]
+    assert before["ES"] - before["DE"] > 0.5
+    bounded = within_disparity(plan, groups, 0.15, 30)
+    for by in groups.columns:
+        rates = intervention_rates(bounded, carts, by)["mean"]
+        assert rates.max() - rates.min() <= 0.15 + 1e-9, by
+    dropped = bounded["reason"] == DISPARITY
+    assert dropped.sum() > 100 and (plan.loc[dropped, "chosen_by"] == "plan").all()
+    assert (bounded.loc[dropped, "action"] == "none").all() and es[dropped].all()
+    kept = (bounded["action"] != "none") & es & (bounded["chosen_by"] == "plan")
+    assert (
+        plan.loc[dropped, "incremental_margin"].max()
+        <= bounded.loc[kept, "incremental_margin"].min()
+    )
+    # as few as the bound needs: one more contact back would break it
+    rates = intervention_rates(bounded, carts, "region")["mean"]
+    assert rates["ES"] - rates["DE"] > 0.15 - 1.5 / es.sum()
+    explored = plan["chosen_by"] == "exploration"
+    assert bounded.loc[explored].equals(plan.loc[explored])
+    assert sum(constraint_violations(bounded, carts, rules, None, HONEST).values()) == 0
+    # a plan already within the bound is left as it is
+    assert within_disparity(bounded, groups, 0.15, 30).equals(bounded)
