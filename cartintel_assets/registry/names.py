@@ -15,4 +15,4 @@ GLOBAL = "global"
 PHASES: tuple[str, ...] = (CHALLENGER, PILOT, GLOBAL)
 
 # Models that move through promotion, by the short name the CLI and the jobs use.
-PROMOTED_MODELS: dict[str, str] = {"abandonment": ABANDONMENT_MODEL}
+PROMOTED_MODELS: dict[str, str] = {"abandonment": ABANDONMENT_MODEL, "uplift": UPLIFT_MODEL}

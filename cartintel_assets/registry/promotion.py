@@ -319,13 +319,171 @@ def judge_pilot(results: pd.DataFrame, plan: PhasePlan) -> GateResult:
     for col, gap in gaps.items():
         if gap > plan.global_max_auc_gap:
             problems.append(f"ROC-AUC gap across {col} {gap:.3f} > {plan.global_max_auc_gap:.3f}")
+    return _verdict(
+        problems,
+        f"pilot on {n} carts: ROC-AUC {m['roc_auc']:.3f}, calibration error"
+        f" {m['calibration_error']:.3f}, incremental conversion {lift:+.3f}",
+        evidence,
+    )
+
+
+def _verdict(problems: list[str], passed: str, evidence: dict[str, Any]) -> GateResult:
+    """A global gate's result: refused with every bound its pilot missed, or `passed`."""
     if problems:
         return GateResult(
             False, "pilot results miss their bounds: " + "; ".join(problems), evidence
         )
+    return GateResult(True, passed, evidence)
+
+
+# ---- the uplift policy's gates (cartintel-uplift with the plan it drives) -------------------
+
+
+def judge_policy_candidate(tags: dict[str, str], incumbent: str | None) -> GateResult:
+    """Pilot gate of an uplift version, from what its training measured on the logged decisions
+    (`evaluation.uplift_gate`, tagged on the version): its honest off-policy value over the
+    `global` policy's on the same carts, paired, with the interval's lower bound above 0 (with
+    no global version yet: over no intervention). A comparison made against another global
+    version than today's is stale: the candidate must be retrained."""
+    if incumbent is None:
+        lo, value = float(tags.get("policy_value_dr_lo", "nan")), tags.get("policy_value_dr")
+        evidence: dict[str, Any] = {
+            GLOBAL: None,
+            "policy_value_dr": value,
+            "policy_value_dr_lo": lo,
+        }
+        if not lo > 0:
+            return GateResult(
+                False,
+                f"first rollout: the policy's off-policy value {value} has a 95 % interval"
+                f" reaching {lo:.2f}, not above 0",
+                evidence,
+            )
+        return GateResult(
+            True, f"first rollout: off-policy value {value} (95 % from {lo:.2f})", evidence
+        )
+    compared = tags.get("compared_with_global", "none")
+    evidence = {
+        "global_version": incumbent,
+        "compared_with_global": compared,
+        "vs_global_dr": tags.get("vs_global_dr"),
+        "vs_global_dr_lo": tags.get("vs_global_dr_lo"),
+        "vs_global_dr_hi": tags.get("vs_global_dr_hi"),
+    }
+    if compared != incumbent:
+        return GateResult(
+            False,
+            f"its training compared it with global version {compared}, but global is now"
+            f" version {incumbent}: retrain (uplift_training_job) to compare with it",
+            evidence,
+        )
+    lo = float(tags.get("vs_global_dr_lo", "nan"))
+    if not lo > 0:
+        return GateResult(
+            False,
+            f"its off-policy value over global version {incumbent}'s policy is"
+            f" {tags.get('vs_global_dr')} with a 95 % interval reaching {lo:.2f}, not above 0",
+            evidence,
+        )
     return GateResult(
         True,
-        f"pilot on {n} carts: ROC-AUC {m['roc_auc']:.3f}, calibration error"
-        f" {m['calibration_error']:.3f}, incremental conversion {lift:+.3f}",
+        f"beats global version {incumbent}'s policy off-policy by {tags.get('vs_global_dr')}"
+        f" (95 % from {lo:.2f}) on the same logged carts",
+        evidence,
+    )
+
+
+_POLICY_SQL = """
+SELECT i.session_id, i.treatment, i.converted_7d, i.chosen_by, i.model_version,
+       CAST(i.assigned_at AS DATE) AS day, f.region, f.cart_value, f.shipping_cost
+FROM raw_interventions i JOIN session_features f USING (session_id)
+WHERE i.chosen_by IN ('plan', 'exploration', 'holdout') AND i.model_version IS NOT NULL
+"""
+_BLOCKED_SQL = """
+SELECT count(DISTINCT partition_date) FROM blocked_intervention_plans
+WHERE uplift_model_version = ? AND region IN (SELECT unnest(?))
+"""
+
+
+def policy_results(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
+    """Every logged decision the plan made (plan, exploration, holdout) with the uplift version
+    behind it, its realised outcome, region and cart; empty before the plan acted."""
+    if not (has_table(con, "raw_interventions") and has_table(con, "session_features")):
+        return pd.DataFrame(columns=["session_id", "chosen_by", "model_version", "region", "day"])
+    cols = {r[0] for r in con.execute("DESCRIBE raw_interventions").fetchall()}
+    if not {"chosen_by", "model_version"} <= cols:
+        return pd.DataFrame(columns=["session_id", "chosen_by", "model_version", "region", "day"])
+    return con.execute(_POLICY_SQL).df()
+
+
+def blocked_plan_days(con: duckdb.DuckDBPyConnection, version: str, regions: list[str]) -> int:
+    """Days whose plan by `version` for carts of `regions` was blocked (rules or disparity)."""
+    if not has_table(con, "blocked_intervention_plans"):
+        return 0
+    return int(con.execute(_BLOCKED_SQL, [version, regions]).fetchone()[0])  # type: ignore[index]
+
+
+def judge_policy_pilot(
+    results: pd.DataFrame,
+    realised: np.ndarray,
+    candidate: str,
+    incumbent: str | None,
+    plan: PhasePlan,
+    blocked_days: int,
+) -> GateResult:
+    """Global gate of an uplift version: in the pilot regions, the realised incremental margin
+    per cart of its decisions against the persistent holdout is significantly above 0 (95 %
+    lower bound), and not significantly below what the `global` version realised elsewhere over
+    the same days; none of its pilot plans was blocked (rules, disparity bound)."""
+    from cartintel_assets.decisions.evaluation import incremental_margin
+
+    version = results["model_version"].astype(str).to_numpy()
+    in_pilot = results["region"].isin(plan.pilot_regions).to_numpy()
+    mine = (version == candidate) & in_pilot
+    days = set(results.loc[mine, "day"])
+    lift, se, n_policy, n_holdout = incremental_margin(results[mine], realised[mine])
+    evidence: dict[str, Any] = {
+        "pilot_regions": list(plan.pilot_regions),
+        "pilot_days": len(days),
+        "policy_carts": n_policy,
+        "holdout_carts": n_holdout,
+        "incremental_margin_per_cart": lift,
+        "incremental_margin_ci95": [lift - 1.96 * se, lift + 1.96 * se],
+        "blocked_plan_days": blocked_days,
+    }
+    if n_policy + n_holdout < plan.global_min_labelled or n_holdout < 30:
+        return GateResult(
+            False,
+            f"only {n_policy + n_holdout} pilot decisions ({n_holdout} in the holdout) with"
+            f" outcomes: need {plan.global_min_labelled} and 30 in the holdout",
+            evidence,
+        )
+    problems = []
+    if not lift - 1.96 * se > 0:
+        problems.append(
+            f"realised incremental margin {lift:+.2f} per cart vs the holdout (95 % from"
+            f" {lift - 1.96 * se:+.2f}) is not significantly above 0"
+        )
+    if incumbent is not None:
+        theirs = (version == incumbent) & ~in_pilot & results["day"].isin(days).to_numpy()
+        g_lift, g_se, g_policy, g_holdout = incremental_margin(results[theirs], realised[theirs])
+        evidence.update(
+            global_version=incumbent,
+            global_policy_carts=g_policy,
+            global_holdout_carts=g_holdout,
+            global_incremental_margin_per_cart=g_lift,
+        )
+        gap_hi = lift - g_lift + 1.96 * float(np.hypot(se, g_se))
+        if np.isfinite(gap_hi) and gap_hi < 0:
+            problems.append(
+                f"significantly worse than global version {incumbent} over the same days"
+                f" ({lift:+.2f} vs {g_lift:+.2f} per cart)"
+            )
+    if blocked_days:
+        problems.append(f"{blocked_days} of its pilot days' plans were blocked")
+    return _verdict(
+        problems,
+        f"pilot on {n_policy + n_holdout} decisions over {len(days)} days: realised incremental"
+        f" margin {lift:+.2f} per cart vs the holdout (95 % from {lift - 1.96 * se:+.2f})",
         evidence,
     )

@@ -235,13 +235,9 @@ class Service:
                 for a, r in m.risk.items()
             },
             "uplift": {
-                "name": m.uplift.name,
-                "alias": m.uplift.alias,
-                "version": m.uplift.version,
-                "allowed_arms": m.uplift.allowed_arms,
-            }
-            if m.uplift
-            else None,
+                a: {"name": u.name, "version": u.version, "allowed_arms": u.allowed_arms}
+                for a, u in m.uplift.items()
+            },
             "shadow": {"alias": CHALLENGER, "version": m.shadow.version} if m.shadow else None,
             "pilot_regions": list(self.phases.pilot_regions),
         }
@@ -253,7 +249,11 @@ def response(d: Decision) -> ScoreResponse:
     ]
     if d.uplift_model_version:
         models.append(
-            ModelUsed(name=UPLIFT_MODEL, version=d.uplift_model_version, alias=CHALLENGER)
+            ModelUsed(
+                name=UPLIFT_MODEL,
+                version=d.uplift_model_version,
+                alias=d.uplift_model_alias or CHALLENGER,
+            )
         )
     return ScoreResponse(
         request_id=d.request_id,

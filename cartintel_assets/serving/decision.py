@@ -35,6 +35,7 @@ from cartintel_assets.features.session_features import (
 from cartintel_assets.ingestion.ingest import pseudonymise
 from cartintel_assets.models.abandonment import reason_codes
 from cartintel_assets.registry.promotion import PhasePlan
+from cartintel_assets.registry.registration import RegisteredUpliftModel
 from cartintel_assets.serving.ledger import ContactLedger
 from cartintel_assets.serving.models import Models
 from cartintel_assets.serving.snapshot import Snapshot
@@ -108,6 +109,7 @@ class Decision:
     risk_model_version: str | None = None
     risk_model_alias: str | None = None
     uplift_model_version: str | None = None
+    uplift_model_alias: str | None = None
     shadow_model_version: str | None = None
     shadow_risk: float | None = None
     features_digest: str = ""
@@ -268,11 +270,28 @@ class Scorer:
         holdout = in_holdout([d.customer_id for d in scored], plan.holdout_share, plan.holdout_salt)
         for d, h in zip(scored, holdout, strict=True):
             d.in_holdout = bool(h)
-        if models.uplift is None:
+        if not models.uplift:
             for d in scored:
                 d.reason = "no uplift model holds its alias yet (uplift_training_job)"
             return
-        uplift = models.uplift
+        # the policy of each cart's phase, as for the risk: pilot in the pilot regions
+        held = set(models.uplift)
+        alias = np.array([self.phases.serving_alias(d.region, held) for d in scored], dtype=object)
+        for a in sorted(set(alias)):
+            m = alias == a
+            part = {k: v[m] for k, v in rows.items()}
+            group = [d for d, x in zip(scored, m, strict=True) if x]
+            self._act_with(models.uplift[a], group, part, bought)
+
+    def _act_with(
+        self,
+        uplift: RegisteredUpliftModel,
+        scored: list[Decision],
+        rows: dict[str, np.ndarray],
+        bought: set[str],
+    ) -> None:
+        """`_act` for the carts one uplift version decides (what is left of the day's budget)."""
+        plan = self.plan
         usable = [i for i in plan.catalogue if i.arm in uplift.allowed_arms]
         rows = {**rows, "segment": np.array([d.segment for d in scored], dtype=object)}
         baseline, effects = uplift.model.predict(rows)
@@ -307,7 +326,7 @@ class Scorer:
             contacts={c: sorted({*earlier[c], *claimed.get(c, [])}) for c in customers},
         )
         for i, d in enumerate(scored):
-            d.uplift_model_version = uplift.version
+            d.uplift_model_version, d.uplift_model_alias = uplift.version, uplift.alias
             d.p_baseline = float(baseline[i])
             if chosen["action"][i] == NONE:
                 d.reason = str(chosen["reason"][i])

@@ -1,6 +1,6 @@
-"""The registry versions the service scores with: the risk versions each serving alias points at,
-the `challenger` for shadow scoring and the uplift version the plan uses, resolved once and
-swapped whole when an alias moves."""
+"""The registry versions the service scores with: the risk and uplift versions each serving alias
+points at and the `challenger` for shadow scoring, resolved once and swapped whole when an alias
+moves."""
 
 from __future__ import annotations
 
@@ -22,23 +22,22 @@ class Models:
     """The registry versions one decision uses, resolved together."""
 
     risk: dict[str, RegisteredRiskModel]  # by alias
-    uplift: RegisteredUpliftModel | None
+    # by alias: a cart's region picks one as for the risk model (`PhasePlan.serving_alias`)
+    uplift: dict[str, RegisteredUpliftModel]
     shadow: RegisteredRiskModel | None
 
 
-def registry_state(store: Store, uplift_alias: str = CHALLENGER) -> dict[str, str | None]:
+def registry_state(store: Store) -> dict[str, str | None]:
     """Which version each alias the service reads points at now (None: no such alias)."""
-    state = {
-        f"{ABANDONMENT_MODEL}@{a}": version_by_alias(store, ABANDONMENT_MODEL, a) for a in PHASES
+    return {
+        f"{name}@{a}": version_by_alias(store, name, a)
+        for name in (ABANDONMENT_MODEL, UPLIFT_MODEL)
+        for a in PHASES
     }
-    state[f"{UPLIFT_MODEL}@{uplift_alias}"] = version_by_alias(store, UPLIFT_MODEL, uplift_alias)
-    return state
 
 
-def load_models(
-    store: Store, state: dict[str, str | None], shadow: bool, uplift_alias: str = CHALLENGER
-) -> Models:
-    """Load the risk versions of every alias in `state` and the uplift version the plan uses."""
+def load_models(store: Store, state: dict[str, str | None], shadow: bool) -> Models:
+    """Load the risk and uplift versions of every alias in `state`."""
     risk = {
         a: load_risk_model(store, ABANDONMENT_MODEL, a)
         for a in PHASES
@@ -53,11 +52,11 @@ def load_models(
         # compiled now: a first request should not wait for them
         m.model.trees  # noqa: B018
         m.model.shap_tables  # noqa: B018
-    uplift = (
-        load_uplift_model(store, UPLIFT_MODEL, uplift_alias)
-        if state.get(f"{UPLIFT_MODEL}@{uplift_alias}")
-        else None
-    )
-    if uplift is not None:
-        uplift.model.use_threads(1)
+    uplift = {
+        a: load_uplift_model(store, UPLIFT_MODEL, a)
+        for a in PHASES
+        if state.get(f"{UPLIFT_MODEL}@{a}")
+    }
+    for u in uplift.values():
+        u.model.use_threads(1)
     return Models(risk, uplift, risk.get(CHALLENGER) if shadow else None)

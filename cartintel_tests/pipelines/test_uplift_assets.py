@@ -16,6 +16,7 @@ import pandas as pd
 from cartintel_assets.decisions.catalogue import load_catalogue
 from cartintel_assets.decisions.economics import action_table
 from cartintel_assets.defs.abandonment.assets import abandonment_model, abandonment_scores
+from cartintel_assets.defs.registry.assets import model_promotions
 from cartintel_assets.defs.uplift.assets import (
     GATES,
     PLAN_CHECKS,
@@ -39,9 +40,28 @@ def _run(assets: list[Any], db: Path, mlruns: Path, instance: dg.DagsterInstance
         instance=instance,
         resources=asset_resources(db, mlruns),
         raise_on_error=False,
-        run_config=QUIET,
-        **kw,
+        **{"run_config": QUIET, **kw},
     )
+
+
+def _move(
+    db: Path, mlruns: Path, instance: dg.DagsterInstance, action: str, phase: str
+) -> dict[str, Any]:
+    """One gated move of cartintel-uplift; its materialisation's metadata."""
+    config = {"model": "uplift", "action": action, "phase": phase, "triggered_by": "test"}
+    result = _run(
+        [model_promotions],
+        db,
+        mlruns,
+        instance,
+        run_config={**QUIET, "ops": {"model_promotions": {"config": config}}},
+    )
+    meta = {
+        k: v.value
+        for k, v in result.asset_materializations_for_node("model_promotions")[0].metadata.items()
+    }
+    assert result.success == (meta["outcome"] == "moved")
+    return meta
 
 
 def test_uplift_model_and_plan(
@@ -72,7 +92,7 @@ def test_uplift_model_and_plan(
         assert version.tags["allowed_arms"] == ",".join(meta["allowed_arms"])
         run = client.get_run(meta["mlflow_run_id"])
         assert run.data.tags["dagster.run_id"] == trained.run_id
-        assert run.data.params["learner"] in {"t-learner", "x-learner"}
+        assert run.data.params["learner"] in {"t-learner", "x-learner", "dr-learner"}
         assert run.data.params["excluded_for_targeting"] == ",".join(TARGETING_EXCLUDED)
         assert {a.path for a in client.list_artifacts(run.info.run_id, "plots")} == {
             "plots/qini_curves.png",
@@ -101,6 +121,14 @@ def test_uplift_model_and_plan(
             want = margins.loc[margins["arm"] == arm, "incremental_margin"].to_numpy()
             assert np.allclose(out[f"margin_{arm}"], want)
 
+        # first rollout of the policy: its off-policy value's interval clears 0, so it moves to
+        # pilot, logged; the plan then follows the pilot (no global version yet, so everywhere)
+        moved = _move(db, mlruns, instance, "promote", "pilot")
+        assert moved["outcome"] == "moved" and moved["to_version"] == "1", moved["reason"]
+        assert float(version.tags["policy_value_dr_lo"]) > 0
+        assert version.tags["compared_with_global"] == "none"
+        assert str(client.get_model_version_by_alias(UPLIFT_MODEL, "pilot").version) == "1"
+
         planned = _run([intervention_plan], db, mlruns, instance, partition_key=LAST)
         for e in planned.all_events:
             if e.event_type_value == "ASSET_CHECK_EVALUATION":
@@ -115,6 +143,7 @@ def test_uplift_model_and_plan(
             ].metadata.items()
         }
         assert "nudges" in pm["totals"] and pm["spend"] <= 150.0 + 1e-6
+        assert pm["uplift_versions_by_alias"] == {"pilot": "1"}
         assert (
             pm["incremental_margin_lo"] <= pm["incremental_margin"] <= pm["incremental_margin_hi"]
         )
@@ -128,7 +157,14 @@ def test_uplift_model_and_plan(
         assert treated.any() and (plan.loc[~treated, "reason"] != "").all()
         assert set(plan.loc[treated, "action"]) <= set(meta["allowed_arms"])
         assert not plan.loc[treated, "in_holdout"].any() and plan.loc[treated, "consent"].all()
-        assert (plan.loc[treated, "incremental_margin"] > 0).all()
+        # the plan's own choices pay; exploration's are random, with their propensity logged
+        chosen = plan["chosen_by"]
+        assert (plan.loc[treated & (chosen == "plan"), "incremental_margin"] > 0).all()
+        open_ = chosen.isin(["plan", "exploration"])
+        assert 0.05 < (chosen[open_] == "exploration").mean() < 0.15  # 10 % by default
+        assert plan.loc[open_, "propensity"].between(0, 1, inclusive="right").all()
+        assert (plan.loc[chosen == "holdout", "action"] == "none").all()
+        assert plan.loc[chosen == "", "propensity"].isna().all()
         assert set(plan["uplift_model_version"]) == {"1"} and set(plan["risk_model_version"]) == {
             "1"
         }
@@ -138,7 +174,9 @@ def test_uplift_model_and_plan(
         bought = plan.loc[plan["reason"] == "bought in session", "session_id"]
         known = bought[bought.isin(truth.index)]
         assert len(known) > 100 and truth.loc[known, "purchased"].all()
-        assert np.isclose(plan["expected_cost"].sum(), pm["spend"])
+        explored = plan["chosen_by"] == "exploration"
+        assert np.isclose(plan.loc[~explored, "expected_cost"].sum(), pm["spend"])
+        assert np.isclose(plan.loc[explored, "expected_cost"].sum(), pm["exploration_spend"])
 
         again = _run([intervention_plan], db, mlruns, instance, partition_key=LAST)
         assert again.success
@@ -147,7 +185,9 @@ def test_uplift_model_and_plan(
         con.close()
         assert n is not None and n[0] == len(plan)  # re-planning replaces, never duplicates
 
-        # a tighter disparity bound than the plan's region gap fails the blocking check
+        # the planner withdraws its own least valuable contacts to keep within the bound, but
+        # exploration is uniform and stays: with none allowed and half the carts explored, the
+        # gap cannot close and the blocking check fails
         strict = dg.materialize(
             [intervention_plan],
             instance=instance,
@@ -156,7 +196,11 @@ def test_uplift_model_and_plan(
             raise_on_error=False,
             run_config={
                 **QUIET,
-                "ops": {"intervention_plan": {"config": {"disparity_bound": 0.01}}},
+                "ops": {
+                    "intervention_plan": {
+                        "config": {"disparity_bound": 0.0, "exploration_share": 0.5}
+                    }
+                },
             },
         )
         assert not strict.success
@@ -176,3 +220,22 @@ def test_uplift_model_and_plan(
         con.close()
         assert published == [(again.run_id, len(plan))]
         assert blocked == [(strict.run_id, PLAN_CHECKS[1], len(plan))]
+
+        # to global it needs realised pilot results, and none has landed; nothing held pilot
+        # before, so there is nothing to roll back to; both refusals are logged
+        early = _move(db, mlruns, instance, "promote", "global")
+        assert early["outcome"] == "refused" and "only 0 pilot decisions" in early["reason"]
+        back = _move(db, mlruns, instance, "rollback", "pilot")
+        assert back["outcome"] == "refused"
+        con = duckdb.connect(str(db), read_only=True)
+        moves = con.execute(
+            "SELECT phase, action, outcome FROM promotion_log WHERE model_name = ?"
+            " ORDER BY logged_at, rowid",
+            [UPLIFT_MODEL],
+        ).fetchall()
+        con.close()
+        assert moves == [
+            ("pilot", "promote", "moved"),
+            ("global", "promote", "refused"),
+            ("pilot", "rollback", "refused"),
+        ]

@@ -33,6 +33,7 @@ from cartintel_assets.defs.segmentation.assets import segmentation
 from cartintel_assets.defs.uplift.assets import intervention_plan, uplift_model
 from cartintel_assets.features.session_features import CATEGORICAL_FEATURES, NUMERIC_FEATURES
 from cartintel_assets.registry.names import ABANDONMENT_MODEL as RISK_MODEL
+from cartintel_assets.registry.names import UPLIFT_MODEL
 from cartintel_assets.registry.tracking import Store
 from cartintel_assets.reporting.dashboard import SECTIONS, page_path
 from cartintel_assets.serving.app import create_app
@@ -319,9 +320,21 @@ def test_models_reload_when_an_alias_moves(served: dict[str, Any], client: TestC
     pilot["session"]["region"] = after["pilot_regions"][0]
     got = client.post("/score", json=pilot).json()["models"][0]
     assert got == {"name": RISK_MODEL, "version": "1", "alias": "pilot"}
+    # the uplift policy follows its own phases the same way: promoted to pilot, it decides in
+    # every region until a version holds global
+    assert client.post("/score", json=pilot).json()["models"][1]["alias"] == "challenger"
+    mlflow_client.set_registered_model_alias(UPLIFT_MODEL, "pilot", "1")
+    while client.get("/models").json()["aliases"][f"{UPLIFT_MODEL}@pilot"] != "1":
+        assert time.monotonic() < deadline + 20, "the service did not pick up the uplift move"
+        time.sleep(0.2)
+    assert set(client.get("/models").json()["uplift"]) == {"challenger", "pilot"}
+    for b in (pilot, body):
+        used = client.post("/score", json=b).json()["models"]
+        assert used[1] == {"name": UPLIFT_MODEL, "version": "1", "alias": "pilot"}
     assert client.get("/health").json()["status"] == "ok"
     for alias in ("global", "pilot"):  # leave the registry as the other tests expect it
         mlflow_client.delete_registered_model_alias(RISK_MODEL, alias)
+    mlflow_client.delete_registered_model_alias(UPLIFT_MODEL, "pilot")
 
 
 def test_decisions_wait_while_a_run_holds_the_warehouse_and_are_written_at_stop(

@@ -7,7 +7,7 @@ from typing import Any, Literal
 import dagster as dg
 from pydantic import Field
 
-from cartintel_assets.registry.names import GLOBAL, PHASES, PROMOTED_MODELS
+from cartintel_assets.registry.names import GLOBAL, PHASES, PROMOTED_MODELS, UPLIFT_MODEL
 from cartintel_assets.resources import WarehouseResource
 from cartintel_assets.resources.mlflow import MLflowResource
 from cartintel_assets.resources.rollout import RolloutResource
@@ -18,8 +18,10 @@ GATE_CHECK = "model_promotion_gate"
 class PromotionConfig(dg.Config):
     """One move of one registered model."""
 
-    model: Literal["abandonment"] = Field(
-        default="abandonment", description="Which model: abandonment (cartintel-abandonment)."
+    model: Literal["abandonment", "uplift"] = Field(
+        default="abandonment",
+        description="Which model: abandonment (cartintel-abandonment, the risk model) or uplift"
+        " (cartintel-uplift, the policy the plan and the service follow).",
     )
     action: Literal["promote", "rollback"] = Field(default="promote")
     phase: Literal["pilot", "global"] = Field(
@@ -49,6 +51,8 @@ def _candidate_gate(con: Any, store: Any, name: str, phase: str, candidate: str,
             f" (gate {tags.get('gate', 'missing')})",
             {"gate": tags.get("gate")},
         )
+    if name == UPLIFT_MODEL:
+        return _policy_gate(con, store, phase, candidate, tags, plan)
     if phase == "pilot":
         incumbent = version_by_alias(store, name, GLOBAL)
         if incumbent is None:
@@ -64,6 +68,29 @@ def _candidate_gate(con: Any, store: Any, name: str, phase: str, candidate: str,
         result.evidence["global_version"] = incumbent
         return result
     return judge_pilot(pilot_results(con, name, candidate), plan)
+
+
+def _policy_gate(con: Any, store: Any, phase: str, candidate: str, tags: dict, plan: Any) -> Any:
+    """The uplift policy's gate: off-policy against global to pilot, realised against the
+    holdout in the pilot regions to global."""
+    from cartintel_assets.decisions.economics import realised_margin
+    from cartintel_assets.decisions.settings import PlanSettings
+    from cartintel_assets.registry.promotion import (
+        blocked_plan_days,
+        judge_policy_candidate,
+        judge_policy_pilot,
+        policy_results,
+    )
+    from cartintel_assets.registry.registration import version_by_alias
+
+    incumbent = version_by_alias(store, UPLIFT_MODEL, GLOBAL)
+    if phase == "pilot":
+        return judge_policy_candidate(tags, incumbent)
+    settings = PlanSettings().deployed()
+    results = policy_results(con)
+    realised = realised_margin(results, settings.catalogue(), settings.margin_rate)
+    blocked = blocked_plan_days(con, candidate, list(plan.pilot_regions))
+    return judge_policy_pilot(results, realised, candidate, incumbent, plan, blocked)
 
 
 @dg.asset(

@@ -15,14 +15,18 @@ from pydantic import Field
 from cartintel_assets.decisions.catalogue import DEFAULT_CATALOGUE
 from cartintel_assets.decisions.settings import PlanSettings
 from cartintel_assets.defs.partitions import daily_partitions
-from cartintel_assets.registry.names import ABANDONMENT_MODEL, CHALLENGER, UPLIFT_MODEL
+from cartintel_assets.registry.names import ABANDONMENT_MODEL, CHALLENGER, GLOBAL, UPLIFT_MODEL
 from cartintel_assets.resources import WarehouseResource
 from cartintel_assets.resources.mlflow import MLflowResource
 from cartintel_assets.resources.rollout import RolloutResource
 from cartintel_assets.warehouse.tables import has_table, replace_partition, require_tables
 
 EXPERIMENT = "cartintel/uplift"
-GATES = ("uplift_policy_value_above_zero", "uplift_model_beats_top_k_by_risk")
+GATES = (
+    "uplift_policy_value_above_zero",
+    "uplift_model_beats_top_k_by_risk",
+    "uplift_targeting_beats_random",
+)
 PLAN_CHECKS = ("intervention_plan_within_rules", "intervention_plan_disparity_within_bound")
 
 
@@ -64,11 +68,12 @@ def uplift_model(
 ) -> Any:
     """Incremental effect of each intervention on buying an abandoned cart within 7 days.
 
-    T-, X- and DR-learners on XGBoost are cross-fitted on the intervention log; the one
-    with the higher mean Qini is refit on the whole log and registered as a version of
-    `cartintel-uplift`. The gate values the budgeted policy off-policy (doubly robust, out of
+    T-, X- and DR-learners on XGBoost are cross-fitted on the intervention log; the one whose
+    policy the gate values most (of those passing; else the best mean Qini) is refit on the whole
+    log and registered as a version of `cartintel-uplift`. The gate values the budgeted policy off-policy (doubly robust, out of
     fold) and keeps the arms that add to that value; the version gets the alias `challenger` only
-    if that value is above 0 and above top-k-by-risk's at the same budget.
+    if that value is above 0, above top-k-by-risk's at the same budget, and its targeting beats
+    the same arms given at random.
     """
     from cartintel_assets.decisions.catalogue import load_catalogue
     from cartintel_assets.decisions.evaluation import uplift_gate
@@ -85,8 +90,10 @@ def uplift_model(
     )
     from cartintel_assets.registry.registration import (
         load_risk_model,
+        load_uplift_model,
         log_uplift_model,
         register,
+        version_by_alias,
     )
 
     unknown = set(config.learners) - set(LEARNERS)
@@ -105,24 +112,45 @@ def uplift_model(
         context.log.info(f"cross-fitting the {learner} on {len(log):,} logged carts")
         fits[learner] = cross_fit(log, treatment, y, learner, num, cat, config.folds)
         reports[learner] = uplift_report(fits[learner].effects, treatment, y, config.bootstrap)
-    best = max(reports, key=lambda k: float(reports[k]["qini"].mean()))
-    report = reports[best]
-    # margins need effect sizes, not just rankings: calibrate out of fold (Qini is unchanged)
-    calibration = effect_calibration(fits[best], treatment, y)
-    fit = calibrated(fits[best], calibration)
     store = mlflow_tracking.store()
     risk_model = load_risk_model(store, ABANDONMENT_MODEL, config.risk_alias)
     risk = risk_model.model.predict_proba(log)
-    evidence = uplift_gate(
-        log,
-        fit.baseline,
-        fit.effects,
-        risk,
-        catalogue,
-        config.margin_rate,
-        config.gate_budget_share,
-        config.bootstrap,
+    # the policy a move to pilot must beat: the `global` version's, on the same carts
+    incumbent, global_version = None, version_by_alias(store, UPLIFT_MODEL, GLOBAL)
+    if global_version is not None:
+        current = load_uplift_model(store, UPLIFT_MODEL, GLOBAL)
+        incumbent = (
+            current.model.baseline(log),
+            current.model.effects(log).reset_index(drop=True),
+            current.allowed_arms,
+        )
+    # margins need effect sizes, not just rankings: calibrate out of fold (Qini is unchanged);
+    # then each learner's policy goes through the gate, valued off-policy
+    calibrations, evidences = {}, {}
+    for learner in config.learners:
+        calibrations[learner] = effect_calibration(fits[learner], treatment, y)
+        f = calibrated(fits[learner], calibrations[learner])
+        evidences[learner] = uplift_gate(
+            log,
+            f.baseline,
+            f.effects,
+            risk,
+            catalogue,
+            config.margin_rate,
+            config.gate_budget_share,
+            config.bootstrap,
+            incumbent,
+        )
+    # the decision is what matters: of the learners whose policy passes, the one it values most
+    # (none passes: the best by mean Qini, registered without an alias)
+    passing = [k for k, e in evidences.items() if e.passed]
+    best = (
+        max(passing, key=lambda k: evidences[k].policy.value)
+        if passing
+        else max(reports, key=lambda k: float(reports[k]["qini"].mean()))
     )
+    report, calibration, evidence = reports[best], calibrations[best], evidences[best]
+    fit = calibrated(fits[best], calibration)
     gate = "passed" if evidence.passed else "failed"
     context.log.info(f"refitting the {best} on the whole log")
     model = LEARNERS[best](log, treatment, y, num, cat)
@@ -148,18 +176,31 @@ def uplift_model(
                 "risk_model_version": risk_model.version,
             }
         )
+        versus = evidence.versus_incumbent
         run.log_metrics(
             {
+                **(
+                    {
+                        "vs_global_dr": versus.value,
+                        "vs_global_dr_lo": versus.lo,
+                        "vs_global_dr_hi": versus.hi,
+                    }
+                    if versus
+                    else {}
+                ),
                 "rows_log": len(log) + missing,
                 "rows_without_features": missing,
                 "policy_value_dr": evidence.policy.value,
                 "policy_value_dr_lo": evidence.policy.lo,
                 "policy_value_dr_hi": evidence.policy.hi,
+                "targeting_gain_dr": evidence.targeting.value,
+                "targeting_gain_p_value": evidence.targeting.p_value,
                 "top_k_by_risk_value_dr": evidence.top_k.value,
                 "gate_budget": evidence.budget,
             }
         )
         for learner, rep in reports.items():
+            run.log_metric(f"{learner}.policy_value_dr", evidences[learner].policy.value)
             for arm, row in rep.iterrows():
                 for k in (
                     "qini",
@@ -192,6 +233,20 @@ def uplift_model(
                 "learner": best,
                 "allowed_arms": ",".join(evidence.allowed_arms),
                 "dagster.run_id": context.run.run_id,
+                # what the move to pilot reads (promotion.judge_policy_candidate)
+                "gate_budget": f"{evidence.budget:.2f}",
+                "policy_value_dr": f"{evidence.policy.value:.2f}",
+                "policy_value_dr_lo": f"{evidence.policy.lo:.2f}",
+                "compared_with_global": global_version or "none",
+                **(
+                    {
+                        "vs_global_dr": f"{versus.value:.2f}",
+                        "vs_global_dr_lo": f"{versus.lo:.2f}",
+                        "vs_global_dr_hi": f"{versus.hi:.2f}",
+                    }
+                    if versus
+                    else {}
+                ),
             },
         )
     shown = report.reset_index()
@@ -210,6 +265,12 @@ def uplift_model(
             "mean_qini_by_learner": dg.MetadataValue.json(
                 {k: round(float(r["qini"].mean()), 4) for k, r in reports.items()}
             ),
+            "policy_value_dr_by_learner": dg.MetadataValue.json(
+                {
+                    k: {"value": round(e.policy.value, 2), "gate": e.passed}
+                    for k, e in evidences.items()
+                }
+            ),
             "uplift_report": dg.MetadataValue.md(
                 markdown_table(
                     shown,
@@ -221,6 +282,15 @@ def uplift_model(
                 [round(evidence.policy.lo, 2), round(evidence.policy.hi, 2)]
             ),
             "top_k_by_risk_value_dr": evidence.top_k.value,
+            "versus_global_dr": dg.MetadataValue.json(
+                {
+                    "global_version": global_version,
+                    "value": round(versus.value, 2),
+                    "interval": [round(versus.lo, 2), round(versus.hi, 2)],
+                }
+                if versus
+                else {"global_version": None}
+            ),
             "effect_calibration": dg.MetadataValue.json(
                 {
                     a: {"intercept": round(c[0], 4), "slope": round(c[1], 3)}
@@ -247,7 +317,7 @@ def uplift_model(
     )
     yield dg.AssetCheckResult(
         check_name=GATES[1],
-        passed=bool(evidence.passed),
+        passed=evidence.policy.value > evidence.top_k.value,
         metadata={
             "policy_value_dr": evidence.policy.value,
             "top_k_by_risk_value_dr": evidence.top_k.value,
@@ -256,6 +326,17 @@ def uplift_model(
             ),
             "top_k_arm": evidence.top_k_arm,
             "budget": evidence.budget,
+        },
+    )
+    yield dg.AssetCheckResult(
+        check_name=GATES[2],
+        passed=evidence.targeting.p_value < 0.05,
+        description="What the targeting adds over handing out the same actions in the same"
+        " proportions at random, cart by cart, beats 95 % of random allocations (p < 0.05).",
+        metadata={
+            "gain_over_random_dr": evidence.targeting.value,
+            "random_allocations_95th": evidence.targeting.null_95,
+            "p_value": evidence.targeting.p_value,
         },
     )
 
@@ -282,6 +363,8 @@ PLAN_COLUMNS: dict[str, str] = {
     "uplift_model_version": "VARCHAR",
     "risk_model_version": "VARCHAR",
     "planned_by_run": "VARCHAR",
+    "chosen_by": "VARCHAR",  # plan, exploration or holdout; empty: may not be contacted
+    "propensity": "DOUBLE",  # the chance the logged choice had under the plan's policy
 }
 # a plan that failed a blocking check, kept for review: which checks it failed
 BLOCKED_PLAN_COLUMNS: dict[str, str] = {**PLAN_COLUMNS, "blocked_by": "VARCHAR"}
@@ -307,14 +390,15 @@ WHERE s.partition_date = $day
 ORDER BY s.session_id
 """
 
-# Contacts that count towards the caps: the experiment's sends before the day and every other
-# day's plan (a re-planned day replaces its own contacts).
+# Contacts that count towards the caps: the logged sends before the day and every other day's
+# plan (a re-planned day replaces its own contacts; UNION: a planned contact the storefront
+# acted on is also in its interventions feed, at the same time, and is one contact).
 _HISTORY_SQL = """
 SELECT customer_id, assigned_at AS sent_at FROM raw_interventions
 WHERE treatment <> 'control' AND assigned_at < CAST($day AS TIMESTAMP)
 """
 _PLAN_HISTORY_SQL = """
-UNION ALL SELECT customer_id, send_at FROM intervention_plan
+UNION SELECT customer_id, send_at FROM intervention_plan
 WHERE action <> 'none' AND partition_date <> $day
 """
 
@@ -323,7 +407,11 @@ class InterventionPlanConfig(PlanSettings, dg.Config):
     """Budget, economics and the rules every plan obeys (unset fields come from the deployment
     file's `plan:` section, the one the scoring service reads too)."""
 
-    uplift_alias: str = Field(default=CHALLENGER, description="Alias of cartintel-uplift.")
+    uplift_alias: str | None = Field(
+        default=None,
+        description="Alias of cartintel-uplift for every cart; unset: by region, `pilot` in the"
+        " pilot regions and `global` elsewhere (the `challenger` before any promotion).",
+    )
 
 
 @dg.asset(
@@ -353,16 +441,17 @@ def intervention_plan(
         intervention_rates,
         totals,
     )
-    from cartintel_assets.decisions.plan import choose_actions, in_holdout
+    from cartintel_assets.decisions.plan import explore_and_choose, in_holdout, within_disparity
     from cartintel_assets.models.plots import markdown_table
     from cartintel_assets.models.uplift import session_facts
+    from cartintel_assets.registry.promotion import aliases
     from cartintel_assets.registry.registration import load_uplift_model
     from cartintel_assets.warehouse.tables import typed_temp_table
 
     deployed = config.deployed()  # the deployment file under this run's explicit config
     catalogue = deployed.catalogue()  # refuses manipulative designs
-    registered = load_uplift_model(mlflow_tracking.store(), UPLIFT_MODEL, config.uplift_alias)
-    usable = [i for i in catalogue if i.arm in registered.allowed_arms]
+    store = mlflow_tracking.store()
+    phases, held = rollout.deployed().plan(), set(aliases(store, UPLIFT_MODEL))
     day = date.fromisoformat(context.partition_key)
     with warehouse.get_connection() as con:
         require_tables(con, "abandonment_scores", "session_features", "raw_customers")
@@ -394,22 +483,46 @@ def intervention_plan(
         "",
     )
     rules = deployed.rules()
-    options = action_table(
-        carts,
-        registered.model.baseline(carts),
-        registered.model.effects(carts),
-        usable,
-        deployed.margin_rate,
+    # the policy of each cart's phase: pilot in the pilot regions, global elsewhere
+    alias_of = np.array(
+        [config.uplift_alias or phases.serving_alias(str(r), held) for r in carts["region"]],
+        dtype=object,
     )
-    plan = choose_actions(carts, options, rules, history)
-    violations = constraint_violations(plan, carts, rules, history, catalogue)
-    total = totals(plan, carts, deployed.margin_rate)
+    models = {
+        a: load_uplift_model(store, UPLIFT_MODEL, a)
+        for a in dict.fromkeys(alias_of) or [config.uplift_alias or phases.serving_alias("", held)]
+    }
+    baseline = np.zeros(len(carts))
+    effects = pd.DataFrame(0.0, index=carts.index, columns=[i.arm for i in catalogue])
+    for alias, registered in models.items():
+        rows = alias_of == alias
+        if rows.any():
+            baseline[rows] = registered.model.baseline(carts[rows])
+            eff = registered.model.effects(carts[rows])
+            effects.loc[rows, list(eff.columns)] = eff.to_numpy()
+    usable = [i for i in catalogue if any(i.arm in m.allowed_arms for m in models.values())]
+    options = action_table(carts, baseline, effects, usable, deployed.margin_rate)
+    allowed_of = [set(models[a].allowed_arms) for a in alias_of]
+    options = options[
+        [arm in allowed_of[c] for c, arm in zip(options["cart"], options["arm"], strict=True)]
+    ].reset_index(drop=True)
+    versions = {a: m.version for a, m in models.items()}
     carts["returning_customer"] = carts["returning_customer"].astype(bool)
     # disparity: intervention rates among the carts that could be contacted at all
     open_carts = ~carts["bought_in_session"].to_numpy()
     groups = carts.assign(customer=np.where(carts["returning_customer"], "returning", "new")).loc[
-        open_carts
+        open_carts, ["region", "device", "customer"]
     ]
+    plan = within_disparity(
+        explore_and_choose(
+            carts, options, rules, history, deployed.exploration_share, deployed.exploration_salt
+        ),
+        groups,
+        deployed.disparity_bound,
+        deployed.min_group_size,
+    )
+    violations = constraint_violations(plan, carts, rules, history, catalogue)
+    total = totals(plan, carts, deployed.margin_rate)
     rates, gaps = {}, {}
     for by in ("region", "device", "customer"):
         r = intervention_rates(plan.loc[open_carts], groups, by)
@@ -423,7 +536,7 @@ def intervention_plan(
     }
     blocked_by = [c for c, ok in passed.items() if not ok]
     out = pd.concat([carts.drop(columns=["blocked"]), plan], axis=1).assign(
-        uplift_model_version=registered.version,
+        uplift_model_version=[versions[a] for a in alias_of],
         planned_by_run=context.run.run_id,
         blocked_by=",".join(blocked_by),
     )
@@ -450,8 +563,8 @@ def intervention_plan(
             "dagster/row_count": len(out),
             "published": not blocked_by,
             "table": table,
-            "uplift_model_version": registered.version,
-            "allowed_arms": dg.MetadataValue.json(registered.allowed_arms),
+            "uplift_versions_by_alias": dg.MetadataValue.json(versions),
+            "allowed_arms": dg.MetadataValue.json({a: m.allowed_arms for a, m in models.items()}),
             "budget": deployed.budget,
             **{k: float(v) if isinstance(v, float) else int(v) for k, v in total.items()},
             "actions": dg.MetadataValue.json({str(k): int(v) for k, v in actions.items()}),
@@ -459,7 +572,8 @@ def intervention_plan(
             "intervention_rates": dg.MetadataValue.json(rates),
             "totals": dg.MetadataValue.md(
                 f"**{total['treated']:,} nudges**, expected spend {total['spend']:.2f} of"
-                f" {deployed.budget:.2f}; incremental conversions {total['incremental_conversions']:.1f}"
+                f" {deployed.budget:.2f} (exploration: {total['explored']:,} carts,"
+                f" {total['exploration_spend']:.2f} more); incremental conversions {total['incremental_conversions']:.1f}"
                 f" (95 % {total['incremental_conversions_lo']:.1f} to"
                 f" {total['incremental_conversions_hi']:.1f}); incremental margin"
                 f" {total['incremental_margin']:.2f} (95 % {total['incremental_margin_lo']:.2f} to"
