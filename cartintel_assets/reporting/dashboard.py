@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from cartintel_assets.models.reasons import explain_all
 from cartintel_assets.reporting import queries as q
 
 DASHBOARD_FILE = "executive_dashboard.html"
@@ -96,15 +97,14 @@ def at_risk(con: duckdb.DuckDBPyConnection) -> Section:
     )
     fig.update_yaxes(title="expected revenue lost")
     s.figures.append(_layout(fig, "Expected lost revenue by region"))
-    top = carts.nlargest(10, "expected_loss").assign(
-        reason_codes=lambda f: f["reason_codes"].map(lambda r: ", ".join(r))
+    top = carts.nlargest(10, "expected_loss")
+    said = [explain_all(list(r["reason_codes"]), r) for _, r in top.iterrows()]
+    top = top.assign(
+        frictions_to_act_on=["; ".join(x.text for x in r if x.actionable) for r in said],
+        behaviour=["; ".join(x.text for x in r if not x.actionable) for r in said],
     )
-    s.tables.append(
-        (
-            "Carts with the most revenue at risk",
-            top[["session_id", "region", "device", "cart_value", "risk", "reason_codes"]],
-        )
-    )
+    shown = ["session_id", "region", "device", "cart_value", "risk", "frictions_to_act_on"]
+    s.tables.append(("Carts with the most revenue at risk, and why", top[[*shown, "behaviour"]]))
     return s
 
 
@@ -259,6 +259,7 @@ def actions(con: duckdb.DuckDBPyConnection) -> Section:
         s.figures.append(_layout(fig, f"The plan of {day}: what each action is expected to earn"))
     else:
         s.notes.append("No intervention plan yet: run intervention_plan_job for a scored day.")
+    _realised(con, s)
     log = q.query(con, "raw_interventions", _LIFT_SQL)
     if not log.empty and "control" in set(log["treatment"]):
         ctrl = log.set_index("treatment").loc["control"]
@@ -285,6 +286,62 @@ def actions(con: duckdb.DuckDBPyConnection) -> Section:
         )
         s.tables.append(("Randomised intervention log", log))
     return s
+
+
+def _realised(con: duckdb.DuckDBPyConnection, s: Section) -> None:
+    """What the published plans' decisions realised against the persistent holdout, per day and
+    policy version, with 95 % intervals, beside what each plan expected."""
+    from cartintel_assets.decisions.economics import realised_margin
+    from cartintel_assets.decisions.evaluation import realised_against_holdout
+    from cartintel_assets.decisions.settings import PlanSettings
+
+    acted = q.acted_decisions(con)
+    if acted.empty:
+        s.notes.append(
+            "Nothing realised yet: no published plan has been acted on (the demo's closed loop"
+            " lands the outcomes of each day's decisions)."
+        )
+        return
+    plan = PlanSettings().deployed()
+    realised = realised_margin(acted, plan.catalogue(), plan.margin_rate)
+    table = realised_against_holdout(acted, realised, ["day", "policy_version"]).merge(
+        q.expected_by_day(con), on=["day", "policy_version"], how="left"
+    )
+    table["day"] = table["day"].astype(str)
+    label = table["day"] + " v" + table["policy_version"].astype(str)
+    fig = go.Figure(
+        [
+            go.Bar(
+                name="realised vs the holdout (95 % CI)",
+                x=label,
+                y=table["incremental_margin"],
+                error_y={
+                    "type": "data",
+                    "symmetric": False,
+                    "array": table["incremental_margin_hi"] - table["incremental_margin"],
+                    "arrayminus": table["incremental_margin"] - table["incremental_margin_lo"],
+                },
+                marker_color="#2980b9",
+            ),
+            go.Scatter(
+                name="expected by the plan",
+                x=label,
+                y=table["expected_margin"],
+                mode="markers",
+                marker={"symbol": "diamond", "size": 10, "color": "#e67e22"},
+            ),
+        ]
+    )
+    fig.update_yaxes(title="incremental margin")
+    s.figures.append(
+        _layout(fig, "Realised incremental margin against the holdout, per day and policy version")
+    )
+    total = realised_against_holdout(acted.assign(all="all days"), realised, ["all"])
+    s.kpis["realised incremental margin (all days)"] = (
+        f"{total['incremental_margin'].iloc[0]:,.0f} (95 % {total['incremental_margin_lo'].iloc[0]:,.0f}"
+        f" to {total['incremental_margin_hi'].iloc[0]:,.0f})"
+    )
+    s.tables.append(("Realised against the holdout, beside what each plan expected", table))
 
 
 def data_quality(con: duckdb.DuckDBPyConnection) -> Section:

@@ -69,12 +69,13 @@ def feature_rows(con: duckdb.DuckDBPyConnection, lo: str, hi: str) -> int:
 
 
 def scored_carts(con: duckdb.DuckDBPyConnection, day: date | str | None) -> pd.DataFrame:
-    """The day's scored open carts with their cart value, region and device, riskiest first."""
+    """The day's scored open carts with their features (cart value, region, device, the values
+    behind the reason codes), riskiest first."""
     return query(
         con,
         "abandonment_scores",
         "SELECT s.session_id, s.risk, s.risk_decile, s.reason_codes, s.model_version,"
-        " s.model_alias, f.cart_value, f.region, f.device FROM abandonment_scores s"
+        " s.model_alias, f.* EXCLUDE (session_id, partition_date) FROM abandonment_scores s"
         " JOIN session_features f USING (session_id, partition_date)"
         " WHERE s.partition_date = CAST(? AS DATE) ORDER BY s.risk DESC, s.session_id",
         [day],
@@ -166,4 +167,33 @@ def quality_scorecard(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
         "data_quality_scorecard",
         "SELECT partition_date, standard, row_score, status, blocking_failures, warnings,"
         " rows_quarantined FROM data_quality_scorecard ORDER BY partition_date, standard",
+    )
+
+
+def acted_decisions(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
+    """Every decision of a published plan the shop acted on (plan, exploration, holdout) with
+    its realised 7-day outcome: the plan's day and uplift version, the arm, the cart."""
+    if not all(has_table(con, t) for t in ("raw_interventions", "intervention_plan")):
+        return pd.DataFrame()
+    if "chosen_by" not in {r[0] for r in con.execute("DESCRIBE raw_interventions").fetchall()}:
+        return pd.DataFrame()
+    return con.execute(
+        "SELECT p.partition_date AS day, p.uplift_model_version AS policy_version, i.chosen_by,"
+        " i.treatment, i.converted_7d, f.cart_value, f.shipping_cost"
+        " FROM raw_interventions i JOIN intervention_plan p USING (session_id)"
+        " JOIN session_features f USING (session_id)"
+        " WHERE i.chosen_by IN ('plan', 'exploration', 'holdout') ORDER BY day, i.session_id"
+    ).df()
+
+
+def expected_by_day(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
+    """What each published plan expected of its decisions (plan and exploration), per day and
+    uplift version."""
+    return query(
+        con,
+        "intervention_plan",
+        "SELECT partition_date AS day, uplift_model_version AS policy_version,"
+        " sum(incremental_conversion) AS expected_conversions,"
+        " sum(incremental_margin) AS expected_margin FROM intervention_plan"
+        " WHERE chosen_by IN ('plan', 'exploration') GROUP BY ALL ORDER BY day, policy_version",
     )

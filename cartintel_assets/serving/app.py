@@ -28,6 +28,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 
 from cartintel_assets import settings
+from cartintel_assets.models.reasons import explain_all
 from cartintel_assets.registry.names import ABANDONMENT_MODEL, CHALLENGER, UPLIFT_MODEL
 from cartintel_assets.registry.tracking import Store
 from cartintel_assets.serving.batching import Batcher
@@ -43,6 +44,7 @@ from cartintel_assets.serving.models import load_models, registry_state
 from cartintel_assets.serving.schemas import (
     Intervention,
     ModelUsed,
+    RiskReason,
     ScoreRequest,
     ScoreResponse,
 )
@@ -261,6 +263,10 @@ def response(d: Decision) -> ScoreResponse:
         scored=d.scored,
         risk=d.risk,
         reason_codes=d.reason_codes,
+        reasons=[
+            RiskReason(code=r.code, text=r.text, kind=r.kind, actionable=r.actionable)
+            for r in explain_all(d.reason_codes, d.features)
+        ],
         segment=d.segment,
         intervention=Intervention(
             action=d.action,

@@ -98,12 +98,25 @@ class Intervention(BaseModel):
     consent: bool = Field(description="The customer's latest marketing consent on record.")
 
 
+class RiskReason(BaseModel):
+    code: str = Field(description="The model feature (as in `reason_codes`).")
+    text: str = Field(description="What it says of this cart, as a merchant would put it.")
+    kind: str = Field(description="price | shipping | delivery | reviews | behaviour.")
+    actionable: bool = Field(
+        description="A friction the shop can change (price, shipping, delivery, reviews), not"
+        " plain behaviour."
+    )
+
+
 class ScoreResponse(BaseModel):
     request_id: str
     session_id: str
     scored: bool = Field(description="False when the session has no cart to score yet.")
     risk: float | None = Field(description="Probability of harmful abandonment (calibrated).")
     reason_codes: list[str] = Field(description="Features raising this cart's risk most (SHAP).")
+    reasons: list[RiskReason] = Field(
+        default=[], description="The same reasons in words, each marked actionable or not."
+    )
     segment: str
     intervention: Intervention
     models: list[ModelUsed]

@@ -214,6 +214,10 @@ def test_online_scores_equal_batch_for_a_whole_day(
         got = a.json()
         d = online[body["session"]["session_id"]]
         assert got["risk"] == pytest.approx(d.risk) and got["reason_codes"] == d.reason_codes
+        # ... and in words, each marked a friction the shop can act on or behaviour
+        assert [r["code"] for r in got["reasons"]] == d.reason_codes
+        assert all("_" not in r["text"] and r["text"] for r in got["reasons"])
+        assert all(r["actionable"] == (r["kind"] != "behaviour") for r in got["reasons"])
         assert got["models"][0] == {"name": RISK_MODEL, "version": "1", "alias": "challenger"}
         assert "shadow" not in json.dumps(got)  # shadow scores are logged, never returned
         act = got["intervention"]
@@ -420,6 +424,12 @@ def test_dashboard_answers_the_four_questions(served: dict[str, Any]) -> None:
     for key in SECTIONS:
         assert f'<section id="{key}">' in page
     assert "No scorecard yet: ingest a day (storefront_daily_job)." in page
+    # the riskiest carts' reasons in words, frictions to act on apart from behaviour; no code
+    risky_table = page[page.index("Carts with the most revenue at risk, and why") :]
+    risky_table = risky_table[: risky_table.index("</table>")]
+    assert "frictions_to_act_on" in risky_table and "behaviour" in risky_table
+    assert "secs_in_session" not in risky_table and "price_vs_30d_median" not in risky_table
+    assert any(w in risky_table for w in ("min on the site", "earlier visit", "shopping from"))
     # self-contained: Plotly inlined once, nothing fetched from a network
     assert page.count("plotly.js v") >= 1 and "<script src=" not in page.replace(" ", "")
     headline = meta["headline"]
