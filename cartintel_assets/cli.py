@@ -14,11 +14,16 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from cartintel_assets import settings
+from cartintel_assets.registry.names import PROMOTED_MODELS
 from cartintel_assets.simulation.storefront import (
     DEMO_STOREFRONT,
+    Shop,
     StorefrontConfig,
+    land_day,
+    land_interventions,
     parse_date,
     parse_drift,
+    write_truth,
 )
 
 if TYPE_CHECKING:
@@ -165,25 +170,148 @@ QUIET_RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    """`--days` of the shop's randomised experiment, the models trained on them, then
+    `--loop-days` of the closed loop: each day lands, is scored and planned, and the storefront
+    acts on the published plan (its exploration and holdout included); the uplift model is then
+    retrained on every logged decision."""
+    import dataclasses
+    import shutil
+
     import dagster as dg
 
-    from cartintel_assets.resources import LandingResource
-
-    out = _simulate(args)
+    out = (args.out or settings.storefront_dir()).resolve()
+    cfg = dataclasses.replace(
+        _config(args), days=args.days + args.loop_days, experiment_days=args.days
+    )
+    say = _progress("simulate")
+    shop = Shop(cfg, say)
+    if out.exists():
+        shutil.rmtree(out)  # a storefront is regenerated whole, never mixed with an older one
     landing, warehouse = out / "landing", settings.warehouse_path()
+    say(f"landing the {args.days} days of the randomised experiment in {landing}")
+    for i in range(args.days):
+        land_day(shop, i, landing)
+        land_interventions(shop, i, landing)
     # the job's landing resource reads this at run time; re-materialising a day replaces it
     os.environ["CARTINTEL_LANDING"] = str(landing)
-    days = LandingResource(root=str(landing)).days()
+    days = [cfg.day(i).isoformat() for i in range(args.days)]
     home = ensure_dagster_home()
     where = f"runs kept in DAGSTER_HOME={home} (shown by `make dev`)"
     with dg.DagsterInstance.get() as instance:
-        failed_checks = _run_days(instance, days)
+        failed_checks, planned = _run_days(instance, days)
+        loop = [cfg.day(i).isoformat() for i in range(args.days, cfg.days)]
+        if loop and planned:
+            failed_checks += _closed_loop(instance, shop, landing, warehouse)
+            days += loop
+    store = shop.storefront()
+    write_truth(store, out / "truth")
     _summary(warehouse, days, failed_checks, where)
     return 0
 
 
-def _run_days(instance: DagsterInstance, days: list[str]) -> list[str]:
-    """Run the daily job on each day, in order, printing progress; return the failed checks."""
+def _run(
+    instance: DagsterInstance,
+    job_name: str,
+    partition_key: str | None = None,
+    failure: str | None = None,
+    failed_checks: list[str] | None = None,
+) -> Any:
+    """Run one job in this process; a failure is added to `failed_checks` as `failure`."""
+    from cartintel_assets.definitions import defs
+
+    result = defs.resolve_job_def(job_name).execute_in_process(
+        partition_key=partition_key,
+        instance=instance,
+        raise_on_error=False,
+        run_config=QUIET_RUN_CONFIG,
+    )
+    if failure and not result.success and failed_checks is not None:
+        failed_checks.append(f"{failure} (see the Dagster UI)")
+    return result
+
+
+def _closed_loop(
+    instance: DagsterInstance, shop: Shop, landing: Path, warehouse: Path
+) -> list[str]:
+    """Each remaining day of `shop`: land it, run the daily job, score and plan it, let the
+    storefront act on the published plan and land the outcomes; then the labels of those days
+    and the uplift model retrained on every logged decision. Prints what the decisions truly
+    earned (the simulator's truth) beside what the plan expected."""
+    from cartintel_assets.decisions.catalogue import NONE
+    from cartintel_assets.decisions.evaluation import truth_margins
+    from cartintel_assets.decisions.log import published_decisions
+    from cartintel_assets.decisions.ope import greedy_policy, true_value
+    from cartintel_assets.decisions.settings import PlanSettings
+    from cartintel_assets.resources import WarehouseResource
+
+    say = _progress("loop")
+    failed: list[str] = []
+    cfg = shop.cfg
+    first = shop.landed + 1
+    plan_settings = PlanSettings().deployed()
+    catalogue = plan_settings.catalogue()
+    for k, i in enumerate(range(first, cfg.days), 1):
+        day = cfg.day(i).isoformat()
+        land_day(shop, i, landing)
+        daily = _run(instance, "storefront_daily_job", day, f"{day} daily job", failed)
+        _run(instance, "abandonment_scoring_job", day, f"abandonment_scores {day}", failed)
+        _run(instance, "intervention_plan_job", day, f"intervention_plan {day}", failed)
+        with WarehouseResource(database=str(warehouse)).reader() as con:
+            decided = published_decisions(con, day)
+        applied = shop.act(decided)
+        land_interventions(shop, i, landing)
+        _run(instance, "interventions_ingestion_job", day, f"raw_interventions {day}", failed)
+        truth = shop.truth_sessions().set_index("session_id")
+        # a cart in fact bought (a return visit, or a first visit) is left alone
+        decided = decided[decided["session_id"].isin(truth.index[truth["abandoned"]])]
+        truth = truth.loc[decided["session_id"]]
+        margins = truth_margins(truth, catalogue, plan_settings.margin_rate)
+        actions = decided["arm"].replace({"control": NONE}).to_numpy(dtype=object)
+        earned = true_value(actions, margins)
+        oracle = true_value(greedy_policy(margins), margins)
+        by = ", ".join(f"{v:,} {c}" for c, v in decided["chosen_by"].value_counts().items())
+        say(
+            f"[{k}/{cfg.days - first}] {day}: daily run {'ok' if daily.success else 'FAILED'};"
+            f" acted on {applied:,} carts{f' ({by})' if by else ' (no plan published)'},"
+            f" {shop.not_applied:,} left alone (bought after all);"
+            f" true incremental margin {earned:,.0f} (the oracle, no budget: {oracle:,.0f})"
+        )
+    days = [cfg.day(i).isoformat() for i in range(first, cfg.days)]
+    for day in days:
+        _run(instance, "abandonment_labels_job", day, f"abandonment_labels {day}", failed)
+    # the pilot's realised margin against the holdout decides whether it goes global
+    md = _move(instance, "uplift", "promote", "global", "cartintel demo")
+    say(f"promote the uplift pilot to global: {md['outcome']}: {md['reason']}")
+    say("retraining the uplift model on every logged decision (experiment, plan, exploration)")
+    result = _run(instance, "uplift_training_job", None, "uplift_model: retraining", failed)
+    _say_uplift(result, say)
+    if result.success:
+        md = _move(instance, "uplift", "promote", "pilot", "cartintel demo")
+        say(
+            f"promote the retrained policy to pilot: {md['outcome']} (version"
+            f" {md['to_version']}): {md['reason']}"
+        )
+    say("rebuilding the executive dashboard with the loop's days")
+    _run(instance, "reporting_job", None, "executive_dashboard: the dashboard failed", failed)
+    return failed
+
+
+def _say_uplift(result: Any, say: Any) -> None:
+    """One line on the uplift version a training run registered."""
+    for m in result.asset_materializations_for_node("uplift_model"):
+        md = {k: v.value for k, v in m.metadata.items()}
+        say(
+            f"uplift version {md['model_version']} ({md['learner']}) on {md['rows_log']:,} logged"
+            f" carts, alias {md['alias']}, gate {md['gate']}: arms {md['allowed_arms']}; policy"
+            f" value (DR) {md['policy_value_dr']:.0f} vs top-k by risk"
+            f" {md['top_k_by_risk_value_dr']:.0f}"
+        )
+
+
+def _run_days(instance: DagsterInstance, days: list[str]) -> tuple[list[str], bool]:
+    """Run the daily job on each day, in order, then train, promote, score and plan, printing
+    progress; return the failed checks and whether a plan could be made (an uplift model
+    passed its gate)."""
     from cartintel_assets.definitions import defs
 
     job = defs.resolve_job_def("storefront_daily_job")
@@ -208,15 +336,7 @@ def _run_days(instance: DagsterInstance, days: list[str]) -> list[str]:
         )
 
     def run(job_name: str, partition_key: str | None = None, failure: str | None = None) -> Any:
-        result = defs.resolve_job_def(job_name).execute_in_process(
-            partition_key=partition_key,
-            instance=instance,
-            raise_on_error=False,
-            run_config=QUIET_RUN_CONFIG,
-        )
-        if failure and not result.success:
-            failed_checks.append(f"{failure} (see the Dagster UI)")
-        return result
+        return _run(instance, job_name, partition_key, failure, failed_checks)
 
     for i, day in enumerate(days, 1):  # now that later days have landed, labels can be final
         result = run("abandonment_labels_job", day)
@@ -243,7 +363,7 @@ def _run_days(instance: DagsterInstance, days: list[str]) -> list[str]:
             f" global: {md['global']}"
         )
     if not result.success:
-        return failed_checks
+        return failed_checks, False
     md = _move(instance, "abandonment", "promote", "pilot", "cartintel demo")
     say(f"promote to pilot: {md['outcome']} (version {md['to_version']}): {md['reason']}")
     if md["outcome"] != "moved":
@@ -268,24 +388,25 @@ def _run_days(instance: DagsterInstance, days: list[str]) -> list[str]:
         "training the uplift model on the intervention log (T-, X- and DR-learner, Qini, off-policy gate)"
     )
     result = run("uplift_training_job", failure="uplift_model: training or a blocking gate failed")
-    for m in result.asset_materializations_for_node("uplift_model"):
-        md = {k: v.value for k, v in m.metadata.items()}
-        say(
-            f"uplift version {md['model_version']} ({md['learner']}), alias {md['alias']},"
-            f" gate {md['gate']}: arms allowed {md['allowed_arms']}; policy value (DR)"
-            f" {md['policy_value_dr']:.0f} vs top-k by risk {md['top_k_by_risk_value_dr']:.0f}"
-        )
+    _say_uplift(result, say)
     if not result.success:
-        return failed_checks
+        return failed_checks, False
+    md = _move(instance, "uplift", "promote", "pilot", "cartintel demo")
+    say(
+        f"promote the uplift policy to pilot: {md['outcome']} (version {md['to_version']}): {md['reason']}"
+    )
+    if md["outcome"] != "moved":
+        failed_checks.append(f"model_promotions: uplift to pilot refused: {md['reason']}")
     say(f"planning the interventions of {days[-1]} (budget, consent, caps, holdout, ethics)")
     run("intervention_plan_job", days[-1], f"intervention_plan {days[-1]}: planning failed")
     say("building the executive dashboard (self-contained HTML)")
     run("reporting_job", failure="executive_dashboard: the dashboard failed")
-    return failed_checks
+    return failed_checks, True
 
 
 def _summary(warehouse: Path, days: list[str], failed_checks: list[str], where: str) -> None:
     """What the demo's days produced, read through the dashboard's own queries."""
+    from cartintel_assets.models.reasons import explain_all
     from cartintel_assets.reporting import queries as q
     from cartintel_assets.reporting.dashboard import page_path
     from cartintel_assets.resources import WarehouseResource
@@ -336,12 +457,14 @@ def _summary(warehouse: Path, days: list[str], failed_checks: list[str], where: 
     if not scored.empty:
         print(
             f"\nrisk scores of {hi}: {len(scored):,} open carts, model version"
-            f" {scored['model_version'].iloc[0]}; the riskiest, with their reason codes:"
+            f" {scored['model_version'].iloc[0]}; the riskiest, and why (* a friction the shop"
+            " can act on):"
         )
-        for c in scored.head(5).itertuples():
+        for _, c in scored.head(5).iterrows():
+            said = explain_all(list(c["reason_codes"]), c)
             print(
-                f"  {c.session_id}  risk {c.risk:.2f} (decile {c.risk_decile})"
-                f"  {', '.join(c.reason_codes)}"
+                f"  {c['session_id']}  risk {c['risk']:.2f} (decile {c['risk_decile']})  "
+                + "; ".join(("* " if r.actionable else "") + r.text for r in said)
             )
     if not segments.empty:
         print("\ncustomer segments (id, profile, customers, mean assignment probability):")
@@ -373,10 +496,10 @@ def _summary(warehouse: Path, days: list[str], failed_checks: list[str], where: 
         reasons = planned.loc[planned["action"] == "none", "reason"].value_counts()
         print("  no action because: " + "; ".join(f"{r} {n}" for r, n in reasons.items()))
     if not moves.empty:
-        print("\npromotion log of cartintel-abandonment (MLflow aliases challenger/pilot/global):")
+        print("\npromotion log (MLflow aliases challenger/pilot/global):")
         for m in moves.itertuples():
             print(
-                f"  {m.logged_at:%Y-%m-%d %H:%M:%S}  {m.action} {m.phase}: {m.outcome}"
+                f"  {m.logged_at:%Y-%m-%d %H:%M:%S}  {m.model_name} {m.action} {m.phase}: {m.outcome}"
                 f" ({m.from_version or 'none'} -> {m.to_version or 'none'})"
             )
     if not drift.empty:
@@ -495,6 +618,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(customers=DEMO_STOREFRONT.n_customers)
     # 0.5 % defective event lines, so the quarantine and the checks have something to show
     p.set_defaults(func=cmd_demo, bad_row_rate=0.005)
+    p.add_argument(
+        "--loop-days",
+        type=int,
+        default=14,
+        help="days of the closed loop after the experiment's --days: the storefront acts on"
+        " each day's published plan (0: the experiment only)",
+    )
     p = sub.add_parser("dev", help="the Dagster UI (webserver + daemon) on workspace.yaml")
     p.add_argument("--workspace", type=Path, default=Path("workspace.yaml"))
     p.add_argument("--host", default="127.0.0.1")
@@ -510,11 +640,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_land_events)
     p = sub.add_parser("promote", help="move a model to the next phase through its gate")
-    p.add_argument("--model", choices=["abandonment"], default="abandonment")
+    p.add_argument("--model", choices=sorted(PROMOTED_MODELS), default="abandonment")
     p.add_argument("--to", choices=["pilot", "global"], required=True)
     p.set_defaults(func=cmd_move)
     p = sub.add_parser("rollback", help="restore the version a phase held before (from the log)")
-    p.add_argument("--model", choices=["abandonment"], default="abandonment")
+    p.add_argument("--model", choices=sorted(PROMOTED_MODELS), default="abandonment")
     p.add_argument("--phase", choices=["pilot", "global"], required=True)
     p.set_defaults(func=cmd_move)
     p = sub.add_parser("serve", help="the real-time scoring API (and the dashboard)")
