@@ -34,7 +34,7 @@ demo: venv
 	$(BIN)/cartintel demo
 
 test: venv system-packages
-	$(BIN)/pytest -n 2 --dist loadfile
+	$(BIN)/pytest -n 2 --dist loadfile --durations=12
 
 dev: venv
 	$(BIN)/cartintel dev --workspace workspace.yaml --host 127.0.0.1 --port 3000
