@@ -203,6 +203,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
         if loop and planned:
             failed_checks += _closed_loop(instance, shop, landing, warehouse)
             days += loop
+        elif loop:
+            say(
+                f"the closed loop ({len(loop)} days) does not run: no uplift policy passed its"
+                " gate, so there is no plan to act on; the gate's value is too uncertain at this"
+                " traffic to prove one (land more randomised days with --days, then retrain)"
+            )
     store = shop.storefront()
     write_truth(store, out / "truth")
     _summary(warehouse, days, failed_checks, where)
