@@ -20,7 +20,7 @@ import pandas as pd
 from cartintel_assets.registry.names import CHALLENGER, GLOBAL, PHASES, PILOT
 from cartintel_assets.registry.registration import version_by_alias
 from cartintel_assets.registry.tracking import Store
-from cartintel_assets.warehouse.tables import has_table, transaction
+from cartintel_assets.warehouse.tables import has_columns, has_table, transaction
 
 LOG_TABLE = "promotion_log"
 LOG_COLUMNS: dict[str, str] = {
@@ -408,10 +408,8 @@ WHERE uplift_model_version = ? AND region IN (SELECT unnest(?))
 def policy_results(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
     """Every logged decision the plan made (plan, exploration, holdout) with the uplift version
     behind it, its realised outcome, region and cart; empty before the plan acted."""
-    if not (has_table(con, "raw_interventions") and has_table(con, "session_features")):
-        return pd.DataFrame(columns=["session_id", "chosen_by", "model_version", "region", "day"])
-    cols = {r[0] for r in con.execute("DESCRIBE raw_interventions").fetchall()}
-    if not {"chosen_by", "model_version"} <= cols:
+    logged = has_columns(con, "raw_interventions", "chosen_by", "model_version")
+    if not (logged and has_table(con, "session_features")):
         return pd.DataFrame(columns=["session_id", "chosen_by", "model_version", "region", "day"])
     return con.execute(_POLICY_SQL).df()
 

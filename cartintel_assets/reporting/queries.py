@@ -13,7 +13,7 @@ from typing import Any
 import duckdb
 import pandas as pd
 
-from cartintel_assets.warehouse.tables import has_table
+from cartintel_assets.warehouse.tables import has_columns, has_table
 
 _WINDOW = "partition_date BETWEEN CAST($lo AS DATE) AND CAST($hi AS DATE)"
 
@@ -173,9 +173,9 @@ def quality_scorecard(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
 def acted_decisions(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
     """Every decision of a published plan the shop acted on (plan, exploration, holdout) with
     its realised 7-day outcome: the plan's day and uplift version, the arm, the cart."""
-    if not all(has_table(con, t) for t in ("raw_interventions", "intervention_plan")):
-        return pd.DataFrame()
-    if "chosen_by" not in {r[0] for r in con.execute("DESCRIBE raw_interventions").fetchall()}:
+    if not (
+        has_table(con, "intervention_plan") and has_columns(con, "raw_interventions", "chosen_by")
+    ):
         return pd.DataFrame()
     return con.execute(
         "SELECT p.partition_date AS day, p.uplift_model_version AS policy_version, i.chosen_by,"

@@ -30,6 +30,15 @@ def has_table(con: duckdb.DuckDBPyConnection, name: str) -> bool:
     return bool(found[0][0])
 
 
+def has_columns(con: duckdb.DuckDBPyConnection, name: str, *columns: str) -> bool:
+    """Whether table `name` exists with every one of `columns` (a warehouse older than a
+    contract's optional columns lacks them until its next ingestion adds them)."""
+    found = con.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_name = ?", [name]
+    ).fetchall()
+    return bool(found) and set(columns) <= {r[0] for r in found}
+
+
 def typed_temp_table(
     con: duckdb.DuckDBPyConnection, frame: pd.DataFrame, columns: dict[str, str], into: str
 ) -> None:
