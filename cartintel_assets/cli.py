@@ -245,7 +245,7 @@ def _closed_loop(
     earned (the simulator's truth) beside what the plan expected."""
     from cartintel_assets.decisions.catalogue import NONE
     from cartintel_assets.decisions.evaluation import truth_margins
-    from cartintel_assets.decisions.log import published_decisions
+    from cartintel_assets.decisions.log import day_decisions
     from cartintel_assets.decisions.ope import greedy_policy, true_value
     from cartintel_assets.decisions.settings import PlanSettings
     from cartintel_assets.resources import WarehouseResource
@@ -263,7 +263,7 @@ def _closed_loop(
         _run(instance, "abandonment_scoring_job", day, f"abandonment_scores {day}", failed)
         _run(instance, "intervention_plan_job", day, f"intervention_plan {day}", failed)
         with WarehouseResource(database=str(warehouse)).reader() as con:
-            decided = published_decisions(con, day)
+            decided = day_decisions(con, day)
         applied = shop.act(decided)
         land_interventions(shop, i, landing)
         _run(instance, "interventions_ingestion_job", day, f"raw_interventions {day}", failed)

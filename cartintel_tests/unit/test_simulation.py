@@ -252,3 +252,84 @@ def test_the_shop_acts_on_decisions_day_by_day(tmp_path: Path) -> None:
     t = store.truth_sessions.set_index("session_id").loc[ids]
     assert (t["treatment"].to_numpy() == arm).all() and not t["in_experiment"].any()
     assert (t["returned_7d"] == feed["converted_7d"]).all()
+
+
+def test_the_shop_acts_on_the_published_plan_and_on_what_score_decided(tmp_path: Path) -> None:
+    """A day's decisions come from the published plan and from `/score`'s decision log: the
+    service answered during the session, so its decision stands and the plan's for the same cart
+    is not applied; the latest of two answers for one cart counts; a cart without consent was no
+    decision; the service's holdout carts are logged as holdout. The storefront applies exactly
+    that, and its feed says who chose each arm."""
+    import duckdb
+
+    from cartintel_assets.decisions.log import day_decisions
+    from cartintel_assets.defs.uplift.assets import PLAN_COLUMNS
+    from cartintel_assets.serving.decision import DECISION_COLUMNS
+    from cartintel_assets.warehouse.tables import replace_partition, typed_temp_table
+
+    cfg = replace(SMALL, days=3, sessions_per_day=600, experiment_rate=0.0)
+    shop = Shop(cfg)
+    land_day(shop, 0, tmp_path / "landing")
+    s = shop.world.sim.s
+    open_ = s[(s["day"] == 0) & s["abandoned"] & s["consented"]]
+    ids = shop.world.session_ids[open_["session_idx"].to_numpy()]
+    assert len(ids) > 40
+    day = cfg.day(0)
+    cutoff = pd.Timestamp(day) + pd.Timedelta(hours=12)
+    plan = pd.DataFrame(
+        {c: None for c in PLAN_COLUMNS}
+        | {
+            "session_id": ids,
+            "customer_id": "c_x",
+            "action": "reminder_email",
+            "chosen_by": "plan",
+            "propensity": 0.9,
+            "planned_by_run": "run-7",
+            "uplift_model_version": "4",
+            "send_at": cutoff,
+        }
+    )
+    api_ids = ids[:12]
+    answers = pd.DataFrame(
+        {c: None for c in DECISION_COLUMNS}
+        | {
+            "request_id": [f"r{i}" for i in range(12)],
+            "session_id": api_ids,
+            "customer_id": "c_x",
+            "cutoff_at": cutoff,
+            "decided_at": pd.Timestamp("2026-12-01 10:00"),
+            "consent": True,
+            "in_holdout": [i == 1 for i in range(12)],
+            "action": ["discount_10"] * 10 + ["none", "discount_10"],
+            "uplift_model_version": "5",
+        }
+    )
+    answers.loc[1, "action"] = "none"  # the service's holdout: no intervention
+    answers.loc[11, "consent"] = False  # no consent: no decision (the plan's stands)
+    # the same cart answered again, later, with another arm: the later answer counts
+    again = answers.iloc[[0]].assign(
+        request_id="r-again", action="discount_5", decided_at=pd.Timestamp("2026-12-01 10:05")
+    )
+    con = duckdb.connect()
+    typed_temp_table(con, plan, PLAN_COLUMNS, "_plan")
+    replace_partition(con, "intervention_plan", "_plan", day)
+    typed_temp_table(con, pd.concat([answers, again]), DECISION_COLUMNS, "_log")
+    con.execute("CREATE TABLE decision_log AS SELECT * FROM _log")
+    decided = day_decisions(con, day).set_index("session_id")
+    assert len(decided) == len(ids) and decided.index.is_unique
+    by = decided["chosen_by"]
+    assert (by.loc[api_ids[[0, *range(2, 11)]]] == "api").all()
+    assert by.loc[api_ids[1]] == "holdout" and decided.loc[api_ids[1], "arm"] == "control"
+    assert decided.loc[api_ids[0], "arm"] == "discount_5"
+    assert (decided.loc[api_ids[2:10], "arm"] == "discount_10").all()
+    assert decided.loc[api_ids[10], "arm"] == "control"
+    assert (by.loc[ids[11:]] == "plan").all()  # consentless answer: the plan's decision stands
+    assert (decided.loc[ids[12:], "arm"] == "reminder_email").all()
+    assert (decided.loc[api_ids[:11], "propensity"] == 1.0).all()
+    assert shop.act(decided.reset_index()) == len(ids)
+    feed = pd.read_parquet(land_interventions(shop, 0, tmp_path / "landing"))
+    feed = feed.set_index("session_id").loc[ids]
+    assert (feed["chosen_by"] == by.loc[ids]).all()
+    assert (feed["treatment"] == decided.loc[ids, "arm"]).all()
+    assert set(feed.loc[api_ids[:11], "model_version"]) == {"5"}
+    assert set(feed.loc[ids[12:], "policy_version"]) == {"run-7"}

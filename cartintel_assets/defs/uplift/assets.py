@@ -401,6 +401,12 @@ _PLAN_HISTORY_SQL = """
 UNION SELECT customer_id, send_at FROM intervention_plan
 WHERE action <> 'none' AND partition_date <> $day
 """
+# what `/score` sent in real time (at the cart's cutoff, as the service's own caps count it)
+# counts towards the caps too
+_API_HISTORY_SQL = """
+UNION SELECT customer_id, cutoff_at FROM decision_log
+WHERE action <> 'none' AND CAST(cutoff_at AS DATE) <= CAST($day AS DATE)
+"""
 
 
 class InterventionPlanConfig(PlanSettings, dg.Config):
@@ -441,6 +447,7 @@ def intervention_plan(
         intervention_rates,
         totals,
     )
+    from cartintel_assets.decisions.log import api_decisions
     from cartintel_assets.decisions.plan import explore_and_choose, in_holdout, within_disparity
     from cartintel_assets.models.plots import markdown_table
     from cartintel_assets.models.uplift import session_facts
@@ -461,11 +468,14 @@ def intervention_plan(
             if has_table(con, "customer_segments")
             else pd.DataFrame(columns=["customer_id", "segment_name"])
         )
-        history_sql = _HISTORY_SQL + (
-            _PLAN_HISTORY_SQL if has_table(con, "intervention_plan") else ""
+        history_sql = (
+            _HISTORY_SQL
+            + (_PLAN_HISTORY_SQL if has_table(con, "intervention_plan") else "")
+            + (_API_HISTORY_SQL if has_table(con, "decision_log") else "")
         )
         history = con.execute(history_sql, {"day": day}).df()
         facts = session_facts(con, day)
+        answered = set(api_decisions(con, day)["session_id"])
     if carts.empty:
         context.log.warning(f"no scored carts on {day}: run abandonment_scoring_job for it first")
     seg = dict(zip(segments["customer_id"], segments["segment_name"], strict=True))
@@ -478,8 +488,13 @@ def intervention_plan(
     ended = carts["session_ended_at"].fillna(carts["cutoff_at"])
     carts["send_at"] = ended + timedelta(minutes=deployed.send_delay_minutes)
     carts["blocked"] = np.select(
-        [carts["bought_in_session"], ~carts["consent"], carts["in_holdout"]],
-        ["bought in session", "no marketing consent", "holdout"],
+        [
+            carts["bought_in_session"],
+            ~carts["consent"],
+            carts["session_id"].isin(answered),
+            carts["in_holdout"],
+        ],
+        ["bought in session", "no marketing consent", "decided by /score", "holdout"],
         "",
     )
     rules = deployed.rules()
