@@ -28,7 +28,8 @@ from cartintel_assets.models.uplift import (
     targeting_features,
 )
 from cartintel_assets.simulation.storefront import Storefront
-from cartintel_tests.model.test_uplift import MARGIN, true_effects
+from cartintel_tests.benchmarks.decisions import true_effects
+from cartintel_tests.model.test_uplift import MARGIN
 
 
 @pytest.fixture(scope="module")
