@@ -259,12 +259,13 @@ def uplift_gate(
     budget = budget_share * float(unlimited["expected_cost"].sum())
     rules = PlanRules(budget=budget, contact=no_caps)
 
-    def value(actions: np.ndarray, rows: np.ndarray | None = None) -> PolicyValue:
-        """The DR value of `actions` on the carts `rows` (all by default)."""
+    def value(
+        actions: np.ndarray, rows: np.ndarray | None = None, draws: int = bootstrap
+    ) -> PolicyValue:
+        """The DR value of `actions` on the carts `rows` (all by default); `draws` 0: the
+        estimate without its interval."""
         m = np.ones(len(carts), dtype=bool) if rows is None else rows
-        return off_policy_value(
-            actions[m], carts[m], realised[m], predicted[m], bootstrap=bootstrap
-        )
+        return off_policy_value(actions[m], carts[m], realised[m], predicted[m], bootstrap=draws)
 
     def actions(arms: list[str]) -> np.ndarray:
         return choose_actions(carts, every[every["arm"].isin(arms)], rules)["action"].to_numpy()
@@ -273,9 +274,9 @@ def uplift_gate(
         """Starting from every arm, drop the arm whose removal raises the value on `rows` most,
         while one does."""
         arms = list(dict.fromkeys(every["arm"]))
-        current, excluded = value(actions(arms), rows), {}
+        current, excluded = value(actions(arms), rows, 0), {}
         while arms:
-            without = {a: value(actions([b for b in arms if b != a]), rows) for a in arms}
+            without = {a: value(actions([b for b in arms if b != a]), rows, 0) for a in arms}
             drop = max(without, key=lambda a: without[a].value)
             if without[drop].value <= current.value:
                 break

@@ -131,6 +131,8 @@ def off_policy_value(
             return n * ((weights @ num_pi) / (weights @ w_pi) - (weights @ num_0) / (weights @ w_0))
 
     point = float(value(np.ones((1, n)))[0])
+    if bootstrap == 0:  # the estimate alone (e.g. to compare many candidate policies)
+        return PolicyValue(estimator, point, np.nan, np.nan, n, int((logged == choice).sum()))
     rng = np.random.default_rng(seed)
     draws = value(rng.multinomial(n, np.full(n, 1.0 / n), size=bootstrap).astype(float))
     lo, hi = np.nanpercentile(draws, [2.5, 97.5])

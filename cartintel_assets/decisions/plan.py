@@ -25,6 +25,10 @@ class ContactRules:
 
     def violation(self, earlier: list[pd.Timestamp], at: pd.Timestamp) -> str | None:
         """Why a contact at `at` would break a cap given the customer's other contacts."""
+        if self.max_per_week >= 1 and (
+            not earlier or (self.min_hours_between <= 0 and len(earlier) < self.max_per_week)
+        ):
+            return None  # no cap can bind (most customers: no earlier contact at all)
         gap = timedelta(hours=self.min_hours_between)
         if any(abs(at - t) < gap for t in earlier):
             return f"contact cap: another contact within {self.min_hours_between:g} h"
@@ -126,7 +130,7 @@ def choose(
     blocked = np.asarray(blocked, dtype=object)
     cart_all = np.asarray(options["cart"], dtype=np.int64)
     keep = blocked[cart_all] == ""
-    caps = np.array([discount_cap(rules, segment[c]) for c in cart_all], dtype=float)
+    caps = np.array([discount_cap(rules, s) for s in segment], dtype=float)[cart_all]
     keep &= np.asarray(options["discount"], dtype=float) <= caps + 1e-12
     if order is None:
         keep &= np.asarray(options["incremental_margin"], dtype=float) > 0
