@@ -51,6 +51,7 @@ bench: venv system-packages
 	$(BIN)/python -m cartintel_tests.benchmarks.run --out BENCHMARKS.md
 	$(BIN)/python -m cartintel_tests.benchmarks.ope --out BENCHMARKS.md
 	$(BIN)/python -m cartintel_tests.benchmarks.decisions --out BENCHMARKS.md
+	$(BIN)/python -m cartintel_tests.benchmarks.loop --out BENCHMARKS.md
 
 # The graph end to end at 100k, 1M and 5M sessions on each engine (hours; SIZES=... to choose;
 # WORKDIR=dir keeps each size's storefront and warehouse there, so a run cut short resumes)

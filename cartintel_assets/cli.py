@@ -16,7 +16,7 @@ import pandas as pd
 from cartintel_assets import settings
 from cartintel_assets.registry.names import PROMOTED_MODELS
 from cartintel_assets.simulation.storefront import (
-    DEMO_STOREFRONT,
+    DEMO_RUN,
     Shop,
     StorefrontConfig,
     land_day,
@@ -169,11 +169,12 @@ DEMO_MONITORED_DAYS = 3  # days checked for drift (before the reference's latest
 QUIET_RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
+def cmd_demo(args: argparse.Namespace, records: list[dict[str, Any]] | None = None) -> int:
     """`--days` of the shop's randomised experiment, the models trained on them, then
     `--loop-days` of the closed loop: each day lands, is scored and planned, and the storefront
-    acts on the published plan (its exploration and holdout included); the uplift model is then
-    retrained on every logged decision."""
+    acts on the day's decisions (the plan's exploration and holdout included); every
+    `--retrain-every` days the uplift model is retrained on every logged decision. `records`, if
+    given, gets one row per loop day (what the decisions truly earned)."""
     import dataclasses
     import shutil
 
@@ -201,13 +202,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
         failed_checks, planned = _run_days(instance, days)
         loop = [cfg.day(i).isoformat() for i in range(args.days, cfg.days)]
         if loop and planned:
-            failed_checks += _closed_loop(instance, shop, landing, warehouse)
+            failed_checks += _closed_loop(
+                instance, shop, landing, warehouse, args.retrain_every, records
+            )
             days += loop
         elif loop:
             say(
                 f"the closed loop ({len(loop)} days) does not run: no uplift policy passed its"
-                " gate, so there is no plan to act on; the gate's value is too uncertain at this"
-                " traffic to prove one (land more randomised days with --days, then retrain)"
+                " gates to pilot, so there is no plan to act on; below ~20k randomised carts a"
+                " policy's value is too uncertain to prove (BENCHMARKS.md): raise"
+                " --sessions-per-day or --days"
             )
     store = shop.storefront()
     write_truth(store, out / "truth")
@@ -237,12 +241,19 @@ def _run(
 
 
 def _closed_loop(
-    instance: DagsterInstance, shop: Shop, landing: Path, warehouse: Path
+    instance: DagsterInstance,
+    shop: Shop,
+    landing: Path,
+    warehouse: Path,
+    retrain_every: int = 7,
+    records: list[dict[str, Any]] | None = None,
 ) -> list[str]:
     """Each remaining day of `shop`: land it, run the daily job, score and plan it, let the
-    storefront act on the published plan and land the outcomes; then the labels of those days
-    and the uplift model retrained on every logged decision. Prints what the decisions truly
-    earned (the simulator's truth) beside what the plan expected."""
+    storefront act on the day's decisions (the published plan's and `/score`'s) and land the
+    outcomes. Every `retrain_every` days (and after the last): the labels of those days, the
+    pilot asked to go global on what it realised, the uplift model retrained on every logged
+    decision and the retrained policy asked for pilot. Prints what the decisions truly earned
+    (the simulator's truth) beside the oracle; appends one row per day to `records`."""
     from cartintel_assets.decisions.catalogue import NONE
     from cartintel_assets.decisions.evaluation import truth_margins
     from cartintel_assets.decisions.log import day_decisions
@@ -256,6 +267,7 @@ def _closed_loop(
     first = shop.landed + 1
     plan_settings = PlanSettings().deployed()
     catalogue = plan_settings.catalogue()
+    unlabelled: list[str] = []
     for k, i in enumerate(range(first, cfg.days), 1):
         day = cfg.day(i).isoformat()
         land_day(shop, i, landing)
@@ -282,10 +294,30 @@ def _closed_loop(
             f" {shop.not_applied:,} left alone (bought after all);"
             f" true incremental margin {earned:,.0f} (the oracle, no budget: {oracle:,.0f})"
         )
-    days = [cfg.day(i).isoformat() for i in range(first, cfg.days)]
+        if records is not None:
+            records.append(
+                {
+                    "day": day,
+                    "loop_day": k,
+                    "decided": len(decided),
+                    **{f"by_{c}": int(v) for c, v in decided["chosen_by"].value_counts().items()},
+                    "true_margin": earned,
+                    "oracle_margin": oracle,
+                }
+            )
+        unlabelled.append(day)
+        if k % retrain_every == 0 or i == cfg.days - 1:
+            _retrain(instance, unlabelled, failed, say)
+            unlabelled = []
+    return failed
+
+
+def _retrain(instance: DagsterInstance, days: list[str], failed: list[str], say: Any) -> None:
+    """After a stretch of the loop: the labels of its `days`, the pilot asked to go global on
+    its realised margin against the holdout, the uplift model retrained on every logged decision
+    (experiment, plan, exploration, `/score`) and the retrained policy asked for pilot."""
     for day in days:
         _run(instance, "abandonment_labels_job", day, f"abandonment_labels {day}", failed)
-    # the pilot's realised margin against the holdout decides whether it goes global
     md = _move(instance, "uplift", "promote", "global", "cartintel demo")
     say(f"promote the uplift pilot to global: {md['outcome']}: {md['reason']}")
     say("retraining the uplift model on every logged decision (experiment, plan, exploration)")
@@ -299,7 +331,6 @@ def _closed_loop(
         )
     say("rebuilding the executive dashboard with the loop's days")
     _run(instance, "reporting_job", None, "executive_dashboard: the dashboard failed", failed)
-    return failed
 
 
 def _say_uplift(result: Any, say: Any) -> None:
@@ -316,8 +347,8 @@ def _say_uplift(result: Any, say: Any) -> None:
 
 def _run_days(instance: DagsterInstance, days: list[str]) -> tuple[list[str], bool]:
     """Run the daily job on each day, in order, then train, promote, score and plan, printing
-    progress; return the failed checks and whether a plan could be made (an uplift model
-    passed its gate)."""
+    progress; return the failed checks and whether a plan could be made (an uplift policy
+    passed its gates to pilot)."""
     from cartintel_assets.definitions import defs
 
     job = defs.resolve_job_def("storefront_daily_job")
@@ -407,7 +438,7 @@ def _run_days(instance: DagsterInstance, days: list[str]) -> tuple[list[str], bo
     run("intervention_plan_job", days[-1], f"intervention_plan {days[-1]}: planning failed")
     say("building the executive dashboard (self-contained HTML)")
     run("reporting_job", failure="executive_dashboard: the dashboard failed")
-    return failed_checks, True
+    return failed_checks, md["outcome"] == "moved"
 
 
 def _summary(warehouse: Path, days: list[str], failed_checks: list[str], where: str) -> None:
@@ -620,8 +651,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "demo", help="simulate the default storefront and run the daily job on every day"
     )
-    _add_storefront_args(p, days=DEMO_STOREFRONT.days, sessions=DEMO_STOREFRONT.sessions_per_day)
-    p.set_defaults(customers=DEMO_STOREFRONT.n_customers)
+    _add_storefront_args(p, days=DEMO_RUN.days, sessions=DEMO_RUN.sessions_per_day)
+    p.set_defaults(customers=DEMO_RUN.n_customers)
     # 0.5 % defective event lines, so the quarantine and the checks have something to show
     p.set_defaults(func=cmd_demo, bad_row_rate=0.005)
     p.add_argument(
@@ -630,6 +661,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=14,
         help="days of the closed loop after the experiment's --days: the storefront acts on"
         " each day's published plan (0: the experiment only)",
+    )
+    p.add_argument(
+        "--retrain-every",
+        type=int,
+        default=7,
+        help="days of the closed loop between uplift retrainings (and promotions)",
     )
     p = sub.add_parser("dev", help="the Dagster UI (webserver + daemon) on workspace.yaml")
     p.add_argument("--workspace", type=Path, default=Path("workspace.yaml"))
