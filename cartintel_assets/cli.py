@@ -254,6 +254,8 @@ def _closed_loop(
     pilot asked to go global on what it realised, the uplift model retrained on every logged
     decision and the retrained policy asked for pilot. Prints what the decisions truly earned
     (the simulator's truth) beside the oracle; appends one row per day to `records`."""
+    import numpy as np
+
     from cartintel_assets.decisions.catalogue import NONE
     from cartintel_assets.decisions.evaluation import truth_margins
     from cartintel_assets.decisions.log import day_decisions
@@ -302,6 +304,12 @@ def _closed_loop(
                     "decided": len(decided),
                     **{f"by_{c}": int(v) for c, v in decided["chosen_by"].value_counts().items()},
                     "true_margin": earned,
+                    **{
+                        f"true_margin_{c}": true_value(
+                            np.where(decided["chosen_by"].to_numpy() == c, actions, NONE), margins
+                        )
+                        for c in ("plan", "exploration", "api")
+                    },
                     "oracle_margin": oracle,
                 }
             )

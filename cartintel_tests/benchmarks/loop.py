@@ -97,23 +97,27 @@ def section(found: pd.DataFrame, sessions: int, days: int, seed: int, minutes: f
         return lines
     found = found.assign(week=(found["loop_day"] - 1) // 7 + 1)
     by = [c for c in found.columns if c.startswith("by_")]
+    parts = [c for c in found.columns if c.startswith("true_margin_")]
     weekly = found.groupby("week").agg(
         days=("day", "count"),
         decided=("decided", "sum"),
         **{c: (c, "sum") for c in by},
+        **{c: (c, "sum") for c in parts},
         true_margin=("true_margin", "sum"),
         oracle_margin=("oracle_margin", "sum"),
     )
     lines += [
         "| week | days | decided carts | "
         + " | ".join(c.removeprefix("by_") for c in by)
+        + "".join(f" | true margin of {c.removeprefix('true_margin_')}" for c in parts)
         + " | true margin | oracle (no budget) | share | regret |",
-        "|---|---|---|" + "---|" * len(by) + "---|---|---|---|",
+        "|---|---|---|" + "---|" * (len(by) + len(parts)) + "---|---|---|---|",
     ]
     for week, w in weekly.iterrows():
         lines.append(
             f"| {week} | {int(w['days'])} | {int(w['decided']):,} | "
             + " | ".join(f"{int(w[c]):,}" for c in by)
+            + "".join(f" | {w[c]:,.0f}" for c in parts)
             + f" | {w['true_margin']:,.0f} | {w['oracle_margin']:,.0f} |"
             f" {w['true_margin'] / w['oracle_margin']:.1%} |"
             f" {w['oracle_margin'] - w['true_margin']:,.0f} |"
@@ -144,7 +148,20 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=DEMO_STOREFRONT.seed)
     parser.add_argument("--workdir", type=Path, default=None, help="keep everything here")
     parser.add_argument("--csv", type=Path, default=None, help="also keep the daily rows here")
+    parser.add_argument(
+        "--from-csv",
+        type=Path,
+        default=None,
+        help="report the daily rows of an earlier run (its --csv) instead of running; give that"
+        " run's --sessions-per-day, --days, --seed and --minutes",
+    )
+    parser.add_argument("--minutes", type=float, default=0.0, help="with --from-csv")
     args = parser.parse_args()
+    if args.from_csv:
+        found = pd.read_csv(args.from_csv)
+        lines = section(found, args.sessions_per_day, args.days, args.seed, args.minutes)
+        write(args.out, lines)
+        return
     start = time.monotonic()
     with tempfile.TemporaryDirectory() as tmp:
         workdir = (args.workdir or Path(tmp)).resolve()
