@@ -28,16 +28,17 @@ ORDER BY session_id
 
 # What `/score` decided for the carts whose cutoff fell on the day: the latest answer per cart
 # (a session may be scored more than once). A cart without marketing consent was not a decision;
-# the service has no exploration, so its choice had propensity 1.
+# the service has no exploration, so its choice had propensity 1. The nudge goes out at the
+# cart's cutoff (the time the service's own contact caps count), so that is when it was decided.
 _API_SQL = """
 SELECT session_id,
        CASE WHEN action = 'none' THEN 'control' ELSE action END AS arm,
        CASE WHEN in_holdout THEN 'holdout' ELSE 'api' END AS chosen_by,
        1.0 AS propensity, 'api' AS policy_version,
-       uplift_model_version AS model_version, decided_at
+       uplift_model_version AS model_version, cutoff_at AS decided_at
 FROM decision_log
 WHERE CAST(cutoff_at AS DATE) = CAST($day AS DATE) AND consent
-QUALIFY row_number() OVER (PARTITION BY session_id ORDER BY decided_at DESC, request_id) = 1
+QUALIFY row_number() OVER (PARTITION BY session_id ORDER BY decision_log.decided_at DESC, request_id) = 1
 ORDER BY session_id
 """
 

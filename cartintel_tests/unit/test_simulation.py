@@ -308,7 +308,7 @@ def test_the_shop_acts_on_the_published_plan_and_on_what_score_decided(tmp_path:
     answers.loc[11, "consent"] = False  # no consent: no decision (the plan's stands)
     # the same cart answered again, later, with another arm: the later answer counts
     again = answers.iloc[[0]].assign(
-        request_id="r-again", action="discount_5", decided_at=pd.Timestamp("2026-12-01 10:05")
+        request_id="r99", action="discount_5", decided_at=pd.Timestamp("2026-12-01 10:05")
     )
     con = duckdb.connect()
     typed_temp_table(con, plan, PLAN_COLUMNS, "_plan")
@@ -333,3 +333,6 @@ def test_the_shop_acts_on_the_published_plan_and_on_what_score_decided(tmp_path:
     assert (feed["treatment"] == decided.loc[ids, "arm"]).all()
     assert set(feed.loc[api_ids[:11], "model_version"]) == {"5"}
     assert set(feed.loc[ids[12:], "policy_version"]) == {"run-7"}
+    # the service's nudge went out at the cart's cutoff: the feed says so, as the plan's caps
+    # and the service's own count it (not when the request reached the service)
+    assert (pd.to_datetime(feed.loc[api_ids[:11], "assigned_at"]) == cutoff).all()
