@@ -26,7 +26,7 @@ import yaml
 
 from cartintel_assets.cli import build_parser, cmd_demo
 from cartintel_assets.decisions.settings import PlanSettings
-from cartintel_assets.simulation.storefront import DEMO_STOREFRONT
+from cartintel_assets.simulation.storefront import DEMO_RUN, DEMO_STOREFRONT
 from cartintel_tests.benchmarks.scale import split_section
 
 SECTION = "## The closed loop, week by week, against the truth"
@@ -140,8 +140,9 @@ def main() -> None:
     parser.add_argument(
         "--sessions-per-day",
         type=int,
-        default=12_000,
-        help="traffic (the demo's: 3,000); the experiment must be large enough for the gate",
+        default=DEMO_RUN.sessions_per_day,
+        help="traffic (`make demo`'s by default); the experiment must be large enough for the"
+        " gate (~20k randomised carts)",
     )
     parser.add_argument("--days", type=int, default=14, help="days of randomised experiment")
     parser.add_argument("--weeks", type=int, default=4, help="weeks of the closed loop")
