@@ -27,7 +27,7 @@ import yaml
 from cartintel_assets.cli import build_parser, cmd_demo
 from cartintel_assets.decisions.settings import PlanSettings
 from cartintel_assets.simulation.storefront import DEMO_RUN, DEMO_STOREFRONT
-from cartintel_tests.benchmarks.scale import split_section
+from cartintel_tests.benchmarks.scale import replace_section
 
 SECTION = "## The closed loop, week by week, against the truth"
 
@@ -127,11 +127,7 @@ def section(found: pd.DataFrame, sessions: int, days: int, seed: int, minutes: f
 
 def write(path: Path, lines: list[str]) -> None:
     """Replace this section of `path` (or append it), leaving the others as they are."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    head, mine, tail = split_section(text, SECTION)
-    if not mine:
-        head = text.rstrip("\n") + "\n\n"
-    path.write_text(head + "\n".join(lines) + ("\n" + tail if tail else ""))
+    replace_section(path, SECTION, lines)
 
 
 def main() -> None:

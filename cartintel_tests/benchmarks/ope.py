@@ -32,7 +32,7 @@ from cartintel_assets.models.uplift import (
     targeting_features,
 )
 from cartintel_assets.simulation.storefront import DEMO_STOREFRONT, simulate
-from cartintel_tests.benchmarks.scale import split_section
+from cartintel_tests.benchmarks.scale import replace_section
 from cartintel_tests.conftest import labelled_warehouse
 
 SECTION = "## Off-policy evaluation against the truth, day by day"
@@ -133,11 +133,7 @@ def section(found: pd.DataFrame, seed: int) -> list[str]:
 
 def write(path: Path, lines: list[str]) -> None:
     """Replace this section of `path` (or append it), leaving the others as they are."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    head, mine, tail = split_section(text, SECTION)
-    if not mine:
-        head = text.rstrip("\n") + "\n\n"
-    path.write_text(head + "\n".join(lines) + ("\n" + tail if tail else ""))
+    replace_section(path, SECTION, lines)
 
 
 def main() -> None:

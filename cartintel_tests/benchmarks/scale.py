@@ -364,6 +364,16 @@ def split_section(text: str, title: str) -> tuple[str, str, str]:
     return head, title + rest[: after + 1], rest[after + 1 :]
 
 
+def replace_section(path: Path, title: str, lines: list[str]) -> None:
+    """Replace the section `title` of `path` by `lines` (or append it), leaving the others as
+    they are."""
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    head, mine, tail = split_section(text, title)
+    if not mine:
+        head = text.rstrip("\n") + "\n\n"
+    path.write_text(head + "\n".join(lines) + ("\n" + tail if tail else ""))
+
+
 def write_section(path: Path, rows: list[dict[str, Any]], cpu: str) -> None:
     """Replace the section of BENCHMARKS.md, keeping the other sections and the rows of sizes
     this run did not measure (kept as JSON in the section)."""
