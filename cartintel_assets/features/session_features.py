@@ -60,6 +60,23 @@ NUMERIC_FEATURES: tuple[str, ...] = (
     "prior_cart_sessions",
     "prior_abandonment_rate",
 )
+# What the customer's earlier sessions showed, counted as the segmentation's mixture counts them
+# (`models.segmentation.history_evidence`): kept beside the features so that a model can place
+# the shopper in a segment as of the cart (its segment features), not model inputs themselves
+# (the segment features summarise them; nine raw counts more only add noise to the small uplift
+# arms). Each: the per-session column of the history it sums.
+HISTORY_COUNTS: dict[str, str] = {
+    "prior_views": "views",
+    "prior_promo_views": "promo_views",
+    "prior_search_sessions": "searched",
+    "prior_rec_impressions": "rec_impressions",
+    "prior_rec_clicks": "rec_clicks",
+    "prior_checkout_abandons": "checkout_abandoned",
+    "prior_coupon_carts": "coupon_cart",
+    "prior_gaps": "gaps",
+    "prior_gap_seconds": "seconds",
+}
+HISTORY_FEATURES: tuple[str, ...] = tuple(HISTORY_COUNTS)
 CATEGORICAL_FEATURES: tuple[str, ...] = ("device", "traffic_source", "region")
 KEY_COLUMNS: tuple[str, ...] = ("session_id", "customer_id", "started_at", "cutoff_at")
 
@@ -78,9 +95,19 @@ SELECT ps.session_id, ps.customer_id, ps.partition_date, ps.started_at,
        max(pe.ts) AS last_event_at,
        bool_or(pe.event_type = 'purchase') AS purchased,
        bool_or(pe.event_type = 'add_to_cart') AS had_cart,
-       sum(pe.order_value) AS order_value
+       sum(pe.order_value) AS order_value,
+       count(*) AS events,
+       count(*) FILTER (WHERE pe.event_type = 'product_view') AS views,
+       count(*) FILTER (WHERE pe.event_type = 'product_view' AND pp.on_promotion) AS promo_views,
+       bool_or(pe.event_type = 'search') AS searched,
+       count(*) FILTER (WHERE pe.event_type = 'recommendation_impression') AS rec_impressions,
+       count(*) FILTER (WHERE pe.event_type = 'recommendation_click') AS rec_clicks,
+       bool_or(pe.event_type = 'begin_checkout') AS reached_checkout,
+       bool_or(pe.event_type = 'coupon_attempt') AS tried_coupon,
+       (epoch_us(max(pe.ts)) - epoch_us(min(pe.ts))) / 1000000.0 AS seconds
 FROM raw_sessions ps JOIN raw_events pe
   ON pe.session_id = ps.session_id AND pe.partition_date = ps.partition_date
+LEFT JOIN raw_products pp ON pp.product_id = pe.product_id AND pp.partition_date = pe.partition_date
 WHERE ps.partition_date BETWEEN $history_from AND $history_to
 GROUP BY ps.session_id, ps.customer_id, ps.partition_date, ps.started_at
 """
@@ -532,6 +559,10 @@ def _history(b: _Batch, h: Timeline) -> dict[str, np.ndarray]:
         "prior_abandonment_rate": _safe_div(
             prior("abandoned").astype(float), carts_before.astype(float)
         ),
+        **{
+            f: prior(c).astype(float if f == "prior_gap_seconds" else np.int64)
+            for f, c in HISTORY_COUNTS.items()
+        },
     }
 
 
@@ -541,7 +572,8 @@ def compute_features(
     reference: FeatureReference,
     policy: CutoffPolicy,
 ) -> dict[str, np.ndarray]:
-    """Feature columns (KEY_COLUMNS, NUMERIC_FEATURES, CATEGORICAL_FEATURES, in that order) of the
+    """Feature columns (KEY_COLUMNS, NUMERIC_FEATURES, CATEGORICAL_FEATURES, HISTORY_FEATURES, in
+    that order) of the
     cart sessions in `sessions`, in session-id order, from their `events`.
 
     `sessions`: session_id, customer_id, started_at (epoch µs), device, traffic_source, region.
@@ -580,7 +612,7 @@ def compute_features(
         "traffic_source": np.asarray(b.cols["traffic_source"], dtype=object),
         "region": np.asarray(b.cols["region"], dtype=object),
     }
-    order = (*KEY_COLUMNS, *NUMERIC_FEATURES, *CATEGORICAL_FEATURES)
+    order = (*KEY_COLUMNS, *NUMERIC_FEATURES, *CATEGORICAL_FEATURES, *HISTORY_FEATURES)
     return {k: columns[k][c.valid] for k in order}
 
 
@@ -644,7 +676,16 @@ SELECT customer_id, epoch_us(last_event_at) AS at_us,
        CASE WHEN last_event_at < started_at THEN session_id END AS ended_before_start,
        coalesce(purchased, FALSE)::DOUBLE AS purchased, coalesce(had_cart, FALSE)::DOUBLE AS had_cart,
        coalesce(had_cart AND NOT purchased, FALSE)::DOUBLE AS abandoned,
-       coalesce(order_value, 0) AS order_value
+       coalesce(order_value, 0) AS order_value,
+       coalesce(views, 0)::DOUBLE AS views, coalesce(promo_views, 0)::DOUBLE AS promo_views,
+       coalesce(searched, FALSE)::DOUBLE AS searched,
+       coalesce(rec_impressions, 0)::DOUBLE AS rec_impressions,
+       coalesce(rec_clicks, 0)::DOUBLE AS rec_clicks,
+       coalesce(had_cart AND NOT purchased AND reached_checkout, FALSE)::DOUBLE
+         AS checkout_abandoned,
+       coalesce(had_cart AND tried_coupon, FALSE)::DOUBLE AS coupon_cart,
+       greatest(coalesce(events, 1) - 1, 0)::DOUBLE AS gaps,
+       coalesce(seconds, 0)::DOUBLE AS seconds
 FROM {history} WHERE partition_date BETWEEN $history_from AND $history_to
   AND customer_id IS NOT NULL AND last_event_at IS NOT NULL {of_customers}
 ORDER BY customer_id, at_us, session_id
@@ -714,7 +755,10 @@ def history_timeline(
         else "",
     )
     h = query(sql, {"history_from": history_from, "history_to": history_to})
-    values = {k: h[k] for k in ("purchased", "had_cart", "abandoned", "order_value")}
+    values = {
+        k: h[k]
+        for k in ("purchased", "had_cart", "abandoned", "order_value", *HISTORY_COUNTS.values())
+    }
     return Timeline.build(h["customer_id"], h["at_us"], values, h["ended_before_start"])
 
 
@@ -763,13 +807,14 @@ _NOT_BIGINT: dict[str, str] = {
             "days_since_last_session",
             "prior_revenue",
             "prior_abandonment_rate",
+            "prior_gap_seconds",
         ),
         "DOUBLE",
     ),
 }
 FEATURE_TYPES: dict[str, str] = {
     c: _NOT_BIGINT.get(c, "BIGINT")
-    for c in (*KEY_COLUMNS, *NUMERIC_FEATURES, *CATEGORICAL_FEATURES)
+    for c in (*KEY_COLUMNS, *NUMERIC_FEATURES, *CATEGORICAL_FEATURES, *HISTORY_FEATURES)
 }
 
 _EVENTS_SQL = """

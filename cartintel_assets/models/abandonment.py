@@ -8,7 +8,7 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeAlias
 
@@ -22,6 +22,12 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from cartintel_assets.models.forest import FOREST_ROWS, Forest, forest
+from cartintel_assets.models.segmentation import (
+    HISTORY_INPUTS,
+    SEGMENT_FEATURES,
+    SegmentationModel,
+    segment_features,
+)
 from cartintel_assets.models.tree_shap import TreeShap, tree_shap
 
 # feature rows: a frame, or (the scoring service) numpy columns of equal length
@@ -49,21 +55,43 @@ class XGBParams:
 @dataclass
 class BoostedModel:
     """A trained XGBoost booster, its isotonic calibrator (for the risk classifier; none for the
-    uplift learners' regressors) and the encoding of its inputs."""
+    uplift learners' regressors) and the encoding of its inputs.
+
+    A model that learnt from SEGMENT_FEATURES keeps the segmentation they came from and computes
+    them itself from each row's history features, so training, batch scoring and the service
+    place a shopper with the same segments whatever segmentation is current. Rows are read as
+    given while `segmentation` is None (during training, from the frame's own columns)."""
 
     booster: xgb.Booster
     calibrator: IsotonicRegression | None
     features: list[str]
     categories: dict[str, list[str]] = field(default_factory=dict)
     best_iteration: int = 0
+    segmentation: SegmentationModel | None = None
+
+    @property
+    def inputs(self) -> list[str]:
+        """The columns a row must have: its features, but for those it computes itself, whose
+        history inputs it needs instead."""
+        if self.segmentation is None or not any(f in SEGMENT_FEATURES for f in self.features):
+            return list(self.features)
+        own = [f for f in self.features if f not in SEGMENT_FEATURES]
+        return [*own, *(c for c in HISTORY_INPUTS if c not in own)]
+
+    def derived(self, frame: Rows) -> dict[str, np.ndarray]:
+        """The features this model computes from the rows itself: its segment features."""
+        if self.segmentation is None or not any(f in SEGMENT_FEATURES for f in self.features):
+            return {}
+        return segment_features(self.segmentation, frame)
 
     def matrix(self, frame: Rows) -> np.ndarray:
         """Encode feature rows (a frame, or columns of equal length) as the float matrix the
         booster expects (unknown category: -1)."""
         n = len(frame) if isinstance(frame, pd.DataFrame) else len(next(iter(frame.values())))
         out = np.empty((n, len(self.features)))
+        derived = self.derived(frame)
         for j, f in enumerate(self.features):
-            col = frame[f]
+            col = derived[f] if f in derived else frame[f]
             if f in self.categories:  # position in the training categories; unknown or NaN: -1
                 codes = self._codes[f]
                 if n > 1000:  # pandas' map is faster on big inputs, a loop on small ones
@@ -86,7 +114,11 @@ class BoostedModel:
 
     def encodes_like(self, other: BoostedModel) -> bool:
         """Whether `other` encodes rows into the same matrix (one encoding serves both)."""
-        return self.features == other.features and self.categories == other.categories
+        return (
+            self.features == other.features
+            and self.categories == other.categories
+            and self.segmentation == other.segmentation
+        )
 
     def save(self, folder: Path) -> None:
         """Write the booster (XGBoost JSON) and the encoding and calibration (JSON); no pickle."""
@@ -102,6 +134,7 @@ class BoostedModel:
             "calibration_y": self.calibrator.y_thresholds_.tolist()
             if self.calibrator is not None
             else None,
+            "segmentation": asdict(self.segmentation) if self.segmentation is not None else None,
         }
         (folder / "risk_model.json").write_text(json.dumps(meta))
 
@@ -115,13 +148,21 @@ class BoostedModel:
             iso = IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0)
             x, y = np.array(meta["calibration_x"]), np.array(meta["calibration_y"])
             iso.fit(x, y)  # refitting on the knots reproduces the same piecewise-linear map
-        return cls(booster, iso, meta["features"], meta["categories"], int(meta["best_iteration"]))
+        seg = meta.get("segmentation")  # (models saved before segment features have none)
+        return cls(
+            booster,
+            iso,
+            meta["features"],
+            meta["categories"],
+            int(meta["best_iteration"]),
+            SegmentationModel(**seg) if seg is not None else None,
+        )
 
     def typed(self, frame: pd.DataFrame) -> pd.DataFrame:
         """The model's input columns with stable types: floats, and strings for categories
         (missing: "unknown"), so a signature can describe them."""
         out = pd.DataFrame(index=frame.index)
-        for f in self.features:
+        for f in self.inputs:
             if f in self.categories:
                 out[f] = frame[f].astype(object).where(frame[f].notna(), "unknown").astype(str)
             else:

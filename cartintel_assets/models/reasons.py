@@ -12,7 +12,12 @@ from typing import Any
 
 import pandas as pd
 
-from cartintel_assets.features.session_features import CATEGORICAL_FEATURES, NUMERIC_FEATURES
+from cartintel_assets.features.session_features import (
+    CATEGORICAL_FEATURES,
+    HISTORY_FEATURES,
+    NUMERIC_FEATURES,
+)
+from cartintel_assets.models.segmentation import SEGMENT_FEATURES
 
 # the frictions a shop can change; the rest describe the shopper
 ACTIONABLE: tuple[str, ...] = ("price", "shipping", "delivery", "reviews")
@@ -103,11 +108,79 @@ _TEXT: dict[str, tuple[str, Callable[[Any], str]]] = {
     "prior_revenue": (BEHAVIOUR, lambda v: f"spent {v:,.2f} before"),
     "prior_cart_sessions": (BEHAVIOUR, lambda v: f"{_n(v, 'earlier cart', 'earlier carts')}"),
     "prior_abandonment_rate": (BEHAVIOUR, lambda v: f"left {_pct(v)} of earlier carts"),
+    "prior_views": (BEHAVIOUR, lambda v: f"{_n(v, 'page', 'pages')} viewed on earlier visits"),
+    "prior_promo_views": (
+        BEHAVIOUR,
+        lambda v: f"{_n(v, 'promotion', 'promotions')} viewed on earlier visits",
+    ),
+    "prior_search_sessions": (
+        BEHAVIOUR,
+        lambda v: f"searched on {_n(v, 'earlier visit', 'earlier visits')}",
+    ),
+    "prior_rec_impressions": (
+        BEHAVIOUR,
+        lambda v: f"shown {_n(v, 'recommendation', 'recommendations')} before",
+    ),
+    "prior_rec_clicks": (
+        BEHAVIOUR,
+        lambda v: f"clicked {_n(v, 'recommendation', 'recommendations')} before",
+    ),
+    "prior_checkout_abandons": (
+        BEHAVIOUR,
+        lambda v: f"left checkout {_n(v, 'time', 'times')} before",
+    ),
+    "prior_coupon_carts": (
+        BEHAVIOUR,
+        lambda v: f"tried coupons on {_n(v, 'earlier cart', 'earlier carts')}",
+    ),
+    "prior_gaps": (BEHAVIOUR, lambda v: f"{_n(v, 'action', 'actions')} on earlier visits"),
+    "prior_gap_seconds": (BEHAVIOUR, lambda v: f"{_minutes(v)} on earlier visits"),
     "device": (BEHAVIOUR, lambda v: f"shopping on {v}"),
     "traffic_source": (BEHAVIOUR, lambda v: f"arrived from {str(v).replace('_', ' ')}"),
     "region": (BEHAVIOUR, lambda v: f"shopping from {v}"),
 }
-assert set(_TEXT) == {*NUMERIC_FEATURES, *CATEGORICAL_FEATURES}, "a feature without words"
+# the shopper's segment as of the cart (`models.segmentation.segment_features`): what shoppers
+# like them do, and what it is called when a table kept the code but not the value
+_SEGMENT: dict[str, tuple[str, Callable[[Any], str]]] = {
+    "segment_search_rate": ("searching", lambda v: f"search on {_pct(v)} of visits"),
+    "segment_rec_click_rate": (
+        "recommendation clicks",
+        lambda v: f"click {_pct(v)} of recommendations",
+    ),
+    "segment_cart_rate": ("carting", lambda v: f"fill a cart on {_pct(v)} of visits"),
+    "segment_abandon_rate": ("cart leaving", lambda v: f"leave {_pct(v)} of their carts"),
+    "segment_checkout_abandon_rate": (
+        "leaving at checkout",
+        lambda v: f"leave {_pct(v)} of the carts they leave at checkout",
+    ),
+    "segment_coupon_rate": ("coupon use", lambda v: f"try coupons on {_pct(v)} of carts"),
+    "segment_promo_view_share": (
+        "promotion browsing",
+        lambda v: f"spend {_pct(v)} of their product views on promotions",
+    ),
+    "segment_comeback_rate": (
+        "coming back",
+        lambda v: f"come back for {_pct(v)} of the carts they leave",
+    ),
+    "segment_views_per_session": (
+        "browsing depth",
+        lambda v: f"view {v:.1f} products a visit",
+    ),
+    "segment_dwell_seconds": ("pace", lambda v: f"take {v:.0f} s between actions"),
+}
+
+
+def _like_them(said: Callable[[Any], str]) -> Callable[[Any], str]:
+    return lambda v: f"shoppers like them {said(v)}"
+
+
+_TEXT.update({code: (BEHAVIOUR, _like_them(said)) for code, (_, said) in _SEGMENT.items()})
+assert set(_TEXT) == {
+    *NUMERIC_FEATURES,
+    *CATEGORICAL_FEATURES,
+    *HISTORY_FEATURES,
+    *SEGMENT_FEATURES,
+}, "a feature without words"
 
 
 def _missing(value: Any) -> bool:
@@ -119,6 +192,8 @@ def explain(code: str, value: Any) -> Reason:
     it is (a feature added to the model but not here), as plain behaviour."""
     kind, text = _TEXT.get(code, (BEHAVIOUR, lambda v: f"{code} = {v}"))
     if _missing(value):
+        if code in _SEGMENT:
+            return Reason(code, kind, f"their segment's {_SEGMENT[code][0]}")
         return Reason(code, kind, f"{code.replace('_', ' ')}: unknown")
     return Reason(code, kind, text(value))
 

@@ -13,9 +13,11 @@ which, unlike BIC alone, does not reward splitting a segment into overlapping ha
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import numpy as np
@@ -105,6 +107,70 @@ EVIDENCE_COLUMNS: tuple[str, ...] = tuple(
 def evidence_frame(counts: pd.DataFrame) -> pd.DataFrame:
     """The columns the model reads, as floats (the input schema of the registered model)."""
     return counts[list(EVIDENCE_COLUMNS)].astype(float)
+
+
+# Segment features of a cart: the shopper's segment as of the cart, from their earlier sessions
+# only (the point-in-time `prior_*` features), told as the profile they are expected to have:
+# each profile parameter averaged over the segments, weighted by the posterior. The names stay
+# the same whatever the number of segments or their ids, so a model can keep them across
+# re-segmentations; a first-time shopper gets the shop's average profile.
+SEGMENT_FEATURES: tuple[str, ...] = tuple(f"segment_{c}" for c in PROFILE_COLUMNS)
+
+
+# each of the mixture's counts, and the history feature it is read from (besides these, the
+# count of abandoned carts is the abandonment rate times the carts)
+_FROM_HISTORY: dict[str, str] = {
+    "n_sessions": "prior_sessions",
+    "n_views": "prior_views",
+    "n_promo_views": "prior_promo_views",
+    "n_gaps": "prior_gaps",
+    "gap_seconds": "prior_gap_seconds",
+    "n_search_sessions": "prior_search_sessions",
+    "n_rec_impressions": "prior_rec_impressions",
+    "n_rec_clicks": "prior_rec_clicks",
+    "n_cart_sessions": "prior_cart_sessions",
+    "n_abandoned_at_checkout": "prior_checkout_abandons",
+    "n_coupon_sessions": "prior_coupon_carts",
+}
+# the columns of a cart's row that its segment features are computed from
+HISTORY_INPUTS: tuple[str, ...] = (*_FROM_HISTORY.values(), "prior_abandonment_rate")
+
+
+def history_evidence(rows: Mapping[str, Any]) -> pd.DataFrame:
+    """The mixture's counts (EVIDENCE_COLUMNS) from a cart's point-in-time history features
+    (HISTORY_INPUTS of `features.session_features`; a frame or numpy columns). Whether an
+    earlier abandonment came back is only known once its label is final, so that evidence is
+    left out (0 trials): the comeback rate is then inferred from the rest."""
+
+    def col(name: str) -> np.ndarray:
+        return np.nan_to_num(np.asarray(rows[name], dtype=float))
+
+    out = pd.DataFrame({n: col(f) for n, f in _FROM_HISTORY.items()})
+    out["n_abandoned"] = np.rint(col("prior_abandonment_rate") * out["n_cart_sessions"])
+    out["n_abandoned_labelled"] = 0.0
+    out["n_comebacks"] = 0.0
+    return out[list(EVIDENCE_COLUMNS)]
+
+
+def segment_features(model: SegmentationModel, rows: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """SEGMENT_FEATURES of each row, from its history features (see `history_evidence`)."""
+    post = model.predict_proba(history_evidence(rows))
+    profile = np.column_stack(
+        [np.array(model.rates), 1 + np.array(model.extra_views), np.array(model.dwell)]
+    )
+    values = post @ profile
+    return {f: values[:, j] for j, f in enumerate(SEGMENT_FEATURES)}
+
+
+def with_segment_features(
+    frame: pd.DataFrame, model: SegmentationModel | None
+) -> tuple[pd.DataFrame, list[str]]:
+    """`frame` with its SEGMENT_FEATURES under `model`, and their names, for a model to learn
+    from (give it the segmentation after fitting: `BoostedModel.segmentation`); unchanged and
+    none without a model (no segmentation yet)."""
+    if model is None:
+        return frame, []
+    return frame.assign(**segment_features(model, frame)), list(SEGMENT_FEATURES)
 
 
 def _evidence(counts: pd.DataFrame) -> tuple[np.ndarray, ...]:

@@ -44,6 +44,7 @@ from cartintel_assets.models.abandonment import (
     stack_boosters,
 )
 from cartintel_assets.models.forest import FOREST_ROWS, Forest
+from cartintel_assets.models.segmentation import SegmentationModel
 from cartintel_assets.models.uplift_metrics import (
     bootstrap_interval,
     qini_auc_score,
@@ -209,6 +210,13 @@ class UpliftModel:
         for m in [*self.outcome.values(), *(m for pair in self.effect.values() for m in pair)]:
             m.booster.set_param({"nthread": n})
         self._stacked  # noqa: B018  (builds it)
+
+    def use_segmentation(self, segmentation: SegmentationModel | None) -> None:
+        """Every booster computes its segment features with `segmentation` from now on (the one
+        the training frame's were computed with; see `BoostedModel.segmentation`)."""
+        for m in [*self.outcome.values(), *(m for pair in self.effect.values() for m in pair)]:
+            m.segmentation = segmentation
+        self.__dict__.pop("_stacked", None)  # stacking compares encodings
 
     def predict(self, frame: Rows) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """The baseline and the effect per arm, the rows encoded once and every learner asked in

@@ -20,6 +20,7 @@ from mlflow.pyfunc import PythonModel
 from cartintel_assets.models.abandonment import BoostedModel
 from cartintel_assets.models.segmentation import SegmentationModel, evidence_frame
 from cartintel_assets.models.uplift import UpliftModel
+from cartintel_assets.registry.names import CHALLENGER, SEGMENTATION_MODEL
 from cartintel_assets.registry.tracking import Run, Store
 
 # Pinned to the lock, passed explicitly (inference costs seconds and guesses both xgboost names).
@@ -190,6 +191,15 @@ def load_segmentation_model(store: Store, name: str, alias: str) -> Segmentation
         return None
     with store.version_artifacts(name, version) as artifacts:
         return SegmentationModel.load(artifacts / "segmentation.json")
+
+
+def current_segmentation(store: Store) -> tuple[str | None, SegmentationModel | None]:
+    """The latest segmentation (the version `challenger` points at) for the risk and uplift
+    models to place shoppers with, and its version; (None, None) before the first."""
+    return (
+        version_by_alias(store, SEGMENTATION_MODEL, CHALLENGER),
+        load_segmentation_model(store, SEGMENTATION_MODEL, CHALLENGER),
+    )
 
 
 def register(

@@ -228,10 +228,13 @@ class Scorer:
         risk = np.zeros(len(scored))
         shadow = np.zeros(len(scored))
         codes: list[list[str]] = [[] for _ in scored]
+        derived: dict[str, np.ndarray] = {}  # what the risk model computed itself (segments)
         for a in sorted(set(alias)):
             m = alias == a
             part = {k: v[m] for k, v in rows.items()}
             model = models.risk[a].model
+            for k, v in model.derived(part).items():
+                derived.setdefault(k, np.full(len(scored), np.nan))[m] = v
             x = model.matrix(part)  # encoded once for the risk, its reasons and the shadow
             risk[m] = model.predict_proba(part, x)
             for i, c in zip(
@@ -248,6 +251,7 @@ class Scorer:
                     part, x if challenger.encodes_like(model) else None
                 )
         values = {k: feature_values(k, rows[k]) for k in (*NUMERIC_FEATURES, *CATEGORICAL_FEATURES)}
+        values.update({k: feature_values(k, v) for k, v in derived.items()})
         for i, d in enumerate(scored):
             d.features = {k: v[i] for k, v in values.items()}
             d.features_digest = features_digest(d.features)
@@ -357,7 +361,7 @@ def _datetime(us: int) -> datetime:
 def feature_values(name: str, column: np.ndarray) -> list[Any]:
     """A feature column as JSON and the decision log hold it: None for missing, whole numbers for
     the integer columns of `session_features`."""
-    integer = FEATURE_TYPES[name] in ("BIGINT", "INTEGER", "HUGEINT")
+    integer = FEATURE_TYPES.get(name) in ("BIGINT", "INTEGER", "HUGEINT")
     return [
         None
         if v is None or v is pd.NA or (isinstance(v, float) and np.isnan(v))

@@ -2,10 +2,11 @@
 runs it; alone: `python -m cartintel_tests.benchmarks.decisions --out BENCHMARKS.md` rewrites
 only its section).
 
-The protocol of `model/test_uplift.py::test_plan_against_the_oracle_and_top_k_by_risk` at
+The protocol of `model/test_uplift_seeds.py::test_plan_against_the_oracle_and_top_k_by_risk` at
 several traffics: a storefront randomises every consenting abandoner for 14 days; the uplift
 learner is trained on the first 11 days' log (the arms the off-policy gate keeps, effects
-calibrated out of fold) and plans the abandoned carts of the last 3 days with a budget that
+calibrated out of fold, each shopper's segment as of the cart among the features: segments
+learnt from the training days' customers, placed from each cart's own earlier sessions) and plans the abandoned carts of the last 3 days with a budget that
 scales with the traffic (150 a day at the demo's 3,000 sessions). Every policy is valued with
 the simulator's true probabilities. Yardsticks on the same carts and budget:
 - the oracle: the true per-cart effects;
@@ -36,6 +37,11 @@ from cartintel_assets.decisions.catalogue import load_catalogue
 from cartintel_assets.decisions.economics import action_table
 from cartintel_assets.decisions.evaluation import plan_value, uplift_gate
 from cartintel_assets.decisions.plan import PlanRules, choose_actions, in_holdout, top_k_by_risk
+from cartintel_assets.models.segmentation import (
+    customer_behaviour,
+    fit_segmentation,
+    with_segment_features,
+)
 from cartintel_assets.models.uplift import (
     ARMS,
     CONTROL,
@@ -91,11 +97,11 @@ def true_effects(store: Storefront, session_ids: pd.Series) -> tuple[np.ndarray,
     return p0, pd.DataFrame({a: t[f"p_conv_{a}"].to_numpy() - p0 for a in ARMS})
 
 
-def feature_oracle(store: Storefront, train: pd.DataFrame) -> UpliftModel:
+def feature_oracle(store: Storefront, train: pd.DataFrame, num: list[str]) -> UpliftModel:
     """XGBoost fitted to the true probability of buying under control and under each arm of the
-    training carts (regression on the truth, not on noisy outcomes): the policy it makes is the
-    best one the features allow, up to the fit."""
-    num, cat = targeting_features()
+    training carts (regression on the truth, not on noisy outcomes) on the numeric features
+    `num`: the policy it makes is the best one the features allow, up to the fit."""
+    cat = targeting_features()[1]
     p0, effects = true_effects(store, train["session_id"])
     outcome = {CONTROL: _fit(train, p0, num, cat, UPLIFT_PARAMS, regression=True)}
     for a in ARMS:
@@ -118,14 +124,25 @@ def decision_quality(
     log, _ = intervention_log(con)
     days = sorted(log["partition_date"].astype(str).unique())
     test_days = days[-PLAN_DAYS:]
+    # segments learnt from the training days, as the segmentation asset would have; each cart
+    # is placed from its own earlier sessions (point in time)
+    say("segmenting the training days' customers")
+    segmentation = fit_segmentation(
+        customer_behaviour(
+            con, pd.Timestamp(days[0]).date(), pd.Timestamp(days[-PLAN_DAYS - 1]).date()
+        )
+    )
+    log, segment_columns = with_segment_features(log, segmentation)
     train = log[~log["partition_date"].astype(str).isin(test_days)].reset_index(drop=True)
     num, cat = targeting_features()
+    num += segment_columns
     t, y = train["treatment"].to_numpy(), train["converted_7d"].to_numpy(dtype=int)
     say(f"fitting the {learner} on {len(train):,} randomised carts")
     model = LEARNERS[learner](train, t, y, num, cat)
     say(f"cross-fitting the {learner} for the calibration and the gate")
     oof = cross_fit(train, t, y, learner, num, cat)
     model.calibration = effect_calibration(oof, t, y)
+    model.use_segmentation(segmentation)
     fit = calibrated(oof, model.calibration)
     catalogue = load_catalogue()
     say("the off-policy gate")
@@ -164,7 +181,8 @@ def decision_quality(
     found["best single arm to the riskiest"] = top_k[top_arm]
     if with_feature_oracle:
         say("fitting the feature oracle to the training carts' true probabilities")
-        fo = feature_oracle(store, train)
+        fo = feature_oracle(store, train, num)
+        fo.use_segmentation(segmentation)
         found["feature oracle"] = valued(
             action_table(carts, fo.baseline(carts), fo.effects(carts), catalogue, MARGIN)
         )

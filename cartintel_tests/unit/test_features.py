@@ -13,6 +13,7 @@ import pytest
 from cartintel_assets.features.labels import cart_labels
 from cartintel_assets.features.session_features import (
     CATEGORICAL_FEATURES,
+    HISTORY_FEATURES,
     KEY_COLUMNS,
     NUMERIC_FEATURES,
     CutoffPolicy,
@@ -59,7 +60,12 @@ def test_changing_events_after_the_cutoff_changes_no_feature(warehouse) -> None:
     )
     before = _features(con, "_ev")
     assert len(before) > 300
-    assert list(before.columns) == [*KEY_COLUMNS, *NUMERIC_FEATURES, *CATEGORICAL_FEATURES]
+    assert list(before.columns) == [
+        *KEY_COLUMNS,
+        *NUMERIC_FEATURES,
+        *CATEGORICAL_FEATURES,
+        *HISTORY_FEATURES,
+    ]
     cut = before[["session_id", "cutoff_at"]]
     con.register("_cut", cut)
     after_cut = "e.session_id = c.session_id AND e.ts > c.cutoff_at"

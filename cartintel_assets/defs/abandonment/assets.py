@@ -101,7 +101,7 @@ retraining_request = dg.AssetSpec(
 
 @dg.asset(
     group_name="abandonment",
-    deps=["session_features", "abandonment_labels", "retraining_request"],
+    deps=["session_features", "abandonment_labels", "customer_segments", "retraining_request"],
     kinds={"xgboost", "mlflow"},
     check_specs=[dg.AssetCheckSpec(g, asset="abandonment_model", blocking=True) for g in GATES],
     automation_condition=RETRAINING_CONDITION,
@@ -121,6 +121,7 @@ def abandonment_model(
     """
     from cartintel_assets.models.abandonment import reason_codes
     from cartintel_assets.models.plots import evaluation_figures, markdown_image
+    from cartintel_assets.models.segmentation import with_segment_features
     from cartintel_assets.monitoring.drift import (
         REFERENCE_DAYS,
         DriftOptions,
@@ -128,7 +129,12 @@ def abandonment_model(
         store_reference,
         unstable_features,
     )
-    from cartintel_assets.registry.registration import log_risk_model, register, version_by_alias
+    from cartintel_assets.registry.registration import (
+        current_segmentation,
+        log_risk_model,
+        register,
+        version_by_alias,
+    )
 
     with warehouse.reader() as con:
         data = con.execute(
@@ -137,10 +143,15 @@ def abandonment_model(
         ).df()
     if data.empty:
         raise ValueError("no carts with a complete 7-day label window yet: land more days first")
+    store = mlflow_tracking.store()
+    # the shopper's segment as of the cart, from their earlier sessions (none before the first
+    # segmentation)
+    segmentation_version, segmentation = current_segmentation(store)
+    data, segment_columns = with_segment_features(data, segmentation)
     split = time_split(data["started_at"])
     parts = {s: data[split == s] for s in ("train", "valid", "test")}
     ys = {s: parts[s][config.target].to_numpy(dtype=int) for s in parts}
-    num, cat = list(NUMERIC_FEATURES), list(CATEGORICAL_FEATURES)
+    num, cat = [*NUMERIC_FEATURES, *segment_columns], list(CATEGORICAL_FEATURES)
     params = XGBParams(
         max_depth=config.max_depth,
         learning_rate=config.learning_rate,
@@ -151,6 +162,7 @@ def abandonment_model(
     model = engine.fit_boosted_model(
         parts["train"], ys["train"], parts["valid"], ys["valid"], num, cat, params
     )
+    model.segmentation = segmentation
     test = parts["test"]
     p = model.predict_proba(test)
     metrics = risk_metrics(ys["test"], p, test["cart_value"].to_numpy())
@@ -162,17 +174,21 @@ def abandonment_model(
     other_model = engine.fit_boosted_model(
         parts["train"], oy["train"], parts["valid"], oy["valid"], num, cat, params
     )
+    other_model.segmentation = segmentation
     other_metrics = risk_metrics(oy["test"], other_model.predict_proba(test))
     digest = hashlib.sha256(
         pd.util.hash_pandas_object(data, index=False).values.tobytes()
     ).hexdigest()[:16]
 
-    store = mlflow_tracking.store()
     tags = {**mlflow_tracking.run_tags(context), "target": config.target}
     with store.run(store.experiment_id(EXPERIMENT), tags) as run:
         run.log_params({**asdict(params), "target": config.target, "features": len(model.features)})
         run.log_params(
-            {"dataset_digest": digest, "test_from": str(test["started_at"].min().date())}
+            {
+                "dataset_digest": digest,
+                "test_from": str(test["started_at"].min().date()),
+                "segmentation_version": segmentation_version or "none",
+            }
         )
         run.log_metrics({f"rows_{s}": len(parts[s]) for s in parts})
         run.log_metrics({f"test_{k}": v for k, v in metrics.items()})

@@ -56,7 +56,7 @@ class UpliftModelConfig(dg.Config):
 
 @dg.asset(
     group_name="uplift",
-    deps=["raw_interventions", "session_features", "abandonment_model"],
+    deps=["raw_interventions", "session_features", "customer_segments", "abandonment_model"],
     kinds={"xgboost", "mlflow"},
     check_specs=[dg.AssetCheckSpec(g, asset="uplift_model", blocking=True) for g in GATES],
 )
@@ -78,6 +78,7 @@ def uplift_model(
     from cartintel_assets.decisions.catalogue import load_catalogue
     from cartintel_assets.decisions.evaluation import uplift_gate
     from cartintel_assets.models.plots import markdown_image, markdown_table, uplift_figures
+    from cartintel_assets.models.segmentation import with_segment_features
     from cartintel_assets.models.uplift import (
         LEARNERS,
         TARGETING_EXCLUDED,
@@ -89,6 +90,7 @@ def uplift_model(
         uplift_report,
     )
     from cartintel_assets.registry.registration import (
+        current_segmentation,
         load_risk_model,
         load_uplift_model,
         log_uplift_model,
@@ -106,13 +108,18 @@ def uplift_model(
     if log["treatment"].nunique() < 2:
         raise ValueError("the intervention log needs control and at least one arm: land more days")
     treatment, y = log["treatment"].to_numpy(), log["converted_7d"].to_numpy(dtype=int)
+    store = mlflow_tracking.store()
+    # the shopper's segment as of the cart, from their earlier sessions: who a nudge moves
+    # depends on who they are (none before the first segmentation)
+    segmentation_version, segmentation = current_segmentation(store)
+    log, segment_columns = with_segment_features(log, segmentation)
     num, cat = targeting_features()
+    num += segment_columns
     fits, reports = {}, {}
     for learner in config.learners:
         context.log.info(f"cross-fitting the {learner} on {len(log):,} logged carts")
         fits[learner] = cross_fit(log, treatment, y, learner, num, cat, config.folds)
         reports[learner] = uplift_report(fits[learner].effects, treatment, y, config.bootstrap)
-    store = mlflow_tracking.store()
     risk_model = load_risk_model(store, ABANDONMENT_MODEL, config.risk_alias)
     risk = risk_model.model.predict_proba(log)
     # the policy a move to pilot must beat: the `global` version's, on the same carts
@@ -155,6 +162,7 @@ def uplift_model(
     context.log.info(f"refitting the {best} on the whole log")
     model = LEARNERS[best](log, treatment, y, num, cat)
     model.calibration = calibration
+    model.use_segmentation(segmentation)
     digest = hashlib.sha256(
         pd.util.hash_pandas_object(log[["assignment_id", "treatment", "converted_7d"]], index=False)
         .to_numpy()
@@ -174,6 +182,7 @@ def uplift_model(
                 "excluded_for_targeting": ",".join(TARGETING_EXCLUDED),
                 "dataset_digest": digest,
                 "risk_model_version": risk_model.version,
+                "segmentation_version": segmentation_version or "none",
             }
         )
         versus = evidence.versus_incumbent
