@@ -12,10 +12,7 @@ import pandas as pd
 import pytest
 
 from cartintel_assets.decisions.catalogue import load_catalogue
-from cartintel_assets.decisions.evaluation import (
-    constraint_violations,
-    uplift_gate,
-)
+from cartintel_assets.decisions.evaluation import uplift_gate
 from cartintel_assets.models.abandonment import XGBParams, calibrate_on, stack_boosters
 from cartintel_assets.models.uplift import (
     ARMS,
@@ -33,7 +30,7 @@ from cartintel_assets.models.uplift import (
 )
 from cartintel_assets.models.uplift_metrics import qini_auc_score, uplift_at_k, uplift_auc_score
 from cartintel_assets.simulation.storefront import Storefront
-from cartintel_tests.benchmarks.decisions import decision_quality, true_effects
+from cartintel_tests.benchmarks.decisions import true_effects
 
 MARGIN = 0.4
 
@@ -168,50 +165,3 @@ def test_gate_passes_a_good_model_and_fails_a_shuffled_one(
         bad = uplift_gate(log, fit.baseline, shuffled, risk, catalogue, MARGIN)
         print(bad)
         assert not bad.passed
-
-
-def test_plan_against_the_oracle_and_top_k_by_risk(
-    demo_store: Storefront, demo_warehouse: Path
-) -> None:
-    """Train on the first 11 days' log, plan the abandoned carts of the last 3 days with a budget
-    of 150 a day (the arms the off-policy gate keeps; effects calibrated out of fold), and value
-    every policy with the simulator's true probabilities: the protocol of `make bench`'s
-    decision-quality curve (`benchmarks/decisions.py`) at the demo's traffic.
-
-    Measured on the demo storefront: the off-policy gate keeps the reminder e-mail and the 10 %
-    discount; the plan makes +184 of true incremental margin, 6.5 % of the oracle's 2,830 (which
-    knows every cart's true effect; its margin is mostly cheap e-mails to the shoppers they
-    move); the feature oracle (XGBoost fitted to the true probabilities: the best the features
-    allow) makes about 60 % of it, so at ~8k logged carts the learner is the limit. Sending any
-    single arm to the riskiest carts loses money or makes next to nothing.
-    """
-    with duckdb.connect(str(demo_warehouse), read_only=True) as con:
-        found = decision_quality(demo_store, con, "x-learner", budget_per_day=150.0)
-    values = found["values"]
-    plan, oracle = values["plan"], values["oracle"]
-    single = values["best single arm to the riskiest"]
-    ratio = plan["incremental_margin"] / oracle["incremental_margin"]
-    print(f"\narms {found['gate'].allowed_arms}\n{values}\nratio {ratio:.3f}")
-    violations = constraint_violations(
-        found["plan"], found["carts"], found["rules"], found["history"], load_catalogue()
-    )
-    assert violations == dict.fromkeys(
-        [
-            "over_budget",
-            "contacted_without_consent",
-            "contacted_in_holdout",
-            "discount_over_cap",
-            "unknown_intervention",
-            "contact_gap",
-            "contact_weekly_cap",
-        ],
-        0,
-    )
-    assert found["plan_carts"] > 2000  # the sample is not empty
-    assert plan["incremental_margin"] > 0
-    assert plan["incremental_margin"] >= 1.2 * max(single["incremental_margin"], 0.0)
-    assert ratio >= 0.04  # measured 0.065: a regression guard; see the docstring
-    # what the features allow is far above what is learnt at this traffic, and below the truth
-    fo = values["feature oracle"]["incremental_margin"]
-    assert 0.4 * oracle["incremental_margin"] < fo < oracle["incremental_margin"]
-    assert plan["incremental_margin"] < fo
