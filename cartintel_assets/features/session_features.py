@@ -573,8 +573,7 @@ def compute_features(
     policy: CutoffPolicy,
 ) -> dict[str, np.ndarray]:
     """Feature columns (KEY_COLUMNS, NUMERIC_FEATURES, CATEGORICAL_FEATURES, HISTORY_FEATURES, in
-    that order) of the
-    cart sessions in `sessions`, in session-id order, from their `events`.
+    that order) of the cart sessions in `sessions`, in session-id order, from their `events`.
 
     `sessions`: session_id, customer_id, started_at (epoch µs), device, traffic_source, region.
     `events`: session_id, ts (epoch µs), seq, event_type, product_id (None: none), price and

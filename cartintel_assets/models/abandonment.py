@@ -70,17 +70,21 @@ class BoostedModel:
     segmentation: SegmentationModel | None = None
 
     @property
+    def _places_segments(self) -> bool:
+        return self.segmentation is not None and any(f in SEGMENT_FEATURES for f in self.features)
+
+    @property
     def inputs(self) -> list[str]:
         """The columns a row must have: its features, but for those it computes itself, whose
         history inputs it needs instead."""
-        if self.segmentation is None or not any(f in SEGMENT_FEATURES for f in self.features):
+        if not self._places_segments:
             return list(self.features)
         own = [f for f in self.features if f not in SEGMENT_FEATURES]
         return [*own, *(c for c in HISTORY_INPUTS if c not in own)]
 
     def derived(self, frame: Rows) -> dict[str, np.ndarray]:
         """The features this model computes from the rows itself: its segment features."""
-        if self.segmentation is None or not any(f in SEGMENT_FEATURES for f in self.features):
+        if not self._places_segments or self.segmentation is None:
             return {}
         return segment_features(self.segmentation, frame)
 

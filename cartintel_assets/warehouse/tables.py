@@ -99,9 +99,15 @@ def replace_rows(
 
 def replace_partition(con: duckdb.DuckDBPyConnection, table: str, source: str, day: Any) -> None:
     """Replace one day of a derived table by the rows of table `source` plus `partition_date`,
-    creating the table with the source's column types the first time."""
+    creating the table with the source's column types the first time. A column the source
+    gained since (a feature added in a later version) is added to the table, empty in the days
+    written before it, so a warehouse outlives the code that created it."""
     select = f"SELECT *, CAST(? AS DATE) AS partition_date FROM {source}"
     with transaction(con):
         con.execute(f"CREATE TABLE IF NOT EXISTS {table} AS {select} LIMIT 0", [day])
+        have = {r[0] for r in con.execute(f"DESCRIBE {table}").fetchall()}
+        for name, sql_type, *_ in con.execute(f"DESCRIBE {source}").fetchall():
+            if name not in have:
+                con.execute(f'ALTER TABLE {table} ADD COLUMN "{name}" {sql_type}')
         con.execute(f"DELETE FROM {table} WHERE partition_date = ?", [day])
-        con.execute(f"INSERT INTO {table} {select}", [day])
+        con.execute(f"INSERT INTO {table} BY NAME {select}", [day])
