@@ -88,12 +88,13 @@ class BoostedModel:
             return {}
         return segment_features(self.segmentation, frame)
 
-    def matrix(self, frame: Rows) -> np.ndarray:
+    def matrix(self, frame: Rows, derived: dict[str, np.ndarray] | None = None) -> np.ndarray:
         """Encode feature rows (a frame, or columns of equal length) as the float matrix the
-        booster expects (unknown category: -1)."""
+        booster expects (unknown category: -1); `derived`: `self.derived(frame)` if the caller
+        already has it."""
         n = len(frame) if isinstance(frame, pd.DataFrame) else len(next(iter(frame.values())))
         out = np.empty((n, len(self.features)))
-        derived = self.derived(frame)
+        derived = self.derived(frame) if derived is None else derived
         for j, f in enumerate(self.features):
             col = derived[f] if f in derived else frame[f]
             if f in self.categories:  # position in the training categories; unknown or NaN: -1

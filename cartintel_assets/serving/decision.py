@@ -233,9 +233,10 @@ class Scorer:
             m = alias == a
             part = {k: v[m] for k, v in rows.items()}
             model = models.risk[a].model
-            for k, v in model.derived(part).items():
+            own = model.derived(part)  # its segment features: for the matrix and the reasons
+            for k, v in own.items():
                 derived.setdefault(k, np.full(len(scored), np.nan))[m] = v
-            x = model.matrix(part)  # encoded once for the risk, its reasons and the shadow
+            x = model.matrix(part, own)  # encoded once for the risk, its reasons and the shadow
             risk[m] = model.predict_proba(part, x)
             for i, c in zip(
                 np.flatnonzero(m).tolist(), reason_codes(model, part, self.reasons, x), strict=True
