@@ -64,7 +64,7 @@ def truth_margins(
 
 def totals(plan: pd.DataFrame, carts: pd.DataFrame, margin_rate: float) -> dict[str, float]:
     """Expected incremental conversions and margin with 95 % intervals, and the spend (the
-    plan's, within its budget, and exploration's apart).
+    plan's and exploration's, which share the budget).
 
     The interval covers the randomness of the outcomes given the predicted probabilities (each
     treated cart is bought or not, with or without the action); the model's own error is
@@ -91,7 +91,7 @@ def totals(plan: pd.DataFrame, carts: pd.DataFrame, margin_rate: float) -> dict[
 
 
 def explored(plan: pd.DataFrame) -> pd.Series:
-    """The carts whose choice was exploration's (their spend is not the plan's budget's)."""
+    """The carts whose choice was exploration's."""
     if "chosen_by" not in plan:
         return pd.Series(False, index=plan.index)
     return plan["chosen_by"] == "exploration"
@@ -165,9 +165,7 @@ def constraint_violations(
     finally:
         con.close()
     return {
-        "over_budget": int(
-            plan["expected_cost"].where(~explored(plan), 0.0).sum() > rules.budget + 1e-6
-        ),
+        "over_budget": int(plan["expected_cost"].sum() > rules.budget + 1e-6),
         "contacted_without_consent": int((t & ~carts["consent"].to_numpy(dtype=bool)).sum()),
         "contacted_in_holdout": int((t & carts["in_holdout"].to_numpy(dtype=bool)).sum()),
         "discount_over_cap": int((t & (discount.to_numpy() > cap.to_numpy() + 1e-12)).sum()),

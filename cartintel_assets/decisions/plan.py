@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any
 
@@ -245,22 +245,29 @@ def explore_and_choose(
     history: pd.DataFrame | None,
     share: float,
     salt: str,
+    budget_share: float = 1.0,
 ) -> pd.DataFrame:
-    """The plan with exploration, and the propensity of every decision it logs.
+    """The plan with exploration, and the propensity of every decision it logs, within the
+    day's budget.
 
-    A `share` of the carts that may be contacted (`blocked` empty), picked by a hash of
+    A share of the carts that may be contacted (`blocked` empty), picked by a hash of
     (salt, session_id), gets a uniformly random choice among no intervention and the arms it may
     have (`options` rows, within its segment's discount cap; none if a contact would break a cap
-    at that time). The others get what `choose_actions` gives them with the day's budget;
-    exploration's own spend is reported apart (`chosen_by`). `propensity` is the chance the
-    logged choice had under this policy: share / k + (1 - share) * [the plan's choice], k the
-    cart's choices, the plan's choice being what it picks with every cart in play. Holdout carts
-    log no intervention with propensity 1; carts that may not be contacted log nothing."""
+    at that time, or if its expected cost would take the day's spend over the budget). That
+    share is `share`, lowered on days where exploring it would be expected to spend more than
+    `budget_share` of the budget (`exploration_share` in `plan.attrs` says which was used).
+    The others get what `choose_actions` gives them with what exploration left of the budget.
+    `propensity` is the chance the logged choice had under this policy: share / k + (1 - share)
+    * [the plan's choice], k the cart's choices, the plan's choice being what it picks with
+    every cart in play. Holdout carts log no intervention with propensity 1; carts that may not
+    be contacted log nothing."""
     n = len(carts)
     blocked = carts["blocked"].fillna("").astype(str).to_numpy()
     eligible = blocked == ""
     if not 0.0 <= share < 1.0:
         raise ValueError(f"the exploration share must be in [0, 1), not {share}")
+    if not 0.0 <= budget_share <= 1.0:
+        raise ValueError(f"exploration's share of the budget must be in [0, 1], not {budget_share}")
     greedy = choose_actions(carts, options, rules, history)
     caps = np.array(
         [discount_cap(rules, g) for g in carts.get("segment", pd.Series(None, index=carts.index))]
@@ -270,6 +277,16 @@ def explore_and_choose(
     rows_of: dict[int, list[int]] = {}
     for r in np.flatnonzero(allowed):
         rows_of.setdefault(int(cart_of[r]), []).append(int(r))
+    cost = options["expected_cost"].to_numpy(dtype=float)
+    # what exploring every contactable cart would be expected to spend: a uniform choice among
+    # no intervention and its arms; the share is lowered so exploration expects its allowance
+    everyone = sum(
+        float(cost[rows_of.get(int(c), [])].sum()) / (len(rows_of.get(int(c), [])) + 1)
+        for c in np.flatnonzero(eligible)
+    )
+    allowance = budget_share * rules.budget
+    if everyone * share > allowance:
+        share = allowance / everyone
     explored = eligible & (unit_hash(carts["session_id"], salt) < share)
     draw = unit_hash(carts["session_id"], f"{salt}:arm")
     contacts = contacts_by_customer(history)
@@ -277,15 +294,17 @@ def explore_and_choose(
     send_at = pd.to_datetime(carts["send_at"]).to_numpy()
     picked = np.full(n, -1)  # option row drawn per explored cart (-1: no intervention)
     choices = np.ones(n)
+    spent = 0.0
     for c in np.flatnonzero(explored)[np.argsort(send_at[explored], kind="stable")]:
         at = pd.Timestamp(send_at[c])
-        rows = rows_of.get(int(c), [])
+        rows = [r for r in rows_of.get(int(c), []) if spent + cost[r] <= rules.budget + 1e-9]
         if rows and rules.contact.violation(contacts.get(customer[c], []), at):
             rows = []
         choices[c] = len(rows) + 1
         k = int(draw[c] * choices[c])
         if k > 0:
             picked[c] = rows[k - 1]
+            spent += cost[picked[c]]
             contacts.setdefault(customer[c], []).append(at)
     for c in np.flatnonzero(eligible & ~explored):
         choices[c] = len(rows_of.get(int(c), [])) + 1
@@ -293,7 +312,10 @@ def explore_and_choose(
     rest = carts.assign(blocked=np.where(explored, "exploration", blocked))
     parts = [h for h in (history, done) if h is not None and len(h)]
     plan = choose_actions(
-        rest, options, rules, pd.concat(parts, ignore_index=True) if parts else None
+        rest,
+        options,
+        replace(rules, budget=max(rules.budget - spent, 0.0)),
+        pd.concat(parts, ignore_index=True) if parts else None,
     )
     for c in np.flatnonzero(explored):
         r = picked[c]
@@ -315,6 +337,7 @@ def explore_and_choose(
         [explored, eligible, holdout], ["exploration", "plan", "holdout"], ""
     )
     plan["propensity"] = np.select([eligible, holdout], [propensity, 1.0], np.nan)
+    plan.attrs["exploration_share"] = share
     return plan
 
 

@@ -36,7 +36,16 @@ class PlanSettings(BaseModel):
         lt=1,
         description="Share of contactable carts given a uniformly random choice (no intervention"
         " included), its propensity logged, so the next uplift model can learn from the plan's"
-        " own log; 0 turns exploration off. Its spend is reported apart from the budget.",
+        " own log; 0 turns exploration off. Lowered on days where it would be expected to spend"
+        " more than `exploration_budget_share` of the budget.",
+    )
+    exploration_budget_share: float = Field(
+        default=0.25,
+        ge=0,
+        le=1,
+        description="Share of the day's budget exploration may be expected to spend. Exploration"
+        " is paid from the budget: the plan gets what it leaves, so plan and exploration"
+        " together never spend more than the budget.",
     )
     exploration_salt: str = Field(
         default="cartintel-explore-v1", description="Salt of the exploration hash."

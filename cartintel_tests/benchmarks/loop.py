@@ -82,7 +82,9 @@ def section(found: pd.DataFrame, sessions: int, days: int, seed: int, minutes: f
         f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {os.cpu_count()} cores by"
         f" `cartintel_tests/benchmarks/loop.py` in {minutes:.0f} minutes: `cartintel demo` at"
         f" {sessions:,} sessions a day (seed {seed}), {days} days of randomised experiment, then"
-        " the closed loop with the default exploration share (10 %) and holdout (5 %), the"
+        f" the closed loop with the default exploration ({PlanSettings().exploration_share:.0%}"
+        " of the contactable carts, paid from the budget and expected to spend at most"
+        f" {PlanSettings().exploration_budget_share:.0%} of it) and holdout (5 %), the"
         " budget scaled to the traffic, the uplift model retrained every week on every logged"
         " decision. True margin: the simulator's probabilities under the arms chosen, over doing"
         " nothing; the oracle knows every cart's true effects and has no budget.",

@@ -281,14 +281,41 @@ def test_exploration_logs_the_chance_each_choice_had() -> None:
         assert abs((open_["action"] == action).mean() - share) < 3 * np.sqrt(
             share * (1 - share) / len(open_)
         )
-    # the same salt gives the same draws; exploration's spend is reported apart from the budget's
+    # the same salt gives the same draws
     again = explore_and_choose(carts, opts, rules, None, 0.2, "salt")
     assert again["action"].equals(plan["action"])
-    tight = PlanRules(budget=20.0)
-    capped = explore_and_choose(carts, opts, tight, None, 0.2, "salt")
-    assert capped.loc[capped["chosen_by"] == "plan", "expected_cost"].sum() <= 20.0 + 1e-9
-    assert capped.loc[capped["chosen_by"] == "exploration", "expected_cost"].sum() > 20.0
-    assert sum(constraint_violations(capped, carts, tight, None, HONEST).values()) == 0
+    assert plan.attrs["exploration_share"] == 0.2
+
+
+def test_exploration_is_paid_from_the_budget() -> None:
+    """Exploring a fifth of the carts would be expected to spend 635 (a third of each cart's
+    choices is 5 % off at 1.65, a third the e-mail at 0.05); allowed half a budget of 400, the
+    share is lowered so exploration expects 200, its propensities are logged with that share, and
+    the plan gets what exploration left: together they never spend more than the budget, even
+    when the draws are unlucky."""
+    n = 6000
+    carts = _carts(n, session_id=[f"s{i}" for i in range(n)])
+    opts = _options(carts, {"reminder_email": 0.05, "discount_5": 0.02})
+    per_cart = opts.groupby("cart")["expected_cost"].sum().mean() / 3
+    assert per_cart * n * 0.2 == pytest.approx(0.2 * n * (0.05 + 1.65) / 3, rel=0.01)
+    rules = PlanRules(budget=400.0)
+    plan = explore_and_choose(carts, opts, rules, None, 0.2, "salt", budget_share=0.5)
+    share = plan.attrs["exploration_share"]
+    assert share == pytest.approx(200.0 / (per_cart * n))
+    explored = plan["chosen_by"] == "exploration"
+    assert abs(explored.mean() - share) < 3 * np.sqrt(share * (1 - share) / n)
+    spent = plan.groupby("chosen_by")["expected_cost"].sum()
+    assert 120.0 < spent["exploration"] < 280.0 and spent.sum() <= 400.0 + 1e-9
+    assert spent["plan"] > 400.0 - spent["exploration"] - 0.05  # the plan spends the rest
+    draws = plan.loc[explored & (plan["action"] == "discount_5"), "propensity"]
+    assert len(draws) > 20 and np.allclose(draws, share / 3)
+    assert sum(constraint_violations(plan, carts, rules, None, HONEST).values()) == 0
+    # a budget exploration could overrun by chance: a drawn arm that does not fit is not drawn
+    for salt in range(40):
+        tiny = PlanRules(budget=4.0)
+        small = explore_and_choose(carts, opts, tiny, None, 0.2, f"s{salt}", budget_share=1.0)
+        assert small["expected_cost"].sum() <= 4.0 + 1e-9, salt
+        assert sum(constraint_violations(small, carts, tiny, None, HONEST).values()) == 0
 
 
 def test_exploration_respects_the_contact_caps() -> None:

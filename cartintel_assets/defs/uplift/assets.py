@@ -537,13 +537,18 @@ def intervention_plan(
     groups = carts.assign(customer=np.where(carts["returning_customer"], "returning", "new")).loc[
         open_carts, ["region", "device", "customer"]
     ]
+    explored_plan = explore_and_choose(
+        carts,
+        options,
+        rules,
+        history,
+        deployed.exploration_share,
+        deployed.exploration_salt,
+        deployed.exploration_budget_share,
+    )
+    exploration_share = float(explored_plan.attrs["exploration_share"])
     plan = within_disparity(
-        explore_and_choose(
-            carts, options, rules, history, deployed.exploration_share, deployed.exploration_salt
-        ),
-        groups,
-        deployed.disparity_bound,
-        deployed.min_group_size,
+        explored_plan, groups, deployed.disparity_bound, deployed.min_group_size
     )
     violations = constraint_violations(plan, carts, rules, history, catalogue)
     total = totals(plan, carts, deployed.margin_rate)
@@ -590,14 +595,17 @@ def intervention_plan(
             "uplift_versions_by_alias": dg.MetadataValue.json(versions),
             "allowed_arms": dg.MetadataValue.json({a: m.allowed_arms for a, m in models.items()}),
             "budget": deployed.budget,
+            "exploration_share": round(exploration_share, 6),
             **{k: float(v) if isinstance(v, float) else int(v) for k, v in total.items()},
             "actions": dg.MetadataValue.json({str(k): int(v) for k, v in actions.items()}),
             "reasons_for_none": dg.MetadataValue.json({str(k): int(v) for k, v in reasons.items()}),
             "intervention_rates": dg.MetadataValue.json(rates),
             "totals": dg.MetadataValue.md(
-                f"**{total['treated']:,} nudges**, expected spend {total['spend']:.2f} of"
-                f" {deployed.budget:.2f} (exploration: {total['explored']:,} carts,"
-                f" {total['exploration_spend']:.2f} more); incremental conversions {total['incremental_conversions']:.1f}"
+                f"**{total['treated']:,} nudges**, expected spend"
+                f" {total['spend'] + total['exploration_spend']:.2f} of {deployed.budget:.2f}"
+                f" (exploration: {total['explored']:,} carts, {exploration_share:.1%} of the"
+                f" contactable, {total['exploration_spend']:.2f}); incremental conversions"
+                f" {total['incremental_conversions']:.1f}"
                 f" (95 % {total['incremental_conversions_lo']:.1f} to"
                 f" {total['incremental_conversions_hi']:.1f}); incremental margin"
                 f" {total['incremental_margin']:.2f} (95 % {total['incremental_margin_lo']:.2f} to"
