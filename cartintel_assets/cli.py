@@ -594,14 +594,22 @@ def _move(instance: DagsterInstance, model: str, action: str, phase: str, by: st
 
     job = "promote_model_job" if action == "promote" else "rollback_model_job"
     config = {"model": model, "action": action, "phase": phase, "triggered_by": by}
+    # a refused move fails its blocking gate check, which Dagster's console logger prints as an
+    # error with a stack trace; the caller prints the refusal's reason instead, and any other
+    # failure is raised below with the run to look at
     result = defs.resolve_job_def(job).execute_in_process(
         instance=instance,
         raise_on_error=False,
-        run_config={**QUIET_RUN_CONFIG, "ops": {"model_promotions": {"config": config}}},
+        run_config={
+            "loggers": {"console": {"config": {"log_level": "CRITICAL"}}},
+            "ops": {"model_promotions": {"config": config}},
+        },
     )
     found = result.asset_materializations_for_node("model_promotions")
     if not found:
-        raise RuntimeError(f"{job} failed before recording the move (run {result.run_id})")
+        failure = result.get_step_failure_events()
+        why = failure[0].event_specific_data.error.message if failure else "no materialisation"  # type: ignore[union-attr]
+        raise RuntimeError(f"{job} failed before recording the move (run {result.run_id}): {why}")
     return {"run_id": result.run_id, **{k: v.value for k, v in found[0].metadata.items()}}
 
 

@@ -368,7 +368,10 @@ def test_drift_retraining_promotion_and_rollback(
         monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
         capsys.readouterr()
         assert main(["rollback", "--model", "abandonment", "--phase", "global"]) == 1
-        assert "refused" in capsys.readouterr().out
+        refused = capsys.readouterr()
+        # the reason, not Dagster's stack trace of the failed gate check
+        assert "refused" in refused.out and "reason:" in refused.out
+        assert "Stack Trace" not in refused.out + refused.err
         assert main(["promote", "--model", "abandonment", "--to", "global"]) == 0
         printed = capsys.readouterr().out
         assert "moved (version 1 -> 2)" in printed and "'global': '2'" in printed
