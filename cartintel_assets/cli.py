@@ -608,7 +608,8 @@ def _move(instance: DagsterInstance, model: str, action: str, phase: str, by: st
     found = result.asset_materializations_for_node("model_promotions")
     if not found:
         failure = result.get_step_failure_events()
-        why = failure[0].event_specific_data.error.message if failure else "no materialisation"  # type: ignore[union-attr]
+        error = getattr(failure[0].event_specific_data, "error", None) if failure else None
+        why = error.message if error is not None else "no materialisation"
         raise RuntimeError(f"{job} failed before recording the move (run {result.run_id}): {why}")
     return {"run_id": result.run_id, **{k: v.value for k, v in found[0].metadata.items()}}
 
