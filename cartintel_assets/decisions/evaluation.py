@@ -3,7 +3,8 @@ rules it breaks, and the uplift model's blocking gate (valued off-policy: decisi
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import date
 
 import duckdb
 import numpy as np
@@ -182,6 +183,18 @@ def intervention_rates(plan: pd.DataFrame, carts: pd.DataFrame, by: str) -> pd.D
 
 
 @dataclass(frozen=True)
+class Incumbent:
+    """A policy in use, as `uplift_gate` compares a candidate with it: its predictions for the
+    logged carts, its allowed arms and the last day of the log it was trained on (None:
+    unknown, every cart counts)."""
+
+    baseline: np.ndarray
+    effects: pd.DataFrame
+    arms: list[str]
+    trained_through: date | None = None
+
+
+@dataclass(frozen=True)
 class GateEvidence:
     """Why an uplift model may (or may not) drive the plan, measured out of fold on the log."""
 
@@ -195,9 +208,13 @@ class GateEvidence:
     top_k_arm: str
     budget: float
     passed: bool
-    # the (honest) policy over the incumbent's (the `global` version's policy at the same budget
-    # on the same carts): paired, what the move to pilot asks of its lower bound
-    versus_incumbent: PolicyValue | None = None
+    # the (honest) policy at the deployed budget: what it would earn as it will run
+    deployed: PolicyValue
+    deployed_budget: float
+    # ... over each policy in use (by alias: the `global` and `pilot` versions' policies at the
+    # deployed budget, paired on the carts logged after it was trained): what the move to pilot
+    # asks of its lower bound; no entry when no cart was logged since
+    versus: dict[str, PolicyValue] = field(default_factory=dict)
 
     @property
     def policy_value(self) -> float:
@@ -217,7 +234,8 @@ def uplift_gate(
     margin_rate: float,
     budget_share: float = 0.5,
     bootstrap: int = 200,
-    incumbent: tuple[np.ndarray, pd.DataFrame, list[str]] | None = None,
+    incumbents: dict[str, Incumbent] | None = None,
+    daily_budget: float | None = None,
 ) -> GateEvidence:
     """The uplift model's blocking gate, on out-of-fold predictions for the logged carts: the
     policy is judged by what it would earn, valued off-policy (doubly robust, `ope.py`).
@@ -235,12 +253,17 @@ def uplift_gate(
     the best average realised margin, sent to the riskiest carts), and its targeting beats
     random allocations of the same actions on the same log (permutation p < 0.05).
 
-    With `incumbent` (the baseline, effects and allowed arms the current `global` version
-    predicts for these carts), the honest policy is also valued against the incumbent's policy
-    at the same budget, paired cart by cart: the move to pilot asks for that interval's lower
-    bound (or, with no incumbent, the policy's own) to clear 0. The incumbent is usually
-    trained on part of this log, which flatters it: the comparison leans towards keeping it.
-    Contact caps do not apply to this comparison."""
+    With `daily_budget` (the deployed plan's), the honest policy is also valued at the budget it
+    will run with, one day's per logged day (`deployed`). With `incumbents` (the policies in use,
+    by alias), it is valued against each incumbent's policy at that budget, paired cart by cart
+    (`versus`), on the carts logged after the incumbent was trained: on the carts it learned
+    from, an incumbent looks far better than it is (measured on the loop benchmark's log: a
+    retrained X-learner 110k *below* the pilot version on all carts, most of which trained
+    it). The move to pilot asks each interval's lower bound to clear 0, so a retrained version
+    replaces a policy in use only where it would earn more as deployed. (The screening budget
+    above is generous, where discounts to many carts pay; at the deployed budget they may not:
+    on the loop benchmark a version that passed the screen replaced a better pilot and earned a
+    third of it.) Contact caps do not apply to these comparisons."""
     carts = log.reset_index(drop=True).assign(
         blocked="", segment=None, risk=np.asarray(risk), send_at=pd.Timestamp("2000-01-01")
     )
@@ -289,27 +312,64 @@ def uplift_gate(
     # arms chosen on a log look better on that log: each half of the carts is valued with the
     # arms chosen on the other half (cross-fitting the choice), an honest estimate
     half = np.random.default_rng(0).permutation(len(carts)) % 2 == 0
-    honest = np.empty(len(carts), dtype=object)
-    for fold in (half, ~half):
-        honest[fold] = actions(eliminate(~fold)[0])[fold]
+    chosen = [(fold, eliminate(~fold)[0]) for fold in (half, ~half)]
+
+    def honest_at(at: PlanRules) -> np.ndarray:
+        """Each half of the carts' actions under `at`, with the arms chosen on the other half."""
+        out = np.empty(len(carts), dtype=object)
+        for fold, fold_arms in chosen:
+            table = every[every["arm"].isin(fold_arms)]
+            out[fold] = choose_actions(carts, table, at)["action"].to_numpy()[fold]
+        return out
+
+    def daily(rows: np.ndarray) -> PlanRules:
+        """The deployed budget over the days of the carts `rows`."""
+        days = carts.loc[rows, "partition_date"].nunique()
+        return PlanRules(budget=float(daily_budget) * days, contact=no_caps)  # type: ignore[arg-type]
+
+    def versus_on(incumbent: Incumbent) -> PolicyValue | None:
+        """The honest policy over the incumbent's, paired, on the carts logged after the
+        incumbent's training, each choosing within the deployed budget of those days."""
+        rows = np.ones(len(carts), dtype=bool)
+        if incumbent.trained_through is not None:
+            days = pd.to_datetime(carts["partition_date"]).dt.date
+            rows = (days > incumbent.trained_through).to_numpy()
+        if not rows.any():
+            return None
+        sub = carts[rows].reset_index(drop=True)
+        at = daily(rows) if daily_budget is not None else rules
+
+        def policy_of(base: np.ndarray, eff: pd.DataFrame, arms: list[str]) -> np.ndarray:
+            usable = [i for i in catalogue if i.arm in arms]
+            table = action_table(sub, base, eff.reset_index(drop=True), usable, margin_rate)
+            return choose_actions(sub, table, at)["action"].to_numpy()
+
+        ours = np.empty(len(sub), dtype=object)
+        for fold, fold_arms in chosen:
+            ours[fold[rows]] = policy_of(baseline[rows], effects[rows], fold_arms)[fold[rows]]
+        theirs = policy_of(incumbent.baseline[rows], incumbent.effects[rows], incumbent.arms)
+        return off_policy_value(
+            ours,
+            sub,
+            realised[rows],
+            predicted[rows].reset_index(drop=True),
+            bootstrap=bootstrap,
+            against=theirs,
+        )
+
+    honest = honest_at(rules)
     arms, excluded = eliminate(None)
     policy = value(honest)
     targeting = targeting_gain(actions(arms), carts, realised, predicted, seed=1)
     top_k = value(top_k_by_risk(carts, every, top_arm, rules)["action"].to_numpy())
-    versus = None
-    if incumbent is not None:
-        base, eff, inc_arms = incumbent
-        theirs = action_table(
-            carts, base, eff, [i for i in catalogue if i.arm in inc_arms], margin_rate
-        )
-        versus = off_policy_value(
-            honest,
-            carts,
-            realised,
-            predicted,
-            bootstrap=bootstrap,
-            against=choose_actions(carts, theirs, rules)["action"].to_numpy(),
-        )
+    # as it will run: at the deployed budget (without one, the screening budget)
+    at = rules if daily_budget is None else daily(np.ones(len(carts), dtype=bool))
+    deployed = policy if daily_budget is None else value(honest_at(at))
+    versus = {}
+    for alias, incumbent in (incumbents or {}).items():
+        found = versus_on(incumbent)
+        if found is not None:
+            versus[alias] = found
     return GateEvidence(
         allowed_arms=arms,
         excluded_arms=excluded,
@@ -319,7 +379,9 @@ def uplift_gate(
         top_k_arm=top_arm,
         budget=budget,
         passed=bool(arms) and policy.value > max(top_k.value, 0.0) and targeting.p_value < 0.05,
-        versus_incumbent=versus,
+        deployed=deployed,
+        deployed_budget=at.budget,
+        versus=versus,
     )
 
 

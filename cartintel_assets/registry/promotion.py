@@ -339,16 +339,21 @@ def _verdict(problems: list[str], passed: str, evidence: dict[str, Any]) -> Gate
 # ---- the uplift policy's gates (cartintel-uplift with the plan it drives) -------------------
 
 
-def judge_policy_candidate(tags: dict[str, str], incumbent: str | None) -> GateResult:
+def judge_policy_candidate(tags: dict[str, str], in_use: dict[str, str | None]) -> GateResult:
     """Pilot gate of an uplift version, from what its training measured on the logged decisions
-    (`evaluation.uplift_gate`, tagged on the version): its honest off-policy value over the
-    `global` policy's on the same carts, paired, with the interval's lower bound above 0 (with
-    no global version yet: over no intervention). A comparison made against another global
-    version than today's is stale: the candidate must be retrained."""
-    if incumbent is None:
+    (`evaluation.uplift_gate`, tagged on the version). `in_use`: the versions holding `global`
+    and `pilot` now (None: none). It must beat each policy in use, valued as it will run (at the
+    deployed plan's budget) and paired on the carts logged since that policy was trained, with
+    the interval's lower bound above 0: a retrained version replaces the pilot only if it would
+    earn more. With none in use (the
+    first rollout), its own off-policy value's lower bound must be above 0. A comparison made
+    against other versions than today's is stale: the candidate must be retrained."""
+    held = {alias: v for alias, v in in_use.items() if v is not None}
+    if not held:
         lo, value = float(tags.get("policy_value_dr_lo", "nan")), tags.get("policy_value_dr")
         evidence: dict[str, Any] = {
             GLOBAL: None,
+            PILOT: None,
             "policy_value_dr": value,
             "policy_value_dr_lo": lo,
         }
@@ -362,34 +367,47 @@ def judge_policy_candidate(tags: dict[str, str], incumbent: str | None) -> GateR
         return GateResult(
             True, f"first rollout: off-policy value {value} (95 % from {lo:.2f})", evidence
         )
-    compared = tags.get("compared_with_global", "none")
-    evidence = {
-        "global_version": incumbent,
-        "compared_with_global": compared,
-        "vs_global_dr": tags.get("vs_global_dr"),
-        "vs_global_dr_lo": tags.get("vs_global_dr_lo"),
-        "vs_global_dr_hi": tags.get("vs_global_dr_hi"),
-    }
-    if compared != incumbent:
-        return GateResult(
-            False,
-            f"its training compared it with global version {compared}, but global is now"
-            f" version {incumbent}: retrain (uplift_training_job) to compare with it",
-            evidence,
-        )
-    lo = float(tags.get("vs_global_dr_lo", "nan"))
-    if not lo > 0:
-        return GateResult(
-            False,
-            f"its off-policy value over global version {incumbent}'s policy is"
-            f" {tags.get('vs_global_dr')} with a 95 % interval reaching {lo:.2f}, not above 0",
-            evidence,
+    evidence = {"deployed_budget": tags.get("deployed_budget")}
+    reasons = []
+    for alias, version in held.items():
+        compared = tags.get(f"compared_with_{alias}", "none")
+        evidence |= {
+            f"{alias}_version": version,
+            f"compared_with_{alias}": compared,
+            **{
+                k: tags.get(k) for k in (f"vs_{alias}_dr", f"vs_{alias}_dr_lo", f"vs_{alias}_dr_hi")
+            },
+        }
+        if compared != version:
+            return GateResult(
+                False,
+                f"its training compared it with {alias} version {compared}, but {alias} is now"
+                f" version {version}: retrain (uplift_training_job) to compare with it",
+                evidence,
+            )
+        if f"vs_{alias}_dr_lo" not in tags:
+            return GateResult(
+                False,
+                f"no cart was logged after {alias} version {version} was trained to compare it"
+                " with (an incumbent is only compared on carts it did not learn from): let the"
+                " plan act, then retrain",
+                evidence,
+            )
+        lo = float(tags[f"vs_{alias}_dr_lo"])
+        if not lo > 0:
+            return GateResult(
+                False,
+                f"its off-policy value over {alias} version {version}'s policy at the deployed"
+                f" budget is {tags.get(f'vs_{alias}_dr')} with a 95 % interval reaching"
+                f" {lo:.2f}, not above 0",
+                evidence,
+            )
+        reasons.append(
+            f"beats {alias} version {version}'s policy off-policy by"
+            f" {tags.get(f'vs_{alias}_dr')} (95 % from {lo:.2f})"
         )
     return GateResult(
-        True,
-        f"beats global version {incumbent}'s policy off-policy by {tags.get('vs_global_dr')}"
-        f" (95 % from {lo:.2f}) on the same logged carts",
-        evidence,
+        True, "; ".join(reasons) + " at the deployed budget on the same logged carts", evidence
     )
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import tempfile
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -162,6 +163,7 @@ class RegisteredUpliftModel:
     version: str
     run_id: str
     allowed_arms: list[str]
+    trained_through: date | None  # the last day of the log it learned from (None: not tagged)
 
 
 def load_uplift_model(store: Store, name: str, alias: str) -> RegisteredUpliftModel:
@@ -170,7 +172,16 @@ def load_uplift_model(store: Store, name: str, alias: str) -> RegisteredUpliftMo
     with store.version_artifacts(name, str(found.version)) as artifacts:
         model = UpliftModel.load(artifacts / "uplift")
     arms = [a for a in found.tags.get("allowed_arms", "").split(",") if a]
-    return RegisteredUpliftModel(model, name, alias, str(found.version), str(found.run_id), arms)
+    through = found.tags.get("trained_through")
+    return RegisteredUpliftModel(
+        model,
+        name,
+        alias,
+        str(found.version),
+        str(found.run_id),
+        arms,
+        date.fromisoformat(through) if through else None,
+    )
 
 
 def _by_alias(store: Store, name: str, alias: str, trained_by: str) -> Any:

@@ -15,6 +15,7 @@ import pytest
 from cartintel_assets.decisions.catalogue import load_catalogue
 from cartintel_assets.decisions.economics import action_table, expected_margins, realised_margin
 from cartintel_assets.decisions.evaluation import (
+    Incumbent,
     GateEvidence,
     constraint_violations,
     uplift_gate,
@@ -35,6 +36,8 @@ from cartintel_assets.models.uplift import (
 from cartintel_assets.simulation.storefront import Storefront
 from cartintel_tests.benchmarks.decisions import decision_quality, true_effects
 from cartintel_tests.model.test_uplift import MARGIN
+
+DEMO_BUDGET = 150.0  # the plan's default daily budget (PlanSettings)
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +147,17 @@ def test_gate_agrees_with_the_truth_on_every_seed(
     # paired against a global version that is the shuffled model, the model's policy is
     # estimated better (its interval clears 0 on seeds 7 and 8; on seed 9, at ~10k carts, it
     # does not: the move to pilot waits for more log); the other way round, the shuffled one
-    # never clears it, so it is never moved
+    # never clears it, so it is never moved.
+    # An incumbent that learned from the first half of the log (here: it peeks at those carts'
+    # outcomes, shuffled on the rest) looks far better than the model on every cart; compared
+    # only on the carts logged after its training, it does not.
+    days = pd.to_datetime(log["partition_date"]).dt.date
+    middle = sorted(days.unique())[days.nunique() // 2]
+    seen = (days <= middle).to_numpy()
+    peeked = shuffles[4].copy()
+    for arm in peeked.columns:
+        won = (log["treatment"] == arm).to_numpy() & (log["converted_7d"] == 1).to_numpy()
+        peeked.loc[seen, arm] = np.where(won[seen], 1.0, -1.0)
     good = uplift_gate(
         log,
         fit.baseline,
@@ -152,11 +165,19 @@ def test_gate_agrees_with_the_truth_on_every_seed(
         1 - fit.baseline,
         catalogue,
         MARGIN,
-        incumbent=(fit.baseline, shuffles[3], list(ARMS)),
+        incumbents={
+            "global": Incumbent(fit.baseline, shuffles[3], list(ARMS)),
+            "peeked, every cart": Incumbent(fit.baseline, peeked, list(ARMS)),
+            "peeked, after": Incumbent(fit.baseline, peeked, list(ARMS), trained_through=middle),
+        },
     )
-    print("\nmodel", good.policy, truly(fit.effects, good), "vs shuffled", good.versus_incumbent)
+    print("\nmodel", good.policy, truly(fit.effects, good), "vs", good.versus)
     assert good.passed and truly(fit.effects, good) > 0
-    assert good.versus_incumbent is not None and good.versus_incumbent.value > 0
+    assert good.versus["global"].value > 0 and good.versus["global"].carts == len(log)
+    flattered, fair = good.versus["peeked, every cart"], good.versus["peeked, after"]
+    later = int((~seen).sum())  # counted from the log's own days
+    assert 0 < later < len(log) and fair.carts == later and flattered.carts == len(log)
+    assert flattered.hi < 0 < fair.value
     assert truly(fit.effects, good) > truly(shuffles[3], good)
     for shuffled in shuffles.values():
         bad = uplift_gate(
@@ -166,11 +187,13 @@ def test_gate_agrees_with_the_truth_on_every_seed(
             1 - fit.baseline,
             catalogue,
             MARGIN,
-            incumbent=(fit.baseline, fit.effects, good.allowed_arms),
+            incumbents={"global": Incumbent(fit.baseline, fit.effects, good.allowed_arms)},
+            daily_budget=DEMO_BUDGET,  # compared as deployed: one day's budget per logged day
         )
-        print("shuffled", bad.policy, truly(shuffled, bad), "vs model", bad.versus_incumbent)
+        print("shuffled", bad.policy, truly(shuffled, bad), "vs model", bad.versus)
         assert not bad.passed
-        assert bad.versus_incumbent is not None and bad.versus_incumbent.lo < 0
+        assert bad.versus["global"].lo < 0
+        assert bad.deployed_budget == DEMO_BUDGET * days.nunique() < bad.budget
 
 
 def test_plan_against_the_oracle_and_top_k_by_risk(

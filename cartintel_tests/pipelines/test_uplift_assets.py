@@ -126,7 +126,7 @@ def test_uplift_model_and_plan(
         moved = _move(db, mlruns, instance, "promote", "pilot")
         assert moved["outcome"] == "moved" and moved["to_version"] == "1", moved["reason"]
         assert float(version.tags["policy_value_dr_lo"]) > 0
-        assert version.tags["compared_with_global"] == "none"
+        assert version.tags["compared_with_global"] == version.tags["compared_with_pilot"] == "none"
         assert str(client.get_model_version_by_alias(UPLIFT_MODEL, "pilot").version) == "1"
 
         planned = _run([intervention_plan], db, mlruns, instance, partition_key=LAST)

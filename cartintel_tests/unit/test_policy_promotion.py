@@ -21,22 +21,54 @@ PLAN = PhasePlan(pilot_regions=("NL", "ES"))
 
 
 def test_to_pilot_needs_the_paired_interval_above_zero() -> None:
+    none_in_use: dict[str, str | None] = {"global": None, "pilot": None}
     first = {"policy_value_dr": "812.00", "policy_value_dr_lo": "95.10"}
-    assert judge_policy_candidate(first, None).passed
-    assert not judge_policy_candidate({**first, "policy_value_dr_lo": "-3.00"}, None).passed
-    assert not judge_policy_candidate({}, None).passed  # no evidence: never moved
+    assert judge_policy_candidate(first, none_in_use).passed
+    assert not judge_policy_candidate({**first, "policy_value_dr_lo": "-3.00"}, none_in_use).passed
+    assert not judge_policy_candidate({}, none_in_use).passed  # no evidence: never moved
     versus = {
         "compared_with_global": "4",
         "vs_global_dr": "310.00",
         "vs_global_dr_lo": "12.50",
         "vs_global_dr_hi": "640.00",
     }
-    better = judge_policy_candidate(versus, "4")
+    only_global: dict[str, str | None] = {"global": "4", "pilot": None}
+    better = judge_policy_candidate(versus, only_global)
     assert better.passed and better.evidence["global_version"] == "4"
-    worse = judge_policy_candidate({**versus, "vs_global_dr_lo": "-40.00"}, "4")
+    worse = judge_policy_candidate({**versus, "vs_global_dr_lo": "-40.00"}, only_global)
     assert not worse.passed and "not above 0" in worse.reason
-    stale = judge_policy_candidate(versus, "5")  # global moved since the comparison
+    stale = judge_policy_candidate(versus, {"global": "5", "pilot": None})  # global moved since
     assert not stale.passed and "retrain" in stale.reason
+
+
+def test_a_retrained_version_replaces_the_pilot_only_if_it_beats_it() -> None:
+    """A pilot already runs: the candidate must beat it too (as deployed, paired), not only be
+    worth more than nothing, however well it did on its own."""
+    first_rollout_evidence = {"policy_value_dr": "9000.00", "policy_value_dr_lo": "4000.00"}
+    pilot_only: dict[str, str | None] = {"global": None, "pilot": "1"}
+    # trained before any comparison with the pilot: never moved on its own value alone
+    assert not judge_policy_candidate(first_rollout_evidence, pilot_only).passed
+    versus_pilot = {
+        **first_rollout_evidence,
+        "compared_with_pilot": "1",
+        "vs_pilot_dr": "-800.00",
+        "vs_pilot_dr_lo": "-2100.00",
+        "vs_pilot_dr_hi": "500.00",
+    }
+    # compared with the pilot, but no cart was logged since the pilot's training: it waits
+    unseen = {k: v for k, v in versus_pilot.items() if not k.startswith("vs_")}
+    waits = judge_policy_candidate(unseen, pilot_only)
+    assert not waits.passed and "no cart was logged after pilot version 1" in waits.reason
+    worse = judge_policy_candidate(versus_pilot, pilot_only)
+    assert not worse.passed and "pilot version 1" in worse.reason
+    better = {**versus_pilot, "vs_pilot_dr": "900.00", "vs_pilot_dr_lo": "120.00"}
+    assert judge_policy_candidate(better, pilot_only).passed
+    # with both in use, it must beat both
+    both: dict[str, str | None] = {"global": "4", "pilot": "1"}
+    beats_pilot_only = {**better, "compared_with_global": "4", "vs_global_dr_lo": "-5.00"}
+    assert not judge_policy_candidate(beats_pilot_only, both).passed
+    beats_both = {**beats_pilot_only, "vs_global_dr": "40.00", "vs_global_dr_lo": "5.00"}
+    assert judge_policy_candidate(beats_both, both).passed
 
 
 def _decisions(

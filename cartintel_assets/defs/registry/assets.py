@@ -7,7 +7,7 @@ from typing import Any, Literal
 import dagster as dg
 from pydantic import Field
 
-from cartintel_assets.registry.names import GLOBAL, PHASES, PROMOTED_MODELS, UPLIFT_MODEL
+from cartintel_assets.registry.names import GLOBAL, PHASES, PILOT, PROMOTED_MODELS, UPLIFT_MODEL
 from cartintel_assets.resources import WarehouseResource
 from cartintel_assets.resources.mlflow import MLflowResource
 from cartintel_assets.resources.rollout import RolloutResource
@@ -85,7 +85,8 @@ def _policy_gate(con: Any, store: Any, phase: str, candidate: str, tags: dict, p
 
     incumbent = version_by_alias(store, UPLIFT_MODEL, GLOBAL)
     if phase == "pilot":
-        return judge_policy_candidate(tags, incumbent)
+        in_use = {GLOBAL: incumbent, PILOT: version_by_alias(store, UPLIFT_MODEL, PILOT)}
+        return judge_policy_candidate(tags, in_use)
     settings = PlanSettings().deployed()
     results = policy_results(con)
     realised = realised_margin(results, settings.catalogue(), settings.margin_rate)

@@ -15,7 +15,13 @@ from pydantic import Field
 from cartintel_assets.decisions.catalogue import DEFAULT_CATALOGUE
 from cartintel_assets.decisions.settings import PlanSettings
 from cartintel_assets.defs.partitions import daily_partitions
-from cartintel_assets.registry.names import ABANDONMENT_MODEL, CHALLENGER, GLOBAL, UPLIFT_MODEL
+from cartintel_assets.registry.names import (
+    ABANDONMENT_MODEL,
+    CHALLENGER,
+    GLOBAL,
+    PILOT,
+    UPLIFT_MODEL,
+)
 from cartintel_assets.resources import WarehouseResource
 from cartintel_assets.resources.mlflow import MLflowResource
 from cartintel_assets.resources.rollout import RolloutResource
@@ -44,7 +50,9 @@ class UpliftModelConfig(dg.Config):
         default=0.5,
         gt=0,
         le=1,
-        description="Gate budget: this share of what treating every cart that pays would cost.",
+        description="Screening budget of the challenger gate: this share of what treating every"
+        " cart that pays would cost. The move to pilot values the policy at the deployed plan's"
+        " budget instead.",
     )
     risk_alias: str = Field(
         default=CHALLENGER, description="Alias of the risk model the top-k yardstick ranks by."
@@ -70,13 +78,15 @@ def uplift_model(
 
     T-, X- and DR-learners on XGBoost are cross-fitted on the intervention log; the one whose
     policy the gate values most (of those passing; else the best mean Qini) is refit on the whole
-    log and registered as a version of `cartintel-uplift`. The gate values the budgeted policy off-policy (doubly robust, out of
-    fold) and keeps the arms that add to that value; the version gets the alias `challenger` only
-    if that value is above 0, above top-k-by-risk's at the same budget, and its targeting beats
-    the same arms given at random.
+    log and registered as a version of `cartintel-uplift`. The gate values the budgeted policy
+    off-policy (doubly robust, out of fold) and keeps the arms that add to that value; the version
+    gets the alias `challenger` only if that value is above 0, above top-k-by-risk's at the same
+    budget, and its targeting beats the same arms given at random. The policy is also valued as
+    it will run, at the deployed plan's budget over the log's days, against each policy in use
+    (`global`, `pilot`) paired on the same carts: what the move to pilot asks.
     """
     from cartintel_assets.decisions.catalogue import load_catalogue
-    from cartintel_assets.decisions.evaluation import uplift_gate
+    from cartintel_assets.decisions.evaluation import Incumbent, uplift_gate
     from cartintel_assets.models.plots import markdown_image, markdown_table, uplift_figures
     from cartintel_assets.models.segmentation import with_segment_features
     from cartintel_assets.models.uplift import (
@@ -122,15 +132,20 @@ def uplift_model(
         reports[learner] = uplift_report(fits[learner].effects, treatment, y, config.bootstrap)
     risk_model = load_risk_model(store, ABANDONMENT_MODEL, config.risk_alias)
     risk = risk_model.model.predict_proba(log)
-    # the policy a move to pilot must beat: the `global` version's, on the same carts
-    incumbent, global_version = None, version_by_alias(store, UPLIFT_MODEL, GLOBAL)
-    if global_version is not None:
-        current = load_uplift_model(store, UPLIFT_MODEL, GLOBAL)
-        incumbent = (
-            current.model.baseline(log),
-            current.model.effects(log).reset_index(drop=True),
-            current.allowed_arms,
-        )
+    # the policies a move to pilot must beat: those in use (`global`, and the `pilot` it would
+    # replace), at the budget the plan runs with, on the carts logged since each was trained
+    in_use = {a: version_by_alias(store, UPLIFT_MODEL, a) for a in (GLOBAL, PILOT)}
+    incumbents = {}
+    for alias, version in in_use.items():
+        if version is not None:
+            current = load_uplift_model(store, UPLIFT_MODEL, alias)
+            incumbents[alias] = Incumbent(
+                current.model.baseline(log),
+                current.model.effects(log).reset_index(drop=True),
+                current.allowed_arms,
+                current.trained_through,
+            )
+    trained_through = pd.to_datetime(log["partition_date"]).max().date()
     # margins need effect sizes, not just rankings: calibrate out of fold (Qini is unchanged);
     # then each learner's policy goes through the gate, valued off-policy
     calibrations, evidences = {}, {}
@@ -146,13 +161,14 @@ def uplift_model(
             config.margin_rate,
             config.gate_budget_share,
             config.bootstrap,
-            incumbent,
+            incumbents,
+            PlanSettings().deployed().budget,
         )
     # the decision is what matters: of the learners whose policy passes, the one it values most
-    # (none passes: the best by mean Qini, registered without an alias)
+    # as it will run (none passes: the best by mean Qini, registered without an alias)
     passing = [k for k, e in evidences.items() if e.passed]
     best = (
-        max(passing, key=lambda k: evidences[k].policy.value)
+        max(passing, key=lambda k: evidences[k].deployed.value)
         if passing
         else max(reports, key=lambda k: float(reports[k]["qini"].mean()))
     )
@@ -185,18 +201,20 @@ def uplift_model(
                 "segmentation_version": segmentation_version or "none",
             }
         )
-        versus = evidence.versus_incumbent
+        versus = {
+            f"vs_{alias}_dr{k}": getattr(v, f)
+            for alias, v in evidence.versus.items()
+            for k, f in (("", "value"), ("_lo", "lo"), ("_hi", "hi"))
+        }
+        compared_on = {f"vs_{alias}_carts": v.carts for alias, v in evidence.versus.items()}
         run.log_metrics(
             {
-                **(
-                    {
-                        "vs_global_dr": versus.value,
-                        "vs_global_dr_lo": versus.lo,
-                        "vs_global_dr_hi": versus.hi,
-                    }
-                    if versus
-                    else {}
-                ),
+                **versus,
+                **compared_on,
+                "policy_value_deployed_dr": evidence.deployed.value,
+                "policy_value_deployed_dr_lo": evidence.deployed.lo,
+                "policy_value_deployed_dr_hi": evidence.deployed.hi,
+                "deployed_budget": evidence.deployed_budget,
                 "rows_log": len(log) + missing,
                 "rows_without_features": missing,
                 "policy_value_dr": evidence.policy.value,
@@ -210,6 +228,7 @@ def uplift_model(
         )
         for learner, rep in reports.items():
             run.log_metric(f"{learner}.policy_value_dr", evidences[learner].policy.value)
+            run.log_metric(f"{learner}.policy_value_deployed_dr", evidences[learner].deployed.value)
             for arm, row in rep.iterrows():
                 for k in (
                     "qini",
@@ -246,16 +265,14 @@ def uplift_model(
                 "gate_budget": f"{evidence.budget:.2f}",
                 "policy_value_dr": f"{evidence.policy.value:.2f}",
                 "policy_value_dr_lo": f"{evidence.policy.lo:.2f}",
-                "compared_with_global": global_version or "none",
-                **(
-                    {
-                        "vs_global_dr": f"{versus.value:.2f}",
-                        "vs_global_dr_lo": f"{versus.lo:.2f}",
-                        "vs_global_dr_hi": f"{versus.hi:.2f}",
-                    }
-                    if versus
-                    else {}
-                ),
+                "deployed_budget": f"{evidence.deployed_budget:.2f}",
+                # the last day it learned from: later comparisons with it use only later carts
+                "trained_through": trained_through.isoformat(),
+                "policy_value_deployed_dr": f"{evidence.deployed.value:.2f}",
+                "policy_value_deployed_dr_lo": f"{evidence.deployed.lo:.2f}",
+                **{f"compared_with_{a}": v or "none" for a, v in in_use.items()},
+                **{k: f"{v:.2f}" for k, v in versus.items()},
+                **{k: str(v) for k, v in compared_on.items()},
             },
         )
     shown = report.reset_index()
@@ -291,14 +308,23 @@ def uplift_model(
                 [round(evidence.policy.lo, 2), round(evidence.policy.hi, 2)]
             ),
             "top_k_by_risk_value_dr": evidence.top_k.value,
-            "versus_global_dr": dg.MetadataValue.json(
+            "policy_value_deployed_dr": dg.MetadataValue.json(
                 {
-                    "global_version": global_version,
-                    "value": round(versus.value, 2),
-                    "interval": [round(versus.lo, 2), round(versus.hi, 2)],
+                    "budget": round(evidence.deployed_budget, 2),
+                    "value": round(evidence.deployed.value, 2),
+                    "interval": [round(evidence.deployed.lo, 2), round(evidence.deployed.hi, 2)],
                 }
-                if versus
-                else {"global_version": None}
+            ),
+            "versus_policies_in_use_dr": dg.MetadataValue.json(
+                {
+                    alias: {
+                        "version": in_use[alias],
+                        "carts_since_its_training": v.carts,
+                        "value": round(v.value, 2),
+                        "interval": [round(v.lo, 2), round(v.hi, 2)],
+                    }
+                    for alias, v in evidence.versus.items()
+                }
             ),
             "effect_calibration": dg.MetadataValue.json(
                 {
