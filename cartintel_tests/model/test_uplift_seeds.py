@@ -15,8 +15,8 @@ import pytest
 from cartintel_assets.decisions.catalogue import load_catalogue
 from cartintel_assets.decisions.economics import action_table, expected_margins, realised_margin
 from cartintel_assets.decisions.evaluation import (
-    Incumbent,
     GateEvidence,
+    Incumbent,
     constraint_violations,
     uplift_gate,
 )
