@@ -83,7 +83,8 @@ def uplift_model(
     gets the alias `challenger` only if that value is above 0, above top-k-by-risk's at the same
     budget, and its targeting beats the same arms given at random. The policy is also valued as
     it will run, at the deployed plan's budget over the log's days, against each policy in use
-    (`global`, `pilot`) paired on the same carts: what the move to pilot asks.
+    (`global`, `pilot`), paired on the carts logged since each was trained: what the move to
+    pilot asks.
     """
     from cartintel_assets.decisions.catalogue import load_catalogue
     from cartintel_assets.decisions.evaluation import Incumbent, uplift_gate
