@@ -314,62 +314,78 @@ def uplift_gate(
     half = np.random.default_rng(0).permutation(len(carts)) % 2 == 0
     chosen = [(fold, eliminate(~fold)[0]) for fold in (half, ~half)]
 
-    def honest_at(at: PlanRules) -> np.ndarray:
-        """Each half of the carts' actions under `at`, with the arms chosen on the other half."""
-        out = np.empty(len(carts), dtype=object)
-        for fold, fold_arms in chosen:
-            table = every[every["arm"].isin(fold_arms)]
-            out[fold] = choose_actions(carts, table, at)["action"].to_numpy()[fold]
+    def choose_on(
+        rows: np.ndarray,
+        at: PlanRules,
+        base: np.ndarray,
+        eff: pd.DataFrame,
+        folds: list[tuple[np.ndarray, list[str]]],
+    ) -> np.ndarray:
+        """The actions of the policy with predictions `base`, `eff` (one row per cart) on the
+        carts `rows`, chosen among them within `at`: each fold's carts with that fold's arms."""
+        sub = carts[rows].reset_index(drop=True)
+        usable = [i for i in catalogue if any(i.arm in arms for _, arms in folds)]
+        table = action_table(sub, base[rows], eff[rows].reset_index(drop=True), usable, margin_rate)
+        out = np.empty(len(sub), dtype=object)
+        for fold, arms in folds:
+            picked = choose_actions(sub, table[table["arm"].isin(arms)], at)["action"].to_numpy()
+            out[fold[rows]] = picked[fold[rows]]
         return out
 
-    def daily(rows: np.ndarray) -> PlanRules:
-        """The deployed budget over the days of the carts `rows`."""
+    every_cart = np.ones(len(carts), dtype=bool)
+
+    def deployed_rules(rows: np.ndarray) -> PlanRules:
+        """The deployed budget over the days of the carts `rows` (without one, the screening
+        budget)."""
+        if daily_budget is None:
+            return rules
         days = carts.loc[rows, "partition_date"].nunique()
-        return PlanRules(budget=float(daily_budget) * days, contact=no_caps)  # type: ignore[arg-type]
+        return PlanRules(budget=float(daily_budget) * days, contact=no_caps)
 
     def versus_on(incumbent: Incumbent) -> PolicyValue | None:
         """The honest policy over the incumbent's, paired, on the carts logged after the
         incumbent's training, each choosing within the deployed budget of those days."""
-        rows = np.ones(len(carts), dtype=bool)
+        rows = every_cart
         if incumbent.trained_through is not None:
             days = pd.to_datetime(carts["partition_date"]).dt.date
             rows = (days > incumbent.trained_through).to_numpy()
         if not rows.any():
             return None
-        sub = carts[rows].reset_index(drop=True)
-        at = daily(rows) if daily_budget is not None else rules
-
-        def policy_of(base: np.ndarray, eff: pd.DataFrame, arms: list[str]) -> np.ndarray:
-            usable = [i for i in catalogue if i.arm in arms]
-            table = action_table(sub, base, eff.reset_index(drop=True), usable, margin_rate)
-            return choose_actions(sub, table, at)["action"].to_numpy()
-
-        ours = np.empty(len(sub), dtype=object)
-        for fold, fold_arms in chosen:
-            ours[fold[rows]] = policy_of(baseline[rows], effects[rows], fold_arms)[fold[rows]]
-        theirs = policy_of(incumbent.baseline[rows], incumbent.effects[rows], incumbent.arms)
+        at = deployed_rules(rows)
+        ours = choose_on(rows, at, baseline, effects, chosen)
+        theirs = choose_on(
+            rows, at, incumbent.baseline, incumbent.effects, [(every_cart, incumbent.arms)]
+        )
         return off_policy_value(
             ours,
-            sub,
+            carts[rows].reset_index(drop=True),
             realised[rows],
             predicted[rows].reset_index(drop=True),
             bootstrap=bootstrap,
             against=theirs,
         )
 
-    honest = honest_at(rules)
     arms, excluded = eliminate(None)
-    policy = value(honest)
+    policy = value(choose_on(every_cart, rules, baseline, effects, chosen))
     targeting = targeting_gain(actions(arms), carts, realised, predicted, seed=1)
     top_k = value(top_k_by_risk(carts, every, top_arm, rules)["action"].to_numpy())
     # as it will run: at the deployed budget (without one, the screening budget)
-    at = rules if daily_budget is None else daily(np.ones(len(carts), dtype=bool))
-    deployed = policy if daily_budget is None else value(honest_at(at))
-    versus = {}
-    for alias, incumbent in (incumbents or {}).items():
-        found = versus_on(incumbent)
-        if found is not None:
-            versus[alias] = found
+    at = deployed_rules(every_cart)
+    deployed = (
+        policy
+        if daily_budget is None
+        else value(choose_on(every_cart, at, baseline, effects, chosen))
+    )
+    # one comparison per incumbent: the same version may hold `global` and `pilot`
+    compared: dict[int, PolicyValue | None] = {}
+    for incumbent in (incumbents or {}).values():
+        if id(incumbent) not in compared:
+            compared[id(incumbent)] = versus_on(incumbent)
+    versus = {
+        alias: found
+        for alias, incumbent in (incumbents or {}).items()
+        if (found := compared[id(incumbent)]) is not None
+    }
     return GateEvidence(
         allowed_arms=arms,
         excluded_arms=excluded,

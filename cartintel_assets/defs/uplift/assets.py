@@ -136,16 +136,18 @@ def uplift_model(
     # the policies a move to pilot must beat: those in use (`global`, and the `pilot` it would
     # replace), at the budget the plan runs with, on the carts logged since each was trained
     in_use = {a: version_by_alias(store, UPLIFT_MODEL, a) for a in (GLOBAL, PILOT)}
-    incumbents = {}
+    incumbents, loaded = {}, {}
     for alias, version in in_use.items():
-        if version is not None:
+        if version is not None and version not in loaded:  # one version may hold both
             current = load_uplift_model(store, UPLIFT_MODEL, alias)
-            incumbents[alias] = Incumbent(
+            loaded[version] = Incumbent(
                 current.model.baseline(log),
                 current.model.effects(log).reset_index(drop=True),
                 current.allowed_arms,
                 current.trained_through,
             )
+        if version is not None:
+            incumbents[alias] = loaded[version]
     trained_through = pd.to_datetime(log["partition_date"]).max().date()
     # margins need effect sizes, not just rankings: calibrate out of fold (Qini is unchanged);
     # then each learner's policy goes through the gate, valued off-policy
