@@ -38,6 +38,11 @@ class PolicyValue:
     hi: float
     carts: int
     matched: int  # carts whose logged arm is the policy's action (they carry the evidence)
+    # where the policy and what it is compared with (nothing, or `against`) differ: the smaller
+    # of the two sides' effective numbers of logged carts (Kish, over the importance weights of
+    # the carts whose logged arm is that side's). A few heavily weighted carts make an estimate
+    # and its bootstrap interval unreliable, however narrow the interval looks.
+    support: float = float("nan")
 
 
 def propensities(log: pd.DataFrame) -> np.ndarray:
@@ -131,12 +136,21 @@ def off_policy_value(
             return n * ((weights @ num_pi) / (weights @ w_pi) - (weights @ num_0) / (weights @ w_0))
 
     point = float(value(np.ones((1, n)))[0])
+    matched = int((logged == choice).sum())
+    differ = choice != other
+    support = min(_kish(((logged == side) & differ) / p) for side in (choice, other))
     if bootstrap == 0:  # the estimate alone (e.g. to compare many candidate policies)
-        return PolicyValue(estimator, point, np.nan, np.nan, n, int((logged == choice).sum()))
+        return PolicyValue(estimator, point, np.nan, np.nan, n, matched, support)
     rng = np.random.default_rng(seed)
     draws = value(rng.multinomial(n, np.full(n, 1.0 / n), size=bootstrap).astype(float))
     lo, hi = np.nanpercentile(draws, [2.5, 97.5])
-    return PolicyValue(estimator, point, float(lo), float(hi), n, int((logged == choice).sum()))
+    return PolicyValue(estimator, point, float(lo), float(hi), n, matched, support)
+
+
+def _kish(weights: np.ndarray) -> float:
+    """Kish's effective sample size of importance weights (0 when none is positive)."""
+    total = float(weights.sum())
+    return total**2 / float((weights**2).sum()) if total > 0 else 0.0
 
 
 @dataclass(frozen=True)

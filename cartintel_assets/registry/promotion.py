@@ -339,12 +339,23 @@ def _verdict(problems: list[str], passed: str, evidence: dict[str, Any]) -> Gate
 # ---- the uplift policy's gates (cartintel-uplift with the plan it drives) -------------------
 
 
+# The fewest effective logged carts (`ope.PolicyValue.support`) a comparison with a policy in use
+# may rest on where the two policies differ. On the closed-loop benchmark's log (seed 7, 7,000
+# sessions a day), where the plan decides and exploration gives each arm a ~0.3-0.5 % chance,
+# two retrained versions were compared with the pilot on ~6 and ~60 effective carts (a few
+# explored carts weighted ~250-350 each): their paired estimates were +41k and +118k, their
+# intervals from +3.7k and +13.6k, and the truth -10.9k and +4.0k. The first was promoted and
+# its week earned 1,863 against the previous week's 10,250.
+MIN_COMPARISON_SUPPORT = 100.0
+
+
 def judge_policy_candidate(tags: dict[str, str], in_use: dict[str, str | None]) -> GateResult:
     """Pilot gate of an uplift version, from what its training measured on the logged decisions
     (`evaluation.uplift_gate`, tagged on the version). `in_use`: the versions holding `global`
     and `pilot` now (None: none). It must beat each policy in use, valued as it will run (at the
     deployed plan's budget) and paired on the carts logged since that policy was trained, with
-    the interval's lower bound above 0: a retrained version replaces the pilot only if it would
+    the interval's lower bound above 0, and with enough logged evidence where the two policies
+    differ (`MIN_COMPARISON_SUPPORT`): a retrained version replaces the pilot only if it would
     earn more. With none in use (the
     first rollout), its own off-policy value's lower bound must be above 0. A comparison made
     against other versions than today's is stale: the candidate must be retrained."""
@@ -375,7 +386,13 @@ def judge_policy_candidate(tags: dict[str, str], in_use: dict[str, str | None]) 
             f"{alias}_version": version,
             f"compared_with_{alias}": compared,
             **{
-                k: tags.get(k) for k in (f"vs_{alias}_dr", f"vs_{alias}_dr_lo", f"vs_{alias}_dr_hi")
+                k: tags.get(k)
+                for k in (
+                    f"vs_{alias}_dr",
+                    f"vs_{alias}_dr_lo",
+                    f"vs_{alias}_dr_hi",
+                    f"vs_{alias}_dr_support",
+                )
             },
         }
         if compared != version:
@@ -391,6 +408,15 @@ def judge_policy_candidate(tags: dict[str, str], in_use: dict[str, str | None]) 
                 f"no cart was logged after {alias} version {version} was trained to compare it"
                 " with (an incumbent is only compared on carts it did not learn from): let the"
                 " plan act, then retrain",
+                evidence,
+            )
+        support = float(tags.get(f"vs_{alias}_dr_support", "nan"))
+        if not support >= MIN_COMPARISON_SUPPORT:
+            return GateResult(
+                False,
+                f"its comparison with {alias} version {version}'s policy rests on too few logged"
+                f" decisions where the two differ: {support:.0f} effective carts on the weaker"
+                f" side, at least {MIN_COMPARISON_SUPPORT:.0f} needed (exploration adds them)",
                 evidence,
             )
         lo = float(tags[f"vs_{alias}_dr_lo"])

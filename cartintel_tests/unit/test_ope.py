@@ -106,6 +106,32 @@ def test_logged_propensities_are_used_and_shares_would_be_biased() -> None:
     assert not shares.lo <= truth <= shares.hi  # the same log read as uniform is biased
 
 
+def test_support_counts_the_evidence_where_two_policies_differ() -> None:
+    """On a log the plan decided (arm a to all, 0.25 % exploration per other arm), a policy that
+    differs from it rests only on the explored carts: few, each weighted 400. Its support is
+    their count (equal weights); on a uniformly randomised log it is thousands."""
+    n = 20_000
+    plan_log = np.tile([0.0025, 0.9925, 0.0025, 0.0025], (n, 1))
+    log, _ = bandit(n, seed=6, logging=plan_log)
+    r = log["realised"].to_numpy()
+    p = policies(log)
+    paired = off_policy_value(
+        p["b where it helps"], log, r, estimator="snips", against=p["a to all"]
+    )
+    t, x = log["treatment"], log["x"]
+    explored = int(((t == "b") & (x > 0)).sum() + ((t == CONTROL) & (x <= 0)).sum())
+    assert 0 < explored < 200 and paired.support == pytest.approx(explored)
+    uniform, _ = bandit(n, seed=6)
+    wide = off_policy_value(
+        p["b where it helps"],
+        uniform,
+        uniform["realised"].to_numpy(),
+        estimator="snips",
+        against=p["a to all"],
+    )
+    assert wide.support > 4_000  # a quarter of the carts on either side
+
+
 def test_bad_inputs_are_refused() -> None:
     log, true = bandit(100, seed=0)
     r = log["realised"].to_numpy()

@@ -31,6 +31,7 @@ def test_to_pilot_needs_the_paired_interval_above_zero() -> None:
         "vs_global_dr": "310.00",
         "vs_global_dr_lo": "12.50",
         "vs_global_dr_hi": "640.00",
+        "vs_global_dr_support": "850.00",
     }
     only_global: dict[str, str | None] = {"global": "4", "pilot": None}
     better = judge_policy_candidate(versus, only_global)
@@ -54,6 +55,7 @@ def test_a_retrained_version_replaces_the_pilot_only_if_it_beats_it() -> None:
         "vs_pilot_dr": "-800.00",
         "vs_pilot_dr_lo": "-2100.00",
         "vs_pilot_dr_hi": "500.00",
+        "vs_pilot_dr_support": "420.00",
     }
     # compared with the pilot, but no cart was logged since the pilot's training: it waits
     unseen = {k: v for k, v in versus_pilot.items() if not k.startswith("vs_")}
@@ -63,9 +65,20 @@ def test_a_retrained_version_replaces_the_pilot_only_if_it_beats_it() -> None:
     assert not worse.passed and "pilot version 1" in worse.reason
     better = {**versus_pilot, "vs_pilot_dr": "900.00", "vs_pilot_dr_lo": "120.00"}
     assert judge_policy_candidate(better, pilot_only).passed
+    # the same interval, resting on a few heavily weighted logged carts: not trusted (the loop
+    # benchmark's case: 6 effective carts, +41k estimated, -10.9k true)
+    thin = judge_policy_candidate({**better, "vs_pilot_dr_support": "6.30"}, pilot_only)
+    assert not thin.passed and "6 effective carts" in thin.reason
+    untold = {k: v for k, v in better.items() if k != "vs_pilot_dr_support"}
+    assert not judge_policy_candidate(untold, pilot_only).passed  # tagged before it was measured
     # with both in use, it must beat both
     both: dict[str, str | None] = {"global": "4", "pilot": "1"}
-    beats_pilot_only = {**better, "compared_with_global": "4", "vs_global_dr_lo": "-5.00"}
+    beats_pilot_only = {
+        **better,
+        "compared_with_global": "4",
+        "vs_global_dr_lo": "-5.00",
+        "vs_global_dr_support": "300.00",
+    }
     assert not judge_policy_candidate(beats_pilot_only, both).passed
     beats_both = {**beats_pilot_only, "vs_global_dr": "40.00", "vs_global_dr_lo": "5.00"}
     assert judge_policy_candidate(beats_both, both).passed

@@ -209,7 +209,7 @@ def uplift_model(
         versus = {
             f"vs_{alias}_dr{k}": getattr(v, f)
             for alias, v in evidence.versus.items()
-            for k, f in (("", "value"), ("_lo", "lo"), ("_hi", "hi"))
+            for k, f in (("", "value"), ("_lo", "lo"), ("_hi", "hi"), ("_support", "support"))
         }
         compared_on = {f"vs_{alias}_carts": v.carts for alias, v in evidence.versus.items()}
         run.log_metrics(
