@@ -327,6 +327,8 @@ def uplift_model(
                         "carts_since_its_training": v.carts,
                         "value": round(v.value, 2),
                         "interval": [round(v.lo, 2), round(v.hi, 2)],
+                        # effective logged carts behind the weaker side where the two differ
+                        "support": round(v.support, 1),
                     }
                     for alias, v in evidence.versus.items()
                 }
