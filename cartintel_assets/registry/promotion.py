@@ -410,7 +410,15 @@ def judge_policy_candidate(tags: dict[str, str], in_use: dict[str, str | None]) 
                 " plan act, then retrain",
                 evidence,
             )
-        support = float(tags.get(f"vs_{alias}_dr_support", "nan"))
+        if f"vs_{alias}_dr_support" not in tags:
+            return GateResult(
+                False,
+                f"its comparison with {alias} version {version} does not say how much logged"
+                " evidence it rests on (trained before that was measured): retrain"
+                " (uplift_training_job)",
+                evidence,
+            )
+        support = float(tags[f"vs_{alias}_dr_support"])
         if not support >= MIN_COMPARISON_SUPPORT:
             return GateResult(
                 False,

@@ -70,7 +70,8 @@ def test_a_retrained_version_replaces_the_pilot_only_if_it_beats_it() -> None:
     thin = judge_policy_candidate({**better, "vs_pilot_dr_support": "6.30"}, pilot_only)
     assert not thin.passed and "6 effective carts" in thin.reason
     untold = {k: v for k, v in better.items() if k != "vs_pilot_dr_support"}
-    assert not judge_policy_candidate(untold, pilot_only).passed  # tagged before it was measured
+    before = judge_policy_candidate(untold, pilot_only)  # tagged before support was measured
+    assert not before.passed and "retrain" in before.reason
     # with both in use, it must beat both
     both: dict[str, str | None] = {"global": "4", "pilot": "1"}
     beats_pilot_only = {
