@@ -342,10 +342,10 @@ def _verdict(problems: list[str], passed: str, evidence: dict[str, Any]) -> Gate
 # The fewest effective logged carts (`ope.PolicyValue.support`) a comparison with a policy in use
 # may rest on where the two policies differ. On the closed-loop benchmark's log (seed 7, 7,000
 # sessions a day), where the plan decides and exploration gives each arm a ~0.3-0.5 % chance,
-# two retrained versions were compared with the pilot on ~6 and ~60 effective carts (a few
-# explored carts weighted ~250-350 each): their paired estimates were +41k and +118k, their
-# intervals from +3.7k and +13.6k, and the truth -10.9k and +4.0k. The first was promoted and
-# its week earned 1,863 against the previous week's 10,250.
+# two retrained versions were compared with the pilot on ~59 and ~6 effective carts (a few
+# explored carts weighted ~250-350 each): their paired estimates were +118k and +41k, their
+# intervals from +13.6k and +3.7k, and the truth +4.0k and -10.9k. Both were promoted; the
+# second's week earned 1,864 against the previous week's 10,251.
 MIN_COMPARISON_SUPPORT = 100.0
 
 
