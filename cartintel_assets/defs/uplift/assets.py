@@ -138,7 +138,9 @@ def uplift_model(
     in_use = {a: version_by_alias(store, UPLIFT_MODEL, a) for a in (GLOBAL, PILOT)}
     incumbents, loaded = {}, {}
     for alias, version in in_use.items():
-        if version is not None and version not in loaded:  # one version may hold both
+        if version is None:
+            continue
+        if version not in loaded:  # one version may hold both
             current = load_uplift_model(store, UPLIFT_MODEL, alias)
             loaded[version] = Incumbent(
                 current.model.baseline(log),
@@ -146,8 +148,7 @@ def uplift_model(
                 current.allowed_arms,
                 current.trained_through,
             )
-        if version is not None:
-            incumbents[alias] = loaded[version]
+        incumbents[alias] = loaded[version]
     trained_through = pd.to_datetime(log["partition_date"]).max().date()
     # margins need effect sizes, not just rankings: calibrate out of fold (Qini is unchanged);
     # then each learner's policy goes through the gate, valued off-policy
