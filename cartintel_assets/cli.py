@@ -228,9 +228,10 @@ def _run(
 ) -> Any:
     """Run one job in this process; a failure is added to `failed_checks` as `failure`."""
     from cartintel_assets.definitions import defs
+    from cartintel_assets.defs.partitions import require_day
 
     result = defs.resolve_job_def(job_name).execute_in_process(
-        partition_key=partition_key,
+        partition_key=partition_key and require_day(partition_key),
         instance=instance,
         raise_on_error=False,
         run_config=QUIET_RUN_CONFIG,
@@ -358,13 +359,17 @@ def _run_days(instance: DagsterInstance, days: list[str]) -> tuple[list[str], bo
     progress; return the failed checks and whether a plan could be made (an uplift policy
     passed its gates to pilot)."""
     from cartintel_assets.definitions import defs
+    from cartintel_assets.defs.partitions import require_day
 
     job = defs.resolve_job_def("storefront_daily_job")
     say = _progress("demo")
     failed_checks: list[str] = []
     for i, day in enumerate(days, 1):
         result = job.execute_in_process(
-            partition_key=day, instance=instance, raise_on_error=False, run_config=QUIET_RUN_CONFIG
+            partition_key=require_day(day),
+            instance=instance,
+            raise_on_error=False,
+            run_config=QUIET_RUN_CONFIG,
         )
         evals = [
             e.event_specific_data
