@@ -115,23 +115,42 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_land_events(args: argparse.Namespace) -> int:
-    from cartintel_assets.ingestion.mapping import EventLogMapping, land_foreign_log
+    from cartintel_assets.defs.partitions import PartitionSettings
+    from cartintel_assets.ingestion.mapping import (
+        EventLogMapping,
+        MappingError,
+        land_foreign_log,
+        rejects_path,
+    )
 
     mapping_path = args.mapping
+    bundled = Path(__file__).parent / "mappings"
     if not mapping_path.exists():
-        bundled = Path(__file__).parent / "mappings" / f"{mapping_path.name}.yaml"
-        if not bundled.exists():
-            print(f"error: mapping {mapping_path} not found (bundled: otto)", file=sys.stderr)
+        mapping_path = bundled / f"{mapping_path.name}.yaml"
+        if not mapping_path.exists():
+            names = ", ".join(sorted(p.stem for p in bundled.glob("*.yaml")))
+            print(f"error: mapping {args.mapping} not found (bundled: {names})", file=sys.stderr)
             return 2
-        mapping_path = bundled
-    mapping = EventLogMapping.from_yaml(mapping_path)
     landing = (args.landing or settings.landing_dir()).resolve()
-    s = land_foreign_log(args.source, mapping, landing)
+    # only a configured first day bounds the log; unset, the partitions follow what landed
+    first_day = settings.deployed(PartitionSettings, "partitions").first_day
+    try:
+        mapping = EventLogMapping.from_yaml(mapping_path)
+        s = land_foreign_log(
+            args.source, mapping, landing, first_day=first_day, say=_progress("land-events")
+        )
+    except MappingError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     print(
-        f"{s.rows_read} rows read, {s.events_landed} events in {s.sessions} sessions landed over {len(s.days)} days"
-        f" in {landing}; {s.rows_rejected} rows could not be placed (see {landing / '_rejected'})"
+        f"{s.lines:,} lines read ({s.empty_lines:,} empty lines skipped): {s.events_landed:,}"
+        f" events in {s.sessions:,} sessions landed over {len(s.days)} days"
+        f" ({min(s.days, default='-')}..{max(s.days, default='-')}) in {landing};"
+        f" {s.rows_rejected:,} lines rejected with a reason in {rejects_path(landing, mapping.name)}"
+        f" {s.rejected_by_reason or ''}\nnext: `cartintel ingest` (or materialise the days in the"
+        " Dagster UI; reload the code location first if these days are new to it)"
     )
-    return 0
+    return 0 if s.accounted else 1
 
 
 def ensure_dagster_home() -> Path:
@@ -698,7 +717,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("land-events", help="land a foreign CSV event log through a mapping file")
     p.add_argument("--source", type=Path, required=True, help="the CSV event log")
     p.add_argument(
-        "--mapping", type=Path, required=True, help="mapping YAML (or a bundled name: otto)"
+        "--mapping",
+        type=Path,
+        required=True,
+        help="mapping YAML (or a bundled name: otto, rees46)",
     )
     p.add_argument(
         "--landing", type=Path, default=None, help="landing folder (default $CARTINTEL_LANDING)"

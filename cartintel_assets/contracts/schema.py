@@ -126,6 +126,7 @@ PRODUCTS = TableSpec(
     columns=(
         Column("product_id", "VARCHAR", True, "Product id"),
         Column("category", "VARCHAR", True, "Product category"),
+        Column("brand", "VARCHAR", False, "Brand"),
         # Prices and shipping class may be unknown for products only seen in a foreign event log.
         Column("list_price", "DOUBLE", False, "Regular price", min_value=0.0),
         Column("price", "DOUBLE", False, "Price charged that day", min_value=0.0),

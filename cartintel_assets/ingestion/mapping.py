@@ -1,25 +1,54 @@
-"""Bring your own event log: map a foreign CSV onto the canonical landing schema.
+"""Bring your own event log: map a foreign CSV onto the canonical landing schema, through DuckDB.
 
-A mapping file (YAML) names the foreign columns, the time format and the event-type names. The
-log is re-sessionised by an inactivity gap and landed as canonical files, one folder per day, so
-the ordinary ingestion assets validate it. Values that cannot be mapped are landed as they are
-(ingestion quarantines them with a reason); rows that cannot be placed on a day at all (no
-readable time or no customer) are written to `<landing>/_rejected/<name>.jsonl` with the reason.
-No Dagster import.
+A mapping file (YAML) names, for each canonical column, the foreign column (or a list of them:
+the first non-empty wins), the time format and the event-type names. The mapping is checked
+against the file before anything is written (unknown canonical names, absent foreign columns,
+a time format no sampled value parses), with errors that name the column.
+
+The log is streamed by DuckDB (no whole-file read into Python): every line ends up in exactly
+one place, and `<landing>/_manifests/<name>.json` says where:
+- an event in its session's day folder (`<landing>/<YYYY-MM-DD>/events.jsonl`), with the
+  sessions, new customers and products (category, brand, that day's price) of the day. The
+  shop's own session id is kept when mapped; otherwise a customer's events are cut into
+  sessions at `sessionise.inactivity_minutes` of inactivity. Missing quantity means one unit.
+  The event id is a hash of the line's content, so an exact duplicate line gets the same id and
+  ingestion quarantines it as a duplicate. Values that do not parse are landed as they are:
+  ingestion quarantines them with a reason;
+- a line that cannot be placed on a day in `<landing>/_rejected/<name>.jsonl`, with the reason:
+  not a CSV record of the header's shape, no readable time, no customer, a time in the future
+  or before the first partition (when `partitions.first_day` is set), another currency.
+Empty lines are not records; they are counted, not landed. No Dagster import.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pandas as pd
+import duckdb
 import yaml
 
-from cartintel_assets.contracts.schema import TABLES_BY_NAME
+from cartintel_assets.contracts.schema import EVENT_TYPES, TABLES_BY_NAME
+
+# Canonical columns a mapping may name (every one but the three required is optional).
+REQUIRED = ("customer_id", "ts", "event_type")
+EVENT_COLUMNS: tuple[str, ...] = ("product_id", "quantity", "price", "shipping_cost")
+EVENT_COLUMNS += ("delivery_days", "coupon_code", "order_value")
+CANONICAL = (*REQUIRED, *EVENT_COLUMNS, "session_id", "category", "brand", "currency")
+DEFAULTS = ("region", "device", "traffic_source", "category", "marketing_consent", "currency")
+TIME_FORMATS = "epoch_ms | epoch_s | iso | a strftime pattern such as '%Y-%m-%d %H:%M:%S UTC'"
+CLOCK_SKEW = timedelta(minutes=1)
+SAMPLE_ROWS = 1000
+
+
+class MappingError(ValueError):
+    """A mapping that does not fit the canonical schema or the file it is meant for."""
 
 
 @dataclass(frozen=True)
@@ -27,169 +56,433 @@ class EventLogMapping:
     """How a foreign event log's columns, times and event names map to the canonical schema."""
 
     name: str
-    columns: dict[str, str]
+    columns: dict[str, tuple[str, ...]]
     time_format: str
     event_types: dict[str, str]
     inactivity_minutes: float = 30.0
     defaults: dict[str, Any] = field(default_factory=dict)
+    delimiter: str = ","
 
     @classmethod
     def from_yaml(cls, path: Path | str) -> EventLogMapping:
         doc = yaml.safe_load(Path(path).read_text())
+        if not isinstance(doc, dict):
+            raise MappingError(f"mapping {path}: expected a YAML mapping")
         missing = {"name", "columns", "time_format", "event_types"} - set(doc)
         if missing:
-            raise ValueError(f"mapping {path} lacks {sorted(missing)}")
-        need = {"customer_id", "ts", "event_type"} - set(doc["columns"])
+            raise MappingError(f"mapping {path} lacks {sorted(missing)}")
+        columns = {
+            str(k): tuple(str(c) for c in (v if isinstance(v, list) else [v]))
+            for k, v in (doc["columns"] or {}).items()
+        }
+        unknown = sorted(set(columns) - set(CANONICAL))
+        if unknown:
+            raise MappingError(
+                f"mapping {path}: unknown canonical column(s) {unknown}; known: {list(CANONICAL)}"
+            )
+        need = sorted(set(REQUIRED) - set(columns))
         if need:
-            raise ValueError(f"mapping {path}: columns must map {sorted(need)}")
+            raise MappingError(f"mapping {path}: columns must map {need}")
+        types = {str(k): str(v) for k, v in (doc["event_types"] or {}).items()}
+        bad = sorted({v for v in types.values() if v not in EVENT_TYPES})
+        if bad:
+            raise MappingError(
+                f"mapping {path}: event_types map to {bad}, not canonical event types"
+                f" {list(EVENT_TYPES)}"
+            )
+        defaults = dict(doc.get("defaults") or {})
+        unknown = sorted(set(defaults) - set(DEFAULTS))
+        if unknown:
+            raise MappingError(f"mapping {path}: unknown defaults {unknown}; known: {DEFAULTS}")
+        if "currency" in columns and "currency" not in defaults:
+            raise MappingError(
+                f"mapping {path}: a mapped currency column needs defaults.currency, the shop's"
+                " currency (lines in another currency are rejected: no conversion rates)"
+            )
         return cls(
             name=str(doc["name"]),
-            columns={str(k): str(v) for k, v in doc["columns"].items()},
+            columns=columns,
             time_format=str(doc["time_format"]),
-            event_types={str(k): str(v) for k, v in doc["event_types"].items()},
-            inactivity_minutes=float(doc.get("sessionise", {}).get("inactivity_minutes", 30)),
-            defaults=dict(doc.get("defaults") or {}),
+            event_types=types,
+            inactivity_minutes=float((doc.get("sessionise") or {}).get("inactivity_minutes", 30)),
+            defaults=defaults,
+            delimiter=str(doc.get("delimiter", ",")),
         )
+
+    def foreign_columns(self) -> list[str]:
+        return sorted({c for cols in self.columns.values() for c in cols})
 
 
 @dataclass
 class LandingSummary:
-    """What a foreign log became: rows read, events landed, rows rejected, sessions and days."""
+    """What a foreign log became; `lines` is counted from the file's bytes, independently of the
+    CSV reader, and `lines == events_landed + rows_rejected` unless a record spans lines."""
 
-    rows_read: int
+    source: str
+    mapping: str
+    lines: int
+    empty_lines: int
     events_landed: int
     rows_rejected: int
+    rejected_by_reason: dict[str, int]
     sessions: int
-    days: list[str]
+    days: dict[str, int]
+    landed_at: str
+
+    @property
+    def rows_read(self) -> int:
+        return self.lines
+
+    @property
+    def accounted(self) -> bool:
+        return self.lines == self.events_landed + self.rows_rejected
 
 
-def parse_times(values: pd.Series, time_format: str) -> pd.Series:
-    """Parse foreign times to naive UTC; unreadable values become NaT."""
-    if time_format in ("epoch_ms", "epoch_s"):
-        num = pd.to_numeric(values, errors="coerce")
-        return pd.to_datetime(num, unit="ms" if time_format == "epoch_ms" else "s", errors="coerce")
+def count_lines(path: Path) -> tuple[int, int]:
+    """(non-empty lines after the header, empty lines), read from the bytes alone."""
+    import numpy as np
+
+    lines = empty = 0
+    prev = False  # the first line is the header
+    last = b"\n"
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 24):
+            nl = np.frombuffer(chunk.replace(b"\r", b""), np.uint8) == 10
+            if not len(nl):
+                continue
+            lines += int(nl.sum())
+            # an empty line: a newline right after a newline (or the previous chunk's last one)
+            empty += int(np.count_nonzero(nl[1:] & nl[:-1])) + int(prev and nl[0])
+            prev, last = bool(nl[-1]), chunk[-1:]
+    if last not in (b"\n", b""):
+        lines += 1  # a last line without its newline
+    return max(lines - 1 - empty, 0), empty  # the header is not a record
+
+
+def _q(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _s(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _value(mapping: EventLogMapping, canon: str) -> str:
+    """SQL of a canonical column: its foreign column(s), empty strings as NULL."""
+    cols = [f"NULLIF(trim({_q(c)}), '')" for c in mapping.columns[canon]]
+    return cols[0] if len(cols) == 1 else f"coalesce({', '.join(cols)})"
+
+
+def time_sql(expr: str, time_format: str) -> str:
+    """SQL parsing foreign times to naive UTC (NULL where unreadable); the session is in UTC."""
+    if time_format == "epoch_ms":
+        return f"make_timestamp(CAST(TRY_CAST({expr} AS DOUBLE) * 1000 AS BIGINT))"
+    if time_format == "epoch_s":
+        return f"make_timestamp(CAST(TRY_CAST({expr} AS DOUBLE) * 1000000 AS BIGINT))"
     if time_format == "iso":
-        ts = pd.to_datetime(values, errors="coerce", utc=True, format="ISO8601")
-    else:
-        ts = pd.to_datetime(values, errors="coerce", utc=True, format=time_format)
-    return ts.dt.tz_convert(None)
+        return f"CAST(TRY_CAST({expr} AS TIMESTAMPTZ) AS TIMESTAMP)"
+    return f"CAST(try_strptime({expr}, {_s(time_format)}) AS TIMESTAMP)"
 
 
-def sessionise(
-    customer: pd.Series, ts: pd.Series, gap_minutes: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """Cut each customer's time-ordered events into sessions at gaps longer than `gap_minutes`.
+def _connect(work: Path) -> duckdb.DuckDBPyConnection:
+    con = duckdb.connect(str(work / "landing.duckdb"))
+    con.execute("SET TimeZone = 'UTC'")
+    con.execute(f"SET temp_directory = {_s(str(work / 'spill'))}")
+    con.execute("SET memory_limit = '2GB'")  # spills beyond it: bounded memory at any size
+    con.execute("SET preserve_insertion_order = false")
+    return con
 
-    Returns (session number per row, position within the session), aligned with the input,
-    whose rows must already be sorted by customer then time.
-    """
-    same = customer.eq(customer.shift())
-    gap = ts.diff().dt.total_seconds().div(60.0)
-    new = (~same) | (gap > gap_minutes)
-    sess = new.cumsum().to_numpy() - 1
-    counts = np.bincount(sess)
-    seq = np.arange(len(sess)) - np.repeat(np.cumsum(counts) - counts, counts)
-    return sess, seq
+
+def _header(source: Path, delimiter: str) -> list[str]:
+    import csv
+
+    with open(source, "rb") as fh:
+        first = fh.readline().decode("utf-8", errors="replace").rstrip("\r\n")
+    return next(csv.reader([first], delimiter=delimiter), [])
+
+
+def validate(
+    mapping: EventLogMapping, source: Path, con: duckdb.DuckDBPyConnection | None = None
+) -> list[str]:
+    """Check the mapping against the file before landing: every foreign column is in the header
+    and the time format reads the sampled times. Returns the header; raises `MappingError`."""
+    header = _header(source, mapping.delimiter)
+    absent = [c for c in mapping.foreign_columns() if c not in header]
+    if absent:
+        raise MappingError(
+            f"{source}: column(s) {absent} named in mapping {mapping.name!r} are not in the"
+            f" file's header {header}"
+        )
+    own = con is None
+    con = con or duckdb.connect()
+    try:
+        con.execute("SET TimeZone = 'UTC'")
+        ts = _value(mapping, "ts")
+        sample = con.execute(
+            f"SELECT count({ts}), count({time_sql(ts, mapping.time_format)}), any_value({ts})"
+            f" FROM (SELECT * FROM {_reader(source, header, mapping.delimiter, False)}"
+            f" LIMIT {SAMPLE_ROWS})"
+        ).fetchall()[0]
+    finally:
+        if own:
+            con.close()
+    if sample[0] and not sample[1]:
+        raise MappingError(
+            f"{source}: time_format {mapping.time_format!r} of mapping {mapping.name!r} reads none"
+            f" of the first {sample[0]} values of column {list(mapping.columns['ts'])}, e.g."
+            f" {sample[2]!r} (formats: {TIME_FORMATS})"
+        )
+    return header
+
+
+def _reader(source: Path, header: list[str], delimiter: str, rejects: bool) -> str:
+    cols = "{" + ", ".join(f"{_s(h)}: 'VARCHAR'" for h in header) + "}"
+    keep = (
+        ", store_rejects = true, rejects_table = '_csv_rejects', rejects_scan = '_csv_scan'"
+        if rejects
+        else ", ignore_errors = true"
+    )
+    return (
+        f"read_csv({_s(str(source))}, header = true, columns = {cols}, auto_detect = false,"
+        f" delim = {_s(delimiter)}, quote = '\"', escape = '\"', strict_mode = true{keep})"
+    )
 
 
 def land_foreign_log(
-    source: Path | str, mapping: EventLogMapping, landing_dir: Path | str
+    source: Path | str,
+    mapping: EventLogMapping,
+    landing_dir: Path | str,
+    *,
+    first_day: date | None = None,
+    now: datetime | None = None,
+    say: Callable[[str], None] | None = None,
 ) -> LandingSummary:
-    """Convert a foreign CSV event log into canonical landing files, one folder per day."""
-    landing = Path(landing_dir)
-    raw = pd.read_csv(source, dtype=str, keep_default_na=False)
-    absent = [v for v in mapping.columns.values() if v not in raw.columns]
-    if absent:
-        raise ValueError(
-            f"{source}: columns {absent} named in mapping {mapping.name!r} are not in the file"
-        )
-    df = pd.DataFrame({canon: raw[foreign] for canon, foreign in mapping.columns.items()})
-    df["_line"] = np.arange(1, len(df) + 1)
-    df["_ts"] = parse_times(df["ts"], mapping.time_format)
-    placeable = df["_ts"].notna() & df["customer_id"].ne("")
-    rejected = df[~placeable]
-    if len(rejected):
-        out = landing / "_rejected"
-        out.mkdir(parents=True, exist_ok=True)
-        with open(out / f"{mapping.name}.jsonl", "w", encoding="utf-8") as fh:
-            for rec in raw.loc[rejected.index].to_dict(orient="records"):
-                reason = (
-                    "no readable time"
-                    if pd.isna(
-                        parse_times(
-                            pd.Series([rec[mapping.columns["ts"]]]), mapping.time_format
-                        ).iat[0]
-                    )
-                    else "no customer id"
-                )
-                fh.write(json.dumps({"reason": reason, "record": rec}) + "\n")
-    df = (
-        df[placeable]
-        .sort_values(["customer_id", "_ts", "_line"], kind="stable")
-        .reset_index(drop=True)
+    """Convert a foreign CSV event log into canonical landing files, one folder per day, and
+    write the line accounting to `<landing>/_manifests/<mapping name>.json`."""
+    source, landing = Path(source).resolve(), Path(landing_dir)
+    say = say or (lambda _msg: None)
+    now = now or datetime.now(UTC).replace(tzinfo=None)
+    landing.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f"_landing-{mapping.name}-", dir=landing))
+    try:
+        con = _connect(work)
+        header = validate(mapping, source, con)
+        say(f"counting the lines of {source.name}")
+        lines, empty = count_lines(source)
+        say(f"{lines:,} lines ({empty:,} empty): reading them through DuckDB")
+        _stage(con, mapping, source, header, first_day, now)
+        rejected = _write_rejects(con, landing, mapping)
+        say(f"{sum(rejected.values()):,} lines rejected with a reason: {rejected}")
+        days = _sessionise(con, mapping)
+        say(f"{sum(days.values()):,} events over {len(days)} days: writing the day folders")
+        sessions = _write_days(con, landing, mapping, days, say)
+        con.close()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    summary = LandingSummary(
+        source=str(source),
+        mapping=mapping.name,
+        lines=lines,
+        empty_lines=empty,
+        events_landed=sum(days.values()),
+        rows_rejected=sum(rejected.values()),
+        rejected_by_reason=rejected,
+        sessions=sessions,
+        days=days,
+        landed_at=f"{now:%Y-%m-%d %H:%M:%S}",
     )
-    sess, seq = sessionise(df["customer_id"], df["_ts"], mapping.inactivity_minutes)
-    df["session_id"] = [
-        f"{mapping.name}-{c}-{s}" for c, s in zip(df["customer_id"], sess, strict=True)
+    manifest = manifest_path(landing, mapping.name)
+    manifest.parent.mkdir(parents=True, exist_ok=True)
+    manifest.write_text(json.dumps(asdict(summary), indent=1) + "\n")
+    return summary
+
+
+def manifest_path(landing: Path, name: str) -> Path:
+    return landing / "_manifests" / f"{name}.json"
+
+
+def rejects_path(landing: Path, name: str) -> Path:
+    return landing / "_rejected" / f"{name}.jsonl"
+
+
+def _stage(
+    con: duckdb.DuckDBPyConnection,
+    mapping: EventLogMapping,
+    source: Path,
+    header: list[str],
+    first_day: date | None,
+    now: datetime,
+) -> None:
+    """`_src`: every CSV record with its canonical values, content hash and rejection reason."""
+    m = mapping
+    ts_text = _value(m, "ts")
+    ts = time_sql(ts_text, m.time_format)
+    limit = now + CLOCK_SKEW
+    raw = "json_object(" + ", ".join(f"{_s(h)}, {_q(h)}" for h in header) + ")"
+    reasons = [
+        (f"{ts_text} IS NULL", "'no time'"),
+        (f"{ts} IS NULL", f"'no readable time: ' || {ts_text} || ' is not {m.time_format}'"),
+        (f"{_value(m, 'customer_id')} IS NULL", "'no customer id'"),
+        (
+            f"{ts} > TIMESTAMP '{limit:%Y-%m-%d %H:%M:%S}'",
+            f"'future timestamp: ' || {ts_text} || ' is after the landing time {limit:%Y-%m-%d %H:%M:%S} UTC'",
+        ),
     ]
-    df["seq"] = seq
-    df["event_id"] = df["session_id"] + "-" + df["seq"].astype(str)
-    df["event_type"] = df["event_type"].map(lambda v: mapping.event_types.get(v, v))
-    start = df.groupby("session_id")["_ts"].transform("min")
-    df["_day"] = start.dt.strftime("%Y-%m-%d")
+    if first_day is not None:
+        reasons.append(
+            (
+                f"{ts} < DATE '{first_day.isoformat()}'",
+                f"'out of range: ' || {ts_text} || ' is before partitions.first_day {first_day}'",
+            )
+        )
+    if "currency" in m.columns:
+        shop = str(m.defaults["currency"])
+        reasons.append(
+            (
+                f"coalesce({_value(m, 'currency')}, {_s(shop)}) <> {_s(shop)}",
+                f"'currency ' || {_value(m, 'currency')} || ' is not the shop''s currency {shop} (no conversion rates)'",
+            )
+        )
+    reason = "CASE " + " ".join(f"WHEN {c} THEN {r}" for c, r in reasons) + " END"
+    optional = [c for c in CANONICAL if c in m.columns and c not in REQUIRED and c != "currency"]
+    event_type = _value(m, "event_type")
+    renamed = " ".join(f"WHEN {_s(k)} THEN {_s(v)}" for k, v in m.event_types.items())
+    con.execute(
+        "CREATE TABLE _src AS SELECT"
+        f" {_value(m, 'customer_id')} AS customer_id, {ts} AS ts,"
+        f" CASE {event_type} {renamed} ELSE {event_type} END AS event_type,"
+        + "".join(f" {_value(m, c)} AS {_q(c)}," for c in optional)
+        + f" md5(CAST({raw} AS VARCHAR)) AS _hash, {reason} AS _reason,"
+        f" CASE WHEN {reason} IS NOT NULL THEN CAST({raw} AS VARCHAR) END AS _raw"
+        f" FROM {_reader(source, header, m.delimiter, True)}"
+    )
+
+
+def _write_rejects(
+    con: duckdb.DuckDBPyConnection, landing: Path, mapping: EventLogMapping
+) -> dict[str, int]:
+    """Write the lines that cannot be placed on a day, with reasons; return lines per reason."""
+    con.execute(
+        "CREATE TABLE _rejects AS"
+        " SELECT regexp_extract(_reason, '^[^:]*') AS kind, _reason AS reason, _raw AS record,"
+        " NULL::BIGINT AS line, 1 AS lines FROM _src WHERE _reason IS NOT NULL"
+        " UNION ALL"
+        # one row per error and column in DuckDB's rejects: one per line here. A record whose
+        # unterminated quote ran over several lines counts them all.
+        " SELECT 'malformed CSV line', 'malformed CSV line: line ' || line || ', ' || error_type"
+        " || ' (' || any_value(error_message) || ')', any_value(csv_line), line,"
+        " greatest(1, len(rtrim(any_value(csv_line), chr(10))) - len(replace(rtrim("
+        "any_value(csv_line), chr(10)), chr(10), '')) + 1)"
+        " FROM (SELECT DISTINCT ON (line) * FROM _csv_rejects ORDER BY line, error_type)"
+        " GROUP BY line, error_type"
+    )
+    out = rejects_path(landing, mapping.name)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    con.execute(
+        f"COPY (SELECT reason, line, record FROM _rejects ORDER BY line NULLS LAST, record)"
+        f" TO {_s(str(out))} (FORMAT JSON)"
+    )
+    return {
+        k: int(n)
+        for k, n in con.execute(
+            "SELECT kind, sum(lines) FROM _rejects GROUP BY 1 ORDER BY 1"
+        ).fetchall()
+    }
+
+
+def _sessionise(con: duckdb.DuckDBPyConnection, mapping: EventLogMapping) -> dict[str, int]:
+    """`_ev`: the placeable events with session, position and day; returns events per day."""
+    gap = int(mapping.inactivity_minutes * 60)
+    prefix = _s(f"{mapping.name}-")
+    own = "session_id" in mapping.columns
+    # the shop's session id when mapped and present, else a cut at `gap` seconds of inactivity
+    own_id = "session_id" if own else "NULL"
+    con.execute(
+        "CREATE TABLE _ev AS WITH placed AS ("
+        f" SELECT * EXCLUDE (_reason, _raw), {own_id} AS _own FROM _src WHERE _reason IS NULL),"
+        " cut AS (SELECT *, CASE WHEN _own IS NOT NULL THEN _own ELSE"
+        f" {prefix} || customer_id || '-' || CAST(epoch(first_value(ts) OVER (PARTITION BY"
+        " customer_id, _own IS NULL, _start ORDER BY ts, _hash)) AS BIGINT) END AS _session"
+        " FROM (SELECT *, sum(CASE WHEN _prev IS NULL OR epoch(ts) - epoch(_prev) >"
+        f" {gap} THEN 1 ELSE 0 END) OVER (PARTITION BY customer_id, _own IS NULL ORDER BY ts,"
+        " _hash ROWS UNBOUNDED PRECEDING) AS _start FROM (SELECT *, lag(ts) OVER (PARTITION BY"
+        " customer_id, _own IS NULL ORDER BY ts, _hash) AS _prev FROM placed)))"
+        f" SELECT * EXCLUDE (_own, _prev, _start{', session_id' if own else ''}),"
+        " _session AS session_id,"
+        " CAST(row_number() OVER (PARTITION BY _session ORDER BY ts, _hash) - 1 AS INTEGER) AS seq,"
+        " CAST(min(ts) OVER (PARTITION BY _session) AS DATE) AS _day FROM cut"
+    )
+    return {
+        str(d): int(n)
+        for d, n in con.execute("SELECT _day, count(*) FROM _ev GROUP BY 1 ORDER BY 1").fetchall()
+    }
+
+
+def _write_days(
+    con: duckdb.DuckDBPyConnection,
+    landing: Path,
+    mapping: EventLogMapping,
+    days: dict[str, int],
+    say: Callable[[str], None],
+) -> int:
+    """Write each day's events, sessions, new customers and products; return the sessions."""
     d = mapping.defaults
-    events_spec = TABLES_BY_NAME["events"]
-    days = sorted(df["_day"].unique())
-    first_seen = df.groupby("customer_id")["_day"].transform("min")
-    for day in days:
-        part = df[df["_day"] == day]
+    cols = {c.name for c in TABLES_BY_NAME["events"].columns}
+    present = {c[0] for c in con.execute("SELECT * FROM _ev LIMIT 0").description}
+    quantity = "coalesce(quantity, '1')" if "quantity" in present else "'1'"
+    fields = [
+        f"{_s(mapping.name)} || '-' || _hash AS event_id",
+        "session_id",
+        "seq",
+        "strftime(ts, '%Y-%m-%dT%H:%M:%S.%g') AS ts",
+        "event_type",
+        f"{quantity} AS quantity",
+        *(f"{_q(c)}" for c in EVENT_COLUMNS if c in present and c != "quantity" and c in cols),
+    ]
+    con.execute(
+        "CREATE TABLE _sessions AS SELECT session_id, arg_min(customer_id, ts) AS customer_id,"
+        " min(ts) AS started_at, any_value(_day) AS _day FROM _ev GROUP BY 1"
+    )
+    con.execute(
+        "CREATE TABLE _new_customers AS SELECT customer_id, min(_day) AS _day FROM _ev GROUP BY 1"
+    )
+    category = "category" if "category" in present else "NULL"
+    brand = "brand" if "brand" in present else "NULL"
+    price = "price" if "price" in present else "NULL"
+    con.execute(
+        "CREATE TABLE _products AS SELECT _day, product_id,"
+        f" coalesce(any_value({category}), {_s(str(d.get('category', 'unknown')))}) AS category,"
+        f" any_value({brand}) AS brand,"
+        f" TRY_CAST(arg_max({price}, ts) FILTER (WHERE TRY_CAST({price} AS DOUBLE) >= 0) AS DOUBLE) AS price"
+        " FROM _ev WHERE product_id IS NOT NULL GROUP BY ALL"
+    )
+    region = _s(str(d.get("region", "unknown")))
+    device = _s(str(d.get("device", "unknown")))
+    source = _s(str(d.get("traffic_source", "unknown")))
+    consent = "true" if d.get("marketing_consent", False) else "false"
+    for i, day in enumerate(days, 1):
         folder = landing / day
         folder.mkdir(parents=True, exist_ok=True)
-        ev = pd.DataFrame({c.name: part.get(c.name) for c in events_spec.columns})
-        ev["ts"] = part["_ts"].dt.strftime("%Y-%m-%dT%H:%M:%S.%f").str[:-3]
-        ev.to_json(folder / events_spec.landing_file, orient="records", lines=True)
-        sess_rows = (
-            part.groupby("session_id", sort=True)
-            .agg(customer_id=("customer_id", "first"), started_at=("_ts", "min"))
-            .reset_index()
+        on = f"_day = DATE '{day}'"
+        path = {t: _s(str(folder / TABLES_BY_NAME[t].landing_file)) for t in TABLES_BY_NAME}
+        con.execute(
+            f"COPY (SELECT {', '.join(fields)} FROM _ev WHERE {on} ORDER BY session_id, seq)"
+            f" TO {path['events']} (FORMAT JSON)"
         )
-        sess_rows = sess_rows.assign(
-            device=d.get("device", "unknown"),
-            traffic_source=d.get("traffic_source", "unknown"),
-            region=d.get("region", "unknown"),
+        con.execute(
+            f"COPY (SELECT session_id, customer_id, started_at, {device} AS device,"
+            f" {source} AS traffic_source, {region} AS region FROM _sessions WHERE {on}"
+            f" ORDER BY session_id) TO {path['sessions']} (FORMAT PARQUET)"
         )
-        sess_rows.to_parquet(folder / TABLES_BY_NAME["sessions"].landing_file, index=False)
-        new_customers = part.loc[first_seen.loc[part.index] == day, "customer_id"].unique()
-        pd.DataFrame(
-            {
-                "customer_id": new_customers,
-                "region": d.get("region", "unknown"),
-                "signup_date": pd.to_datetime(day).date(),
-                "marketing_consent": bool(d.get("marketing_consent", False)),
-                "preferred_device": d.get("device", "unknown"),
-            }
-        ).to_parquet(folder / TABLES_BY_NAME["customers"].landing_file, index=False)
-        products = (
-            part.loc[
-                part.get("product_id", pd.Series(dtype=str)).fillna("").ne(""), "product_id"
-            ].unique()
-            if "product_id" in part
-            else []
+        con.execute(
+            f"COPY (SELECT customer_id, {region} AS region, _day AS signup_date,"
+            f" {consent} AS marketing_consent, {device} AS preferred_device FROM _new_customers"
+            f" WHERE {on} ORDER BY customer_id) TO {path['customers']} (FORMAT PARQUET)"
         )
-        pd.DataFrame(
-            {
-                "product_id": pd.Series(products, dtype=str),
-                "category": d.get("category", "unknown"),
-                "list_price": pd.Series([None] * len(products), dtype="float64"),
-                "price": pd.Series([None] * len(products), dtype="float64"),
-                "on_promotion": pd.Series([None] * len(products), dtype="boolean"),
-                "weight_class": pd.Series([None] * len(products), dtype="string"),
-            }
-        ).to_parquet(folder / TABLES_BY_NAME["products"].landing_file, index=False)
-    return LandingSummary(
-        rows_read=len(raw),
-        events_landed=len(df),
-        rows_rejected=len(rejected),
-        sessions=int(sess.max() + 1) if len(sess) else 0,
-        days=days,
-    )
+        con.execute(
+            "COPY (SELECT product_id, category, brand, CAST(NULL AS DOUBLE) AS list_price, price,"
+            " CAST(NULL AS BOOLEAN) AS on_promotion, CAST(NULL AS VARCHAR) AS weight_class"
+            f" FROM _products WHERE {on} ORDER BY product_id) TO {path['products']} (FORMAT PARQUET)"
+        )
+        say(f"[{i}/{len(days)}] {day}: {days[day]:,} events")
+    return int(con.execute("SELECT count(*) FROM _sessions").fetchall()[0][0])

@@ -77,5 +77,5 @@ def test_land_events_with_the_bundled_otto_mapping(
         )
         == 0
     )
-    assert "862 rows read, 862 events" in capsys.readouterr().out
+    assert "862 lines read (0 empty lines skipped): 862 events" in capsys.readouterr().out
     assert (landing / "2022-07-31" / "events.jsonl").exists()

@@ -11,12 +11,7 @@ import pytest
 
 from cartintel_assets.contracts.schema import TABLES
 from cartintel_assets.ingestion.ingest import ingest_partition
-from cartintel_assets.ingestion.mapping import (
-    EventLogMapping,
-    land_foreign_log,
-    parse_times,
-    sessionise,
-)
+from cartintel_assets.ingestion.mapping import EventLogMapping, land_foreign_log
 
 OTTO_MAPPING = Path(__file__).resolve().parents[2] / "cartintel_assets" / "mappings" / "otto.yaml"
 
@@ -25,7 +20,7 @@ OTTO_MAPPING = Path(__file__).resolve().parents[2] / "cartintel_assets" / "mappi
 def test_otto_sessions_ingest_through_the_mapping(shared_data: Path, tmp_path: Path) -> None:
     mapping = EventLogMapping.from_yaml(OTTO_MAPPING)
     summary = land_foreign_log(shared_data / "otto_sessions_fixture.csv", mapping, tmp_path)
-    assert (summary.rows_read, summary.events_landed, summary.rows_rejected) == (862, 862, 0)
+    assert (summary.lines, summary.events_landed, summary.rows_rejected) == (862, 862, 0)
     con = duckdb.connect()
     landed = accepted = 0
     for day in summary.days:
@@ -69,7 +64,7 @@ def test_unreadable_times_and_unknown_event_names_are_kept_not_dropped(tmp_path:
     ).to_csv(csv, index=False)
     mapping = EventLogMapping.from_yaml(OTTO_MAPPING)
     s = land_foreign_log(csv, mapping, tmp_path / "landing")
-    assert (s.rows_read, s.events_landed, s.rows_rejected) == (4, 2, 2)
+    assert (s.lines, s.events_landed, s.rows_rejected) == (4, 2, 2)
     rejected = (tmp_path / "landing" / "_rejected" / "otto.jsonl").read_text().splitlines()
     assert len(rejected) == 2 and "no readable time" in rejected[0] + rejected[1]
     con = duckdb.connect()
@@ -81,17 +76,26 @@ def test_unreadable_times_and_unknown_event_names_are_kept_not_dropped(tmp_path:
     )
 
 
-def test_sessionise_and_time_formats() -> None:
-    ts = pd.Series(
-        pd.to_datetime(
-            ["2022-01-01 10:00", "2022-01-01 10:20", "2022-01-01 11:00", "2022-01-01 09:00"]
-        )
-    )
-    sess, seq = sessionise(pd.Series(["a", "a", "a", "b"]), ts, 30)
-    assert list(sess) == [0, 0, 1, 2] and list(seq) == [0, 1, 0, 0]
-    assert parse_times(pd.Series(["1659304800"]), "epoch_s").iat[0] == pd.Timestamp(
-        "2022-07-31 22:00"
-    )
-    assert parse_times(pd.Series(["31/07/2022 22:00:00"]), "%d/%m/%Y %H:%M:%S").iat[
-        0
-    ] == pd.Timestamp("2022-07-31 22:00")
+def test_sessions_are_cut_at_inactivity_and_times_read_in_each_format(tmp_path: Path) -> None:
+    rows = [  # customer, time as epoch seconds
+        ("a", "1659304800"),  # 22:00
+        ("a", "1659306000"),  # 22:20: same session
+        ("a", "1659308400"),  # 23:00: 40 minutes later, a new session
+        ("b", "1659301200"),  # 21:00
+    ]
+    csv = tmp_path / "log.csv"
+    csv.write_text("session,aid,ts,type\n" + "".join(f"{c},1,{t},clicks\n" for c, t in rows))
+    doc = OTTO_MAPPING.read_text().replace("epoch_ms", "epoch_s")
+    (tmp_path / "m.yaml").write_text(doc)
+    s = land_foreign_log(csv, EventLogMapping.from_yaml(tmp_path / "m.yaml"), tmp_path / "l")
+    assert (s.sessions, s.days) == (3, {"2022-07-31": 4})
+    ev = pd.read_json(tmp_path / "l" / "2022-07-31" / "events.jsonl", lines=True)
+    by_session = ev.groupby("session_id")["seq"].apply(list).sort_values().tolist()
+    assert sorted(by_session, key=len) == [[0], [0], [0, 1]]
+    assert str(pd.to_datetime(ev["ts"]).min()) == "2022-07-31 21:00:00"
+    # a strftime pattern, in a file written with another day order
+    csv.write_text("session,aid,ts,type\na,1,31/07/2022 22:00:00,clicks\n")
+    (tmp_path / "m.yaml").write_text(doc.replace("epoch_s", '"%d/%m/%Y %H:%M:%S"'))
+    s = land_foreign_log(csv, EventLogMapping.from_yaml(tmp_path / "m.yaml"), tmp_path / "l2")
+    ev = pd.read_json(tmp_path / "l2" / "2022-07-31" / "events.jsonl", lines=True)
+    assert ev["ts"].tolist() == ["2022-07-31T22:00:00.000"]
