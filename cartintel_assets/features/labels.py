@@ -13,16 +13,19 @@ from datetime import date, timedelta
 import duckdb
 import pandas as pd
 
+from cartintel_assets.features.sessions import cart_value_sql
+
 RETURN_WINDOW_DAYS = 7
 
-_SQL = """
+_SQL = f"""
 WITH carts AS (
     SELECT s.session_id, s.customer_id, s.started_at,
            bool_or(e.event_type = 'purchase') AS purchased_in_session,
            max(e.ts) AS ended_at,
-           coalesce(sum(e.price * coalesce(e.quantity, 1)) FILTER (WHERE e.event_type = 'add_to_cart'), 0) AS cart_value
+           coalesce(any_value(v.cart_value), 0) AS cart_value
     FROM raw_sessions s JOIN raw_events e
       ON e.session_id = s.session_id AND e.partition_date = s.partition_date
+    LEFT JOIN ({cart_value_sql("day")}) v ON v.session_id = s.session_id
     WHERE s.partition_date = $day
     GROUP BY ALL
     HAVING count(*) FILTER (WHERE e.event_type = 'add_to_cart') > 0

@@ -11,19 +11,38 @@ import duckdb
 
 from cartintel_assets.warehouse.tables import transaction
 
-CART_SESSIONS_SQL = """
+
+def cart_value_sql(day_param: str) -> str:
+    """The one definition of a cart's value (cart sessions, labels; the features use the same
+    rule at their cutoff): per product line, the units added minus removed (a missing quantity
+    is one unit) times the last price the session showed for it, summed over the lines still in
+    the cart. One row per session of the day `$<day_param>` with a cart line."""
+    return f"""
+SELECT session_id, coalesce(sum(qty * price) FILTER (WHERE qty > 0), 0) AS cart_value
+FROM (SELECT session_id, product_id,
+             sum(CASE event_type WHEN 'add_to_cart' THEN coalesce(quantity, 1)
+                                 WHEN 'remove_from_cart' THEN -coalesce(quantity, 1)
+                                 ELSE 0 END) AS qty,
+             arg_max(price, seq) FILTER (WHERE price IS NOT NULL) AS price
+      FROM raw_events WHERE partition_date = ${day_param} AND product_id IS NOT NULL
+      GROUP BY ALL)
+GROUP BY session_id
+"""
+
+
+CART_SESSIONS_SQL = f"""
 SELECT s.session_id, s.customer_id, s.started_at, s.device, s.traffic_source, s.region,
        min(e.ts) FILTER (WHERE e.event_type = 'add_to_cart') AS first_cart_at,
        max(e.ts) AS last_event_at,
        count(*) AS n_events,
        count(*) FILTER (WHERE e.event_type = 'add_to_cart') AS n_cart_adds,
-       coalesce(sum(e.price * e.quantity) FILTER (WHERE e.event_type = 'add_to_cart'), 0)
-         - coalesce(sum(e.price * e.quantity) FILTER (WHERE e.event_type = 'remove_from_cart'), 0) AS cart_value,
+       coalesce(any_value(v.cart_value), 0) AS cart_value,
        bool_or(e.event_type = 'begin_checkout') AS reached_checkout,
        bool_or(e.event_type = 'purchase') AS purchased,
        s.partition_date
 FROM raw_sessions s JOIN raw_events e
   ON e.session_id = s.session_id AND e.partition_date = s.partition_date
+LEFT JOIN ({cart_value_sql("p")}) v ON v.session_id = s.session_id
 WHERE s.partition_date = $p
 GROUP BY ALL
 HAVING count(*) FILTER (WHERE e.event_type = 'add_to_cart') > 0

@@ -182,3 +182,61 @@ def test_the_mapping_is_checked_before_anything_lands(
     with pytest.raises(MappingError, match=r"reads none.*\['event_time'\].*01.10.2019"):
         validate(rees46, full)
     assert not (tmp_path / "landing").exists()
+
+
+@pytest.mark.realdata
+def test_cart_sessions_and_labels_agree_on_the_cart_value(
+    shared_data: Path, tmp_path: Path, rees46: EventLogMapping
+) -> None:
+    from cartintel_assets.features.labels import cart_labels
+    from cartintel_assets.features.sessions import build_cart_sessions
+
+    source = shared_data / "rees46_2019oct_first5k.csv"
+    land_foreign_log(source, rees46, tmp_path, now=NOW)
+    con = ingest_days(tmp_path, ["2019-10-01"])
+    build_cart_sessions(con, date(2019, 10, 1))
+    sessions = con.execute("SELECT session_id, cart_value FROM cart_sessions").df()
+    labels = cart_labels(con, date(2019, 10, 1))[["session_id", "cart_value"]]
+    # counted from the CSV: no quantity, so each cart event is one unit at the last price shown
+    raw = pd.read_csv(source, dtype={"product_id": str}).drop_duplicates()
+    carts = raw[raw["event_type"] == "cart"].groupby(["user_session", "product_id"]).size()
+    last = raw.groupby(["user_session", "product_id"])["price"].last()
+    expected = (carts * last.loc[carts.index]).groupby("user_session").sum()
+    assert len(sessions) == len(labels) == len(expected) == 35  # README: 35 sessions with a cart
+    got = sessions.set_index("session_id")["cart_value"]
+    assert got.loc[expected.index].round(2).tolist() == expected.round(2).tolist()
+    assert (labels.set_index("session_id")["cart_value"].loc[got.index] == got).all()
+    assert (got > 0).all()
+
+
+def test_the_cart_value_nets_removals_and_counts_a_missing_quantity_as_one_unit() -> None:
+    from cartintel_assets.features.labels import cart_labels
+    from cartintel_assets.features.sessions import build_cart_sessions
+    from cartintel_assets.ingestion.ingest import ensure_warehouse
+
+    con = duckdb.connect()
+    ensure_warehouse(con)
+    d = "DATE '2019-10-01'"
+    con.execute(
+        "INSERT INTO raw_sessions (session_id, customer_id, started_at, device, traffic_source,"
+        f" region, partition_date, source_line, ingested_at) VALUES ('s', 'c',"
+        f" TIMESTAMP '2019-10-01 10:00:00', 'web', 'direct', 'NL', {d}, 1, now())"
+    )
+    events = [  # seq, type, product, quantity, price
+        (0, "add_to_cart", "a", None, 10.0),  # one unit at 10
+        (1, "add_to_cart", "b", 2, 5.0),
+        (2, "remove_from_cart", "b", 1, 5.0),
+        (3, "product_view", "b", None, 6.0),  # the last price shown for b: 6
+        (4, "add_to_cart", "c", 1, 3.0),
+        (5, "remove_from_cart", "c", None, 3.0),  # c is out again
+    ]
+    for seq, kind, product, qty, price in events:
+        con.execute(
+            "INSERT INTO raw_events (event_id, session_id, seq, ts, event_type, product_id,"
+            " quantity, price, partition_date, source_line, ingested_at) VALUES (?, 's', ?,"
+            f" TIMESTAMP '2019-10-01 10:00:00' + INTERVAL (?) MINUTE, ?, ?, ?, ?, {d}, ?, now())",
+            [f"e{seq}", seq, seq, kind, product, qty, price, seq],
+        )
+    build_cart_sessions(con, date(2019, 10, 1))
+    assert con.execute("SELECT cart_value FROM cart_sessions").fetchall() == [(16.0,)]
+    assert cart_labels(con, date(2019, 10, 1))["cart_value"].tolist() == [16.0]
