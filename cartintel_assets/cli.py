@@ -153,6 +153,58 @@ def cmd_land_events(args: argparse.Namespace) -> int:
     return 0 if s.accounted else 1
 
 
+def cmd_ingest(args: argparse.Namespace) -> int:
+    """Run the daily job on every landed day in [--from, --to], in order, then the labels of
+    those days, and account for every line of each landed log."""
+    import dagster as dg
+
+    from cartintel_assets.ingestion.mapping import account_sources
+    from cartintel_assets.resources import LandingResource, WarehouseResource
+
+    landing = (args.landing or settings.landing_dir()).resolve()
+    os.environ["CARTINTEL_LANDING"] = str(landing)  # read by the definitions and the jobs
+    from cartintel_assets.defs.partitions import PartitionRangeError, require_day
+
+    try:
+        for bound in (args.from_day, args.to_day):
+            if bound:
+                require_day(bound)
+    except PartitionRangeError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    days = [
+        d
+        for d in LandingResource(root=str(landing)).days()
+        if (not args.from_day or d >= args.from_day) and (not args.to_day or d <= args.to_day)
+    ]
+    if not days:
+        print(f"error: no landed day in {landing} between the bounds", file=sys.stderr)
+        return 2
+    ensure_dagster_home()
+    say = _progress("ingest")
+    say(f"{len(days)} landed days {days[0]}..{days[-1]} from {landing}")
+    with dg.DagsterInstance.get() as instance:
+        failed_checks, ran = _ingest_days(instance, days, say)
+    with WarehouseResource(database=str(settings.warehouse_path())).reader() as con:
+        accounts = account_sources(con, landing)
+    ok = ran
+    for a in accounts:
+        ok &= a.accounted
+        say(
+            f"{a.source} ({a.mapping}): {a.lines:,} lines = {a.accepted:,} accepted +"
+            f" {a.quarantined:,} quarantined + {a.rejected:,} rejected at landing:"
+            f" {'every line accounted for' if a.accounted else 'NOT ACCOUNTED FOR'}"
+            + (f"; days not ingested: {a.not_ingested}" if a.not_ingested else "")
+        )
+    blocking = [c for c in failed_checks if not c.endswith("(WARN)")]
+    say(
+        f"done: {len(failed_checks)} failed checks, {len(blocking)} blocking"
+        + "".join(f"\n  {c}" for c in blocking[:10])
+        + "\nlook at the days, checks and quarantine: `make dev` -> http://127.0.0.1:3000"
+    )
+    return 0 if ok and not blocking else 1
+
+
 def ensure_dagster_home() -> Path:
     """Use $DAGSTER_HOME, default .dagster_home, creating it with telemetry off if new.
 
@@ -373,16 +425,17 @@ def _say_uplift(result: Any, say: Any) -> None:
         )
 
 
-def _run_days(instance: DagsterInstance, days: list[str]) -> tuple[list[str], bool]:
-    """Run the daily job on each day, in order, then train, promote, score and plan, printing
-    progress; return the failed checks and whether a plan could be made (an uplift policy
-    passed its gates to pilot)."""
+def _ingest_days(
+    instance: DagsterInstance, days: list[str], say: Callable[[str], None]
+) -> tuple[list[str], bool]:
+    """The daily job on each day, in order, then the labels of every day (now that the later
+    days have landed, they can be final); returns the failed checks and whether all ran."""
     from cartintel_assets.definitions import defs
     from cartintel_assets.defs.partitions import require_day
 
     job = defs.resolve_job_def("storefront_daily_job")
-    say = _progress("demo")
     failed_checks: list[str] = []
+    all_ok = True
     for i, day in enumerate(days, 1):
         result = job.execute_in_process(
             partition_key=require_day(day),
@@ -397,19 +450,30 @@ def _run_days(instance: DagsterInstance, days: list[str]) -> tuple[list[str], bo
         ]
         bad = [f"{day} {ev.check_name} ({ev.severity.value})" for ev in evals if not ev.passed]  # type: ignore[union-attr]
         failed_checks += bad
+        all_ok &= result.success
         state = "ok" if result.success else "FAILED"
         blocking = sum(b.endswith("(ERROR)") for b in bad)
         say(
             f"[{i}/{len(days)}] {day}: run {state}, {len(evals)} checks, {len(bad)} failed"
             f" ({blocking} blocking; warnings include the expectations its quarantined lines broke)"
         )
+    for i, day in enumerate(days, 1):  # now that later days have landed, labels can be final
+        result = _run(instance, "abandonment_labels_job", day)
+        all_ok &= result.success
+        say(f"[{i}/{len(days)}] {day}: labels {'ok' if result.success else 'FAILED'}")
+    return failed_checks, all_ok
+
+
+def _run_days(instance: DagsterInstance, days: list[str]) -> tuple[list[str], bool]:
+    """Run the daily job on each day, in order, then train, promote, score and plan, printing
+    progress; return the failed checks and whether a plan could be made (an uplift policy
+    passed its gates to pilot)."""
+    say = _progress("demo")
+    failed_checks, _ = _ingest_days(instance, days, say)
 
     def run(job_name: str, partition_key: str | None = None, failure: str | None = None) -> Any:
         return _run(instance, job_name, partition_key, failure, failed_checks)
 
-    for i, day in enumerate(days, 1):  # now that later days have landed, labels can be final
-        result = run("abandonment_labels_job", day)
-        say(f"[{i}/{len(days)}] {day}: labels {'ok' if result.success else 'FAILED'}")
     say("segmenting customers (latent-class model, MLflow run, registry version)")
     result = run("segmentation_job", failure="segmentation_job: segmentation failed")
     for m in result.asset_materializations_for_node("segmentation"):
@@ -726,6 +790,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--landing", type=Path, default=None, help="landing folder (default $CARTINTEL_LANDING)"
     )
     p.set_defaults(func=cmd_land_events)
+    p = sub.add_parser(
+        "ingest", help="run the daily job on the landed days, then account for every line"
+    )
+    p.add_argument("--from", dest="from_day", default=None, help="first day, YYYY-MM-DD")
+    p.add_argument("--to", dest="to_day", default=None, help="last day, YYYY-MM-DD")
+    p.add_argument(
+        "--landing", type=Path, default=None, help="landing folder (default $CARTINTEL_LANDING)"
+    )
+    p.set_defaults(func=cmd_ingest)
     p = sub.add_parser("promote", help="move a model to the next phase through its gate")
     p.add_argument("--model", choices=sorted(PROMOTED_MODELS), default="abandonment")
     p.add_argument("--to", choices=["pilot", "global"], required=True)

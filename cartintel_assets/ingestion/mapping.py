@@ -379,7 +379,7 @@ def _write_rejects(
     out = rejects_path(landing, mapping.name)
     out.parent.mkdir(parents=True, exist_ok=True)
     con.execute(
-        f"COPY (SELECT reason, line, record FROM _rejects ORDER BY line NULLS LAST, record)"
+        f"COPY (SELECT reason, line, lines, record FROM _rejects ORDER BY line NULLS LAST, record)"
         f" TO {_s(str(out))} (FORMAT JSON)"
     )
     return {
@@ -486,3 +486,69 @@ def _write_days(
         )
         say(f"[{i}/{len(days)}] {day}: {days[day]:,} events")
     return int(con.execute("SELECT count(*) FROM _sessions").fetchall()[0][0])
+
+
+@dataclass
+class SourceAccount:
+    """One landed log's lines against what the warehouse holds of it."""
+
+    source: str
+    mapping: str
+    lines: int
+    accepted: int
+    quarantined: int
+    rejected: int
+    not_ingested: list[str]
+
+    @property
+    def accounted(self) -> bool:
+        return not self.not_ingested and self.lines == (
+            self.accepted + self.quarantined + self.rejected
+        )
+
+
+def account_sources(con: duckdb.DuckDBPyConnection, landing: Path) -> list[SourceAccount]:
+    """For each log landed in `landing` (its manifest): lines of the source = events accepted +
+    quarantined by ingestion (`ingestion_log` of its days) + lines rejected at landing (counted
+    from the rejects file, not the manifest)."""
+    out = []
+    for manifest in sorted((landing / "_manifests").glob("*.json")):
+        m = json.loads(manifest.read_text())
+        days = sorted(m["days"])
+        logged = (
+            {
+                str(d): (int(a), int(q))
+                for d, a, q in con.execute(
+                    "SELECT partition_date, accepted, quarantined FROM ingestion_log"
+                    " WHERE table_name = 'events' AND list_contains($days, CAST(partition_date AS VARCHAR))",
+                    {"days": days},
+                ).fetchall()
+            }
+            if _has_table(con, "ingestion_log")
+            else {}
+        )
+        rejects = rejects_path(landing, m["mapping"])
+        rejected = 0
+        if rejects.exists():
+            with open(rejects, encoding="utf-8") as fh:
+                rejected = sum(int(json.loads(ln).get("lines", 1)) for ln in fh if ln.strip())
+        out.append(
+            SourceAccount(
+                source=m["source"],
+                mapping=m["mapping"],
+                lines=int(m["lines"]),
+                accepted=sum(a for a, _ in logged.values()),
+                quarantined=sum(q for _, q in logged.values()),
+                rejected=rejected,
+                not_ingested=[d for d in days if d not in logged],
+            )
+        )
+    return out
+
+
+def _has_table(con: duckdb.DuckDBPyConnection, name: str) -> bool:
+    return bool(
+        con.execute(
+            "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [name]
+        ).fetchall()[0][0]
+    )
