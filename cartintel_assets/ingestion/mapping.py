@@ -23,6 +23,7 @@ Empty lines are not records; they are counted, not landed. No Dagster import.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -275,7 +276,7 @@ def land_foreign_log(
         say(f"{sum(rejected.values()):,} lines rejected with a reason: {rejected}")
         days = _sessionise(con, mapping)
         say(f"{sum(days.values()):,} events over {len(days)} days: writing the day folders")
-        sessions = _write_days(con, landing, mapping, days, say)
+        sessions = _write_days(con, work, landing, mapping, days, say)
         con.close()
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -316,22 +317,24 @@ def _stage(
     """`_src`: every CSV record with its canonical values, content hash and rejection reason."""
     m = mapping
     ts_text = _value(m, "ts")
-    ts = time_sql(ts_text, m.time_format)
     limit = now + CLOCK_SKEW
     raw = "json_object(" + ", ".join(f"{_s(h)}, {_q(h)}" for h in header) + ")"
+    # the line's content (a NULL field marked apart from an empty one): an exact duplicate line
+    # gets the same hash, so the same event id
+    line = "concat_ws(chr(31), " + ", ".join(f"coalesce({_q(h)}, chr(30))" for h in header) + ")"
     reasons = [
         (f"{ts_text} IS NULL", "'no time'"),
-        (f"{ts} IS NULL", f"'no readable time: ' || {ts_text} || ' is not {m.time_format}'"),
+        ("_t IS NULL", f"'no readable time: ' || {ts_text} || ' is not {m.time_format}'"),
         (f"{_value(m, 'customer_id')} IS NULL", "'no customer id'"),
         (
-            f"{ts} > TIMESTAMP '{limit:%Y-%m-%d %H:%M:%S}'",
+            f"_t > TIMESTAMP '{limit:%Y-%m-%d %H:%M:%S}'",
             f"'future timestamp: ' || {ts_text} || ' is after the landing time {limit:%Y-%m-%d %H:%M:%S} UTC'",
         ),
     ]
     if first_day is not None:
         reasons.append(
             (
-                f"{ts} < DATE '{first_day.isoformat()}'",
+                f"_t < DATE '{first_day.isoformat()}'",
                 f"'out of range: ' || {ts_text} || ' is before partitions.first_day {first_day}'",
             )
         )
@@ -349,12 +352,13 @@ def _stage(
     renamed = " ".join(f"WHEN {_s(k)} THEN {_s(v)}" for k, v in m.event_types.items())
     con.execute(
         "CREATE TABLE _src AS SELECT"
-        f" {_value(m, 'customer_id')} AS customer_id, {ts} AS ts,"
+        f" {_value(m, 'customer_id')} AS customer_id, _t AS ts,"
         f" CASE {event_type} {renamed} ELSE {event_type} END AS event_type,"
         + "".join(f" {_value(m, c)} AS {_q(c)}," for c in optional)
-        + f" md5(CAST({raw} AS VARCHAR)) AS _hash, {reason} AS _reason,"
-        f" CASE WHEN {reason} IS NOT NULL THEN CAST({raw} AS VARCHAR) END AS _raw"
-        f" FROM {_reader(source, header, m.delimiter, True)}"
+        + f" md5({line}) AS _hash, _reason,"
+        f" CASE WHEN _reason IS NOT NULL THEN CAST({raw} AS VARCHAR) END AS _raw"
+        f" FROM (SELECT *, {reason} AS _reason FROM (SELECT *,"
+        f" {time_sql(ts_text, m.time_format)} AS _t FROM {_reader(source, header, m.delimiter, True)}))"
     )
 
 
@@ -395,22 +399,31 @@ def _sessionise(con: duckdb.DuckDBPyConnection, mapping: EventLogMapping) -> dic
     gap = int(mapping.inactivity_minutes * 60)
     prefix = _s(f"{mapping.name}-")
     own = "session_id" in mapping.columns
-    # the shop's session id when mapped and present, else a cut at `gap` seconds of inactivity
-    own_id = "session_id" if own else "NULL"
+    # the shop's session id where mapped and present; otherwise a customer's events are cut at
+    # `gap` seconds of inactivity, the session named by its customer and start
+    cut = (
+        " SELECT * EXCLUDE (_prev, _start), "
+        f"{prefix} || customer_id || '-' || CAST(epoch(first_value(ts) OVER (PARTITION BY"
+        " customer_id, _start ORDER BY ts, _hash)) AS BIGINT) AS _session"
+        " FROM (SELECT *, sum(CASE WHEN _prev IS NULL OR epoch(ts) - epoch(_prev) >"
+        f" {gap} THEN 1 ELSE 0 END) OVER (PARTITION BY customer_id ORDER BY ts, _hash ROWS"
+        " UNBOUNDED PRECEDING) AS _start FROM (SELECT *, lag(ts) OVER (PARTITION BY"
+        " customer_id ORDER BY ts, _hash) AS _prev FROM placed"
+        + (" WHERE session_id IS NULL" if own else "")
+        + "))"
+    )
+    sessions = (
+        f"SELECT *, session_id AS _session FROM placed WHERE session_id IS NOT NULL UNION ALL BY NAME {cut}"
+        if own
+        else cut
+    )
     con.execute(
         "CREATE TABLE _ev AS WITH placed AS ("
-        f" SELECT * EXCLUDE (_reason, _raw), {own_id} AS _own FROM _src WHERE _reason IS NULL),"
-        " cut AS (SELECT *, CASE WHEN _own IS NOT NULL THEN _own ELSE"
-        f" {prefix} || customer_id || '-' || CAST(epoch(first_value(ts) OVER (PARTITION BY"
-        " customer_id, _own IS NULL, _start ORDER BY ts, _hash)) AS BIGINT) END AS _session"
-        " FROM (SELECT *, sum(CASE WHEN _prev IS NULL OR epoch(ts) - epoch(_prev) >"
-        f" {gap} THEN 1 ELSE 0 END) OVER (PARTITION BY customer_id, _own IS NULL ORDER BY ts,"
-        " _hash ROWS UNBOUNDED PRECEDING) AS _start FROM (SELECT *, lag(ts) OVER (PARTITION BY"
-        " customer_id, _own IS NULL ORDER BY ts, _hash) AS _prev FROM placed)))"
-        f" SELECT * EXCLUDE (_own, _prev, _start{', session_id' if own else ''}),"
-        " _session AS session_id,"
+        " SELECT * EXCLUDE (_reason, _raw) FROM _src WHERE _reason IS NULL),"
+        f" sessioned AS ({sessions})"
+        f" SELECT * EXCLUDE (_session{', session_id' if own else ''}), _session AS session_id,"
         " CAST(row_number() OVER (PARTITION BY _session ORDER BY ts, _hash) - 1 AS INTEGER) AS seq,"
-        " CAST(min(ts) OVER (PARTITION BY _session) AS DATE) AS _day FROM cut"
+        " CAST(min(ts) OVER (PARTITION BY _session) AS DATE) AS _day FROM sessioned"
     )
     return {
         str(d): int(n)
@@ -420,6 +433,7 @@ def _sessionise(con: duckdb.DuckDBPyConnection, mapping: EventLogMapping) -> dic
 
 def _write_days(
     con: duckdb.DuckDBPyConnection,
+    work: Path,
     landing: Path,
     mapping: EventLogMapping,
     days: dict[str, int],
@@ -460,31 +474,49 @@ def _write_days(
     device = _s(str(d.get("device", "unknown")))
     source = _s(str(d.get("traffic_source", "unknown")))
     consent = "true" if d.get("marketing_consent", False) else "false"
-    for i, day in enumerate(days, 1):
-        folder = landing / day
-        folder.mkdir(parents=True, exist_ok=True)
-        on = f"_day = DATE '{day}'"
-        path = {t: _s(str(folder / TABLES_BY_NAME[t].landing_file)) for t in TABLES_BY_NAME}
+    queries = {
+        # the events in one parallel pass (a file per writer thread and day, joined below)
+        "events": f"SELECT {', '.join(fields)}, _day FROM _ev",
+        "sessions": f"SELECT session_id, customer_id, started_at, {device} AS device,"
+        f" {source} AS traffic_source, {region} AS region, _day FROM _sessions",
+        "customers": f"SELECT customer_id, {region} AS region, _day AS signup_date,"
+        f" {consent} AS marketing_consent, {device} AS preferred_device, _day FROM _new_customers",
+        "products": "SELECT product_id, category, brand, CAST(NULL AS DOUBLE) AS list_price,"
+        " price, CAST(NULL AS BOOLEAN) AS on_promotion, CAST(NULL AS VARCHAR) AS weight_class,"
+        " _day FROM _products",
+    }
+    for table, query in queries.items():
+        spec = TABLES_BY_NAME[table]
+        parquet = spec.landing_format == "parquet"
+        # one writer thread for the Parquet tables, so one file per day (Parquet files cannot
+        # be appended to one another like JSON lines)
+        con.execute(f"SET threads = {1 if parquet else 2}")
         con.execute(
-            f"COPY (SELECT {', '.join(fields)} FROM _ev WHERE {on} ORDER BY session_id, seq)"
-            f" TO {path['events']} (FORMAT JSON)"
+            f"COPY ({query}) TO {_s(str(work / table))}"
+            f" (FORMAT {'PARQUET' if parquet else 'JSON'}, PARTITION_BY (_day))"
         )
-        con.execute(
-            f"COPY (SELECT session_id, customer_id, started_at, {device} AS device,"
-            f" {source} AS traffic_source, {region} AS region FROM _sessions WHERE {on}"
-            f" ORDER BY session_id) TO {path['sessions']} (FORMAT PARQUET)"
-        )
-        con.execute(
-            f"COPY (SELECT customer_id, {region} AS region, _day AS signup_date,"
-            f" {consent} AS marketing_consent, {device} AS preferred_device FROM _new_customers"
-            f" WHERE {on} ORDER BY customer_id) TO {path['customers']} (FORMAT PARQUET)"
-        )
-        con.execute(
-            "COPY (SELECT product_id, category, brand, CAST(NULL AS DOUBLE) AS list_price, price,"
-            " CAST(NULL AS BOOLEAN) AS on_promotion, CAST(NULL AS VARCHAR) AS weight_class"
-            f" FROM _products WHERE {on} ORDER BY product_id) TO {path['products']} (FORMAT PARQUET)"
-        )
-        say(f"[{i}/{len(days)}] {day}: {days[day]:,} events")
+        for day in days:
+            folder = landing / day
+            folder.mkdir(parents=True, exist_ok=True)
+            written = sorted((work / table / f"_day={day}").glob("*"))
+            if parquet:
+                assert len(written) <= 1, written
+            if written:  # the largest part is moved, the others appended to it
+                target = folder / spec.landing_file
+                largest = max(written, key=lambda f: f.stat().st_size)
+                os.replace(largest, target)
+                with open(target, "ab") as out:
+                    for f in written:
+                        if f != largest:
+                            with open(f, "rb") as part:
+                                shutil.copyfileobj(part, out, 1 << 24)
+                            f.unlink()
+            if not written and parquet:  # a day without new customers: an empty file
+                con.execute(
+                    f"COPY (SELECT * EXCLUDE (_day) FROM ({query}) LIMIT 0)"
+                    f" TO {_s(str(folder / spec.landing_file))} (FORMAT PARQUET)"
+                )
+        say(f"{table} written to {len(days)} day folders")
     return int(con.execute("SELECT count(*) FROM _sessions").fetchall()[0][0])
 
 
