@@ -52,6 +52,8 @@ bench: venv system-packages
 	$(BIN)/python -m cartintel_tests.benchmarks.ope --out BENCHMARKS.md
 	$(BIN)/python -m cartintel_tests.benchmarks.decisions --out BENCHMARKS.md
 	$(BIN)/python -m cartintel_tests.benchmarks.loop --out BENCHMARKS.md
+	@# 4M and 40M REES46-shaped events (~15 GB of temporary files in build/, removed after)
+	$(BIN)/python -m cartintel_tests.benchmarks.landing --out BENCHMARKS.md
 
 # The graph end to end at 100k, 1M and 5M sessions on each engine (hours; SIZES=... to choose;
 # WORKDIR=dir keeps each size's storefront and warehouse there, so a run cut short resumes)

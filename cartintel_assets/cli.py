@@ -158,8 +158,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     those days, and account for every line of each landed log."""
     import dagster as dg
 
-    from cartintel_assets.ingestion.mapping import account_sources
-    from cartintel_assets.resources import LandingResource, WarehouseResource
+    from cartintel_assets.resources import LandingResource
 
     landing = (args.landing or settings.landing_dir()).resolve()
     os.environ["CARTINTEL_LANDING"] = str(landing)  # read by the definitions and the jobs
@@ -185,16 +184,21 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     say(f"{len(days)} landed days {days[0]}..{days[-1]} from {landing}")
     with dg.DagsterInstance.get() as instance:
         failed_checks, ran = _ingest_days(instance, days, say)
-    with WarehouseResource(database=str(settings.warehouse_path())).reader() as con:
-        accounts = account_sources(con, landing)
-    ok = ran
+        # the accounting of every landed log, as the asset the Dagster UI shows
+        result = _run(instance, "landing_accounting_job")
+    evals = [
+        e.event_specific_data
+        for e in result.all_events
+        if e.event_type_value == "ASSET_CHECK_EVALUATION"
+    ]
+    accounts = evals[0].metadata["sources"].value if evals else []  # type: ignore[union-attr]
+    ok = ran and result.success and bool(evals) and evals[0].passed  # type: ignore[union-attr]
     for a in accounts:
-        ok &= a.accounted
         say(
-            f"{a.source} ({a.mapping}): {a.lines:,} lines = {a.accepted:,} accepted +"
-            f" {a.quarantined:,} quarantined + {a.rejected:,} rejected at landing:"
-            f" {'every line accounted for' if a.accounted else 'NOT ACCOUNTED FOR'}"
-            + (f"; days not ingested: {a.not_ingested}" if a.not_ingested else "")
+            f"{a['source']} ({a['mapping']}): {a['lines']:,} lines = {a['accepted']:,} accepted"
+            f" + {a['quarantined']:,} quarantined + {a['rejected']:,} rejected at landing:"
+            f" {'every line accounted for' if a['accounted'] else 'NOT ACCOUNTED FOR'}"
+            + (f"; days not ingested: {a['not_ingested']}" if a["not_ingested"] else "")
         )
     blocking = [c for c in failed_checks if not c.endswith("(WARN)")]
     say(

@@ -481,8 +481,11 @@ def _cart_prices(
         "cart_value": cart_value,
         "price_vs_30d_median": _safe_div(dev, _sum_or_nan(c_s, n, base)),
         "price_change_in_session": np.where(has_cart_row, _safe_div(change, change_base), np.nan),
-        "carted_on_promotion": (np.bincount(c_s, weights=_nan_as(promo), minlength=n) > 0).astype(
-            np.int64
+        # unknown (NaN) where the catalogue says nothing of promotions for any carted line
+        "carted_on_promotion": np.where(
+            np.bincount(c_s, weights=~np.isnan(promo), minlength=n) > 0,
+            np.bincount(c_s, weights=_nan_as(promo), minlength=n) > 0,
+            np.nan,
         ),
     }
     return prices, has_cart_row, rank
@@ -523,7 +526,8 @@ def _reviews(
     r_sum = np.bincount(cart.session, weights=reviews.total("rating", first_r, end_r), minlength=n)
     return {
         "review_rating": _safe_div(r_sum, np.where(r_count > 0, r_count, np.nan)),
-        "review_count": r_count.astype(np.int64),
+        # unknown, not zero, for a shop whose data has no reviews at all (e.g. a bare event log)
+        "review_count": r_count if len(reviews.at) else np.full(n, np.nan),
     }
 
 

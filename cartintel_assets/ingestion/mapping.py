@@ -189,12 +189,14 @@ def _connect(work: Path) -> duckdb.DuckDBPyConnection:
     con = duckdb.connect(str(work / "landing.duckdb"))
     con.execute("SET TimeZone = 'UTC'")
     con.execute(f"SET temp_directory = {_s(str(work / 'spill'))}")
-    con.execute("SET memory_limit = '2GB'")  # spills beyond it: bounded memory at any size
+    con.execute(
+        f"SET memory_limit = '{os.environ.get('CARTINTEL_LANDING_MEMORY', '2GB')}'"
+    )  # spills beyond it
     con.execute("SET preserve_insertion_order = false")
     return con
 
 
-def _header(source: Path, delimiter: str) -> list[str]:
+def csv_header(source: Path, delimiter: str) -> list[str]:
     import csv
 
     with open(source, "rb") as fh:
@@ -207,7 +209,7 @@ def validate(
 ) -> list[str]:
     """Check the mapping against the file before landing: every foreign column is in the header
     and the time format reads the sampled times. Returns the header; raises `MappingError`."""
-    header = _header(source, mapping.delimiter)
+    header = csv_header(source, mapping.delimiter)
     absent = [c for c in mapping.foreign_columns() if c not in header]
     if absent:
         raise MappingError(
@@ -221,7 +223,7 @@ def validate(
         ts = _value(mapping, "ts")
         sample = con.execute(
             f"SELECT count({ts}), count({time_sql(ts, mapping.time_format)}), any_value({ts})"
-            f" FROM (SELECT * FROM {_reader(source, header, mapping.delimiter, False)}"
+            f" FROM (SELECT * FROM {csv_reader_sql(source, header, mapping.delimiter, False)}"
             f" LIMIT {SAMPLE_ROWS})"
         ).fetchall()[0]
     finally:
@@ -236,7 +238,7 @@ def validate(
     return header
 
 
-def _reader(source: Path, header: list[str], delimiter: str, rejects: bool) -> str:
+def csv_reader_sql(source: Path, header: list[str], delimiter: str, rejects: bool) -> str:
     cols = "{" + ", ".join(f"{_s(h)}: 'VARCHAR'" for h in header) + "}"
     keep = (
         ", store_rejects = true, rejects_table = '_csv_rejects', rejects_scan = '_csv_scan'"
@@ -358,7 +360,7 @@ def _stage(
         + f" md5({line}) AS _hash, _reason,"
         f" CASE WHEN _reason IS NOT NULL THEN CAST({raw} AS VARCHAR) END AS _raw"
         f" FROM (SELECT *, {reason} AS _reason FROM (SELECT *,"
-        f" {time_sql(ts_text, m.time_format)} AS _t FROM {_reader(source, header, m.delimiter, True)}))"
+        f" {time_sql(ts_text, m.time_format)} AS _t FROM {csv_reader_sql(source, header, m.delimiter, True)}))"
     )
 
 
@@ -424,6 +426,8 @@ def _sessionise(con: duckdb.DuckDBPyConnection, mapping: EventLogMapping) -> dic
         f" SELECT * EXCLUDE (_session{', session_id' if own else ''}), _session AS session_id,"
         " CAST(row_number() OVER (PARTITION BY _session ORDER BY ts, _hash) - 1 AS INTEGER) AS seq,"
         " CAST(min(ts) OVER (PARTITION BY _session) AS DATE) AS _day FROM sessioned"
+        # clustered by day, so each day's rows are read alone when its folder is written
+        " ORDER BY _day"
     )
     return {
         str(d): int(n)
@@ -474,9 +478,21 @@ def _write_days(
     device = _s(str(d.get("device", "unknown")))
     source = _s(str(d.get("traffic_source", "unknown")))
     consent = "true" if d.get("marketing_consent", False) else "false"
-    queries = {
-        # the events in one parallel pass (a file per writer thread and day, joined below)
-        "events": f"SELECT {', '.join(fields)}, _day FROM _ev",
+    # the events day by day (a partitioned write in one pass ran out of memory at 40M events);
+    # `_ev` is clustered by day, so each COPY reads its day's rows only
+    events = TABLES_BY_NAME["events"]
+    for i, day in enumerate(days, 1):
+        folder = landing / day
+        folder.mkdir(parents=True, exist_ok=True)
+        con.execute(
+            f"COPY (SELECT {', '.join(fields)} FROM _ev WHERE _day = DATE '{day}')"
+            f" TO {_s(str(folder / events.landing_file))} (FORMAT JSON)"
+        )
+        if i % 7 == 0 or i == len(days):
+            say(f"events of {i}/{len(days)} days written")
+    # the small Parquet tables in one partitioned pass each, with one writer thread so each day
+    # gets one file (Parquet files cannot be appended to one another)
+    parquet = {
         "sessions": f"SELECT session_id, customer_id, started_at, {device} AS device,"
         f" {source} AS traffic_source, {region} AS region, _day FROM _sessions",
         "customers": f"SELECT customer_id, {region} AS region, _day AS signup_date,"
@@ -485,36 +501,22 @@ def _write_days(
         " price, CAST(NULL AS BOOLEAN) AS on_promotion, CAST(NULL AS VARCHAR) AS weight_class,"
         " _day FROM _products",
     }
-    for table, query in queries.items():
-        spec = TABLES_BY_NAME[table]
-        parquet = spec.landing_format == "parquet"
-        # one writer thread for the Parquet tables, so one file per day (Parquet files cannot
-        # be appended to one another like JSON lines)
-        con.execute(f"SET threads = {1 if parquet else 2}")
+    con.execute("SET threads = 1")
+    for table, query in parquet.items():
+        target = TABLES_BY_NAME[table].landing_file
         con.execute(
-            f"COPY ({query}) TO {_s(str(work / table))}"
-            f" (FORMAT {'PARQUET' if parquet else 'JSON'}, PARTITION_BY (_day))"
+            f"COPY ({query}) TO {_s(str(work / table))} (FORMAT PARQUET, PARTITION_BY (_day))"
         )
         for day in days:
-            folder = landing / day
-            folder.mkdir(parents=True, exist_ok=True)
-            written = sorted((work / table / f"_day={day}").glob("*"))
-            if parquet:
-                assert len(written) <= 1, written
-            if written:  # the largest part is moved, the others appended to it
-                target = folder / spec.landing_file
-                largest = max(written, key=lambda f: f.stat().st_size)
-                os.replace(largest, target)
-                with open(target, "ab") as out:
-                    for f in written:
-                        if f != largest:
-                            with open(f, "rb") as part:
-                                shutil.copyfileobj(part, out, 1 << 24)
-                            f.unlink()
-            if not written and parquet:  # a day without new customers: an empty file
+            written = list((work / table / f"_day={day}").glob("*.parquet"))
+            if len(written) > 1:
+                raise RuntimeError(f"{table} {day}: {len(written)} Parquet files, expected one")
+            if written:
+                os.replace(written[0], landing / day / target)
+            else:  # a day without new customers: an empty file
                 con.execute(
                     f"COPY (SELECT * EXCLUDE (_day) FROM ({query}) LIMIT 0)"
-                    f" TO {_s(str(folder / spec.landing_file))} (FORMAT PARQUET)"
+                    f" TO {_s(str(landing / day / target))} (FORMAT PARQUET)"
                 )
         say(f"{table} written to {len(days)} day folders")
     return int(con.execute("SELECT count(*) FROM _sessions").fetchall()[0][0])

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import duckdb
 
+from cartintel_assets.ingestion.mapping import csv_header, csv_reader_sql
 from cartintel_tests.benchmarks.run import _cpu
 from cartintel_tests.benchmarks.scale import replace_section, run_measured
 
@@ -32,7 +33,7 @@ MAPPING = Path(__file__).resolve().parents[2] / "cartintel_assets" / "mappings" 
 def generate(path: Path, events: int) -> None:
     """A REES46-shaped CSV of `events` lines (plus the header)."""
     con = duckdb.connect()
-    con.execute("SET preserve_insertion_order = true")
+    con.execute("SET preserve_insertion_order = true")  # lines in time order, as REES46's
     con.execute("SET enable_progress_bar = false")
     span = 31 * 86400
     stride = max(1, events * 22 * 60 // span)  # a session's events are ~22 minutes apart
@@ -52,10 +53,32 @@ def generate(path: Path, events: int) -> None:
                md5(CAST(s AS VARCHAR)) AS user_session
         FROM (SELECT i, hash(i) AS h, (i // ({stride} * 6)) * {stride} + i % {stride} AS s
               FROM range({events}) t(i))
-        ORDER BY i
         ) TO '{path}' (HEADER, DELIMITER ',')"""
     )
     con.close()
+
+
+def phase_seconds(log: Path) -> dict[str, float]:
+    """Seconds of each phase, from the landing's progress lines (`[land   12.3s] ...`)."""
+    marks: dict[str, float] = {}
+    for line in log.read_text().splitlines():
+        if line.startswith("[land"):
+            at = float(line.split("]")[0].split()[-1].rstrip("s"))
+            text = line.split("] ", 1)[1]
+            for key, starts in (
+                ("read", "lines ("),
+                ("staged", "lines rejected"),
+                ("sessionised", "events over"),
+                ("written", "products written"),
+            ):
+                if starts in text:
+                    marks[key] = at
+    return {
+        "t_count": marks.get("read", 0.0),
+        "t_stage": marks.get("staged", 0.0) - marks.get("read", 0.0),
+        "t_session": marks.get("sessionised", 0.0) - marks.get("staged", 0.0),
+        "t_write": marks.get("written", 0.0) - marks.get("sessionised", 0.0),
+    }
 
 
 def child(source: Path, landing: Path) -> None:
@@ -108,7 +131,18 @@ def main(argv: list[str] | None = None) -> int:
             [*cmd, str(source), str(work / "landing")], env, work / "land.log", "[land"
         )
         found = json.loads(last)
-        rows.append({"size": size, "gib": gib, "wall": wall, "peak": peak, **found})
+        # the floor of any landing through DuckDB: reading the CSV once, nothing else
+        t1 = time.perf_counter()
+        con = duckdb.connect()
+        con.execute(
+            f"SELECT count(*) FROM {csv_reader_sql(source, csv_header(source, ','), ',', False)}"
+        )
+        con.close()
+        scan = time.perf_counter() - t1
+        phases = phase_seconds(work / "land.log")
+        rows.append(
+            {"size": size, "gib": gib, "wall": wall, "peak": peak, "scan": scan, **phases, **found}
+        )
         print(f"  {size / wall:,.0f} events/s, peak {peak:.2f} GiB: {found}", flush=True)
         shutil.rmtree(work, ignore_errors=True)  # tens of GB: nothing is kept
     lines = [
@@ -126,6 +160,18 @@ def main(argv: list[str] | None = None) -> int:
             f"| {r['size']:,} | {r['gib']:.1f} GiB | {r['sessions']:,} | {r['days']} |"
             f" {r['wall']:.0f} s | {r['size'] / r['wall']:,.0f} | {r['peak']:.2f} GiB |"
             f" {'yes' if r['accounted'] else 'NO'} ({r['landed']:,} landed + {r['rejected']:,} rejected) |"
+            for r in rows
+        ),
+        "",
+        "Where the time goes (seconds of each phase, from the landing's progress lines), beside"
+        " DuckDB reading the same CSV once and doing nothing else (same run, same reader"
+        " options): the floor of any landing through DuckDB on this machine.",
+        "",
+        "| events | count lines (bytes) | read, map, hash, judge | sessionise | write day folders | CSV read alone |",
+        "|---:|---:|---:|---:|---:|---:|",
+        *(
+            f"| {r['size']:,} | {r['t_count']:.0f} s | {r['t_stage']:.0f} s | {r['t_session']:.0f} s |"
+            f" {r['t_write']:.0f} s | {r['scan']:.0f} s ({r['size'] / r['scan']:,.0f} events/s) |"
             for r in rows
         ),
         "",

@@ -55,6 +55,23 @@ def test_a_2019_log_lands_and_ingests_from_the_command_line(
         labelled = con.execute(
             "SELECT count(*), count(*) FILTER (WHERE abandoned) FROM abandonment_labels"
         ).fetchall()[0]
+        features = con.execute("SELECT * FROM session_features").df()
+    # what a bare event log cannot supply is missing, not zero, and the asset's metadata says so
+    absent = ["shipping_cost", "shipping_share", "delivery_days", "review_rating", "review_count"]
+    assert len(features) == 35 and features[absent].isna().all().all()
+    assert features["carted_on_promotion"].isna().all()
+    assert (features["cart_value"] > 0).all() and features["n_cart_adds"].min() >= 1
+    import dagster as dg
+
+    with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
+        event = instance.get_latest_materialization_event(dg.AssetKey("session_features"))
+        accounting = instance.get_latest_materialization_event(dg.AssetKey("landed_log_accounting"))
+    assert event is not None and event.asset_materialization is not None
+    listed = event.asset_materialization.metadata["unavailable_features"].value
+    assert set(absent) | {"carted_on_promotion", "device", "region"} <= set(listed)  # type: ignore[arg-type]
+    assert "cart_value" not in listed  # type: ignore[operator]
+    assert accounting is not None and accounting.asset_materialization is not None
+    assert accounting.asset_materialization.metadata["lines"].value == 4999
     bought = set(raw.loc[raw["event_type"] == "purchase", "user_session"])
     carted = set(raw.loc[raw["event_type"] == "cart", "user_session"])
     assert labelled == (35, len(carted - bought)) == (35, 24)  # README: 24 without a purchase

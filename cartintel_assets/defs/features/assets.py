@@ -78,9 +78,19 @@ def session_features(
         )
         replace_partition(con, "session_features", "_session_features", day)
     coverage = {c: float(frame[c].notna().mean()) if len(frame) else 0.0 for c in NUMERIC_FEATURES}
+    # what the landed data cannot supply (a bare event log: no shipping, reviews, device, ...):
+    # missing values the models train without, never zeros
+    unknown = (
+        frame[list(CATEGORICAL_FEATURES)].isin(["unknown"])
+        | frame[list(CATEGORICAL_FEATURES)].isna()
+    )
+    unavailable = [c for c, share in coverage.items() if len(frame) and share == 0.0] + [
+        c for c in CATEGORICAL_FEATURES if len(frame) and bool(unknown[c].all())
+    ]
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": len(frame),
+            "unavailable_features": dg.MetadataValue.json(unavailable),
             "features": dg.MetadataValue.json(list(NUMERIC_FEATURES + CATEGORICAL_FEATURES)),
             "non_null_share": dg.MetadataValue.json(coverage),
             "mean_cart_value": float(frame["cart_value"].mean()) if len(frame) else 0.0,

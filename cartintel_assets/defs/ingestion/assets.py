@@ -13,6 +13,7 @@ adapter.
 
 import json
 from collections.abc import Iterator
+from dataclasses import asdict
 from datetime import date
 from typing import Any
 
@@ -22,6 +23,7 @@ from pydantic import Field
 from cartintel_assets.contracts.schema import TABLES, TableSpec
 from cartintel_assets.defs.partitions import daily_partitions
 from cartintel_assets.ingestion.ingest import RULE_STANDARD, IngestResult
+from cartintel_assets.ingestion.mapping import account_sources
 from cartintel_assets.quality.checks import (
     failed_blocking_checks,
     gate_expectations,
@@ -187,3 +189,50 @@ def _raw_metadata(result: IngestResult) -> dict[str, Any]:
 
 ingestion_assets: list[dg.AssetsDefinition] = [build_ingestion_asset(spec) for spec in TABLES]
 quality_gates: list[dg.AssetChecksDefinition] = [build_quality_gate(spec) for spec in TABLES]
+
+
+@dg.asset(
+    group_name="ingestion",
+    deps=["raw_events"],
+    kinds={"duckdb"},
+    check_specs=[
+        dg.AssetCheckSpec(
+            "every_source_line_accounted_for",
+            asset="landed_log_accounting",
+            description="Each landed log's lines (counted from its bytes) = events accepted +"
+            " quarantined by ingestion + lines rejected at landing, and every day it landed on"
+            " is ingested.",
+        )
+    ],
+)
+def landed_log_accounting(
+    warehouse: WarehouseResource, landing: LandingResource
+) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
+    """Where every line of each foreign log landed with `cartintel land-events` went: its
+    manifest's line count against the warehouse's accepted and quarantined events of its days
+    and the rejects file's lines."""
+    with warehouse.reader() as con:
+        accounts = account_sources(con, landing.path())
+    rows = [
+        "| source | mapping | lines | accepted | quarantined | rejected at landing | days not ingested |",
+        "|---|---|---:|---:|---:|---:|---|",
+        *(
+            f"| {a.source} | {a.mapping} | {a.lines:,} | {a.accepted:,} | {a.quarantined:,} |"
+            f" {a.rejected:,} | {', '.join(a.not_ingested) or '-'} |"
+            for a in accounts
+        ),
+    ]
+    summary = [asdict(a) | {"accounted": a.accounted} for a in accounts]
+    yield dg.MaterializeResult(
+        metadata={
+            "sources": len(accounts),
+            "lines": sum(a.lines for a in accounts),
+            "accounting": dg.MetadataValue.md("\n".join(rows)),
+        }
+    )
+    yield dg.AssetCheckResult(
+        check_name="every_source_line_accounted_for",
+        passed=all(a.accounted for a in accounts),
+        severity=dg.AssetCheckSeverity.ERROR,
+        metadata={"sources": dg.MetadataValue.json(summary)},
+    )

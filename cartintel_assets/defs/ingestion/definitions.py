@@ -8,14 +8,21 @@ from cartintel_assets.defs.features.assets import (
     session_features,
 )
 from cartintel_assets.defs.friction.assets import review_signals
-from cartintel_assets.defs.ingestion.assets import ingestion_assets, quality_gates
+from cartintel_assets.defs.ingestion.assets import (
+    ingestion_assets,
+    landed_log_accounting,
+    quality_gates,
+)
 from cartintel_assets.defs.jobs import asset_job
 from cartintel_assets.defs.quality.assets import data_quality_scorecard
 
 storefront_daily_job = asset_job(
     "storefront_daily_job",
-    dg.AssetSelection.groups("ingestion", "quality", "features")
-    | dg.AssetSelection.assets(review_signals),
+    (
+        dg.AssetSelection.groups("ingestion", "quality", "features")
+        | dg.AssetSelection.assets(review_signals)
+    )
+    - dg.AssetSelection.assets(landed_log_accounting),
     "Ingest one landed day, gate it with the data-quality checks and build what follows.",
 )
 
@@ -34,9 +41,17 @@ interventions_ingestion_job = asset_job(
     "Ingest a day's interventions feed again once the storefront has acted on its plan.",
 )
 
+# After `cartintel land-events` and the days' ingestion: every line of each landed log.
+landing_accounting_job = asset_job(
+    "landing_accounting_job",
+    dg.AssetSelection.assets(landed_log_accounting),
+    "Account for every line of each landed foreign log: accepted, quarantined or rejected.",
+)
+
 defs = dg.Definitions(
     assets=[
         *ingestion_assets,
+        landed_log_accounting,
         data_quality_scorecard,
         cart_sessions,
         session_features,
@@ -44,6 +59,11 @@ defs = dg.Definitions(
         review_signals,
     ],
     asset_checks=quality_gates,
-    jobs=[storefront_daily_job, abandonment_labels_job, interventions_ingestion_job],
+    jobs=[
+        storefront_daily_job,
+        abandonment_labels_job,
+        interventions_ingestion_job,
+        landing_accounting_job,
+    ],
     schedules=[dg.build_schedule_from_partitioned_job(storefront_daily_job, hour_of_day=2)],
 )
