@@ -52,6 +52,9 @@ class XGBParams:
     objective: str = "binary:logistic"
 
 
+TIE_BREAK = 1e-6  # the raw score's weight in a calibrated probability: ranks ties, moves none
+
+
 @dataclass
 class BoostedModel:
     """A trained XGBoost booster, its isotonic calibrator (for the risk classifier; none for the
@@ -188,8 +191,11 @@ class BoostedModel:
         if self.calibrator is None:
             return p
         # the isotonic map is piecewise linear between its knots (what `predict` computes,
-        # without its per-call validation)
-        return np.interp(p, self.calibrator.X_thresholds_, self.calibrator.y_thresholds_)
+        # without its per-call validation); its flat steps would tie carts the booster ranks
+        # apart (on UCI, ROC-AUC 0.9295 calibrated vs 0.9310 raw), so the raw score breaks the
+        # ties: strictly increasing, and within TIE_BREAK of the calibrated probability
+        cal = np.interp(p, self.calibrator.X_thresholds_, self.calibrator.y_thresholds_)
+        return (1.0 - TIE_BREAK) * cal + TIE_BREAK * p  # within [0, 1], as both are
 
     @functools.cached_property
     def trees(self) -> Forest | None:

@@ -190,13 +190,15 @@ def test_uci_online_shoppers_floor(shared_data: Path, tmp_path: Path) -> None:
     runs = {k: store.log_evaluation(experiment, **asdict(e)) for k, e in evaluations.items()}
     client = store.client
     cv = client.get_run(runs["cv5"]).data.metrics
-    assert cv["cv_roc_auc"] >= 0.92, cv  # measured 0.929
-    assert cv["cv_pr_auc_purchase"] >= 0.70  # published ~0.75 with purchase as the positive class
+    # measured 0.930 and 0.749 (0.9295 and 0.721 while isotonic steps tied carts the booster
+    # ranked apart); published ~0.937 and ~0.754, purchase as the positive class
+    assert cv["cv_roc_auc"] >= 0.925, cv
+    assert cv["cv_pr_auc_purchase"] >= 0.74, cv
     folds = client.get_metric_history(runs["cv5"], "fold_roc_auc")
     assert len(folds) == 5 and np.mean([m.value for m in folds]) == pytest.approx(cv["cv_roc_auc"])
     month = client.get_run(runs["month"]).data.metrics
     assert (month["test_rows_train"], month["test_rows_test"]) == (7605, 4725)
-    assert month["test_roc_auc"] > 0.80, month  # measured 0.828: the holiday months shift it
+    assert month["test_roc_auc"] > 0.82, month  # measured 0.829: the holiday months shift it
 
 
 def test_scores_keep_types_and_provenance_also_for_an_empty_day(labelled: pd.DataFrame) -> None:
