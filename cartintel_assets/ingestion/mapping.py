@@ -200,7 +200,7 @@ def csv_header(source: Path, delimiter: str) -> list[str]:
     import csv
 
     with open(source, "rb") as fh:
-        first = fh.readline().decode("utf-8", errors="replace").rstrip("\r\n")
+        first = fh.readline().decode("utf-8-sig", errors="replace").rstrip("\r\n")
     return next(csv.reader([first], delimiter=delimiter), [])
 
 

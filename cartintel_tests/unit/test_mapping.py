@@ -99,3 +99,12 @@ def test_sessions_are_cut_at_inactivity_and_times_read_in_each_format(tmp_path: 
     s = land_foreign_log(csv, EventLogMapping.from_yaml(tmp_path / "m.yaml"), tmp_path / "l2")
     ev = pd.read_json(tmp_path / "l2" / "2022-07-31" / "events.jsonl", lines=True)
     assert ev["ts"].tolist() == ["2022-07-31T22:00:00.000"]
+
+
+def test_a_log_saved_with_a_byte_order_mark_and_crlf_lines_lands(tmp_path: Path) -> None:
+    csv = tmp_path / "log.csv"
+    csv.write_bytes(
+        "\ufeffsession,aid,ts,type\r\n1,10,1659304800000,clicks\r\n1,11,1659304900000,carts\r\n".encode()
+    )
+    s = land_foreign_log(csv, EventLogMapping.from_yaml(OTTO_MAPPING), tmp_path / "landing")
+    assert (s.lines, s.events_landed, s.rows_rejected, s.accounted) == (2, 2, 0, True)
