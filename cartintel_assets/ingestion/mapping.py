@@ -36,6 +36,7 @@ import duckdb
 import yaml
 
 from cartintel_assets.contracts.schema import EVENT_TYPES, TABLES_BY_NAME
+from cartintel_assets.warehouse.tables import has_table
 
 # Canonical columns a mapping may name (every one but the three required is optional).
 REQUIRED = ("customer_id", "ts", "event_type")
@@ -129,10 +130,6 @@ class LandingSummary:
     sessions: int
     days: dict[str, int]
     landed_at: str
-
-    @property
-    def rows_read(self) -> int:
-        return self.lines
 
     @property
     def accounted(self) -> bool:
@@ -445,7 +442,6 @@ def _write_days(
 ) -> int:
     """Write each day's events, sessions, new customers and products; return the sessions."""
     d = mapping.defaults
-    cols = {c.name for c in TABLES_BY_NAME["events"].columns}
     present = {c[0] for c in con.execute("SELECT * FROM _ev LIMIT 0").description}
     quantity = "coalesce(quantity, '1')" if "quantity" in present else "'1'"
     fields = [
@@ -455,7 +451,7 @@ def _write_days(
         "strftime(ts, '%Y-%m-%dT%H:%M:%S.%g') AS ts",
         "event_type",
         f"{quantity} AS quantity",
-        *(f"{_q(c)}" for c in EVENT_COLUMNS if c in present and c != "quantity" and c in cols),
+        *(f"{_q(c)}" for c in EVENT_COLUMNS if c in present and c != "quantity"),
     ]
     con.execute(
         "CREATE TABLE _sessions AS SELECT session_id, arg_min(customer_id, ts) AS customer_id,"
@@ -558,7 +554,7 @@ def account_sources(con: duckdb.DuckDBPyConnection, landing: Path) -> list[Sourc
                     {"days": days},
                 ).fetchall()
             }
-            if _has_table(con, "ingestion_log")
+            if has_table(con, "ingestion_log")
             else {}
         )
         rejects = rejects_path(landing, m["mapping"])
@@ -578,11 +574,3 @@ def account_sources(con: duckdb.DuckDBPyConnection, landing: Path) -> list[Sourc
             )
         )
     return out
-
-
-def _has_table(con: duckdb.DuckDBPyConnection, name: str) -> bool:
-    return bool(
-        con.execute(
-            "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [name]
-        ).fetchall()[0][0]
-    )
