@@ -158,29 +158,34 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     those days, and account for every line of each landed log."""
     import dagster as dg
 
-    from cartintel_assets.resources import LandingResource
+    from cartintel_assets.resources.landing import landed_folders
 
     landing = (args.landing or settings.landing_dir()).resolve()
     os.environ["CARTINTEL_LANDING"] = str(landing)  # read by the definitions and the jobs
     from cartintel_assets.defs.partitions import PartitionRangeError, require_day
 
+    landed, other = landed_folders(landing)
+    days = [
+        d
+        for d in landed
+        if (not args.from_day or d >= args.from_day) and (not args.to_day or d <= args.to_day)
+    ]
     try:
         for bound in (args.from_day, args.to_day):
             if bound:
                 require_day(bound)
+        for day in days:  # every landed day of the range, before anything runs
+            require_day(day)
     except PartitionRangeError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    days = [
-        d
-        for d in LandingResource(root=str(landing)).days()
-        if (not args.from_day or d >= args.from_day) and (not args.to_day or d <= args.to_day)
-    ]
+    say = _progress("ingest")
+    if other:  # e.g. the storefront's folder given instead of its landing/ (which holds the days)
+        say(f"warning: folders in {landing} that are not days (YYYY-MM-DD), not ingested: {other}")
     if not days:
         print(f"error: no landed day in {landing} between the bounds", file=sys.stderr)
         return 2
     ensure_dagster_home()
-    say = _progress("ingest")
     say(f"{len(days)} landed days {days[0]}..{days[-1]} from {landing}")
     with dg.DagsterInstance.get() as instance:
         failed_checks, ran = _ingest_days(instance, days, say)

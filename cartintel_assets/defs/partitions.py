@@ -33,14 +33,9 @@ def first_day() -> date:
     configured = settings.deployed(PartitionSettings, "partitions").first_day
     if configured is not None:
         return configured
-    landed = []
-    root = settings.landing_dir()
-    if root.exists():
-        for p in root.iterdir():
-            try:
-                landed.append(date.fromisoformat(p.name))
-            except ValueError:
-                continue  # `_rejected`, `_manifests` and the like are not days
+    from cartintel_assets.resources.landing import landed_folders
+
+    landed = [date.fromisoformat(d) for d in landed_folders(settings.landing_dir())[0]]
     return min([DEFAULT_FIRST_DAY, *landed])
 
 

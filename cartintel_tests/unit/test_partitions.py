@@ -45,3 +45,26 @@ def test_a_day_outside_the_range_is_named_with_the_setting(landing: Path) -> Non
     (landing.parent / "cartintel.yaml").write_text("partitions:\n  first_day: someday\n")
     with pytest.raises(ValueError, match="'partitions' is invalid"):
         first_day()
+
+
+def test_ingest_names_what_it_cannot_ingest(
+    landing: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cartintel_assets.cli import main
+    from cartintel_assets.resources.landing import landed_folders
+
+    # the storefront's output folder given instead of its landing/: its folders are no days
+    for name in ("landing", "truth", "_rejected", "20191001"):
+        (landing / name).mkdir(parents=True)
+    assert landed_folders(landing) == ([], ["20191001", "landing", "truth"])
+    assert main(["ingest", "--landing", str(landing)]) == 2
+    out = capsys.readouterr()
+    assert "not days (YYYY-MM-DD), not ingested: ['20191001', 'landing', 'truth']" in out.out
+    assert "no landed day" in out.err
+    # a landed day before the partitions fails up front, naming the day and the setting
+    (landing / "2001-01-01").mkdir()
+    assert landed_folders(landing)[0] == ["2001-01-01"]
+    assert main(["ingest", "--landing", str(landing)]) == 2
+    err = capsys.readouterr().err
+    assert "day 2001-01-01 is outside the daily partitions" in err
+    assert "partitions.first_day" in err
