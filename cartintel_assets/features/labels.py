@@ -67,3 +67,20 @@ def cart_labels(
     params = {"day": day, "last": day + timedelta(days=RETURN_WINDOW_DAYS)}
     con.execute(f"CREATE OR REPLACE TEMP TABLE {into} AS {_SQL}", params)
     return con.table(into).df()
+
+
+def why_no_final_label(con: duckdb.DuckDBPyConnection) -> str:
+    """Why no cart of `abandonment_labels` has a final label yet, with what to land."""
+    n, first_cart, last_day = con.execute(
+        "SELECT count(*), min(CAST(started_at AS DATE)),"
+        " (SELECT max(partition_date) FROM raw_events) FROM abandonment_labels"
+    ).fetchone()  # type: ignore[misc]
+    if not n:
+        return "no cart session is labelled yet: ingest the landed days first (`cartintel ingest`)"
+    closes = first_cart + timedelta(days=RETURN_WINDOW_DAYS)
+    return (
+        f"none of the {n:,} labelled carts has a final label yet: a label needs the"
+        f" {RETURN_WINDOW_DAYS} days after its cart, the landed events end on {last_day} and the"
+        f" earliest cart's window closes on {closes}; land the days up to then (the time-based"
+        f" split then needs final labels on 3 days or more)"
+    )

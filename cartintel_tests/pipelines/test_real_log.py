@@ -1,5 +1,7 @@
 """A shop's own 2019 log, from the command line: land it with the bundled REES46 mapping, then
-`cartintel ingest` runs the Dagster daily job on its day and accounts for every line."""
+`cartintel ingest` runs the Dagster daily job on its day and accounts for every line; the
+segmentation runs on it, and what 2.5 hours of log cannot support (final 7-day labels, hence a
+risk model, its scores and their drift) is refused with what to land."""
 
 from __future__ import annotations
 
@@ -30,6 +32,8 @@ def test_a_2019_log_lands_and_ingests_from_the_command_line(
         "CARTINTEL_LANDING": str(tmp_path / "landing"),
         "CARTINTEL_WAREHOUSE": str(tmp_path / "warehouse.duckdb"),
         "CARTINTEL_MLRUNS": str(tmp_path / "mlruns"),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}",
+        "CARTINTEL_REPORTS": str(tmp_path / "reports"),
         "CARTINTEL_SETTINGS": str(tmp_path / "cartintel.yaml"),
         "DAGSTER_HOME": str(tmp_path / "dagster_home"),
     }
@@ -75,3 +79,35 @@ def test_a_2019_log_lands_and_ingests_from_the_command_line(
     bought = set(raw.loc[raw["event_type"] == "purchase", "user_session"])
     carted = set(raw.loc[raw["event_type"] == "cart", "user_session"])
     assert labelled == (35, len(carted - bought)) == (35, 24)  # README: 24 without a purchase
+
+    # the rest of the chain, as a user runs it from Dagster's CLI on the same instance
+    def job(name: str, *tags: str) -> subprocess.CompletedProcess[str]:
+        dagster = str(Path(sys.executable).with_name("dagster"))
+        args = [dagster, "job", "execute", "-m", "cartintel_assets.definitions", "-j", name, *tags]
+        return subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
+
+    segmented = job("segmentation_job")
+    assert segmented.returncode == 0, segmented.stdout[-3000:] + segmented.stderr[-3000:]
+    with duckdb.connect(str(tmp_path / "warehouse.duckdb"), read_only=True) as con:
+        segments = con.execute("SELECT * FROM customer_segments").df()
+        carting = con.execute("SELECT DISTINCT customer_id FROM cart_sessions").df()
+    # every shopper of the log, once, with all of their sessions (counted from the CSV)
+    assert len(segments) == segments["customer_id"].nunique() == raw["user_id"].nunique() == 1747
+    per_user = raw.groupby("user_id")["user_session"].nunique()
+    assert segments["sessions"].sum() == per_user.sum() == 1898
+    assert sorted(segments["sessions"].tolist()) == sorted(per_user.tolist())
+    assert set(carting["customer_id"]) <= set(segments["customer_id"])
+    assert segments["segment_id"].nunique() >= 3 and segments["probability"].between(0, 1).all()
+    # 2.5 hours of log cannot give a final 7-day label: training refuses and says what to land
+    trained = job("abandonment_training_job")
+    assert trained.returncode != 0
+    said = trained.stdout + trained.stderr
+    assert "none of the 35 labelled carts has a final label yet" in said, said[-3000:]
+    assert "the landed events end on 2019-10-01" in said and "closes on 2019-10-08" in said
+    # so there is no model to score or monitor with, and scoring says which one is missing
+    scored = job("abandonment_scoring_job", "--tags", '{"dagster/partition": "2019-10-01"}')
+    assert scored.returncode != 0
+    assert "has the alias 'challenger': train one" in scored.stdout + scored.stderr
+    friction = job("friction_job")
+    assert friction.returncode != 0
+    assert "0 carts with a final label are too few" in friction.stdout + friction.stderr

@@ -142,7 +142,10 @@ def abandonment_model(
             " USING (session_id) WHERE l.label_complete ORDER BY f.started_at, f.session_id"
         ).df()
     if data.empty:
-        raise ValueError("no carts with a complete 7-day label window yet: land more days first")
+        from cartintel_assets.features.labels import why_no_final_label
+
+        with warehouse.reader() as con:
+            raise ValueError(f"nothing to train on: {why_no_final_label(con)}")
     store = mlflow_tracking.store()
     # the shopper's segment as of the cart, from their earlier sessions (none before the first
     # segmentation)

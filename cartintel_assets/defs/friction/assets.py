@@ -159,7 +159,14 @@ def friction_analysis(
             else None
         )
     if len(carts) < 2 * config.min_support:
-        raise ValueError(f"{len(carts)} labelled carts are too few for the friction analysis")
+        from cartintel_assets.features.labels import why_no_final_label
+
+        with warehouse.reader() as con:
+            why = "" if len(carts) else f": {why_no_final_label(con)}"
+        raise ValueError(
+            f"{len(carts)} carts with a final label are too few for the friction analysis"
+            f" (at least {2 * config.min_support}){why}"
+        )
     model = fit_driver_model(
         carts,
         config.target,
