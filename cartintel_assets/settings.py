@@ -14,7 +14,41 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
-LOCAL_PSEUDONYM_KEY = "cartintel-local-development-key"  # override in any real deployment
+# Local development only: anywhere else (CARTINTEL_ENV other than `local`) the key must be set
+LOCAL_PSEUDONYM_KEY = "cartintel-local-development-key"
+LOCAL = "local"
+
+
+class MissingSecretError(RuntimeError):
+    """A secret that a deployment (not local development) must be given is not set."""
+
+
+def deployment_env() -> str:
+    """Where this runs: $CARTINTEL_ENV, default `local` (the deployment manifests set
+    `production`); outside local development every secret must be set."""
+    return os.environ.get("CARTINTEL_ENV") or LOCAL
+
+
+def secret(name: str, local_default: str | None = None) -> str | None:
+    """The secret in environment variable `name`, or in the file `$<name>_FILE` names (Compose
+    and Kubernetes mount secrets as files). Unset: `local_default` in local development;
+    elsewhere a `MissingSecretError` naming the variable (never a default published in code)."""
+    value = os.environ.get(name)
+    if value:
+        return value
+    file = os.environ.get(f"{name}_FILE")
+    if file:
+        value = Path(file).read_text().strip()
+        if not value:
+            raise MissingSecretError(f"{name}_FILE names {file}, which is empty")
+        return value
+    env = deployment_env()
+    if env == LOCAL:
+        return local_default
+    raise MissingSecretError(
+        f"{name} is not set, and CARTINTEL_ENV={env} is not local development: set it from the"
+        " deployment's secrets (infra/README.md); the local default is published in the code"
+    )
 
 
 def _path(env: str, default: str) -> Path:
@@ -43,8 +77,9 @@ def shared_data_dir() -> Path:
 
 
 def pseudonym_key() -> str:
-    """Key of the keyed hash that pseudonymises customer ids: $CARTINTEL_PSEUDONYM_KEY."""
-    return os.environ.get("CARTINTEL_PSEUDONYM_KEY") or LOCAL_PSEUDONYM_KEY
+    """Key of the keyed hash that pseudonymises customer ids: $CARTINTEL_PSEUDONYM_KEY (required
+    outside local development, see `secret`)."""
+    return secret("CARTINTEL_PSEUDONYM_KEY", LOCAL_PSEUDONYM_KEY) or LOCAL_PSEUDONYM_KEY
 
 
 def mlruns_dir() -> Path:

@@ -1,0 +1,37 @@
+"""Secrets: required outside local development, from the environment or a mounted file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cartintel_assets import settings
+from cartintel_assets.ingestion.ingest import pseudonymise
+
+
+def test_the_pseudonym_key_is_required_outside_local_development(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("CARTINTEL_PSEUDONYM_KEY", raising=False)
+    monkeypatch.delenv("CARTINTEL_PSEUDONYM_KEY_FILE", raising=False)
+    monkeypatch.delenv("CARTINTEL_ENV", raising=False)
+    assert settings.pseudonym_key() == settings.LOCAL_PSEUDONYM_KEY  # local development
+    monkeypatch.setenv("CARTINTEL_ENV", "production")
+    with pytest.raises(settings.MissingSecretError) as err:
+        settings.pseudonym_key()
+    assert "CARTINTEL_PSEUDONYM_KEY is not set" in str(err.value)
+    assert "CARTINTEL_ENV=production" in str(err.value)
+    # a Compose or Kubernetes secret mounted as a file
+    (tmp_path / "key").write_text("from-a-secret-file\n")
+    monkeypatch.setenv("CARTINTEL_PSEUDONYM_KEY_FILE", str(tmp_path / "key"))
+    assert settings.pseudonym_key() == "from-a-secret-file"
+    (tmp_path / "key").write_text("\n")
+    with pytest.raises(settings.MissingSecretError, match="is empty"):
+        settings.pseudonym_key()
+    monkeypatch.setenv("CARTINTEL_PSEUDONYM_KEY", "from-the-environment")
+    assert settings.pseudonym_key() == "from-the-environment"
+    # another key, other pseudonyms: rotating the key breaks the link to earlier pseudonyms
+    a = pseudonymise(["C000042"], "from-the-environment")
+    assert a != pseudonymise(["C000042"], settings.LOCAL_PSEUDONYM_KEY)
+    assert a == pseudonymise(["C000042"], "from-the-environment")
