@@ -52,6 +52,7 @@ bench: venv system-packages
 	$(BIN)/python -m cartintel_tests.benchmarks.ope --out BENCHMARKS.md
 	$(BIN)/python -m cartintel_tests.benchmarks.decisions --out BENCHMARKS.md
 	$(BIN)/python -m cartintel_tests.benchmarks.loop --out BENCHMARKS.md
+	$(BIN)/python -m cartintel_tests.benchmarks.backfill --out BENCHMARKS.md
 	@# 4M and 40M REES46-shaped events (~15 GB of temporary files in build/, removed after)
 	$(BIN)/python -m cartintel_tests.benchmarks.landing --out BENCHMARKS.md
 
