@@ -22,7 +22,7 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
@@ -31,6 +31,7 @@ from cartintel_assets import settings
 from cartintel_assets.models.reasons import explain_all
 from cartintel_assets.registry.names import ABANDONMENT_MODEL, CHALLENGER, UPLIFT_MODEL
 from cartintel_assets.registry.tracking import Store
+from cartintel_assets.serving.auth import require
 from cartintel_assets.serving.batching import Batcher
 from cartintel_assets.serving.config import ServiceSettings, serving_plan
 from cartintel_assets.serving.decision import (
@@ -305,6 +306,10 @@ def create_app(cfg: ServiceSettings | None = None) -> FastAPI:
     def service() -> Service:
         return holder["service"]
 
+    def scope(name: str) -> Any:
+        """Depends on a bearer token of scope `name`, when the service has tokens."""
+        return Depends(require(name, lambda: service().cfg.tokens))
+
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
         """FastAPI's 422, able to echo a NaN or an infinity it refused (as text: JSON has no
@@ -314,7 +319,9 @@ def create_app(cfg: ServiceSettings | None = None) -> FastAPI:
         )
         return JSONResponse(status_code=422, content={"detail": detail})
 
-    @app.post("/score", response_model=ScoreResponse, tags=["scoring"])
+    @app.post(
+        "/score", response_model=ScoreResponse, tags=["scoring"], dependencies=[scope("score")]
+    )
     async def score(request: ScoreRequest) -> ScoreResponse:
         """Score a cart session from its events so far: risk (by the region's phase alias,
         `pilot` or `global`), reason codes, segment and the recommended intervention within
@@ -344,17 +351,22 @@ def create_app(cfg: ServiceSettings | None = None) -> FastAPI:
             },
         }
 
-    @app.get("/models", tags=["operations"])
+    @app.get("/models", tags=["operations"], dependencies=[scope("operations")])
     def models() -> dict[str, Any]:
         """The registry versions loaded, per alias, and what the registry says now."""
         return service().models_view()
 
-    @app.post("/reload", tags=["operations"])
+    @app.post("/reload", tags=["operations"], dependencies=[scope("operations")])
     def reload() -> dict[str, Any]:
         """Reload now: models if an alias moved, and the warehouse snapshot."""
         return {"changed": service().reload(snapshot=True), **service().models_view()}
 
-    @app.get("/dashboard", tags=["reporting"], response_class=FileResponse)
+    @app.get(
+        "/dashboard",
+        tags=["reporting"],
+        response_class=FileResponse,
+        dependencies=[scope("reporting")],
+    )
     def dashboard() -> FileResponse:
         """The executive dashboard, as last materialised (asset `executive_dashboard`)."""
         from cartintel_assets.reporting.dashboard import page_path

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cartintel_assets import settings
+from cartintel_assets.serving.auth import Tokens
 from cartintel_assets.serving.decision import ServingPlan
 
 
@@ -27,6 +28,7 @@ class ServiceSettings:
     hand_over_s: float = 0.25  # how often a worker hands its decisions to its companion process
     max_batch: int = 64
     gather_turns: int = 8  # event-loop turns that let arrived requests join a batch
+    tokens: Tokens = field(default_factory=Tokens)  # none: open (local development only)
 
     @classmethod
     def from_env(cls) -> ServiceSettings:
@@ -36,6 +38,7 @@ class ServiceSettings:
             reload_interval_s=float(env("CARTINTEL_SERVE_RELOAD_S", "5")),
             snapshot_refresh_s=float(env("CARTINTEL_SERVE_SNAPSHOT_S", "300")),
             flush_interval_s=float(env("CARTINTEL_SERVE_FLUSH_S", "5")),
+            tokens=Tokens.from_env(),
         )
 
 

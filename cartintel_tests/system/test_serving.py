@@ -569,3 +569,40 @@ def test_score_follows_the_deployed_budget(
     # the carts the generous budget treated are refused for the budget, not for another reason
     refused = [b["reason"] for a, b in zip(generous, broke, strict=True) if a["action"] != "none"]
     assert refused and all("budget" in r for r in refused)
+
+
+def test_tokens_guard_every_endpoint_but_health_by_scope(
+    served: dict[str, Any], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from cartintel_assets.serving.auth import Tokens
+
+    secret = {"score": "s3cret-score", "operations": "s3cret-ops", "reporting": "s3cret-report"}
+    tokens = Tokens.of({scope: [token] for scope, token in secret.items()})
+    body = SAMPLE.read_bytes()
+    calls = {
+        "score": ("POST", "/score", body),
+        "operations": ("GET", "/models", None),
+        "reporting": ("GET", "/dashboard", None),
+    }
+    with TestClient(create_app(_settings(served, monkeypatch, tokens=tokens))) as c:
+
+        def call(method: str, path: str, content: bytes | None, token: str | None) -> int:
+            headers = {"content-type": "application/json"}
+            if token:
+                headers["authorization"] = f"Bearer {token}"
+            return c.request(method, path, content=content, headers=headers).status_code
+
+        assert c.get("/health").status_code == 200  # probes need no token
+        for scope, (method, path, content) in calls.items():
+            assert call(method, path, content, None) == 401, path
+            assert call(method, path, content, "guess") == 401, path
+            for other in calls:  # the right scope passes, another is forbidden
+                want = 200 if other == scope else 403
+                assert call(method, path, content, secret[other]) == want, (path, other)
+        assert call("POST", "/reload", None, "s3cret-score") == 403
+        assert call("POST", "/reload", None, "s3cret-ops") == 200
+        r = c.post("/score", content=body, headers={"content-type": "application/json"})
+        assert r.headers["www-authenticate"] == "Bearer"
+        schemes = c.get("/openapi.json").json()["components"]["securitySchemes"]
+        assert schemes["HTTPBearer"]["scheme"] == "bearer"
+    assert "s3cret" not in caplog.text  # tokens are never logged

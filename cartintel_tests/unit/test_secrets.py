@@ -35,3 +35,24 @@ def test_the_pseudonym_key_is_required_outside_local_development(
     a = pseudonymise(["C000042"], "from-the-environment")
     assert a != pseudonymise(["C000042"], settings.LOCAL_PSEUDONYM_KEY)
     assert a == pseudonymise(["C000042"], "from-the-environment")
+
+
+def test_the_service_needs_its_tokens_outside_local_development(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from cartintel_assets.serving.auth import SCOPES, token_variable
+    from cartintel_assets.serving.config import ServiceSettings
+
+    for scope in SCOPES:
+        monkeypatch.delenv(token_variable(scope), raising=False)
+        monkeypatch.delenv(f"{token_variable(scope)}_FILE", raising=False)
+    monkeypatch.delenv("CARTINTEL_ENV", raising=False)
+    assert not ServiceSettings.from_env().tokens.required  # local: open, on 127.0.0.1
+    monkeypatch.setenv("CARTINTEL_ENV", "production")
+    with pytest.raises(settings.MissingSecretError, match="CARTINTEL_SERVE_SCORE_TOKENS"):
+        ServiceSettings.from_env()
+    for scope in SCOPES:
+        monkeypatch.setenv(token_variable(scope), f"{scope}-a, {scope}-b")
+    tokens = ServiceSettings.from_env().tokens
+    assert tokens.scopes_of("score-b") == {"score"} and tokens.scopes_of("nope") == set()
+    assert "score-a" not in repr(tokens)  # only digests are kept
