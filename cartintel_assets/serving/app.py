@@ -33,6 +33,7 @@ from cartintel_assets.registry.names import ABANDONMENT_MODEL, CHALLENGER, UPLIF
 from cartintel_assets.registry.tracking import Store
 from cartintel_assets.serving.auth import require
 from cartintel_assets.serving.batching import Batcher
+from cartintel_assets.serving.body_limit import DEFAULT_MAX_BODY_BYTES, BodyLimit
 from cartintel_assets.serving.config import ServiceSettings, serving_plan
 from cartintel_assets.serving.decision import (
     Decision,
@@ -302,6 +303,7 @@ def create_app(cfg: ServiceSettings | None = None) -> FastAPI:
         " intervention (or none) that pays, for one open cart, in real time.",
         lifespan=lifespan,
     )
+    app.add_middleware(BodyLimit, max_bytes=cfg.max_body_bytes if cfg else DEFAULT_MAX_BODY_BYTES)
 
     def service() -> Service:
         return holder["service"]

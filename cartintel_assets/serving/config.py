@@ -9,6 +9,7 @@ from pathlib import Path
 
 from cartintel_assets import settings
 from cartintel_assets.serving.auth import Tokens
+from cartintel_assets.serving.body_limit import DEFAULT_MAX_BODY_BYTES
 from cartintel_assets.serving.decision import ServingPlan
 
 
@@ -29,6 +30,7 @@ class ServiceSettings:
     max_batch: int = 64
     gather_turns: int = 8  # event-loop turns that let arrived requests join a batch
     tokens: Tokens = field(default_factory=Tokens)  # none: open (local development only)
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES  # larger bodies: 413 before they are read
 
     @classmethod
     def from_env(cls) -> ServiceSettings:
@@ -39,6 +41,7 @@ class ServiceSettings:
             snapshot_refresh_s=float(env("CARTINTEL_SERVE_SNAPSHOT_S", "300")),
             flush_interval_s=float(env("CARTINTEL_SERVE_FLUSH_S", "5")),
             tokens=Tokens.from_env(),
+            max_body_bytes=int(env("CARTINTEL_SERVE_MAX_BODY_BYTES", str(DEFAULT_MAX_BODY_BYTES))),
         )
 
 

@@ -4,7 +4,7 @@ contract, so the API accepts exactly what ingestion accepts."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
@@ -12,6 +12,11 @@ from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 from cartintel_assets.contracts.schema import EVENTS, PRODUCT_EVENT_TYPES, SESSIONS, TableSpec
 
 MAX_EVENTS = 500  # a session with more events than this is a bot or a bug, not a shopper
+# The plausible times of a live cart's events: from its session's start (less a little clock
+# skew) to a day later, never ahead of the service's clock, and no session before 2000
+CLOCK_SKEW = timedelta(minutes=5)
+MAX_SESSION_SPAN = timedelta(hours=24)
+EARLIEST = datetime(2000, 1, 1)
 _PY = {"VARCHAR": str, "INTEGER": int, "DOUBLE": float, "TIMESTAMP": datetime, "BOOLEAN": bool}
 # JSON's NaN and Infinity (and 1e999) parse as floats; ingestion quarantines them, so do we
 _STRICT = ConfigDict(extra="forbid", str_max_length=256, allow_inf_nan=False)
@@ -26,6 +31,10 @@ def _model(spec: TableSpec, name: str, doc: str, base: type[BaseModel]) -> Any:
             kind = kind | None
         bounds = {"ge": c.min_value, "le": c.max_value}
         extra: dict[str, Any] = {k: v for k, v in bounds.items() if v is not None}
+        if c.sql_type in ("INTEGER", "DOUBLE", "BOOLEAN"):
+            # no coercion: `true` is no price, "3" no quantity and 1 no flag (a number may
+            # still be written without a fraction)
+            extra["strict"] = True
         if c.sql_type == "VARCHAR" and c.required:
             extra["min_length"] = 1
         fields[c.name] = (
@@ -80,6 +89,44 @@ class ScoreRequest(BaseModel):
         if len(set(ids)) != len(ids):
             raise ValueError("event_id values must be unique within a request")
         return self
+
+    @model_validator(mode="after")
+    def _in_order_and_in_time(self) -> ScoreRequest:
+        """The events in session order (`seq` rising, times not going back), within their
+        session's plausible window."""
+        events: list[Any] = self.events
+        for before, after in zip(events, events[1:], strict=False):
+            if after.seq <= before.seq:
+                raise ValueError(
+                    f"seq must rise from one event to the next: {after.event_id!r} has seq"
+                    f" {after.seq} after {before.seq} (duplicate or out of order)"
+                )
+            if _utc(after.ts) < _utc(before.ts):
+                raise ValueError(
+                    f"event times must not go back with seq: {after.event_id!r} at {after.ts}"
+                    f" follows {before.ts}"
+                )
+        started = _utc(self.session.started_at)  # type: ignore[attr-defined]
+        now = datetime.now(UTC).replace(tzinfo=None)
+        if not EARLIEST <= started <= now + CLOCK_SKEW:
+            raise ValueError(
+                f"session started_at {started} is not plausible: between {EARLIEST} and now"
+                f" ({now:%Y-%m-%d %H:%M} UTC)"
+            )
+        low, high = started - CLOCK_SKEW, min(started + MAX_SESSION_SPAN, now + CLOCK_SKEW)
+        for e in events:
+            if not low <= _utc(e.ts) <= high:
+                raise ValueError(
+                    f"event {e.event_id!r} at {e.ts} is outside its session's plausible"
+                    f" window {low} .. {high} (the session's start to a day later, not ahead of"
+                    " the service's clock)"
+                )
+        return self
+
+
+def _utc(t: datetime) -> datetime:
+    """A naive UTC time (the contract's times are UTC; an offset, if given, is applied)."""
+    return t.astimezone(UTC).replace(tzinfo=None) if t.tzinfo is not None else t
 
 
 class ModelUsed(BaseModel):

@@ -269,6 +269,36 @@ def test_bad_payloads_get_422_with_the_reason(client: TestClient) -> None:
         ),
         "negative price": (lambda b: b["events"][1].update(price=-3.0), "greater than or equal"),
         "unknown field": (lambda b: b["session"].update(email="a@b.c"), "email"),
+        # nonsense that parses: no longer scored as if it were fine
+        "events of 1970": (
+            lambda b: [e.update(ts="1970-01-01T00:00:00") for e in b["events"]],
+            "outside its session's plausible window",
+        ),
+        "a session of 1970": (
+            lambda b: (
+                b["session"].update(started_at="1970-01-01T00:00:00"),
+                [e.update(ts="1970-01-01T00:00:01") for e in b["events"]],
+            ),
+            "started_at 1970-01-01 00:00:00 is not plausible",
+        ),
+        "an event in 9999": (
+            lambda b: b["events"][-1].update(ts="9999-12-31T23:59:59"),
+            "outside its session's plausible window",
+        ),
+        "duplicate seq": (
+            lambda b: b["events"][1].update(seq=b["events"][0]["seq"]),
+            "duplicate or out of order",
+        ),
+        "reversed seq": (lambda b: b["events"].reverse(), "duplicate or out of order"),
+        "time going back": (
+            lambda b: (
+                b["events"][1].update(ts=b["session"]["started_at"] + ".000")
+                or b["events"][0].update(ts=b["events"][2]["ts"])
+            ),
+            "must not go back",
+        ),
+        "true as a price": (lambda b: b["events"][1].update(price=True), "price"),
+        "text as a quantity": (lambda b: b["events"][1].update(quantity="3"), "quantity"),
     }
     for name, (mutate, expected) in cases.items():
         r = post(mutate)
@@ -282,6 +312,17 @@ def test_bad_payloads_get_422_with_the_reason(client: TestClient) -> None:
         r = client.post("/score", content=text, headers={"content-type": "application/json"})
         assert r.status_code == 422 and "finite number" in r.text, (number, r.text)
     assert client.post("/score", json=body).status_code == 200
+    # a body over the limit is refused before it is read whole: from its length, or as it comes
+    big = b'{"session": {}, "events": [' + b" " * 2_000_000 + b"]}"
+    r = client.post("/score", content=big, headers={"content-type": "application/json"})
+    assert r.status_code == 413 and "larger than 1,048,576 bytes" in r.text
+
+    def chunks() -> Any:
+        for _ in range(40):
+            yield b" " * 65_536
+
+    r = client.post("/score", content=chunks(), headers={"content-type": "application/json"})
+    assert r.status_code == 413 and "larger than 1,048,576 bytes" in r.text
     schema = client.get("/openapi.json").json()
     assert "/score" in schema["paths"] and "ScoreRequest" in schema["components"]["schemas"]
     events = schema["components"]["schemas"]["CartEvent"]["properties"]
