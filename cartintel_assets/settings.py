@@ -38,7 +38,10 @@ def secret(name: str, local_default: str | None = None) -> str | None:
         return value
     file = os.environ.get(f"{name}_FILE")
     if file:
-        value = Path(file).read_text().strip()
+        try:
+            value = Path(file).read_text().strip()
+        except OSError as exc:
+            raise MissingSecretError(f"{name}_FILE names {file}, which cannot be read") from exc
         if not value:
             raise MissingSecretError(f"{name}_FILE names {file}, which is empty")
         return value

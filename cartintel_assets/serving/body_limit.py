@@ -26,11 +26,14 @@ class BodyLimit:
             return
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
-            body = json.dumps({"detail": self._detail()}).encode()
+            status, detail = (
+                (413, self._detail()) if length.isdigit() else (400, "invalid Content-Length")
+            )
+            body = json.dumps({"detail": detail}).encode()
             await send(
                 {
                     "type": "http.response.start",
-                    "status": 413,
+                    "status": status,
                     "headers": [
                         (b"content-type", b"application/json"),
                         (b"content-length", str(len(body)).encode()),

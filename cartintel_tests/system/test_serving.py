@@ -324,6 +324,8 @@ def test_bad_payloads_get_422_with_the_reason(client: TestClient) -> None:
 
     r = client.post("/score", content=chunks(), headers={"content-type": "application/json"})
     assert r.status_code == 413 and "larger than 1,048,576 bytes" in r.text
+    bogus = {"content-type": "application/json", "content-length": "lots"}
+    assert client.post("/score", content=b"{}", headers=bogus).status_code == 400
     schema = client.get("/openapi.json").json()
     assert "/score" in schema["paths"] and "ScoreRequest" in schema["components"]["schemas"]
     events = schema["components"]["schemas"]["CartEvent"]["properties"]

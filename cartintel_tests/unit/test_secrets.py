@@ -29,6 +29,9 @@ def test_the_pseudonym_key_is_required_outside_local_development(
     (tmp_path / "key").write_text("\n")
     with pytest.raises(settings.MissingSecretError, match="is empty"):
         settings.pseudonym_key()
+    monkeypatch.setenv("CARTINTEL_PSEUDONYM_KEY_FILE", str(tmp_path / "absent"))
+    with pytest.raises(settings.MissingSecretError, match="cannot be read"):
+        settings.pseudonym_key()
     monkeypatch.setenv("CARTINTEL_PSEUDONYM_KEY", "from-the-environment")
     assert settings.pseudonym_key() == "from-the-environment"
     # another key, other pseudonyms: rotating the key breaks the link to earlier pseudonyms
