@@ -35,6 +35,7 @@ from cartintel_assets.serving.auth import require
 from cartintel_assets.serving.batching import Batcher
 from cartintel_assets.serving.body_limit import DEFAULT_MAX_BODY_BYTES, BodyLimit
 from cartintel_assets.serving.config import ServiceSettings, serving_plan
+from cartintel_assets.serving.consent import merge, withdrawn
 from cartintel_assets.serving.decision import (
     Decision,
     Scorer,
@@ -110,6 +111,8 @@ class Service:
         self._stopping = threading.Event()
         self._sender = threading.Thread(target=self._send_rows, name="decisions", daemon=True)
         self.logged = {"written": 0, "pending": 0}
+        # consent as landed but not ingested yet: withdrawals count at once (`serving.consent`)
+        self.landed_consent: dict[str, tuple[str, bool]] = {}
         self.unsent: list[dict[str, Any]] = []
         self._flushed: dict[int, threading.Event] = {}
         self.batcher: Batcher[ScoreRequest, Decision] = Batcher(
@@ -132,7 +135,9 @@ class Service:
                 self.state, self.loaded_at = state, datetime.now(UTC)
                 log.info("models reloaded: %s", state)
             if snapshot:
-                self.scorer.snapshot = Snapshot(self.reader)
+                fresh = Snapshot(self.reader)
+                self._withdraw(fresh)  # what landed since, before it serves
+                self.scorer.snapshot = fresh
                 changed["snapshot"] = str(self.scorer.snapshot.last_day)
             if changed:
                 gc.freeze()  # the new ones too (see start)
@@ -153,12 +158,20 @@ class Service:
                     self.reload(state=msg[1])
                 elif msg[0] == "landed" and msg[1] and msg[1] != str(self.scorer.snapshot.last_day):
                     self.reload(snapshot=True)
+                elif msg[0] == "consent":
+                    merge(self.landed_consent, msg[1])
+                    self._withdraw(self.scorer.snapshot)
                 elif msg[0] == "logged":
                     self.logged = {"written": msg[2], "pending": msg[3]}
                     if msg[1] in self._flushed:
                         self._flushed[msg[1]].set()
             except Exception as err:  # the service keeps serving what it has
                 log.warning("reload failed, still serving %s: %s", self.state, err)
+
+    def _withdraw(self, snapshot: Snapshot) -> None:
+        """Customers whose latest landed consent is a withdrawal get none in `snapshot`."""
+        for cid in withdrawn(self.landed_consent):
+            snapshot.consent[cid] = False
 
     def flush_decisions(self, timeout_s: float = 60.0) -> dict[str, int]:
         """Write the decisions handed over so far now; what is written and pending after."""

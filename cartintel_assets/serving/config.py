@@ -22,6 +22,7 @@ class ServiceSettings:
         default_factory=lambda: settings.warehouse_path().parent / "serving" / "contacts.sqlite"
     )
     reports: Path = field(default_factory=settings.reports_dir)
+    landing: Path = field(default_factory=settings.landing_dir)  # consent withdrawals, at once
     shadow: bool = True
     reload_interval_s: float = 5.0
     snapshot_refresh_s: float = 300.0

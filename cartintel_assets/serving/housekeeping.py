@@ -59,8 +59,10 @@ def housekeeping(cfg: ServiceSettings, tracking_uri: str, worker: Connection) ->
     """The companion process of a worker: every `flush_interval_s` it appends the decisions the
     worker handed over to the warehouse; every `reload_interval_s` it reads the registry's
     aliases, and every `snapshot_refresh_s` the latest landed day, and tells the worker what it
-    found. Messages in: ("rows", [...]), ("flush", token), ("stop",). Out: ("ready", state) once,
-    then ("aliases", state), ("landed", day), ("logged", token, written, pending)."""
+    found; with the aliases, the consent of customers files landed but not ingested yet
+    (`consent.landed_consent`). Messages in: ("rows", [...]), ("flush", token), ("stop",). Out:
+    ("ready", state) once, then ("aliases", state), ("landed", day), ("consent", {customer:
+    (day, consent)}), ("logged", token, written, pending)."""
     logging.basicConfig(level=logging.WARNING)
     # its chores can wait; a request cannot: when the cores are busy, the scheduler runs the
     # workers first (each chore costs tens of milliseconds of CPU every few seconds)
@@ -83,14 +85,31 @@ def housekeeping(cfg: ServiceSettings, tracking_uri: str, worker: Connection) ->
             last = wh.execute("SELECT max(partition_date) FROM raw_sessions").fetchall()[0][0]
         return None if last is None else str(last)
 
+    from cartintel_assets import settings
+    from cartintel_assets.serving.consent import landed_consent
+
+    key = settings.pseudonym_key()
+    seen: dict[Path, int] = {}
+
+    def consent() -> None:
+        with reader() as wh:
+            after = wh.execute("SELECT max(partition_date) FROM raw_customers").fetchall()[0][0]
+        changes = landed_consent(cfg.landing, key, after, seen)
+        if changes:
+            worker.send(("consent", changes))
+
     def flush(token: int | None = None, tries: int = 1) -> None:
         for _ in range(tries):
             if writer.flush() or not writer.pending:
                 break
         worker.send(("logged", token, writer.written, len(writer.pending)))
 
+    def aliases() -> None:
+        worker.send(("aliases", registry_state(store)))
+        consent()
+
     chores: dict[str, Callable[[], None]] = {
-        "aliases": lambda: worker.send(("aliases", registry_state(store))),
+        "aliases": aliases,
         "landed": lambda: worker.send(("landed", landed())),
         "flush": flush,
     }

@@ -739,3 +739,44 @@ def test_tokens_guard_every_endpoint_but_health_by_scope(
         schemes = c.get("/openapi.json").json()["components"]["securitySchemes"]
         assert schemes["HTTPBearer"]["scheme"] == "bearer"
     assert "s3cret" not in caplog.text  # tokens are never logged
+
+
+def test_a_consent_withdrawal_counts_in_score_as_soon_as_it_lands(
+    demo_store: Storefront, served: dict[str, Any], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The next day's customers feed lands (not ingested): the withdrawal holds in `/score`
+    within seconds and across a snapshot rebuild; a grant waits for ingestion."""
+    from datetime import date, timedelta
+
+    bodies = _requests(demo_store, LAST)[:300]
+    landing = tmp_path / "landing"
+    with TestClient(create_app(_settings(served, monkeypatch, landing=landing))) as c:
+
+        def consent(body: dict[str, Any]) -> dict[str, Any]:
+            r = c.post("/score", json=body)
+            assert r.status_code == 200, r.text
+            return r.json()["intervention"]  # type: ignore[no-any-return]
+
+        answers = [(b, consent(b)) for b in bodies]
+        who = next(b for b, a in answers if a["consent"])
+        other = next(b for b, a in answers if not a["consent"])
+        day = date.fromisoformat(LAST) + timedelta(days=1)
+        (landing / day.isoformat()).mkdir(parents=True)
+        feed = pd.DataFrame(
+            {
+                "customer_id": [who["session"]["customer_id"], other["session"]["customer_id"]],
+                "region": [who["session"]["region"], other["session"]["region"]],
+                "signup_date": [day, day],
+                "marketing_consent": [False, True],
+            }
+        )
+        feed.to_parquet(landing / day.isoformat() / "customers.parquet")
+        deadline = time.monotonic() + 30
+        while consent(who)["consent"]:
+            assert time.monotonic() < deadline, "the withdrawal did not reach /score in 30 s"
+            time.sleep(0.2)
+        assert consent(who)["action"] == "none"
+        assert not consent(other)["consent"]  # a grant is obeyed once ingestion validated it
+        # the snapshot is rebuilt from the warehouse, which has not ingested the feed yet
+        assert "snapshot" in c.post("/reload").json()["changed"]
+        assert not consent(who)["consent"]
