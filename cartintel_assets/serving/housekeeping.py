@@ -74,29 +74,42 @@ def housekeeping(cfg: ServiceSettings, tracking_uri: str, worker: Connection) ->
         "flush": cfg.flush_interval_s,
         "aliases": cfg.reload_interval_s,
         "landed": cfg.snapshot_refresh_s,
+        "consent": cfg.reload_interval_s,
     }
-    due = {k: time.monotonic() + s for k, s in every.items()}
-    # ready once its imports are done and the registry answered: the worker waits for this, so
-    # the start of this process does not slow the first requests
-    worker.send(("ready", registry_state(store)))
+
+    from cartintel_assets import settings
+    from cartintel_assets.serving.consent import landed_consent
+    from cartintel_assets.warehouse.tables import has_table
+
+    key = settings.pseudonym_key()
+    seen: dict[Path, int] = {}
+    # the latest ingested customers day, read with the landed day (not every few seconds: a
+    # run holding the warehouse would hold up the decision log's writes)
+    ingested: dict[str, Any] = {}
 
     def landed() -> str | None:
         with reader() as wh:
             last = wh.execute("SELECT max(partition_date) FROM raw_sessions").fetchall()[0][0]
+            ingested["customers"] = (
+                wh.execute("SELECT max(partition_date) FROM raw_customers").fetchall()[0][0]
+                if has_table(wh, "raw_customers")
+                else None
+            )
         return None if last is None else str(last)
 
-    from cartintel_assets import settings
-    from cartintel_assets.serving.consent import landed_consent
-
-    key = settings.pseudonym_key()
-    seen: dict[Path, int] = {}
-
     def consent() -> None:
-        with reader() as wh:
-            after = wh.execute("SELECT max(partition_date) FROM raw_customers").fetchall()[0][0]
-        changes = landed_consent(cfg.landing, key, after, seen)
+        changes = landed_consent(cfg.landing, key, ingested.get("customers"), seen)
         if changes:
             worker.send(("consent", changes))
+
+    try:  # at start, as the worker's snapshot reads the warehouse then too
+        landed()
+    except Exception as err:  # no warehouse yet: every landed file counts until there is
+        log.warning("the latest ingested day could not be read: %s", err)
+    due = {k: time.monotonic() + s for k, s in every.items()}
+    # ready once its imports are done and the registry answered: the worker waits for this, so
+    # the start of this process does not slow the first requests
+    worker.send(("ready", registry_state(store)))
 
     def flush(token: int | None = None, tries: int = 1) -> None:
         for _ in range(tries):
@@ -104,12 +117,9 @@ def housekeeping(cfg: ServiceSettings, tracking_uri: str, worker: Connection) ->
                 break
         worker.send(("logged", token, writer.written, len(writer.pending)))
 
-    def aliases() -> None:
-        worker.send(("aliases", registry_state(store)))
-        consent()
-
     chores: dict[str, Callable[[], None]] = {
-        "aliases": aliases,
+        "aliases": lambda: worker.send(("aliases", registry_state(store))),
+        "consent": consent,
         "landed": lambda: worker.send(("landed", landed())),
         "flush": flush,
     }
