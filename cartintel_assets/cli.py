@@ -158,7 +158,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     those days, and account for every line of each landed log."""
     import dagster as dg
 
-    from cartintel_assets.resources.landing import landed_folders
+    from cartintel_assets.ingestion.ingest import landed_folders
 
     landing = (args.landing or settings.landing_dir()).resolve()
     os.environ["CARTINTEL_LANDING"] = str(landing)  # read by the definitions and the jobs

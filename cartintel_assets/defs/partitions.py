@@ -33,7 +33,7 @@ def first_day() -> date:
     configured = settings.deployed(PartitionSettings, "partitions").first_day
     if configured is not None:
         return configured
-    from cartintel_assets.resources.landing import landed_folders
+    from cartintel_assets.ingestion.ingest import landed_folders
 
     landed = [date.fromisoformat(d) for d in landed_folders(settings.landing_dir())[0]]
     return min([DEFAULT_FIRST_DAY, *landed])

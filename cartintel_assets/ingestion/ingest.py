@@ -383,6 +383,25 @@ def utc_now() -> datetime:
     return datetime.now(UTC).replace(microsecond=0, tzinfo=None)
 
 
+def landed_folders(root: Path) -> tuple[list[str], list[str]]:
+    """The day folders (`YYYY-MM-DD`) under `root` in order, and the other folders, which are
+    no day: a misplaced folder is named to the user, never taken for a day nor skipped silently.
+    Folders starting with "_" hold the bookkeeping of foreign logs (rejects, manifests)."""
+    days: list[str] = []
+    other: list[str] = []
+    if not root.exists():
+        return days, other
+    for p in root.iterdir():
+        if not p.is_dir() or p.name.startswith("_"):
+            continue
+        try:
+            is_day = date.fromisoformat(p.name).isoformat() == p.name  # not 20191001
+        except ValueError:
+            is_day = False
+        (days if is_day else other).append(p.name)
+    return sorted(days), sorted(other)
+
+
 def landing_path(spec: TableSpec, partition: date, landing_dir: Path) -> Path:
     """Where one table's file for one day lands."""
     return landing_dir / partition.isoformat() / spec.landing_file

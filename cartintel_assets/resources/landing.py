@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import date
 from pathlib import Path
 
 import dagster as dg
 from pydantic import Field
 
 from cartintel_assets import settings
+from cartintel_assets.ingestion.ingest import landed_folders
 
 
 class LandingResource(dg.ConfigurableResource):
@@ -29,22 +29,3 @@ class LandingResource(dg.ConfigurableResource):
     def days(self) -> list[str]:
         """The day folders that have landed, in order."""
         return landed_folders(self.path())[0]
-
-
-def landed_folders(root: Path) -> tuple[list[str], list[str]]:
-    """The day folders (`YYYY-MM-DD`) under `root` in order, and the other folders, which are
-    no day: a misplaced folder is named to the user, never taken for a day nor skipped silently.
-    Folders starting with "_" hold the bookkeeping of foreign logs (rejects, manifests)."""
-    days: list[str] = []
-    other: list[str] = []
-    if not root.exists():
-        return days, other
-    for p in root.iterdir():
-        if not p.is_dir() or p.name.startswith("_"):
-            continue
-        try:
-            is_day = date.fromisoformat(p.name).isoformat() == p.name  # not 20191001
-        except ValueError:
-            is_day = False
-        (days if is_day else other).append(p.name)
-    return sorted(days), sorted(other)

@@ -12,8 +12,7 @@ from pathlib import Path
 import duckdb
 
 from cartintel_assets.contracts.schema import CUSTOMERS
-from cartintel_assets.ingestion.ingest import pseudonymise
-from cartintel_assets.resources.landing import landed_folders
+from cartintel_assets.ingestion.ingest import landed_folders, pseudonymise
 
 # pseudonymous customer -> (landed day, consent as landed)
 LandedConsent = dict[str, tuple[str, bool]]

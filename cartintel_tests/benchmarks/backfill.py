@@ -65,7 +65,7 @@ def measure(work: Path, days: int, sessions_per_day: int) -> dict[str, Any]:
 
     import cartintel_assets.quality.suites as suites
     from cartintel_assets.cli import _ingest_days, _progress, ensure_dagster_home
-    from cartintel_assets.resources.landing import landed_folders
+    from cartintel_assets.ingestion.ingest import landed_folders
 
     spent = {"events": 0.0, "gx": 0.0}
 

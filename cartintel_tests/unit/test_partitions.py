@@ -51,7 +51,7 @@ def test_ingest_names_what_it_cannot_ingest(
     landing: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from cartintel_assets.cli import main
-    from cartintel_assets.resources.landing import landed_folders
+    from cartintel_assets.ingestion.ingest import landed_folders
 
     # the storefront's output folder given instead of its landing/: its folders are no days
     for name in ("landing", "truth", "_rejected", "20191001"):
