@@ -296,7 +296,28 @@ def cmd_demo(args: argparse.Namespace, records: list[dict[str, Any]] | None = No
     store = shop.storefront()
     write_truth(store, out / "truth")
     _summary(warehouse, days, failed_checks, where)
+    _erase_one(landing / days[-1] / "sessions.parquet")
     return 0
+
+
+def _erase_one(sessions: Path) -> None:
+    """The right to erasure, shown: the demo's last cart's customer erased from every store."""
+    from cartintel_assets.privacy.erasure import erase
+    from cartintel_assets.privacy.subject import Stores, identify
+    from cartintel_assets.resources.mlflow import MLflowResource
+
+    customer = str(pd.read_parquet(sessions, columns=["customer_id"])["customer_id"].iloc[-1])
+    stores = Stores.from_settings()
+    subject = identify(stores, settings.pseudonym_key(), customer=customer)
+    print(f"\n== erasure: customer {customer} asked to be forgotten ==")
+    done = erase(
+        stores, subject, "demo: right to erasure", MLflowResource().store(), _progress("erase")
+    )
+    if done.receipt is None:
+        print("nothing held on them")
+        return
+    print(f"receipt {done.path}\n{erasure_summary(done.receipt)}")
+    print(f"verify: .venv/bin/cartintel erase --verify {done.path}")
 
 
 def _run(
@@ -730,6 +751,72 @@ def cmd_move(args: argparse.Namespace) -> int:
     return 0 if md["outcome"] == "moved" else 1
 
 
+def _subject(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The data subject named on the command line, and where cartintel keeps data."""
+    from cartintel_assets.privacy.subject import Stores, identify
+
+    stores = Stores.from_settings()
+    key = settings.pseudonym_key()
+    return stores, identify(stores, key, customer=args.customer, pseudonym=args.pseudonym)
+
+
+def cmd_erase(args: argparse.Namespace) -> int:
+    """`cartintel erase`: remove one data subject from every store, with a signed receipt; or
+    `--verify RECEIPT`. Runs outside Dagster, so the raw id never enters a run's stored config."""
+    from cartintel_assets.privacy.erasure import erase, verify
+    from cartintel_assets.resources.mlflow import MLflowResource
+
+    if args.verify:
+        try:
+            doc = verify(args.verify)
+        except ValueError as err:
+            print(f"receipt NOT valid: {err}", file=sys.stderr)
+            return 1
+        print(f"receipt valid: {doc['erasure_id']} at {doc['erased_at']}")
+        print(erasure_summary(doc))
+        return 0
+    if not (args.customer or args.pseudonym):
+        print("cartintel erase: name the subject (--customer or --pseudonym)", file=sys.stderr)
+        return 2
+    stores, subject = _subject(args)
+    say = _progress("erase")
+    done = erase(stores, subject, args.reason, MLflowResource().store(), say)
+    if done.noop:
+        print("nothing held on this subject in any store: nothing erased, no receipt (a no-op)")
+        return 0
+    assert done.receipt is not None
+    print(f"erased: receipt {done.path}\n{erasure_summary(done.receipt)}")
+    print(f"verify with: cartintel erase --verify {done.path}")
+    return 0
+
+
+def erasure_summary(receipt: dict[str, Any]) -> str:
+    """A receipt's counts per store and the model versions tagged, a line each."""
+    lines = [
+        f"  {store:<9} {s['rows']:>6} rows, {len(s['files_removed'])} files removed"
+        for store, s in receipt["stores"].items()
+    ]
+    versions = ", ".join(f"{v['model']} v{v['version']}" for v in receipt["model_versions"])
+    lines.append(f"  models tagged as trained on erased rows: {versions or 'none'}")
+    return "\n".join(lines)
+
+
+def cmd_export_subject(args: argparse.Namespace) -> int:
+    """`cartintel export-subject`: everything held on one data subject, as JSON."""
+    from cartintel_assets.privacy.access import export
+
+    stores, subject = _subject(args)
+    doc = export(stores, subject)
+    text = json.dumps(doc, indent=2, default=str)
+    if args.out is None:
+        print(text)
+    else:
+        args.out.write_text(text)
+        held = sum(len(s["records"]) for s in doc["sources"])
+        print(f"{held} records from {len(doc['sources'])} sources written to {args.out}")
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """The scoring API on uvicorn; each worker process loads the models and a snapshot."""
     import uvicorn
@@ -816,6 +903,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", choices=sorted(PROMOTED_MODELS), default="abandonment")
     p.add_argument("--phase", choices=["pilot", "global"], required=True)
     p.set_defaults(func=cmd_move)
+    p = sub.add_parser("erase", help="erase one data subject from every store (signed receipt)")
+    who = p.add_mutually_exclusive_group()
+    who.add_argument("--customer", help="the raw customer id, as landed")
+    who.add_argument("--pseudonym", help="or the customer's pseudonym, as in the warehouse")
+    who.add_argument("--verify", type=Path, metavar="RECEIPT", help="verify a receipt instead")
+    p.add_argument("--reason", default="data subject request", help="why (no personal data)")
+    p.set_defaults(func=cmd_erase)
+    p = sub.add_parser("export-subject", help="everything held on one data subject, as JSON")
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument("--customer", help="the raw customer id, as landed")
+    who.add_argument("--pseudonym", help="or the customer's pseudonym, as in the warehouse")
+    p.add_argument("--out", type=Path, default=None, help="JSON file (default: standard output)")
+    p.set_defaults(func=cmd_export_subject)
     p = sub.add_parser("serve", help="the real-time scoring API (and the dashboard)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)

@@ -8,6 +8,7 @@ from cartintel_assets.defs.friction import definitions as friction
 from cartintel_assets.defs.ingestion import definitions as ingestion
 from cartintel_assets.defs.ingestion.definitions import storefront_daily_job
 from cartintel_assets.defs.monitoring import definitions as monitoring
+from cartintel_assets.defs.privacy import definitions as privacy
 from cartintel_assets.defs.registry import definitions as registry
 from cartintel_assets.defs.reporting import definitions as reporting
 from cartintel_assets.defs.uplift import definitions as uplift
@@ -26,6 +27,7 @@ defs = dg.Definitions.merge(
     monitoring.defs,
     registry.defs,
     reporting.defs,
+    privacy.defs,
     dg.Definitions(
         resources={
             "warehouse": WarehouseResource(),

@@ -16,3 +16,9 @@ PHASES: tuple[str, ...] = (CHALLENGER, PILOT, GLOBAL)
 
 # Models that move through promotion, by the short name the CLI and the jobs use.
 PROMOTED_MODELS: dict[str, str] = {"abandonment": ABANDONMENT_MODEL, "uplift": UPLIFT_MODEL}
+
+# Version tags of erasure (README "Privacy"): the erasures whose rows a version may have learned
+# from, since when, and who certified that it may stay in use without retraining.
+ERASED_TAG = "erased_rows"
+ERASED_SINCE_TAG = "erased_rows_since"
+CERTIFIED_TAG = "erasure_certified"

@@ -10,14 +10,22 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import duckdb
 import numpy as np
 import pandas as pd
 
-from cartintel_assets.registry.names import CHALLENGER, GLOBAL, PHASES, PILOT
+from cartintel_assets.registry.names import (
+    CERTIFIED_TAG,
+    CHALLENGER,
+    ERASED_SINCE_TAG,
+    ERASED_TAG,
+    GLOBAL,
+    PHASES,
+    PILOT,
+)
 from cartintel_assets.registry.registration import version_by_alias
 from cartintel_assets.registry.tracking import Store
 from cartintel_assets.warehouse.tables import has_columns, has_table, transaction
@@ -56,6 +64,9 @@ class PhasePlan:
     global_min_incremental_conversion: float = 0.0
     global_max_auc_gap: float = 0.12  # across devices and across pilot regions
     min_group_rows: int = 100
+    # a version that learned from rows erased since: refused this many days after the erasure,
+    # unless retrained (a new version without them) or certified (README "Privacy")
+    erasure_grace_days: float = 30.0
 
     def serving_alias(self, region: str, available: set[str]) -> str:
         """The alias that scores a cart of `region`: pilot in pilot regions (when one exists),
@@ -184,6 +195,27 @@ def previous_version(
         return None
     before = promoted.iloc[-1]["from_version"]
     return None if before is None or pd.isna(before) else str(before)
+
+
+def erasure_gate(
+    tags: dict[str, str], plan: PhasePlan, now: datetime | None = None
+) -> GateResult | None:
+    """Refusal of a version that learned from erased rows, once the grace period is over and
+    nobody certified it (None: this gate does not stand in the way)."""
+    since = tags.get(ERASED_SINCE_TAG)
+    if not since or tags.get(CERTIFIED_TAG):
+        return None
+    erased = datetime.fromisoformat(since)
+    now = now or datetime.now(erased.tzinfo)
+    if now - erased <= timedelta(days=plan.erasure_grace_days):
+        return None
+    return GateResult(
+        False,
+        f"trained on rows erased since {since} (erasures {tags.get(ERASED_TAG)}), over the"
+        f" {plan.erasure_grace_days:g}-day grace period: retrain without them, or certify the"
+        f" version with the tag {CERTIFIED_TAG!r}",
+        {ERASED_SINCE_TAG: since, ERASED_TAG: tags.get(ERASED_TAG)},
+    )
 
 
 # ---- the evidence behind each gate -----------------------------------------------------------

@@ -55,6 +55,12 @@ class RolloutSettings(BaseModel):
         default=_D.global_max_auc_gap,
         description="To global: largest ROC-AUC gap across devices and across pilot regions.",
     )
+    erasure_grace_days: float = Field(
+        default=_D.erasure_grace_days,
+        ge=0,
+        description="Days a version that learned from erased rows may still be promoted; then"
+        " it must be retrained without them or certified (tag erasure_certified).",
+    )
     retrain_min_new_labels: int = Field(
         default=1000,
         ge=0,
@@ -72,6 +78,7 @@ class RolloutSettings(BaseModel):
             global_max_calibration_error=self.global_max_calibration_error,
             global_min_incremental_conversion=self.global_min_incremental_conversion,
             global_max_auc_gap=self.global_max_auc_gap,
+            erasure_grace_days=self.erasure_grace_days,
         )
 
     def deployed(self) -> RolloutSettings:

@@ -463,5 +463,24 @@ def render(sections: list[Section], built_from: str) -> str:
     )
 
 
+def publish(
+    con: duckdb.DuckDBPyConnection, store: Any, reports: Path, built_from: str
+) -> tuple[Path, str, list[Section]]:
+    """Build the page from the warehouse and the registry's aliases and swap it in atomically
+    (the service may be serving the old file meanwhile); its path, text and sections."""
+    from cartintel_assets.registry.names import REGISTERED_MODELS
+    from cartintel_assets.registry.promotion import aliases
+
+    held = {name: aliases(store, name) for name in REGISTERED_MODELS}
+    sections = build(con, held)
+    page = render(sections, built_from)
+    path = page_path(reports)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(page, encoding="utf-8")
+    tmp.replace(path)
+    return path, page, sections
+
+
 def _fmt(value: float) -> str:
     return f"{value:,.3f}"

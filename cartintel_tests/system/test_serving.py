@@ -780,3 +780,212 @@ def test_a_consent_withdrawal_counts_in_score_as_soon_as_it_lands(
         # the snapshot is rebuilt from the warehouse, which has not ingested the feed yet
         assert "snapshot" in c.post("/reload").json()["changed"]
         assert not consent(who)["consent"]
+
+
+def _held(roots: list[Path], needles: list[str]) -> dict[str, int]:
+    """Where any of `needles` still appears under `roots`, counted independently of
+    `cartintel_assets.privacy`: parquet decoded, every table of every DuckDB and SQLite file
+    queried row by row as text, and every file's bytes (a database's too: deleted rows' bytes)."""
+    import sqlite3
+
+    import pyarrow.parquet as pq
+
+    def count(text: str | bytes) -> int:
+        if isinstance(text, bytes):
+            return sum(text.count(n.encode()) for n in needles)
+        return sum(text.count(n) for n in needles)
+
+    hits: dict[str, int] = {}
+    for root in roots:
+        for path in sorted(p for p in root.rglob("*") if p.is_file()):
+            where = str(path)
+            found = count(path.read_bytes())
+            if path.suffix == ".parquet":
+                found += count(pq.read_table(path).to_pandas().to_csv())
+            elif path.suffix == ".duckdb":
+                con = duckdb.connect(str(path), read_only=True)
+                for (t,) in con.execute("SELECT table_name FROM duckdb_tables()").fetchall():
+                    n = con.execute(
+                        f'SELECT count(*) FROM "{t}" x WHERE '
+                        + " OR ".join("contains(CAST(x AS VARCHAR), ?)" for _ in needles),
+                        needles,
+                    ).fetchall()[0][0]
+                    if n:
+                        hits[f"{where}:{t}"] = n
+                con.close()
+            elif path.suffix in {".sqlite", ".db"}:
+                db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+                for (t,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'"):
+                    n = sum(count(repr(r)) for r in db.execute(f'SELECT * FROM "{t}"'))
+                    if n:
+                        hits[f"{where}:{t}"] = n
+                db.close()
+            if found:
+                hits[where] = found
+    return hits
+
+
+def _a_day_later(body: dict[str, Any]) -> dict[str, Any]:
+    """The same cart a day later (its times moved by 24 h)."""
+    shift = pd.Timedelta(days=1)
+    out = json.loads(json.dumps(body))
+    out["session"]["started_at"] = str(pd.Timestamp(body["session"]["started_at"]) + shift)
+    for e in out["events"]:
+        e["ts"] = str(pd.Timestamp(e["ts"]) + shift)
+    return out
+
+
+def test_erasure_leaves_no_trace_and_signs_a_receipt(
+    demo_store: Storefront,
+    demo_warehouse: Path,
+    served: dict[str, Any],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A customer planted in every store through the pipeline (landing, warehouse, dashboard),
+    the service (decision log, contact ledger) and a subject access export; erased with
+    `cartintel erase`, a scanner independent of the erasure code finds their raw id, pseudonym
+    and sessions nowhere; the receipt verifies (and a forged one does not); the registry's
+    versions are tagged; a second erase is a no-op."""
+    from cartintel_assets.ingestion.ingest import pseudonymise
+    from cartintel_assets.registry.names import ERASED_SINCE_TAG, ERASED_TAG, REGISTERED_MODELS
+
+    db = tmp_path / "wh.duckdb"
+    shutil.copy(served["db"], db)
+    shutil.copytree(demo_warehouse.parent / "landing", tmp_path / "landing")
+    shutil.copytree(demo_warehouse.parent / "truth", tmp_path / "storefront" / "truth")
+    page = tmp_path / "reports" / page_path(Path()).relative_to(Path())
+    page.parent.mkdir(parents=True)
+    shutil.copy(page_path(settings.reports_dir()), page)
+    shown = set(re.findall(r"S\d{9}", page.read_text()))
+    sessions = pd.concat([d["sessions"] for d in demo_store.landing.values()])
+    # the subject: a customer of the dashboard's riskiest carts, scored by the service
+    bodies = [b for b in _requests(demo_store, LAST) if b["session"]["session_id"] in shown]
+    assert bodies, "the dashboard shows no session of the last day"
+    env = {
+        "CARTINTEL_WAREHOUSE": str(db),
+        "CARTINTEL_LANDING": str(tmp_path / "landing"),
+        "CARTINTEL_STOREFRONT": str(tmp_path / "storefront"),
+        "CARTINTEL_REPORTS": str(tmp_path / "reports"),
+        "CARTINTEL_MLRUNS": str(served["mlruns"]),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{served['mlruns'] / 'mlflow.db'}",
+        "MLFLOW_REGISTRY_URI": f"sqlite:///{served['mlruns'] / 'mlflow.db'}",
+        "CARTINTEL_PSEUDONYM_KEY": KEY,
+        "CARTINTEL_SERVE_FLUSH_S": "0.2",
+    }
+    with _running_service(served, **env) as url:
+        answers = [httpx.post(f"{url}/score", json=b, timeout=10).json() for b in bodies]
+        # the plan contacted the consenting ones that day (the cap): their next day's cart
+        later = [
+            _a_day_later(b)
+            for b, a in zip(bodies, answers, strict=True)
+            if a["intervention"]["consent"]
+        ]
+        acted = [
+            b
+            for b in later
+            if httpx.post(f"{url}/score", json=b, timeout=10).json()["intervention"]["action"]
+            != "none"
+        ]
+    assert acted, "the service contacted none of the dashboard's customers a day later"
+    raw = acted[0]["session"]["customer_id"]
+    pseudonym = pseudonymise([raw], KEY)[0]
+    theirs = sorted(sessions.loc[sessions["customer_id"] == raw, "session_id"])
+    needles = [raw, pseudonym, *theirs]
+    roots = [tmp_path, served["mlruns"]]
+    before = _held(roots, needles)
+    stores = {k.rsplit(":", 1)[-1] for k in before if ":" in k}
+    assert {"raw_sessions", "session_features", "abandonment_scores", "decision_log"} <= stores
+    assert {"intervention_plan", "raw_customers", "raw_events"} <= stores, before
+    assert any("landing" in k and k.endswith(".parquet") for k in before)
+    assert any("truth" in k for k in before)  # the simulator's ground truth
+    assert str(page) in before  # the dashboard shows their cart
+    assert any(k.endswith("contacts.sqlite:contacts") for k in before), before
+
+    cli = [str(Path(sys.executable).with_name("cartintel"))]
+    run_env = {**os.environ, **env}
+
+    def cartintel(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*cli[:1], *args], env=run_env, capture_output=True, text=True)
+
+    access = cartintel("export-subject", "--customer", raw, "--out", str(tmp_path / "sar.json"))
+    assert access.returncode == 0, access.stderr
+    sar = json.loads((tmp_path / "sar.json").read_text())
+    places = {s["place"] for s in sar["sources"]}
+    assert stores <= places | {"contacts"}, stores - places
+    assert all(s["purpose"] and s["records"] for s in sar["sources"])
+    (tmp_path / "sar.json").unlink()  # the export is the subject's, not a store
+
+    erased = cartintel("erase", "--customer", raw, "--reason", "test request")
+    assert erased.returncode == 0, erased.stdout + erased.stderr
+    receipt = Path(re.search(r"receipt (\S+\.json)", erased.stdout)[1])  # type: ignore[index]
+    assert _held(roots, needles) == {}
+    doc = json.loads(receipt.read_text())
+    warehouse_rows = doc["stores"]["warehouse"]["by_place"]
+    # the receipt counts what the scanner saw in each table (the dashboard is rebuilt, not lost)
+    for key, n in before.items():
+        if key.startswith(f"{db}:"):
+            assert warehouse_rows[key.rsplit(":", 1)[1]] == n, key
+    assert page.exists() and doc["stores"]["reports"]["files_removed"] == [
+        str(page.relative_to(tmp_path / "reports"))
+    ]
+    assert doc["model_versions"], "no registered version was tagged as trained on the rows"
+    store = Store(f"sqlite:///{served['mlruns'] / 'mlflow.db'}")
+    for v in doc["model_versions"]:
+        assert v["model"] in REGISTERED_MODELS
+        tags = store.client.get_model_version(v["model"], v["version"]).tags
+        assert doc["erasure_id"] in tags[ERASED_TAG].split(",") and tags[ERASED_SINCE_TAG]
+    ok = cartintel("erase", "--verify", str(receipt))
+    assert ok.returncode == 0 and "receipt valid" in ok.stdout, ok.stdout + ok.stderr
+    forged = tmp_path / "forged.json"
+    forged.write_text(receipt.read_text().replace('"rows": ', '"rows": 1', 1))
+    assert cartintel("erase", "--verify", str(forged)).returncode == 1
+    run_env["CARTINTEL_RECEIPT_KEY"] = "another-key"
+    wrong_key = cartintel("erase", "--verify", str(receipt))
+    assert wrong_key.returncode == 1 and "signature" in wrong_key.stderr
+    again = cartintel("erase", "--customer", raw)
+    assert again.returncode == 0 and "nothing erased" in again.stdout, again.stdout
+    with duckdb.connect(str(db), read_only=True) as con:
+        logged = con.execute("SELECT erasure_id, stores FROM erasure_log").fetchall()
+    assert [r[0] for r in logged] == [doc["erasure_id"]]  # one row; the no-op logs nothing
+    assert raw not in logged[0][1] and pseudonym not in logged[0][1]
+
+    # the UI's erasure_job takes the pseudonym (a run's config outlives the erasure)
+    from cartintel_assets.defs.privacy.assets import erasure_log
+    from cartintel_assets.resources import LandingResource
+
+    other = next(c for c in sessions["customer_id"] if c != raw)
+    hashed = pseudonymise([other], KEY)[0]
+    theirs = sorted(sessions.loc[sessions["customer_id"] == other, "session_id"])
+    assert _held(roots, [other, hashed, *theirs])
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    landing = LandingResource(root=str(tmp_path / "landing"))
+    with dg.instance_for_test() as instance:
+        result = dg.materialize(
+            [erasure_log],
+            instance=instance,
+            resources=asset_resources(db, served["mlruns"], landing=landing),
+            run_config={**QUIET, "ops": {"erasure_log": {"config": {"pseudonym": hashed}}}},
+        )
+    meta = result.asset_materializations_for_node("erasure_log")[0].metadata
+    assert meta["erased"].value is True and meta["rows_by_store"].value["landing"] > 0
+    assert _held(roots, [other, hashed, *theirs]) == {}
+
+    # promotion refuses a version trained on erased rows once the grace period is over
+    from cartintel_assets.defs.registry.assets import model_promotions
+    from cartintel_assets.resources.rollout import RolloutResource
+
+    with dg.instance_for_test() as instance:
+        result = dg.materialize(
+            [model_promotions],
+            instance=instance,
+            resources=asset_resources(
+                db, served["mlruns"], rollout=RolloutResource(erasure_grace_days=0)
+            ),
+            run_config={**QUIET, "ops": {"model_promotions": {"config": {"phase": "pilot"}}}},
+            raise_on_error=False,
+        )
+    move = result.asset_materializations_for_node("model_promotions")[0].metadata
+    assert move["outcome"].value == "refused", move["reason"].value
+    assert "trained on rows erased since" in move["reason"].value

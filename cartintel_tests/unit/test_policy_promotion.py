@@ -169,3 +169,23 @@ def test_realised_against_the_holdout_covers_the_true_lift() -> None:
             n += 2
     print(covered / n)
     assert 0.88 <= covered / n <= 0.995, covered / n
+
+
+def test_a_version_trained_on_erased_rows_has_a_grace_period_then_needs_certifying() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from cartintel_assets.registry.names import CERTIFIED_TAG, ERASED_SINCE_TAG, ERASED_TAG
+    from cartintel_assets.registry.promotion import PhasePlan, erasure_gate
+
+    now = datetime(2026, 12, 4, tzinfo=UTC)
+    plan = PhasePlan(erasure_grace_days=30)
+
+    def tags(days_ago: float) -> dict[str, str]:
+        since = (now - timedelta(days=days_ago)).isoformat()
+        return {ERASED_TAG: "erasure-1", ERASED_SINCE_TAG: since}
+
+    assert erasure_gate({}, plan, now) is None  # never erased
+    assert erasure_gate(tags(29.9), plan, now) is None  # within the grace period
+    late = erasure_gate(tags(30.1), plan, now)
+    assert late is not None and not late.passed and "retrain" in late.reason
+    assert erasure_gate({**tags(400), CERTIFIED_TAG: "dpo@shop"}, plan, now) is None

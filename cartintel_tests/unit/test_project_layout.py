@@ -55,6 +55,7 @@ def test_definitions_load_with_every_job_resolved() -> None:
         "promote_model_job",
         "rollback_model_job",
         "reporting_job",
+        "erasure_job",
     ):
         assert defs.resolve_job_def(job).name == job
 
@@ -74,6 +75,7 @@ def test_every_asset_has_a_group_and_a_description() -> None:
             "monitoring",
             "registry",
             "reporting",
+            "privacy",
         }, key
         assert node.description, key
 
@@ -90,7 +92,7 @@ FLOORS: tuple[tuple[str, ...], ...] = (
     ("engines", "decisions"),
     ("registry",),
     ("monitoring", "reporting"),
-    ("serving",),
+    ("serving", "privacy"),
     ("resources",),
     ("defs",),
     ("definitions",),

@@ -59,3 +59,26 @@ def test_the_service_needs_its_tokens_outside_local_development(
     tokens = ServiceSettings.from_env().tokens
     assert tokens.scopes_of("score-b") == {"score"} and tokens.scopes_of("nope") == set()
     assert "score-a" not in repr(tokens)  # only digests are kept
+
+
+def test_the_receipt_key_is_required_before_anything_is_erased(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Outside local development an erasure without its receipt key stops at once, naming the
+    variable, with every store untouched (a receipt nobody can verify is no receipt)."""
+    from cartintel_assets.privacy.erasure import erase, receipt_key, sign
+    from cartintel_assets.privacy.subject import Stores, Subject
+
+    monkeypatch.delenv("CARTINTEL_RECEIPT_KEY", raising=False)
+    monkeypatch.delenv("CARTINTEL_RECEIPT_KEY_FILE", raising=False)
+    monkeypatch.setenv("CARTINTEL_ENV", "production")
+    landing = tmp_path / "landing" / "2026-10-01"
+    landing.mkdir(parents=True)
+    (landing / "events.jsonl").write_text('{"session_id": "S1"}\n')
+    stores = Stores(*(tmp_path / n for n in ("landing", "wh.duckdb", "r", "s", "m")))
+    with pytest.raises(settings.MissingSecretError, match="CARTINTEL_RECEIPT_KEY is not set"):
+        erase(stores, Subject(sessions={"S1"}), "test", store=None)
+    assert (landing / "events.jsonl").read_text() == '{"session_id": "S1"}\n'
+    assert not (tmp_path / "wh.duckdb").exists()
+    monkeypatch.setenv("CARTINTEL_RECEIPT_KEY", "k1")
+    assert sign({"a": 1}, receipt_key()) != sign({"a": 1}, "k2")

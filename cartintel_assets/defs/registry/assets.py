@@ -37,6 +37,7 @@ def _candidate_gate(con: Any, store: Any, name: str, phase: str, candidate: str,
     from cartintel_assets.registry.promotion import (
         GateResult,
         compare_on_window,
+        erasure_gate,
         held_out_window,
         judge_pilot,
         pilot_results,
@@ -51,6 +52,9 @@ def _candidate_gate(con: Any, store: Any, name: str, phase: str, candidate: str,
             f" (gate {tags.get('gate', 'missing')})",
             {"gate": tags.get("gate")},
         )
+    erased = erasure_gate(tags, plan)
+    if erased is not None:
+        return erased
     if name == UPLIFT_MODEL:
         return _policy_gate(con, store, phase, candidate, tags, plan)
     if phase == "pilot":

@@ -4,11 +4,8 @@ warehouse's latest outputs and the registry's aliases (served by `cartintel serv
 import dagster as dg
 
 from cartintel_assets import settings
-from cartintel_assets.registry.names import ABANDONMENT_MODEL, SEGMENTATION_MODEL, UPLIFT_MODEL
 from cartintel_assets.resources import WarehouseResource
 from cartintel_assets.resources.mlflow import MLflowResource
-
-REGISTERED = (ABANDONMENT_MODEL, UPLIFT_MODEL, SEGMENTATION_MODEL)
 
 
 @dg.asset(
@@ -34,19 +31,13 @@ def executive_dashboard(
     """Who is most at risk, which segments need intervention, which categories drive friction and
     which actions lift conversion; plus the data-quality scorecard and which model versions hold
     `pilot` and `global`. One HTML file with interactive charts that opens without a network."""
-    from cartintel_assets.registry.promotion import aliases
-    from cartintel_assets.reporting.dashboard import build, page_path, render
+    from cartintel_assets.reporting.dashboard import publish
 
-    store = mlflow_tracking.store()
-    held = {name: aliases(store, name) for name in REGISTERED}
+    built_from = f"warehouse {warehouse.path().name}, registry {mlflow_tracking.uri()}"
     with warehouse.reader() as con:
-        sections = build(con, held)
-    page = render(sections, f"warehouse {warehouse.path().name}, registry {mlflow_tracking.uri()}")
-    path = page_path(settings.reports_dir())
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(path)  # the service may be serving the old file meanwhile: swap it atomically
+        path, page, sections = publish(
+            con, mlflow_tracking.store(), settings.reports_dir(), built_from
+        )
     kpis = {f"{s.key}: {k}": v for s in sections for k, v in s.kpis.items()}
     empty = [s.key for s in sections if not s.figures and not s.tables]
     context.log.info(f"dashboard written to {path} ({len(page) / 1e6:.1f} MB)")
