@@ -52,6 +52,17 @@ class PlanRules:
     max_discount_by_segment: dict[str, float] = field(default_factory=dict)
 
 
+def latest_consent_sql(through: str | None = None) -> str:
+    """Each customer's latest marketing consent in `raw_customers` (a later day's record of a
+    customer replaces the earlier: a withdrawal lands as a new record), up to the day the SQL
+    expression `through` names, if given. The daily plan and the scoring service read it."""
+    bound = f" WHERE partition_date <= {through}" if through else ""
+    return (
+        "SELECT customer_id, arg_max(marketing_consent, partition_date) AS consent"
+        f" FROM raw_customers{bound} GROUP BY customer_id"
+    )
+
+
 def unit_hash(keys: Iterable[Any], salt: str) -> np.ndarray:
     """A number in [0, 1) per key from the hash of (salt, key): the same key and salt always give
     the same number, so a draw made with it can be repeated and audited."""

@@ -17,6 +17,7 @@ from typing import Any
 import duckdb
 import pandas as pd
 
+from cartintel_assets.decisions.plan import latest_consent_sql
 from cartintel_assets.features.session_features import (
     SESSION_SUMMARY_SQL,
     FeatureReference,
@@ -29,10 +30,6 @@ HISTORY_TABLE = "session_history"
 
 Reader = Callable[[], AbstractContextManager[duckdb.DuckDBPyConnection]]
 
-_CONSENT_SQL = """
-SELECT customer_id, arg_max(marketing_consent, partition_date) AS consent
-FROM raw_customers GROUP BY customer_id
-"""
 # contacts that count towards the caps, as the daily plan counts them, plus the service's own
 _CONTACTS = {
     "raw_interventions": "SELECT customer_id, assigned_at AS sent_at FROM raw_interventions"
@@ -76,7 +73,7 @@ class Snapshot:
                 f"{SESSION_SUMMARY_SQL} ORDER BY customer_id",
                 {"history_from": self.first_day, "history_to": self.last_day},
             )
-            copy("consent", _CONSENT_SQL)
+            copy("consent", latest_consent_sql())
             segments = (
                 "SELECT customer_id, segment_name FROM customer_segments"
                 if has_table(wh, "customer_segments")

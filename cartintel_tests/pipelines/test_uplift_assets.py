@@ -12,6 +12,7 @@ import dagster as dg
 import duckdb
 import numpy as np
 import pandas as pd
+import pytest
 
 from cartintel_assets.decisions.catalogue import load_catalogue
 from cartintel_assets.decisions.economics import action_table
@@ -65,7 +66,10 @@ def _move(
 
 
 def test_uplift_model_and_plan(
-    demo_store: Storefront, demo_warehouse: Path, tmp_path: Path
+    demo_store: Storefront,
+    demo_warehouse: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     db = tmp_path / "wh.duckdb"
     shutil.copy(demo_warehouse, db)
@@ -251,3 +255,47 @@ def test_uplift_model_and_plan(
             ("global", "promote", "refused"),
             ("pilot", "rollback", "refused"),
         ]
+
+        # a consent withdrawal lands in the day's customers feed: the next plan obeys it
+        monkeypatch.setenv("CARTINTEL_PSEUDONYM_KEY", "test-key")  # the warehouse's key
+        _withdrawal_obeyed_by_the_next_plan(demo_store, demo_warehouse, db, mlruns, instance, plan)
+
+
+def _withdrawal_obeyed_by_the_next_plan(
+    store: Storefront,
+    demo_warehouse: Path,
+    db: Path,
+    mlruns: Path,
+    instance: dg.DagsterInstance,
+    plan: pd.DataFrame,
+) -> None:
+    """A customer the plan contacts withdraws consent through the customers feed (a new row,
+    landed and ingested by the ingestion asset): re-planned, none of their carts is contacted,
+    with the reason; the other contacts stay."""
+    from cartintel_assets.defs.ingestion.assets import ingestion_assets
+    from cartintel_assets.resources import LandingResource
+
+    landing = db.parent / "landing"
+    shutil.copytree(demo_warehouse.parent / "landing", landing)
+    feed = landing / LAST / "customers.parquet"
+    landed = pd.read_parquet(feed)
+    sessions = store.landing[LAST]["sessions"].set_index("session_id")["customer_id"]
+    acted = plan.loc[plan["action"] != "none", "session_id"].map(sessions)
+    raw = next(c for c in acted if c not in set(landed["customer_id"]))  # no record that day
+    known = pd.concat(d["customers"] for d in store.landing.values())
+    row = known[known["customer_id"] == raw].tail(1).assign(marketing_consent=False)
+    pd.concat([landed, row[landed.columns]], ignore_index=True).to_parquet(feed, index=False)
+    ingest = next(a for a in ingestion_assets if a.node_def.name == "ingest_customers")
+    resources = asset_resources(db, mlruns, landing=LandingResource(root=str(landing)))
+    assert dg.materialize(
+        [ingest], instance=instance, resources=resources, partition_key=LAST, run_config=QUIET
+    ).success
+    assert _run([intervention_plan], db, mlruns, instance, partition_key=LAST).success
+    con = duckdb.connect(str(db), read_only=True)
+    after = con.execute("SELECT * FROM intervention_plan WHERE partition_date = ?", [LAST]).df()
+    con.close()
+    theirs = after["session_id"].map(sessions) == raw
+    assert theirs.sum() >= 1 and (after.loc[theirs, "action"] == "none").all()
+    assert (after.loc[theirs, "reason"] == "no marketing consent").all()
+    assert not after.loc[theirs, "consent"].any()
+    assert ((after["action"] != "none") & ~theirs).sum() > 0.5 * len(acted)  # the others stay

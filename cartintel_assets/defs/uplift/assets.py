@@ -13,6 +13,7 @@ import pandas as pd
 from pydantic import Field
 
 from cartintel_assets.decisions.catalogue import DEFAULT_CATALOGUE
+from cartintel_assets.decisions.plan import latest_consent_sql
 from cartintel_assets.decisions.settings import PlanSettings
 from cartintel_assets.defs.partitions import daily_partitions
 from cartintel_assets.registry.names import (
@@ -413,15 +414,12 @@ PLAN_COLUMNS: dict[str, str] = {
 BLOCKED_PLAN_COLUMNS: dict[str, str] = {**PLAN_COLUMNS, "blocked_by": "VARCHAR"}
 
 # The day's scored carts with what the plan needs; a cart bought in its session needs nothing.
-_CARTS_SQL = """
+_CARTS_SQL = f"""
 WITH bought AS (
     SELECT DISTINCT session_id FROM raw_events
     WHERE partition_date = $day AND event_type = 'purchase'
 ),
-consent AS (  -- each customer's latest record up to the day
-    SELECT customer_id, arg_max(marketing_consent, partition_date) AS consent
-    FROM raw_customers WHERE partition_date <= $day GROUP BY customer_id
-)
+consent AS ({latest_consent_sql("$day")})
 SELECT f.*, s.risk, s.model_version AS risk_model_version,
        b.session_id IS NOT NULL AS bought_in_session,
        coalesce(c.consent, false) AS consent
