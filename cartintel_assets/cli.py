@@ -201,8 +201,9 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     for a in accounts:
         say(
             f"{a['source']} ({a['mapping']}): {a['lines']:,} lines = {a['accepted']:,} accepted"
-            f" + {a['quarantined']:,} quarantined + {a['rejected']:,} rejected at landing:"
-            f" {'every line accounted for' if a['accounted'] else 'NOT ACCOUNTED FOR'}"
+            f" + {a['quarantined']:,} quarantined + {a['rejected']:,} rejected at landing"
+            + (f" + {a['erased']:,} erased" if a.get("erased") else "")
+            + f": {'every line accounted for' if a['accounted'] else 'NOT ACCOUNTED FOR'}"
             + (f"; days not ingested: {a['not_ingested']}" if a["not_ingested"] else "")
         )
     blocking = [c for c in failed_checks if not c.endswith("(WARN)")]

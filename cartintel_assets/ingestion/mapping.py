@@ -529,12 +529,40 @@ class SourceAccount:
     quarantined: int
     rejected: int
     not_ingested: list[str]
+    erased: int = 0  # lines an erasure removed that the counts above no longer include
 
     @property
     def accounted(self) -> bool:
         return not self.not_ingested and self.lines == (
-            self.accepted + self.quarantined + self.rejected
+            self.accepted + self.quarantined + self.rejected + self.erased
         )
+
+
+def record_erasure(landing: Path, erased: dict[str, int], erasure_id: str, at: str) -> None:
+    """Note in each landed log's manifest the lines an erasure removed (`erased`: lines per file
+    under `landing`) from its days' events files and its rejects file, so that its accounting
+    still adds up: a rejected line counts from then on, an event line once its day is ingested
+    again (until then the ingestion log still counts it)."""
+    events_file = TABLES_BY_NAME["events"].landing_file
+    for manifest in sorted((landing / "_manifests").glob("*.json")):
+        m = json.loads(manifest.read_text())
+        events = {
+            d: erased[f"{d}/{events_file}"] for d in m["days"] if f"{d}/{events_file}" in erased
+        }
+        rejects = str(rejects_path(landing, m["mapping"]).relative_to(landing))
+        if not events and rejects not in erased:
+            continue
+        m.setdefault("erased", []).append(
+            {
+                "erasure_id": erasure_id,
+                "at": at,
+                "events": events,
+                "rejected": erased.get(rejects, 0),
+            }
+        )
+        tmp = manifest.with_name(f".{manifest.name}.erasing")
+        tmp.write_text(json.dumps(m, indent=1) + "\n")
+        os.replace(tmp, manifest)
 
 
 def account_sources(con: duckdb.DuckDBPyConnection, landing: Path) -> list[SourceAccount]:
@@ -547,9 +575,9 @@ def account_sources(con: duckdb.DuckDBPyConnection, landing: Path) -> list[Sourc
         days = sorted(m["days"])
         logged = (
             {
-                str(d): (int(a), int(q))
-                for d, a, q in con.execute(
-                    "SELECT partition_date, accepted, quarantined FROM ingestion_log"
+                str(d): (int(a), int(q), at)
+                for d, a, q, at in con.execute(
+                    "SELECT partition_date, accepted, quarantined, ingested_at FROM ingestion_log"
                     " WHERE table_name = 'events' AND list_contains($days, CAST(partition_date AS VARCHAR))",
                     {"days": days},
                 ).fetchall()
@@ -562,15 +590,23 @@ def account_sources(con: duckdb.DuckDBPyConnection, landing: Path) -> list[Sourc
         if rejects.exists():
             with open(rejects, encoding="utf-8") as fh:
                 rejected = sum(int(json.loads(ln).get("lines", 1)) for ln in fh if ln.strip())
+        erased = 0
+        for e in m.get("erased", []):
+            erased += int(e["rejected"])
+            for day, n in e["events"].items():
+                erased_at = datetime.fromisoformat(e["at"]).astimezone(UTC).replace(tzinfo=None)
+                if day in logged and logged[day][2] > erased_at:  # ingested again since
+                    erased += int(n)
         out.append(
             SourceAccount(
                 source=m["source"],
                 mapping=m["mapping"],
                 lines=int(m["lines"]),
-                accepted=sum(a for a, _ in logged.values()),
-                quarantined=sum(q for _, q in logged.values()),
+                accepted=sum(a for a, _, _ in logged.values()),
+                quarantined=sum(q for _, q, _ in logged.values()),
                 rejected=rejected,
                 not_ingested=[d for d in days if d not in logged],
+                erased=erased,
             )
         )
     return out

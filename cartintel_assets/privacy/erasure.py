@@ -38,6 +38,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from cartintel_assets import settings
+from cartintel_assets.ingestion.mapping import record_erasure
 from cartintel_assets.privacy.subject import (
     TEXT_SUFFIXES,
     Stores,
@@ -297,7 +298,8 @@ def tag_versions(
     tagged = []
     for name in REGISTERED_MODELS:
         for mv in store.client.search_model_versions(f"name = '{name}'"):
-            if datetime.fromtimestamp(mv.creation_timestamp / 1000) < ingested:
+            created = datetime.fromtimestamp(mv.creation_timestamp / 1000, UTC)
+            if created.replace(tzinfo=None) < ingested:  # ingested_at: UTC, without a zone
                 continue
             through = mv.tags.get("trained_through")
             if through and day and through < day:
@@ -367,6 +369,7 @@ def erase(
         con.execute("CHECKPOINT")
         say("landing files")
         erase_files(stores.landing, subject, found["landing"], rebuildable=False)
+        record_erasure(stores.landing, found["landing"].rows, erasure_id, at.isoformat())
         say("the service's contact ledger")
         erase_sqlite(stores.serving, subject, found["serving"])
         say("reports")

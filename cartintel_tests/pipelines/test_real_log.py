@@ -111,3 +111,16 @@ def test_a_2019_log_lands_and_ingests_from_the_command_line(
     friction = job("friction_job")
     assert friction.returncode != 0
     assert "0 carts with a final label are too few" in friction.stdout + friction.stderr
+
+    # a shopper of the log asks to be erased: every line of theirs leaves the landing and the
+    # warehouse, and re-ingesting the day still accounts for every line of the source
+    who = raw["user_id"].value_counts().index[0]
+    theirs = int((raw["user_id"] == who).sum())  # counted from the CSV
+    erased = cartintel(["erase", "--customer", str(who)], env)
+    assert erased.returncode == 0, erased.stdout[-3000:] + erased.stderr[-3000:]
+    again = cartintel(["ingest"], env)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert f"+ {theirs:,} erased: every line accounted for" in again.stdout, again.stdout[-2000:]
+    with duckdb.connect(str(tmp_path / "warehouse.duckdb"), read_only=True) as con:
+        (left,) = con.execute("SELECT count(*) FROM raw_events").fetchall()[0]
+    assert left == 4996 - theirs

@@ -200,7 +200,7 @@ quality_gates: list[dg.AssetChecksDefinition] = [build_quality_gate(spec) for sp
             "every_source_line_accounted_for",
             asset="landed_log_accounting",
             description="Each landed log's lines (counted from its bytes) = events accepted +"
-            " quarantined by ingestion + lines rejected at landing, and every day it landed on"
+            " quarantined by ingestion + lines rejected at landing (+ lines erased since), and every day it landed on"
             " is ingested.",
         )
     ],
@@ -214,11 +214,12 @@ def landed_log_accounting(
     with warehouse.reader() as con:
         accounts = account_sources(con, landing.path())
     rows = [
-        "| source | mapping | lines | accepted | quarantined | rejected at landing | days not ingested |",
-        "|---|---|---:|---:|---:|---:|---|",
+        "| source | mapping | lines | accepted | quarantined | rejected at landing | erased"
+        " | days not ingested |",
+        "|---|---|---:|---:|---:|---:|---:|---|",
         *(
             f"| {a.source} | {a.mapping} | {a.lines:,} | {a.accepted:,} | {a.quarantined:,} |"
-            f" {a.rejected:,} | {', '.join(a.not_ingested) or '-'} |"
+            f" {a.rejected:,} | {a.erased:,} | {', '.join(a.not_ingested) or '-'} |"
             for a in accounts
         ),
     ]
