@@ -215,6 +215,19 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return 0 if ok and not blocking else 1
 
 
+# the local instance: run monitoring fails a run whose process died (defs/launcher.py)
+LOCAL_INSTANCE = """telemetry:
+  enabled: false
+run_launcher:
+  module: cartintel_assets.defs.launcher
+  class: MonitoredRunLauncher
+run_monitoring:
+  enabled: true
+  poll_interval_seconds: 10
+  max_resume_run_attempts: 0
+"""
+
+
 def ensure_dagster_home() -> Path:
     """Use $DAGSTER_HOME, default .dagster_home, creating it with telemetry off if new.
 
@@ -224,7 +237,7 @@ def ensure_dagster_home() -> Path:
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
     if not config.exists():
-        config.write_text("telemetry:\n  enabled: false\n")
+        config.write_text(LOCAL_INSTANCE)
     os.environ["DAGSTER_HOME"] = str(home)
     return home
 

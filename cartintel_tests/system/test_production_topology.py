@@ -50,11 +50,14 @@ class Topology:
     mlflow_url: str
     pg_dsn: dict[str, Any]
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    started: dict[str, tuple[subprocess.Popen[bytes], tuple[str, ...]]] = field(
+        default_factory=dict
+    )
 
     def start(self, name: str, *cmd: str) -> subprocess.Popen[bytes]:
         log = self.base / "logs" / f"{name}.log"
         log.parent.mkdir(exist_ok=True)
-        with log.open("wb") as out:
+        with log.open("ab") as out:
             proc = subprocess.Popen(
                 list(cmd),
                 cwd=ROOT,
@@ -64,6 +67,7 @@ class Topology:
                 start_new_session=True,
             )
         self.procs.append(proc)
+        self.started[name] = (proc, cmd)
         return proc
 
     def graphql(self, query: str, **variables: Any) -> dict[str, Any]:
@@ -283,3 +287,57 @@ def test_the_graph_runs_on_postgres_backed_dagster_and_mlflow(topology: Topology
         cur.execute("SELECT alias, version FROM registered_model_aliases WHERE name = %s",
                     (RISK_MODEL,))  # fmt: skip
         assert cur.fetchall() == [("challenger", int(version.version))]
+
+
+KILLED_RUN_FAILS_WITHIN_S = 90  # run monitoring polls every 10 s (infra/dagster/dagster.yaml)
+
+
+def test_a_killed_run_is_marked_failed_and_the_queue_moves_on(
+    topology: Topology, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The code-location server and the daily run it started are killed (kill -9 of the process
+    group, as an OOM kill or an eviction of their container does) in the middle of the run's
+    ingestion, and the server restarts: nobody is left to report the run, yet run monitoring
+    (the launcher's health check) marks it failed within a bound, the run queued behind it
+    starts and succeeds, and the warehouse opens cleanly with the partition whole (DuckDB's
+    transactions: no partial day)."""
+    import dagster as dg
+    import duckdb
+    from dagster import DagsterEventType
+
+    top = topology
+    for name in ("DAGSTER_PG_HOST", "DAGSTER_PG_PORT", "DAGSTER_PG_DB", "DAGSTER_PG_USERNAME",
+                 "DAGSTER_PG_PASSWORD"):  # fmt: skip
+        monkeypatch.setenv(name, top.env[name])
+    day = CFG.day(1).isoformat()
+    db = top.env["CARTINTEL_WAREHOUSE"]
+
+    def events_of_day() -> int:
+        with duckdb.connect(db, read_only=True) as con:
+            sql = "SELECT count(*) FROM raw_events WHERE partition_date = ?"
+            return int(con.execute(sql, [day]).fetchall()[0][0])
+
+    before = events_of_day()
+    assert before > 1000
+    killed = _launch(top, "storefront_daily_job", day)
+    queued = _launch(top, "segmentation_job")
+    with dg.DagsterInstance.from_config(str(top.base / "dagster_home")) as instance:
+        deadline = time.monotonic() + RUN_TIMEOUT_S
+        while not instance.all_logs(killed, of_type=DagsterEventType.STEP_START):
+            assert time.monotonic() < deadline, "the daily run did not start"
+            time.sleep(0.2)
+    server, cmd = top.started["code-server"]
+    os.killpg(server.pid, signal.SIGKILL)  # the server and the run's process with it
+    server.wait()
+    killed_at = time.monotonic()
+    top.start("code-server", *cmd)
+    while (s := top.graphql(RUN, id=killed)["runOrError"]["status"]) != "FAILURE":
+        assert s in ("STARTED", "STARTING"), s
+        assert time.monotonic() - killed_at < KILLED_RUN_FAILS_WITHIN_S, "still " + s
+        time.sleep(1)
+    print(f"  topology: killed run failed {time.monotonic() - killed_at:.0f} s after kill -9")
+    if _wait_runs(top, [queued]) != {queued: "SUCCESS"}:
+        with dg.DagsterInstance.from_config(str(top.base / "dagster_home")) as instance:
+            said = [e.message for e in instance.all_logs(queued) if e.is_dagster_event]
+        raise AssertionError(f"the queued run failed: {said[-5:]}")
+    assert events_of_day() == before
