@@ -10,7 +10,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import pyarrow.parquet as pq
 
 from cartintel_assets.privacy.subject import (
@@ -25,6 +24,7 @@ from cartintel_assets.privacy.subject import (
     text_columns,
     with_regexp,
 )
+from cartintel_assets.warehouse.connection import Warehouse
 
 # why each store holds what it holds (a table's prefix or name; the first match wins)
 PURPOSES: tuple[tuple[str, str], ...] = (
@@ -63,8 +63,7 @@ def _warehouse(path: Path, subject: Subject) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     out = []
-    con = duckdb.connect(str(path), read_only=True)
-    try:
+    with Warehouse(path).reader() as con:  # waits for a run that writes
         for table, columns in text_columns(con).items():
             where = matching_rows_sql(table, columns)
             frame = con.execute(
@@ -73,8 +72,6 @@ def _warehouse(path: Path, subject: Subject) -> list[dict[str, Any]]:
             if not frame.empty:
                 rows = json.loads(frame.to_json(orient="records", date_format="iso"))
                 out.append(_source("warehouse", table, rows))
-    finally:
-        con.close()
     return out
 
 

@@ -23,6 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from cartintel_assets.ingestion.ingest import pseudonymise
+from cartintel_assets.warehouse.connection import Warehouse
 
 # an identifier is a whole token: not part of a longer id (C0001 is not inside C00012)
 _EDGE = "A-Za-z0-9_"
@@ -154,8 +155,7 @@ def identify(
                 found = table.filter(pc.fill_null(mask, False)).column("session_id")
                 subject.sessions |= {s for s in found.to_pylist() if s}
     if stores.warehouse.exists():
-        con = duckdb.connect(str(stores.warehouse), read_only=True)
-        try:
+        with Warehouse(stores.warehouse).reader() as con:  # waits for a run that writes
             ids = sorted(subject.customer_ids | subject.pseudonyms)
             for table in tables_with(con, "customer_id", "session_id"):
                 found = con.execute(
@@ -164,8 +164,6 @@ def identify(
                     ids,
                 ).fetchall()
                 subject.sessions |= {r[0] for r in found}
-        finally:
-            con.close()
     return subject
 
 

@@ -82,9 +82,11 @@ def test_daily_job_materialises_everything_and_gates_pass(
     # trained by its own job on all labelled days; scored by its own job once a model exists;
     # review aggregates span all days (friction_job); uplift and the plan have their own jobs,
     # and so have monitoring, promotion, the dashboard, the sensor-recorded retraining request
-    # and the accounting of foreign logs (`cartintel ingest` runs it after the days)
+    # and the accounting of foreign logs (`cartintel ingest` runs it after the days); an
+    # erasure runs only when someone asks for one (erasure_job)
     trained = {
         "landed_log_accounting",
+        "erasure_log",
         "abandonment_drift",
         "abandonment_performance",
         "model_promotions",
