@@ -316,22 +316,9 @@ def cmd_demo(args: argparse.Namespace, records: list[dict[str, Any]] | None = No
 
 def _erase_one(sessions: Path) -> None:
     """The right to erasure, shown: the demo's last cart's customer erased from every store."""
-    from cartintel_assets.privacy.erasure import erase
-    from cartintel_assets.privacy.subject import Stores, identify
-    from cartintel_assets.resources.mlflow import MLflowResource
-
     customer = str(pd.read_parquet(sessions, columns=["customer_id"])["customer_id"].iloc[-1])
-    stores = Stores.from_settings()
-    subject = identify(stores, settings.pseudonym_key(), customer=customer)
     print(f"\n== erasure: customer {customer} asked to be forgotten ==")
-    done = erase(
-        stores, subject, "demo: right to erasure", MLflowResource().store(), _progress("erase")
-    )
-    if done.receipt is None:
-        print("nothing held on them")
-        return
-    print(f"receipt {done.path}\n{erasure_summary(done.receipt)}")
-    print(f"verify: .venv/bin/cartintel erase --verify {done.path}")
+    _erase(customer, None, "demo: right to erasure")
 
 
 def _run(
@@ -765,20 +752,32 @@ def cmd_move(args: argparse.Namespace) -> int:
     return 0 if md["outcome"] == "moved" else 1
 
 
-def _subject(args: argparse.Namespace) -> tuple[Any, Any]:
+def _subject(customer: str | None, pseudonym: str | None) -> tuple[Any, Any]:
     """The data subject named on the command line, and where cartintel keeps data."""
     from cartintel_assets.privacy.subject import Stores, identify
 
     stores = Stores.from_settings()
-    key = settings.pseudonym_key()
-    return stores, identify(stores, key, customer=args.customer, pseudonym=args.pseudonym)
+    return stores, identify(stores, settings.pseudonym_key(), customer, pseudonym)
+
+
+def _erase(customer: str | None, pseudonym: str | None, reason: str) -> None:
+    """Erase one data subject from every store and print the receipt's summary."""
+    from cartintel_assets.privacy.erasure import erase
+    from cartintel_assets.resources.mlflow import MLflowResource
+
+    stores, subject = _subject(customer, pseudonym)
+    done = erase(stores, subject, reason, MLflowResource().store(), _progress("erase"))
+    if done.receipt is None:
+        print("nothing held on this subject in any store: nothing erased, no receipt (a no-op)")
+        return
+    print(f"erased: receipt {done.path}\n{erasure_summary(done.receipt)}")
+    print(f"verify with: cartintel erase --verify {done.path}")
 
 
 def cmd_erase(args: argparse.Namespace) -> int:
     """`cartintel erase`: remove one data subject from every store, with a signed receipt; or
     `--verify RECEIPT`. Runs outside Dagster, so the raw id never enters a run's stored config."""
-    from cartintel_assets.privacy.erasure import erase, verify
-    from cartintel_assets.resources.mlflow import MLflowResource
+    from cartintel_assets.privacy.erasure import verify
 
     if args.verify:
         try:
@@ -792,15 +791,7 @@ def cmd_erase(args: argparse.Namespace) -> int:
     if not (args.customer or args.pseudonym):
         print("cartintel erase: name the subject (--customer or --pseudonym)", file=sys.stderr)
         return 2
-    stores, subject = _subject(args)
-    say = _progress("erase")
-    done = erase(stores, subject, args.reason, MLflowResource().store(), say)
-    if done.noop:
-        print("nothing held on this subject in any store: nothing erased, no receipt (a no-op)")
-        return 0
-    assert done.receipt is not None
-    print(f"erased: receipt {done.path}\n{erasure_summary(done.receipt)}")
-    print(f"verify with: cartintel erase --verify {done.path}")
+    _erase(args.customer, args.pseudonym, args.reason)
     return 0
 
 
@@ -819,7 +810,7 @@ def cmd_export_subject(args: argparse.Namespace) -> int:
     """`cartintel export-subject`: everything held on one data subject, as JSON."""
     from cartintel_assets.privacy.access import export
 
-    stores, subject = _subject(args)
+    stores, subject = _subject(args.customer, args.pseudonym)
     doc = export(stores, subject)
     text = json.dumps(doc, indent=2, default=str)
     if args.out is None:

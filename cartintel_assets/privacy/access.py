@@ -13,11 +13,12 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from cartintel_assets.privacy.subject import (
+    SQLITE_MATCH,
     TEXT_SUFFIXES,
     Stores,
     Subject,
     files_under,
-    matching_rows_sql,
+    matching,
     mentions_mask,
     sqlite_files,
     sqlite_text_columns,
@@ -65,10 +66,8 @@ def _warehouse(path: Path, subject: Subject) -> list[dict[str, Any]]:
     out = []
     with Warehouse(path).reader() as con:  # waits for a run that writes
         for table, columns in text_columns(con).items():
-            where = matching_rows_sql(table, columns)
-            frame = con.execute(
-                f'SELECT * FROM "{table}" WHERE {where}', [subject.pattern] * len(columns)
-            ).df()
+            where, params = matching(columns, subject)
+            frame = con.execute(f'SELECT * FROM "{table}" WHERE {where}', params).df()
             if not frame.empty:
                 rows = json.loads(frame.to_json(orient="records", date_format="iso"))
                 out.append(_source("warehouse", table, rows))
@@ -105,10 +104,8 @@ def _sqlite(root: Path, subject: Subject) -> list[dict[str, Any]]:
         try:
             with_regexp(db, subject)
             for table, columns in sqlite_text_columns(db).items():
-                where = " OR ".join(f'"{c}" REGEXP ?' for c in columns)
-                rows = db.execute(
-                    f'SELECT * FROM "{table}" WHERE {where}', [subject.pattern] * len(columns)
-                ).fetchall()
+                where, params = matching(columns, subject, SQLITE_MATCH)
+                rows = db.execute(f'SELECT * FROM "{table}" WHERE {where}', params).fetchall()
                 if rows:
                     place = f"{path.relative_to(root)}:{table}"
                     out.append(_source("serving", place, [dict(r) for r in rows]))

@@ -40,11 +40,12 @@ import pyarrow.parquet as pq
 from cartintel_assets import settings
 from cartintel_assets.ingestion.mapping import record_erasure
 from cartintel_assets.privacy.subject import (
+    SQLITE_MATCH,
     TEXT_SUFFIXES,
     Stores,
     Subject,
     files_under,
-    matching_rows_sql,
+    matching,
     mentions_mask,
     sqlite_files,
     sqlite_text_columns,
@@ -225,22 +226,21 @@ def erase_warehouse(
     for table, columns in text_columns(con).items():
         if table == LOG_TABLE:
             continue
-        where = matching_rows_sql(table, columns)
-        params = [subject.pattern] * len(columns)
-        n = con.execute(f'SELECT count(*) FROM "{table}" WHERE {where}', params).fetchall()[0][0]
+        where, params = matching(columns, subject)
+        have = {r[0] for r in con.execute(f'DESCRIBE "{table}"').fetchall()}
+        firsts = [
+            f'CAST(min("{c}") AS {t})' if c in have else f"NULL::{t}"
+            for c, t in (("ingested_at", "TIMESTAMP"), ("partition_date", "VARCHAR"))
+        ]
+        n, first_in, first_day = con.execute(
+            f'SELECT count(*), {", ".join(firsts)} FROM "{table}" WHERE {where}', params
+        ).fetchall()[0]
         if not n:
             continue
-        cols = {r[0] for r in con.execute(f'DESCRIBE "{table}"').fetchall()}
-        for col, cast in (("ingested_at", "TIMESTAMP"), ("partition_date", "VARCHAR")):
-            if col not in cols:
-                continue
-            (first,) = con.execute(
-                f'SELECT CAST(min("{col}") AS {cast}) FROM "{table}" WHERE {where}', params
-            ).fetchall()[0]
-            if col == "ingested_at" and first is not None:
-                ingested = first if ingested is None else min(ingested, first)
-            elif first is not None:
-                day = first if day is None else min(day, first)
+        if first_in is not None:
+            ingested = first_in if ingested is None else min(ingested, first_in)
+        if first_day is not None:
+            day = first_day if day is None else min(day, first_day)
         con.execute(f'DELETE FROM "{table}" WHERE {where}', params)
         found.add(table, int(n))
     return ingested, day
@@ -274,8 +274,7 @@ def erase_sqlite(root: Path, subject: Subject, found: Found) -> None:
         try:
             with_regexp(db, subject)
             for table, columns in sqlite_text_columns(db).items():
-                where = " OR ".join(f'"{c}" REGEXP ?' for c in columns)
-                params = [subject.pattern] * len(columns)
+                where, params = matching(columns, subject, SQLITE_MATCH)
                 cur = db.execute(f'DELETE FROM "{table}" WHERE {where}', params)
                 found.add(f"{path.relative_to(root)}:{table}", cur.rowcount)
             db.execute("PRAGMA wal_checkpoint(TRUNCATE)")

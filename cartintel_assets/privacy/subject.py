@@ -206,10 +206,16 @@ def mentions_mask(table: pa.Table, subject: Subject) -> pa.Array:
     return hits
 
 
-def matching_rows_sql(table: str, columns: list[str]) -> str:
-    """WHERE clause (one `?` parameter per column: the subject's pattern) of the rows of `table`
-    that mention the subject in any text column."""
-    return " OR ".join(f'regexp_matches("{c}", ?)' for c in columns)
+DUCKDB_MATCH = 'regexp_matches("{}", ?)'
+SQLITE_MATCH = '"{}" REGEXP ?'  # with `with_regexp`
+
+
+def matching(
+    columns: list[str], subject: Subject, match: str = DUCKDB_MATCH
+) -> tuple[str, list[str]]:
+    """The WHERE clause of the rows that mention the subject in any of the text `columns`, and
+    its parameters (`match`: one column's test in the database's SQL)."""
+    return " OR ".join(match.format(c) for c in columns), [subject.pattern] * len(columns)
 
 
 def sqlite_files(root: Path) -> list[Path]:
