@@ -7,6 +7,7 @@ repository root for `make demo`, `make dev` and `make test`).
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -52,6 +53,16 @@ def secret(name: str, local_default: str | None = None) -> str | None:
         f"{name} is not set, and CARTINTEL_ENV={env} is not local development: set it from the"
         " deployment's secrets (infra/README.md); the local default is published in the code"
     )
+
+
+def crash_point(name: str) -> None:
+    """Where a write spans two stores (the registry and the warehouse, a spool and the
+    warehouse), the point between them, named: when $CARTINTEL_CRASH_AT names it, this process
+    kills itself with SIGKILL there, as an OOM kill or an eviction would. The crash-safety tests
+    set it in a subprocess to kill it exactly there; unset (always, outside those tests) it costs
+    one dictionary lookup."""
+    if os.environ.get("CARTINTEL_CRASH_AT") == name:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _path(env: str, default: str) -> Path:

@@ -9,7 +9,6 @@ restart when an alias moves.
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import gc
 import logging
@@ -52,6 +51,7 @@ from cartintel_assets.serving.schemas import (
     ScoreResponse,
 )
 from cartintel_assets.serving.snapshot import Snapshot
+from cartintel_assets.serving.spool import DecisionSpool
 from cartintel_assets.warehouse.connection import Warehouse
 
 log = logging.getLogger("cartintel.serve")
@@ -105,15 +105,12 @@ class Service:
         self.loaded_at = datetime.now(UTC)
         self._reload_lock = threading.Lock()
         self._listener = threading.Thread(target=self._listen, name="housekeeping", daemon=True)
-        # decisions wait here for the sender thread, which writes them to the pipe: a write
-        # blocks while the companion process is busy, and must never block the event loop
-        self._outgoing: collections.deque[dict[str, Any]] = collections.deque()
-        self._stopping = threading.Event()
-        self._sender = threading.Thread(target=self._send_rows, name="decisions", daemon=True)
+        # every decision is committed here before its response is sent (`serving.spool`); the
+        # companion process moves them to the warehouse
+        self.spool = DecisionSpool(cfg.spool)
         self.logged = {"written": 0, "pending": 0}
         # consent as landed but not ingested yet: withdrawals count at once (`serving.consent`)
         self.landed_consent: dict[str, tuple[str, bool]] = {}
-        self.unsent: list[dict[str, Any]] = []
         self._flushed: dict[int, threading.Event] = {}
         self.batcher: Batcher[ScoreRequest, Decision] = Batcher(
             self._score_batch, cfg.max_batch, cfg.gather_turns
@@ -174,10 +171,10 @@ class Service:
             snapshot.consent[cid] = False
 
     def flush_decisions(self, timeout_s: float = 60.0) -> dict[str, int]:
-        """Write the decisions handed over so far now; what is written and pending after."""
+        """Move the decisions spooled so far to the warehouse now; what is written and pending
+        after."""
         token = len(self._flushed)
         done = self._flushed[token] = threading.Event()
-        self._hand_over()
         self._send(("flush", token))
         if not done.wait(timeout_s):
             raise TimeoutError(f"the decision log was not written within {timeout_s:.0f} s")
@@ -190,13 +187,9 @@ class Service:
         gc.freeze()
         self.batcher.start()
         self._listener.start()
-        self._sender.start()
 
     async def stop(self) -> None:
         self.batcher.stop()
-        self._stopping.set()
-        self._sender.join(timeout=30)
-        self._hand_over()
         with contextlib.suppress(OSError):  # unless it is gone already
             self._send(("stop",))
         self._keeper.join(timeout=30)
@@ -204,25 +197,8 @@ class Service:
         self._conn.close()
 
     def _send(self, msg: tuple[Any, ...]) -> None:
-        with self._send_lock:  # the sender, the operations endpoints and stop all send
+        with self._send_lock:  # the operations endpoints and stop both send
             self._conn.send(msg)
-
-    def _send_rows(self) -> None:
-        while not self._stopping.wait(self.cfg.hand_over_s):
-            self._hand_over()
-
-    def _hand_over(self) -> None:
-        """Send the decisions scored so far to the companion process."""
-        with self._send_lock:  # in order, and each row once
-            rows = [self._outgoing.popleft() for _ in range(len(self._outgoing))]
-            if not rows:
-                return
-            try:
-                self._conn.send(("rows", rows))
-            except OSError as err:  # kept here, and counted as pending, rather than lost
-                if not self.unsent:
-                    log.error("decision log: the housekeeping process is gone (%s)", err)
-                self.unsent.extend(rows)
 
     async def score(self, request: ScoreRequest) -> Decision:
         return await self.batcher.submit(request)
@@ -235,7 +211,7 @@ class Service:
         ]
         decisions = self.scorer.score(carts)
         now = datetime.now(UTC).replace(tzinfo=None)
-        self._outgoing.extend(d.log_row(now) for d in decisions)
+        self.spool.append([d.log_row(now) for d in decisions])  # before any response is sent
         self.batches += 1
         self.scored += len(requests)
         self.busy_s += time.perf_counter() - started
@@ -357,7 +333,7 @@ def create_app(cfg: ServiceSettings | None = None) -> FastAPI:
             },
             # as the companion process last reported (after its latest write)
             "decisions_logged": s.logged["written"],
-            "decisions_pending": s.logged["pending"] + len(s._outgoing) + len(s.unsent),
+            "decisions_pending": s.logged["pending"],
             "scoring": {
                 "requests": s.scored,
                 "batches": s.batches,

@@ -21,17 +21,24 @@ class ServiceSettings:
     ledger: Path = field(
         default_factory=lambda: settings.warehouse_path().parent / "serving" / "contacts.sqlite"
     )
+    # decisions answered, until the companion process moves them to the warehouse (None:
+    # `serving/decisions.sqlite` beside the warehouse)
+    spool: Path = None  # type: ignore[assignment]
     reports: Path = field(default_factory=settings.reports_dir)
     landing: Path = field(default_factory=settings.landing_dir)  # consent withdrawals, at once
     shadow: bool = True
     reload_interval_s: float = 5.0
     snapshot_refresh_s: float = 300.0
     flush_interval_s: float = 5.0
-    hand_over_s: float = 0.25  # how often a worker hands its decisions to its companion process
     max_batch: int = 64
     gather_turns: int = 8  # event-loop turns that let arrived requests join a batch
     tokens: Tokens = field(default_factory=Tokens)  # none: open (local development only)
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES  # larger bodies: 413 before they are read
+
+    def __post_init__(self) -> None:
+        if self.spool is None:
+            spool = self.warehouse.parent / "serving" / "decisions.sqlite"
+            object.__setattr__(self, "spool", spool)
 
     @classmethod
     def from_env(cls) -> ServiceSettings:

@@ -1,5 +1,5 @@
-"""The companion process of each service worker: it appends the worker's decisions to the
-warehouse (`decision_log`) and watches the registry's aliases and the landed days, so the
+"""The companion process of each service worker: it moves the decisions the workers spooled into
+the warehouse (`decision_log`, `serving.spool`) and watches the registry's aliases and the landed days, so the
 worker never waits on DuckDB's lock or MLflow's SQL. No web code."""
 
 from __future__ import annotations
@@ -13,54 +13,23 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
 from cartintel_assets.registry.tracking import Store
 from cartintel_assets.serving.config import ServiceSettings
-from cartintel_assets.serving.decision import DECISION_COLUMNS
 from cartintel_assets.serving.models import registry_state
+from cartintel_assets.serving.spool import DecisionSpool
 from cartintel_assets.warehouse.connection import Warehouse
-from cartintel_assets.warehouse.tables import typed_temp_table
 
 log = logging.getLogger("cartintel.serve")
 
 HOUSEKEEPING_NICENESS = 10  # added to the companion processes' niceness
 
 
-class DecisionWriter:
-    """Appends decisions to the warehouse table `decision_log`. A flush waits briefly for the
-    warehouse lock; if a run holds it, the rows stay queued for the next try."""
-
-    def __init__(self, warehouse: Path) -> None:
-        self.warehouse = Warehouse(warehouse, lock_timeout_s=2.0)
-        self.pending: list[dict[str, Any]] = []
-        self.written = 0
-
-    def flush(self) -> int:
-        """Write what is queued; return how many rows were written."""
-        rows, self.pending = self.pending, []
-        if not rows:
-            return 0
-        try:
-            with self.warehouse.writer() as con:
-                cols = ", ".join(f'"{c}" {t}' for c, t in DECISION_COLUMNS.items())
-                con.execute(f"CREATE TABLE IF NOT EXISTS decision_log ({cols})")
-                typed_temp_table(con, pd.DataFrame(rows), DECISION_COLUMNS, "_decisions")
-                con.execute("INSERT INTO decision_log SELECT * FROM _decisions")
-        except Exception as err:  # keep them: nothing is lost while a run holds the warehouse
-            self.pending[:0] = rows
-            log.warning("decision log: %d rows wait for the warehouse (%s)", len(rows), err)
-            return 0
-        self.written += len(rows)
-        return len(rows)
-
-
 def housekeeping(cfg: ServiceSettings, tracking_uri: str, worker: Connection) -> None:
-    """The companion process of a worker: every `flush_interval_s` it appends the decisions the
-    worker handed over to the warehouse; every `reload_interval_s` it reads the registry's
+    """The companion process of a worker: at start and every `flush_interval_s` it moves the
+    spooled decisions to the warehouse; every `reload_interval_s` it reads the registry's
     aliases, and every `snapshot_refresh_s` the latest landed day, and tells the worker what it
     found; with the aliases, the consent of customers files landed but not ingested yet
-    (`consent.landed_consent`). Messages in: ("rows", [...]), ("flush", token), ("stop",). Out:
+    (`consent.landed_consent`). Messages in: ("flush", token), ("stop",). Out:
     ("ready", state) once, then ("aliases", state), ("landed", day), ("consent", {customer:
     (day, consent)}), ("logged", token, written, pending)."""
     logging.basicConfig(level=logging.WARNING)
@@ -68,7 +37,8 @@ def housekeeping(cfg: ServiceSettings, tracking_uri: str, worker: Connection) ->
     # workers first (each chore costs tens of milliseconds of CPU every few seconds)
     os.nice(HOUSEKEEPING_NICENESS)
     store = Store(tracking_uri)
-    writer = DecisionWriter(cfg.warehouse)
+    spool = DecisionSpool(cfg.spool)
+    written = Warehouse(cfg.warehouse, lock_timeout_s=2.0)
     reader = Warehouse(cfg.warehouse, lock_timeout_s=60.0).reader
     every = {
         "flush": cfg.flush_interval_s,
@@ -111,12 +81,25 @@ def housekeeping(cfg: ServiceSettings, tracking_uri: str, worker: Connection) ->
     # the start of this process does not slow the first requests
     worker.send(("ready", registry_state(store)))
 
+    logged = {"written": 0, "waiting": 0}
+
     def flush(token: int | None = None, tries: int = 1) -> None:
         for _ in range(tries):
-            if writer.flush() or not writer.pending:
+            try:
+                while True:  # in slices, so a long backlog after a restart does not hold the lock
+                    wrote, logged["waiting"] = spool.drain(written)
+                    logged["written"] += wrote
+                    if not logged["waiting"]:
+                        break
                 break
-        worker.send(("logged", token, writer.written, len(writer.pending)))
+            except Exception as err:  # kept in the spool: nothing is lost while a run holds it
+                logged["waiting"] = spool.waiting(0)
+                log.warning(
+                    "decision log: %d rows wait for the warehouse (%s)", logged["waiting"], err
+                )
+        worker.send(("logged", token, logged["written"], logged["waiting"]))
 
+    flush()  # what a crashed or stopped service left in the spool, first
     chores: dict[str, Callable[[], None]] = {
         "aliases": lambda: worker.send(("aliases", registry_state(store))),
         "consent": consent,
@@ -127,16 +110,18 @@ def housekeeping(cfg: ServiceSettings, tracking_uri: str, worker: Connection) ->
         try:
             wait = max(0.0, min(due.values()) - time.monotonic())
             msg: tuple[Any, ...] = worker.recv() if worker.poll(wait) else ("tick",)
-        except EOFError:  # the worker is gone: write what it handed over
+        except EOFError:  # the worker is gone: move what is spooled
             msg = ("stop",)
-        if msg[0] == "rows":
-            writer.pending.extend(msg[1])
-        elif msg[0] == "flush":
+        if msg[0] == "flush":
             flush(msg[1])
         elif msg[0] == "stop":
             flush(tries=5)  # outwait a short run holding the warehouse
-            if writer.pending:
-                log.error("decision log: %d rows not written at stop", len(writer.pending))
+            if logged["waiting"]:
+                log.warning(
+                    "decision log: %d rows stay in the spool %s for the next start",
+                    logged["waiting"],
+                    cfg.spool,
+                )
             with contextlib.suppress(OSError):
                 worker.send(None)
             return

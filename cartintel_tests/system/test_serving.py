@@ -12,6 +12,8 @@ import json
 import os
 import re
 import shutil
+import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -415,6 +417,17 @@ def test_decisions_wait_while_a_run_holds_the_warehouse_and_are_written_at_stop(
 @contextlib.contextmanager
 def _running_service(served: dict[str, Any], **env_extra: str) -> Iterator[str]:
     """`cartintel serve` as a real process on a free port of 127.0.0.1; yields its URL."""
+    proc, url = _start_service(served, **env_extra)
+    try:
+        yield url
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
+
+
+def _start_service(served: dict[str, Any], **env_extra: str) -> tuple[subprocess.Popen[str], str]:
+    """`cartintel serve` in a session of its own (kill -9 its group: the whole service), once
+    `/health` answers; the process and its URL."""
     port = free_port()
     env = {
         **os.environ,
@@ -431,23 +444,75 @@ def _running_service(served: dict[str, Any], **env_extra: str) -> Iterator[str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        start_new_session=True,
     )
-    try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 90
-        while True:
-            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "cartintel serve did not come up"
-            time.sleep(0.5)
-        yield url
-    finally:
-        proc.terminate()
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while True:
+        if proc.poll() is not None:
+            raise AssertionError(proc.stdout.read() if proc.stdout else "")
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise AssertionError("cartintel serve did not come up within 90 s")
+        time.sleep(0.5)
+
+
+def test_no_decision_is_lost_or_doubled_when_the_service_is_killed(
+    served: dict[str, Any],
+) -> None:
+    """kill -9 of the whole service (its process group: worker and companion, as an OOM kill
+    of its container) after it answered decisions it had not written to the warehouse; then of
+    the companion right after it wrote them and before the spool forgot them. After a normal
+    restart every answered decision is in `decision_log` exactly once."""
+    body = json.loads(SAMPLE.read_text())
+    spool = served["db"].parent / "serving" / "decisions.sqlite"  # the service's default
+
+    def logged(ids: list[str]) -> dict[str, int]:
+        con = duckdb.connect(str(served["db"]), read_only=True)
+        try:
+            rows = con.execute(
+                "SELECT request_id, count(*) FROM decision_log"
+                " WHERE list_contains($ids, request_id) GROUP BY request_id",
+                {"ids": ids},
+            ).fetchall()
+        finally:
+            con.close()
+        return {r: int(n) for r, n in rows}
+
+    def score(url: str, n: int) -> list[str]:
+        return [
+            httpx.post(f"{url}/score", json=body, timeout=30).json()["request_id"] for _ in range(n)
+        ]
+
+    def kill(proc: subprocess.Popen[str]) -> None:
+        os.killpg(proc.pid, signal.SIGKILL)
         proc.communicate(timeout=30)
+
+    proc, url = _start_service(served, CARTINTEL_SERVE_FLUSH_S="3600")  # no timed write
+    answered = score(url, 12)
+    kill(proc)
+    assert len(set(answered)) == 12 and logged(answered) == {}  # none written before the kill
+    # restarted, its companion writes them at once, and dies right after that commit
+    proc, url = _start_service(
+        served, CARTINTEL_SERVE_FLUSH_S="3600", CARTINTEL_CRASH_AT="decisions.written"
+    )
+    deadline = time.monotonic() + 60
+    while len(logged(answered)) < len(answered) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    kill(proc)
+    with sqlite3.connect(spool) as db:  # still spooled too: the next drain must skip them
+        assert db.execute("SELECT count(*) FROM decisions").fetchone()[0] >= len(answered)
+    with _running_service(served) as url:
+        answered += score(url, 5)
+    assert logged(answered) == dict.fromkeys(answered, 1)  # each answered decision once
+    with sqlite3.connect(spool) as db:
+        assert db.execute("SELECT count(*) FROM decisions").fetchone()[0] == 0
+    duckdb.connect(str(served["db"])).close()  # the warehouse opens cleanly for writing
 
 
 def test_cartintel_serve_answers_the_sample_payload(served: dict[str, Any]) -> None:
