@@ -26,8 +26,9 @@ from cartintel_assets.registry.names import (
     PHASES,
     PILOT,
 )
-from cartintel_assets.registry.registration import version_by_alias
+from cartintel_assets.registry.registration import set_alias, version_by_alias
 from cartintel_assets.registry.tracking import Store
+from cartintel_assets.settings import crash_point
 from cartintel_assets.warehouse.tables import has_columns, has_table, transaction
 
 LOG_TABLE = "promotion_log"
@@ -138,8 +139,10 @@ def read_log(con: duckdb.DuckDBPyConnection, name: str | None = None) -> pd.Data
 
 
 def record(con: duckdb.DuckDBPyConnection, store: Store, move: Move) -> None:
-    """Append a move to the log (never update, never delete) and, when it moved an alias, tag the
-    version it moved to in the registry."""
+    """Append a move to the log (never update, never delete) and, when it moved an alias, then
+    move the alias and tag the version it moved to. The log row comes first, in its own
+    transaction: a process killed after it leaves the registry behind the log, never an alias
+    moved without its row, and the next `reconcile` moves the alias the row records."""
     ensure_log(con)
     row = move.row()
     with transaction(con):
@@ -148,22 +151,44 @@ def record(con: duckdb.DuckDBPyConnection, store: Store, move: Move) -> None:
             f" VALUES ({', '.join('?' for _ in LOG_COLUMNS)})",
             [row[c] for c in LOG_COLUMNS],
         )
+    crash_point("promotion.logged")
     if move.outcome == "moved" and move.to_version is not None:
-        prefix = f"{move.phase}."
-        stamp = move.logged_at.isoformat(timespec="seconds")
-        tags = {
-            f"{prefix}{move.action}_at": stamp,
-            f"{prefix}from_version": move.from_version or "none",
-            f"{prefix}triggered_by": move.triggered_by,
-            f"{prefix}dagster_run_id": move.dagster_run_id,
-            f"{prefix}evidence": row["evidence"][:4900],
-        }
-        for k, v in tags.items():
-            store.client.set_model_version_tag(move.model_name, move.to_version, k, v)
+        _apply(store, move)
 
 
-def set_alias(store: Store, name: str, alias: str, version: str) -> None:
-    store.client.set_registered_model_alias(name, alias, version)
+def _apply(store: Store, move: Move) -> None:
+    """Point the move's alias at its version and tag that version with the move."""
+    assert move.to_version is not None
+    set_alias(store, move.model_name, move.phase, move.to_version)
+    prefix = f"{move.phase}."
+    tags = {
+        f"{prefix}{move.action}_at": move.logged_at.isoformat(timespec="seconds"),
+        f"{prefix}from_version": move.from_version or "none",
+        f"{prefix}triggered_by": move.triggered_by,
+        f"{prefix}dagster_run_id": move.dagster_run_id,
+        f"{prefix}evidence": move.row()["evidence"][:4900],
+    }
+    for k, v in tags.items():
+        store.client.set_model_version_tag(move.model_name, move.to_version, k, v)
+
+
+def reconcile(con: duckdb.DuckDBPyConnection, store: Store, name: str) -> list[Move]:
+    """Bring the registry's phase aliases of `name` to what the log's latest move of each phase
+    records (a move whose process died between its row and its alias); the moves replayed."""
+    log = read_log(con, name)
+    moved = log[log["outcome"] == "moved"]
+    replayed = []
+    for phase, rows in moved.groupby("phase"):
+        last = rows.iloc[-1]
+        if version_by_alias(store, name, str(phase)) == last["to_version"]:
+            continue
+        fields: dict[str, Any] = {c: (None if pd.isna(last[c]) else last[c]) for c in LOG_COLUMNS}
+        fields["evidence"] = json.loads(fields["evidence"] or "{}")
+        fields["logged_at"] = pd.Timestamp(fields["logged_at"]).to_pydatetime()
+        move = Move(**fields)
+        _apply(store, move)
+        replayed.append(move)
+    return replayed
 
 
 def registry_agrees(

@@ -23,6 +23,7 @@ from cartintel_assets.models.segmentation import SegmentationModel, evidence_fra
 from cartintel_assets.models.uplift import UpliftModel
 from cartintel_assets.registry.names import CHALLENGER, SEGMENTATION_MODEL
 from cartintel_assets.registry.tracking import Run, Store
+from cartintel_assets.settings import crash_point
 
 # Pinned to the lock, passed explicitly (inference costs seconds and guesses both xgboost names).
 PIP_REQUIREMENTS = ["xgboost-cpu==3.2.0", "scikit-learn==1.9.1", "pandas==2.3.3", "numpy==2.4.6"]
@@ -216,14 +217,19 @@ def current_segmentation(store: Store) -> tuple[str | None, SegmentationModel | 
 def register(
     store: Store, model_uri: str, name: str, alias: str | None, tags: dict[str, str]
 ) -> str:
-    """Register `model_uri` as a new version of `name`, tag it and, unless `alias` is None,
-    point `alias` at it."""
-    version = store.register(model_uri, name)
-    for k, v in tags.items():
-        store.client.set_model_version_tag(name, version, k, v)
+    """Register `model_uri` as a new version of `name` with its `tags` (one registry write) and,
+    unless `alias` is None, then point `alias` at it. The alias comes last: a process killed in
+    between leaves a tagged version that nothing serves or promotes (README "Crash safety")."""
+    version = store.register(model_uri, name, tags)
+    crash_point("registry.version_registered")
     if alias is not None:
-        store.client.set_registered_model_alias(name, alias, version)
+        set_alias(store, name, alias, version)
     return version
+
+
+def set_alias(store: Store, name: str, alias: str, version: str) -> None:
+    """Point `alias` of `name` at `version`."""
+    store.client.set_registered_model_alias(name, alias, version)
 
 
 def version_by_alias(store: Store, name: str, alias: str) -> str | None:

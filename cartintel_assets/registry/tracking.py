@@ -119,8 +119,9 @@ class Store:
         with tempfile.TemporaryDirectory() as tmp:
             return mlflow.pyfunc.load_model(str(self.download(model_uri, Path(tmp))))
 
-    def register(self, model_uri: str, name: str) -> str:
-        """A new version of `name` (created on first use) from a `models:/<model_id>` URI."""
+    def register(self, model_uri: str, name: str, tags: dict[str, str] | None = None) -> str:
+        """A new version of `name` (created on first use) from a `models:/<model_id>` URI, with
+        its `tags` written in the same registry transaction: a version never exists untagged."""
         try:
             self.client.create_registered_model(name)
         except MlflowException as err:
@@ -131,7 +132,11 @@ class Store:
         # the artifact location itself, not `models:/<id>`: MLflow's SQL registry resolves that
         # through the global tracking URI (its own TODO in SqlAlchemyStore.create_model_version)
         version = self.client.create_model_version(
-            name, source=logged.artifact_location, run_id=logged.source_run_id, model_id=model_id
+            name,
+            source=logged.artifact_location,
+            run_id=logged.source_run_id,
+            tags=tags,
+            model_id=model_id,
         )
         return str(version.version)
 

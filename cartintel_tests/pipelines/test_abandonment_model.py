@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import duckdb
@@ -156,3 +158,77 @@ def test_gate_blocks_a_model_trained_on_shuffled_labels(warehouse: Path, tmp_pat
         assert not scored.success
         failure = scored.get_step_failure_events()[0].event_specific_data
         assert "has the alias 'challenger'" in str(failure.error)  # type: ignore[union-attr]
+
+
+def test_training_and_promotion_killed_between_their_two_stores(
+    warehouse: Path, tmp_path: Path
+) -> None:
+    """kill -9 (`settings.crash_point`) of a real `dagster asset materialize` of the model right
+    after its version is registered, and of a real `cartintel promote` right after the move's
+    log row: no version without its run and gate tags, no alias ahead of the promotion log,
+    and the next promotion brings the registry to what the log records."""
+    import shutil
+    import subprocess
+    import sys
+
+    from cartintel_assets.cli import LOCAL_INSTANCE
+    from cartintel_assets.registry.promotion import read_log
+    from cartintel_assets.registry.registration import version_by_alias
+
+    db, mlruns, home = tmp_path / "wh.duckdb", tmp_path / "mlruns", tmp_path / "home"
+    shutil.copy(warehouse, db)
+    home.mkdir()
+    (home / "dagster.yaml").write_text(LOCAL_INSTANCE)
+    env = {
+        **os.environ,
+        "CARTINTEL_WAREHOUSE": str(db),
+        "CARTINTEL_MLRUNS": str(mlruns),
+        "DAGSTER_HOME": str(home),
+        "DO_NOT_TRACK": "true",
+    }
+    env.pop("MLFLOW_TRACKING_URI", None)
+    bin_ = Path(sys.executable).parent
+    train = [str(bin_ / "dagster"), "asset", "materialize", "-m", "cartintel_assets.definitions"]
+    train += ["--select", "abandonment_model"]
+    promote = [str(bin_ / "cartintel"), "promote", "--model", "abandonment", "--to", "pilot"]
+
+    def run(cmd: list[str], crash_at: str | None = None) -> int:
+        """The exit code; -9 when the process (or the run's step process) was killed."""
+        extra = {"CARTINTEL_CRASH_AT": crash_at} if crash_at else {}
+        done = subprocess.run(cmd, env={**env, **extra}, capture_output=True, text=True)
+        out = done.stdout + done.stderr
+        assert done.returncode in (0, 1, -9), out[-3000:]
+        return -9 if "terminated by signal 9" in out else done.returncode
+
+    store = Store(f"sqlite:///{mlruns / 'mlflow.db'}")
+
+    def versions() -> dict[str, dict[str, str]]:
+        found = store.client.search_model_versions(f"name = '{ABANDONMENT_MODEL}'")
+        return {str(v.version): dict(v.tags) for v in found}
+
+    def log() -> Any:
+        with duckdb.connect(str(db), read_only=True) as con:  # opens cleanly after each kill
+            return read_log(con, ABANDONMENT_MODEL)
+
+    assert run(train, crash_at="registry.version_registered") == -9
+    killed = versions()
+    assert list(killed) == ["1"]  # registered, with every tag it is judged by
+    assert {"gate", "dagster.run_id", "data_to", "test_from"} <= set(killed["1"])
+    assert (
+        store.client.get_run(
+            store.client.get_model_version(ABANDONMENT_MODEL, "1").run_id
+        ).data.tags["gate"]
+        == killed["1"]["gate"]
+    )
+    assert version_by_alias(store, ABANDONMENT_MODEL, "challenger") is None  # nothing serves it
+
+    assert run(train) == 0
+    assert version_by_alias(store, ABANDONMENT_MODEL, "challenger") == "2"
+    assert run(promote, crash_at="promotion.logged") == -9
+    rows = log()
+    assert rows[["phase", "outcome", "to_version"]].values.tolist() == [["pilot", "moved", "2"]]
+    assert version_by_alias(store, ABANDONMENT_MODEL, "pilot") is None  # behind, never ahead
+    assert run(promote) == 1  # the logged move finished first; then pilot already holds it
+    assert version_by_alias(store, ABANDONMENT_MODEL, "pilot") == "2"
+    assert versions()["2"]["pilot.dagster_run_id"] == rows.iloc[0]["dagster_run_id"]
+    assert log()["outcome"].tolist() == ["moved", "refused"]

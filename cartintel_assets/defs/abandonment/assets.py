@@ -133,6 +133,7 @@ def abandonment_model(
         current_segmentation,
         log_risk_model,
         register,
+        set_alias,
         version_by_alias,
     )
 
@@ -229,12 +230,12 @@ def abandonment_model(
         unstable = unstable_features(parts["train"], recent, DriftOptions())
         run.log_dict(unstable, "reference/unstable_features.json")
         # every run is a registered version (audit); only one that passes its gates becomes the
-        # challenger, the one version eligible for promotion
+        # challenger, the one version eligible for promotion, once its drift reference is stored
         version = register(
             store,
             model_uri,
             ABANDONMENT_MODEL,
-            CHALLENGER if gate == "passed" else None,
+            None,
             {
                 "gate": gate,
                 "dagster.run_id": context.run.run_id,
@@ -246,6 +247,8 @@ def abandonment_model(
         )
     with warehouse.get_connection() as con:
         store_reference(con, ABANDONMENT_MODEL, version, reference)
+    if gate == "passed":
+        set_alias(store, ABANDONMENT_MODEL, CHALLENGER, version)
     top_reasons = pd.Series([r[0] for r in reason_codes(model, sample) if r]).value_counts().head(5)
     yield dg.MaterializeResult(
         metadata={

@@ -120,8 +120,8 @@ def model_promotions(
         aliases,
         previous_version,
         read_log,
+        reconcile,
         record,
-        set_alias,
     )
     from cartintel_assets.registry.registration import version_by_alias
 
@@ -129,8 +129,15 @@ def model_promotions(
     store = mlflow_tracking.store()
     plan = rollout.deployed().plan()
     phase = config.phase
-    current = version_by_alias(store, name, phase)
     with warehouse.get_connection() as con:
+        # a move whose process died after its log row and before its alias is finished first
+        for done in reconcile(con, store, name):
+            context.log.warning(
+                f"the registry was behind the promotion log: {done.phase} now points at version"
+                f" {done.to_version}, as logged at {done.logged_at} by Dagster run"
+                f" {done.dagster_run_id}"
+            )
+        current = version_by_alias(store, name, phase)
         if config.action == "promote":
             source = PHASES[PHASES.index(phase) - 1]
             target = version_by_alias(store, name, source)
@@ -152,8 +159,6 @@ def model_promotions(
                     {},
                 )
             )
-        if gate.passed and target is not None:
-            set_alias(store, name, phase, target)
         move = Move(
             model_name=name,
             phase=phase,
