@@ -225,6 +225,10 @@ run_monitoring:
   enabled: true
   poll_interval_seconds: 10
   max_resume_run_attempts: 0
+run_retries:
+  enabled: true
+  max_retries: 2
+  retry_on_asset_or_op_failure: false
 """
 
 

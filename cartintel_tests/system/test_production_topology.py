@@ -11,6 +11,7 @@ client and PostgreSQL. Artifacts go to a local directory here (S3/MinIO in infra
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psycopg2
 import pytest
 from mlflow.tracking import MlflowClient
@@ -108,6 +110,13 @@ def topology() -> Iterator[Topology]:
     for f in ("dagster.yaml", "workspace.yaml"):
         shutil.copy(ROOT / "infra" / "dagster" / f, home / f)
     store_dir = base / "storefront"
+    # MLflow's authentication app with the deployment's config, its user store moved to base
+    auth = (ROOT / "infra" / "mlflow" / "basic_auth.ini").read_text()
+    users = f"sqlite:///{base / 'mlflow-auth.db'}"
+    (base / "basic_auth.ini").write_text(
+        re.sub(r"(?m)^database_uri = .*$", f"database_uri = {users}", auth)
+    )
+    mlflow_password = secrets.token_urlsafe(18)
     # conftest ingests with the pseudonym key "test-key": the runs below use the same
     labelled_warehouse(simulate(CFG), store_dir, str(base / "warehouse.duckdb"), True).close()
     env = {
@@ -127,6 +136,12 @@ def topology() -> Iterator[Topology]:
             f"postgresql+psycopg2://cartintel:{password}@127.0.0.1:{pg_port}/mlflow"
         ),
         "MLFLOW_ARTIFACTS_DESTINATION": str(base / "artifacts"),
+        "MLFLOW_AUTH_CONFIG_PATH": str(base / "basic_auth.ini"),
+        "MLFLOW_AUTH_ADMIN_USERNAME": "cartintel",
+        "MLFLOW_AUTH_ADMIN_PASSWORD": mlflow_password,
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_urlsafe(18),
+        "MLFLOW_TRACKING_USERNAME": "cartintel",  # every cartintel process signs in
+        "MLFLOW_TRACKING_PASSWORD": mlflow_password,
         "CARTINTEL_LANDING": str(store_dir / "landing"),
         "CARTINTEL_WAREHOUSE": str(base / "warehouse.duckdb"),
         "CARTINTEL_REPORTS": str(base / "reports"),
@@ -150,7 +165,8 @@ def topology() -> Iterator[Topology]:
     subprocess.run(["bash", script, "start", str(base / "pg"), str(pg_port)], env=env, check=True)
     try:
         mlflow = top.start("mlflow", str(BIN / "mlflow"), "server", "--host", "127.0.0.1",
-                           "--port", str(mlflow_port), "--workers", "1")  # fmt: skip
+                           "--port", str(mlflow_port), "--workers", "1",
+                           "--app-name", "basic-auth")  # fmt: skip
         code = top.start("code-server", str(BIN / "dagster"), "code-server", "start",
                          "-h", "127.0.0.1", "-p", str(code_port),
                          "-m", "cartintel_assets.definitions")  # fmt: skip
@@ -174,7 +190,10 @@ def topology() -> Iterator[Topology]:
                     + (base / "logs" / "code-server.log").read_text()[-3000:]
                 )
             time.sleep(2)
-        yield top
+        with pytest.MonkeyPatch.context() as mp:  # this test's own MLflow client signs in too
+            for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+                mp.setenv(name, env[name])
+            yield top
     finally:
         for proc in reversed(top.procs):
             if proc.poll() is None:
@@ -265,7 +284,12 @@ def test_the_graph_runs_on_postgres_backed_dagster_and_mlflow(topology: Topology
     # the training gates, as checks of the model asset
     assert any(e["runId"] == launched[2] for e in executed.values()), executed
 
-    # the registry, through the MLflow tracking server's REST API
+    # MLflow asks for credentials (its auth app) on everything but /health
+    search = f"{top.mlflow_url}/api/2.0/mlflow/registered-models/search"
+    assert httpx.get(f"{top.mlflow_url}/health", timeout=10).status_code == 200
+    assert httpx.get(search, timeout=10).status_code == 401
+    assert httpx.get(search, timeout=10, auth=("cartintel", "wrong")).status_code == 401
+    # the registry, through the MLflow tracking server's REST API (signed in)
     client = MlflowClient(tracking_uri=top.mlflow_url, registry_uri=top.mlflow_url)
     seg = client.get_registered_model(SEGMENTATION_MODEL)
     assert seg.aliases.get("challenger") == "1"
@@ -299,8 +323,8 @@ def test_a_killed_run_is_marked_failed_and_the_queue_moves_on(
     group, as an OOM kill or an eviction of their container does) in the middle of the run's
     ingestion, and the server restarts: nobody is left to report the run, yet run monitoring
     (the launcher's health check) marks it failed within a bound, the run queued behind it
-    starts and succeeds, and the warehouse opens cleanly with the partition whole (DuckDB's
-    transactions: no partial day)."""
+    starts and succeeds, the daemon retries the killed run once, and the warehouse opens
+    cleanly with the partition whole (DuckDB's transactions: no partial day)."""
     import dagster as dg
     import duckdb
     from dagster import DagsterEventType
@@ -340,4 +364,17 @@ def test_a_killed_run_is_marked_failed_and_the_queue_moves_on(
         with dg.DagsterInstance.from_config(str(top.base / "dagster_home")) as instance:
             said = [e.message for e in instance.all_logs(queued) if e.is_dagster_event]
         raise AssertionError(f"the queued run failed: {said[-5:]}")
+    assert events_of_day() == before
+    # the daemon starts the killed run again (run_retries: its process died, no asset failed),
+    # from where it died; the day it ingests again comes out the same
+    deadline, retried = time.monotonic() + 60, []
+    while not retried and time.monotonic() < deadline:
+        retried = [
+            r["runId"]
+            for r in top.graphql(RUNS)["runsOrError"]["results"]
+            if {"key": "dagster/parent_run_id", "value": killed} in r["tags"]
+        ]
+        time.sleep(1)
+    assert len(retried) == 1, "the killed run was not retried within 60 s"
+    assert _wait_runs(top, retried) == {retried[0]: "SUCCESS"}
     assert events_of_day() == before

@@ -61,10 +61,20 @@ def test_compose_follows_the_compose_spec_and_binds_to_localhost(tmp_path: Path)
     assert mlflow["MLFLOW_BACKEND_STORE_URI"].startswith("postgresql+psycopg2://")
     assert mlflow["MLFLOW_ARTIFACTS_DESTINATION"].startswith("s3://")
     assert mlflow["MLFLOW_S3_ENDPOINT_URL"] == "http://minio:9000"
+    # MLflow with its authentication app, its config the file in infra/mlflow
+    assert services["mlflow"]["command"][-2:] == ["--app-name", "basic-auth"]
+    assert mlflow["MLFLOW_AUTH_CONFIG_PATH"] == "/etc/mlflow/basic_auth.ini"
+    assert services["mlflow"]["configs"] == [
+        {"source": "mlflow-auth", "target": "/etc/mlflow/basic_auth.ini"}
+    ]
+    assert spec["configs"]["mlflow-auth"]["file"] == "./mlflow/basic_auth.ini"
     for name in ("user-code", "webserver", "daemon"):  # one instance: Dagster's PostgreSQL
         env = services[name]["environment"]
         assert env["DAGSTER_PG_HOST"] == "postgres" and env["DAGSTER_CODE_HOST"] == "user-code"
         assert env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+    for name in ("user-code", "daemon", "scoring"):  # they sign in to MLflow
+        env = services[name]["environment"]
+        assert env["MLFLOW_TRACKING_PASSWORD"].startswith("${CARTINTEL_MLFLOW_PASSWORD:?")
     published = [p for s in services.values() for p in s.get("ports", [])]
     assert published and all(p.startswith("127.0.0.1:") for p in published)
 
@@ -82,6 +92,14 @@ def test_kubernetes_manifests_pass_strict_schema_validation(tmp_path: Path) -> N
     assert ok.returncode == 0, ok.stdout + ok.stderr
     kinds = {(d["kind"], d["metadata"]["name"]) for d in yaml.safe_load_all(manifests.read_text())}
     assert {("Deployment", "mlflow"), ("Deployment", "scoring"), ("Service", "scoring")} <= kinds
+    docs = {
+        (d["kind"], d["metadata"]["name"]): d for d in yaml.safe_load_all(manifests.read_text())
+    }
+    server = docs["Deployment", "mlflow"]["spec"]["template"]["spec"]["containers"][0]
+    assert server["command"][-2:] == ["--app-name", "basic-auth"]
+    # the auth app's config is infra/mlflow/basic_auth.ini as it is
+    ini = docs["ConfigMap", "mlflow-auth"]["data"]["basic_auth.ini"]
+    assert ini == (INFRA / "mlflow" / "basic_auth.ini").read_text()
     typo = manifests.read_text().replace("containerPort: 8000", "containerPrt: 8000")
     (tmp_path / "bad.yaml").write_text(typo)
     bad = _tool("kubernetes-validate", "-k", "1.34.0", "--strict", str(tmp_path / "bad.yaml"))
@@ -147,11 +165,13 @@ def test_infra_passes_yamllint_and_holds_no_secret() -> None:
     assert lint.returncode == 0, lint.stdout + lint.stderr
     # keys that hold a secret's value (not the name of a Secret that holds it)
     secretish = re.compile(r"(password|secret_access_key|pseudonym_key|token)$", re.IGNORECASE)
-    files = [p for p in INFRA.rglob("*") if p.is_file() and p.suffix in {".yaml", ".yml", ""}]
+    files = [
+        p for p in INFRA.rglob("*") if p.is_file() and p.suffix in {".yaml", ".yml", ".ini", ""}
+    ]
     assert len(files) >= 5
     for path in files:
         for n, line in enumerate(path.read_text().splitlines(), 1):
-            key, sep, value = line.partition(":")
+            key, sep, value = line.partition("=" if path.suffix == ".ini" else ":")
             value = value.strip().strip("\"'")
             if not sep or not secretish.search(key.strip()) or line.lstrip().startswith("#"):
                 continue
