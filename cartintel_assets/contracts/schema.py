@@ -44,6 +44,14 @@ TREATMENTS: tuple[str, ...] = (
 CHOOSERS: tuple[str, ...] = ("experiment", "plan", "exploration", "holdout", "api")
 # Pseudonymised at ingestion: the raw value never reaches a warehouse table.
 PERSONAL_ID_COLUMNS: tuple[str, ...] = ("customer_id",)
+# Ids that name a data subject or link a row to one: their values stay in the warehouse (where
+# erasure finds them) and never go into a Dagster run's metadata, which erasure cannot reach.
+SUBJECT_LINKED_COLUMNS: tuple[str, ...] = (
+    *PERSONAL_ID_COLUMNS,
+    "session_id",
+    "event_id",
+    "review_id",
+)
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,12 @@ from typing import Any
 import duckdb
 import pandas as pd
 
-from cartintel_assets.contracts.schema import PRODUCT_EVENT_TYPES, TABLES_BY_NAME, TableSpec
+from cartintel_assets.contracts.schema import (
+    PRODUCT_EVENT_TYPES,
+    SUBJECT_LINKED_COLUMNS,
+    TABLES_BY_NAME,
+    TableSpec,
+)
 from cartintel_assets.ingestion.ingest import (
     CLOCK_SKEW,
     DUPLICATE_IN_FILE,
@@ -421,13 +426,17 @@ def run_suite(
     for r in result.results:
         assert r.expectation_config is not None and r.expectation_config.meta
         check = r.expectation_config.meta["check"]
-        outcomes.append(Outcome(by_check[check], bool(r.success), _plain(r.result)))
+        e = by_check[check]
+        linked = {e.kwargs.get("column"), *e.kwargs.get("column_list", ())}
+        withheld = bool(linked & set(SUBJECT_LINKED_COLUMNS))
+        outcomes.append(Outcome(e, bool(r.success), _plain(r.result, withheld)))
     order = {e.check: i for i, e in enumerate(expectations)}
     return sorted(outcomes, key=lambda o: order[o.expectation.check])
 
 
-def _plain(result: dict[str, Any]) -> dict[str, Any]:
-    """Keep the JSON-friendly summary fields of a GX result, as plain Python values."""
+def _plain(result: dict[str, Any], withheld: bool = False) -> dict[str, Any]:
+    """Keep the JSON-friendly summary fields of a GX result, as plain Python values; `withheld`:
+    the values are ids linked to a data subject, so only their count is kept."""
     keys = (
         "observed_value",
         "element_count",
@@ -438,7 +447,13 @@ def _plain(result: dict[str, Any]) -> dict[str, Any]:
     )
     out = {k: _python(result[k]) for k in keys if k in result}
     if "partial_unexpected_list" in out:
-        out["partial_unexpected_list"] = [str(v) for v in out["partial_unexpected_list"][:10]]
+        shown = out.pop("partial_unexpected_list")[:10]
+        if withheld:
+            out["partial_unexpected_withheld"] = (
+                f"{len(shown)} ids (the quarantine table holds the rows)"
+            )
+        else:
+            out["partial_unexpected_list"] = [str(v) for v in shown]
     return out
 
 

@@ -5,6 +5,7 @@ fail."""
 from __future__ import annotations
 
 import json
+import re
 import socket
 from datetime import date, datetime
 from pathlib import Path
@@ -167,6 +168,14 @@ def test_each_kind_of_bad_line_fails_its_expectation_with_the_quarantines_count(
         assert quarantined == {rule: 1} and result["unexpected_count"] == 2
     else:
         assert quarantined == {rule: len(lines)} and result["unexpected_count"] == len(lines)
+    # what lands in the run's metadata: the offending values, except ids linked to a shopper
+    # (the event log outlives an erasure; the quarantine table holds the rows)
+    assert not re.search(r'"(E\d+|S1|S2|S-NOBODY)"', json.dumps(result)), result
+    if kind == "the same line twice":
+        assert "partial_unexpected_list" not in result
+        assert result["partial_unexpected_withheld"].startswith("2 ids")
+    elif kind in ("negative price", "unknown event type"):
+        assert result["partial_unexpected_list"] in (["-5.0"], ["teleport"])
     ok, agreement = checks["raw_events_expectations_match_quarantine"]
     assert ok and agreement["mismatched"] == {}
     quarantined_lines = sum(quarantined.values())

@@ -357,7 +357,8 @@ def abandonment_scores(
     n = len(scores)
     reasons = pd.Series([r[0] for r in scores.get("reason_codes", []) if len(r)]).value_counts()
     riskiest = scores.nlargest(10, "risk") if n else scores
-    preview = markdown_table(riskiest, ["session_id", "risk", "reason_codes"])
+    # no session id: run metadata outlives an erasure (contracts.SUBJECT_LINKED_COLUMNS)
+    preview = markdown_table(riskiest, ["risk", "model_alias", "reason_codes"])
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": n,

@@ -644,9 +644,8 @@ def intervention_plan(
                 f" {total['incremental_margin_hi']:.2f})"
             ),
             "best_nudges": dg.MetadataValue.md(
-                markdown_table(
-                    treated,
-                    ["session_id", "segment", "risk", "action", "incremental_margin"],
+                markdown_table(  # no session id (contracts.SUBJECT_LINKED_COLUMNS)
+                    treated, ["segment", "risk", "action", "incremental_margin"]
                 )
             ),
         }
