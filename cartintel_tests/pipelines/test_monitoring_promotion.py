@@ -30,7 +30,12 @@ from cartintel_assets.defs.registry.assets import GATE_CHECK, model_promotions
 from cartintel_assets.features.labels import RETURN_WINDOW_DAYS, cart_labels
 from cartintel_assets.features.session_features import CutoffPolicy, day_features
 from cartintel_assets.ingestion.ingest import ingest_partition
-from cartintel_assets.registry.names import ABANDONMENT_MODEL
+from cartintel_assets.registry.names import (
+    ABANDONMENT_MODEL,
+    CERTIFIED_TAG,
+    ERASED_SINCE_TAG,
+    ERASED_TAG,
+)
 from cartintel_assets.registry.promotion import (
     PhasePlan,
     judge_pilot,
@@ -337,6 +342,12 @@ def test_drift_retraining_promotion_and_rollback(
         blind = judge_pilot(results, PhasePlan(pilot_regions=("NL", "ES")))
         assert not blind.passed and "pilot ROC-AUC" in blind.reason
 
+        # a rollback to a version trained on rows erased long ago waits for its certification
+        client.set_model_version_tag(ABANDONMENT_MODEL, "1", ERASED_SINCE_TAG, "2026-01-02T00:00")
+        client.set_model_version_tag(ABANDONMENT_MODEL, "1", ERASED_TAG, "1")
+        erased = ops.move("rollback", "global")
+        assert erased["outcome"] == "refused" and "rows erased since" in erased["reason"]
+        client.set_model_version_tag(ABANDONMENT_MODEL, "1", CERTIFIED_TAG, "dpo@shop")
         back = ops.move("rollback", "global")
         assert (back["outcome"], back["from_version"], back["to_version"]) == ("moved", "2", "1")
         assert str(client.get_model_version_by_alias(ABANDONMENT_MODEL, "global").version) == "1"
@@ -355,6 +366,7 @@ def test_drift_retraining_promotion_and_rollback(
             ("pilot", "promote", "moved"),
             ("pilot", "promote", "refused"),
             ("global", "promote", "moved"),
+            ("global", "rollback", "refused"),
             ("global", "rollback", "moved"),
             ("global", "rollback", "refused"),
         ]

@@ -118,6 +118,7 @@ def model_promotions(
         GateResult,
         Move,
         aliases,
+        erasure_gate,
         previous_version,
         read_log,
         reconcile,
@@ -149,16 +150,18 @@ def model_promotions(
                 gate = _candidate_gate(con, store, name, phase, target, plan)
         else:
             target = previous_version(con, store, name, phase)
-            gate = (
-                GateResult(True, f"restores version {target}, which {phase!r} held before", {})
-                if target is not None
-                else GateResult(
+            if target is None:
+                gate = GateResult(
                     False,
                     f"the promotion log has no version that held {phase!r} before"
                     f" version {current}",
                     {},
                 )
-            )
+            else:  # a rollback may not bring back rows erased since, past the grace period
+                erased = erasure_gate(store.client.get_model_version(name, target).tags, plan)
+                gate = erased or GateResult(
+                    True, f"restores version {target}, which {phase!r} held before", {}
+                )
         move = Move(
             model_name=name,
             phase=phase,
