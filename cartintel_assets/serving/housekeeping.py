@@ -1,6 +1,6 @@
 """The companion process of each service worker: it moves the decisions the workers spooled into
-the warehouse (`decision_log`, `serving.spool`) and watches the registry's aliases and the landed days, so the
-worker never waits on DuckDB's lock or MLflow's SQL. No web code."""
+the warehouse (`decision_log`, `serving.spool`) and watches the registry's aliases and the landed
+days, so the worker never waits on DuckDB's lock or MLflow's SQL. No web code."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from cartintel_assets.warehouse.connection import Warehouse
 log = logging.getLogger("cartintel.serve")
 
 HOUSEKEEPING_NICENESS = 10  # added to the companion processes' niceness
+DRAIN_SLICE = 50_000  # decisions moved from the spool per warehouse transaction
 
 
 def housekeeping(cfg: ServiceSettings, tracking_uri: str, worker: Connection) -> None:
@@ -86,11 +87,10 @@ def housekeeping(cfg: ServiceSettings, tracking_uri: str, worker: Connection) ->
     def flush(token: int | None = None, tries: int = 1) -> None:
         for _ in range(tries):
             try:
-                while True:  # in slices, so a long backlog after a restart does not hold the lock
-                    wrote, logged["waiting"] = spool.drain(written)
+                wrote = DRAIN_SLICE
+                while wrote == DRAIN_SLICE:  # a long backlog in slices, the lock let go between
+                    wrote, logged["waiting"] = spool.drain(written, DRAIN_SLICE)
                     logged["written"] += wrote
-                    if not logged["waiting"]:
-                        break
                 break
             except Exception as err:  # kept in the spool: nothing is lost while a run holds it
                 logged["waiting"] = spool.waiting(0)

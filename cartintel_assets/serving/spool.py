@@ -86,7 +86,7 @@ class DecisionSpool:
         found = self._db().execute("SELECT count(*) FROM decisions WHERE seq > ?", [after])
         return int(found.fetchone()[0])
 
-    def drain(self, warehouse: Warehouse, limit: int = 50_000) -> tuple[int, int]:
+    def drain(self, warehouse: Warehouse, limit: int) -> tuple[int, int]:
         """Move up to `limit` rows into `decision_log`, exactly once; (rows written, rows still
         waiting). Raises while a run holds the warehouse (the rows stay for the next try)."""
         with warehouse.writer() as con:
