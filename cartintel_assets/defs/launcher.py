@@ -8,6 +8,11 @@ health check from the process the run worker recorded at start ("Started process
 N)"): gone, a zombie, or a newer process under a reused pid means the worker died, and run
 monitoring marks the run failed, which frees the queue.
 
+A worker that died with its code server (the server's container killed) is declared failed only
+once that server answers again: the daemon's run retries (`run_retries` in dagster.yaml) need
+the code location to start the retry, and Dagster gives a run up for good when it is missing at
+that moment. Nothing can start while the server is down anyway, so the wait costs no run.
+
 It needs the daemon to see the code server's processes: the same host (`make dev`, the
 native production topology) or a shared PID namespace (infra/compose.yaml gives the daemon
 `pid: service:user-code`). On Kubernetes the chart's K8sRunLauncher checks its own pods.
@@ -22,8 +27,11 @@ from typing import TYPE_CHECKING
 from dagster import DagsterEventType, DefaultRunLauncher
 
 # the health-check contract of run launchers has no public name (dagster-k8s and dagster-docker
-# import it from here too); pinned Dagster, checked by test_production_topology
+# import it from here too), nor has the code server's "loaded" answer; pinned Dagster, checked by
+# test_production_topology
+from dagster._api.list_repositories import sync_list_repositories_grpc
 from dagster._core.launcher import CheckRunHealthResult, WorkerStatus
+from dagster._core.remote_origin import GrpcServerCodeLocationOrigin
 
 if TYPE_CHECKING:
     from dagster import DagsterRun
@@ -68,10 +76,25 @@ class MonitoredRunLauncher(DefaultRunLauncher):
             return CheckRunHealthResult(WorkerStatus.RUNNING, "no run worker recorded yet")
         at, pid = started[-1]
         since = _started_at(pid)
-        if since is None:
-            return CheckRunHealthResult(WorkerStatus.FAILED, f"run worker (pid {pid}) is gone")
-        if since > at + START_SLACK_S:
+        if since is not None and since <= at + START_SLACK_S:
+            return CheckRunHealthResult(WorkerStatus.RUNNING, f"run worker pid {pid} alive")
+        why = f"run worker (pid {pid}) is gone" + ("; the pid was reused" if since else "")
+        if not _code_server_answers(run):
             return CheckRunHealthResult(
-                WorkerStatus.FAILED, f"run worker (pid {pid}) is gone; the pid was reused"
+                WorkerStatus.RUNNING, f"{why}: failed once its code server answers again"
             )
-        return CheckRunHealthResult(WorkerStatus.RUNNING, f"run worker pid {pid} alive")
+        return CheckRunHealthResult(WorkerStatus.FAILED, why)
+
+
+def _code_server_answers(run: DagsterRun) -> bool:
+    """Whether the gRPC code server that launched `run` serves its code location (True for a
+    location Dagster manages itself, as `dagster dev` does)."""
+    origin = run.remote_job_origin
+    location = origin.repository_origin.code_location_origin if origin else None
+    if not isinstance(location, GrpcServerCodeLocationOrigin):
+        return True
+    try:
+        sync_list_repositories_grpc(location.create_client())
+    except Exception:  # unreachable, or still loading the definitions
+        return False
+    return True

@@ -313,7 +313,9 @@ def test_the_graph_runs_on_postgres_backed_dagster_and_mlflow(topology: Topology
         assert cur.fetchall() == [("challenger", int(version.version))]
 
 
-KILLED_RUN_FAILS_WITHIN_S = 90  # run monitoring polls every 10 s (infra/dagster/dagster.yaml)
+# run monitoring polls every 10 s (infra/dagster/dagster.yaml); a run killed with its code server
+# is failed once the restarted server serves the location again (defs/launcher.py)
+KILLED_RUN_FAILS_WITHIN_S = 180
 
 
 def test_a_killed_run_is_marked_failed_and_the_queue_moves_on(

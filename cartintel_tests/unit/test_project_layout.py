@@ -175,7 +175,11 @@ def test_only_the_dagster_layer_imports_dagster() -> None:
 
 
 # the one contract with no public name: a run launcher's worker health check (run monitoring)
-PRIVATE_NEEDED = {("launcher.py", "dagster._core.launcher")}
+PRIVATE_NEEDED = {
+    ("launcher.py", "dagster._core.launcher"),
+    ("launcher.py", "dagster._api.list_repositories"),
+    ("launcher.py", "dagster._core.remote_origin"),
+}
 
 
 def _needed(path: Path, name: str) -> bool:
