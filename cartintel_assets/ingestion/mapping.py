@@ -593,8 +593,8 @@ def account_sources(con: duckdb.DuckDBPyConnection, landing: Path) -> list[Sourc
         erased = 0
         for e in m.get("erased", []):
             erased += int(e["rejected"])
+            erased_at = datetime.fromisoformat(e["at"]).astimezone(UTC).replace(tzinfo=None)
             for day, n in e["events"].items():
-                erased_at = datetime.fromisoformat(e["at"]).astimezone(UTC).replace(tzinfo=None)
                 if day in logged and logged[day][2] > erased_at:  # ingested again since
                     erased += int(n)
         out.append(

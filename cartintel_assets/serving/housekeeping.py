@@ -39,7 +39,7 @@ def housekeeping(cfg: ServiceSettings, tracking_uri: str, worker: Connection) ->
     os.nice(HOUSEKEEPING_NICENESS)
     store = Store(tracking_uri)
     spool = DecisionSpool(cfg.spool)
-    written = Warehouse(cfg.warehouse, lock_timeout_s=2.0)
+    log_to = Warehouse(cfg.warehouse, lock_timeout_s=2.0)  # waits briefly for a run
     reader = Warehouse(cfg.warehouse, lock_timeout_s=60.0).reader
     every = {
         "flush": cfg.flush_interval_s,
@@ -89,7 +89,7 @@ def housekeeping(cfg: ServiceSettings, tracking_uri: str, worker: Connection) ->
             try:
                 wrote = DRAIN_SLICE
                 while wrote == DRAIN_SLICE:  # a long backlog in slices, the lock let go between
-                    wrote, logged["waiting"] = spool.drain(written, DRAIN_SLICE)
+                    wrote, logged["waiting"] = spool.drain(log_to, DRAIN_SLICE)
                     logged["written"] += wrote
                 break
             except Exception as err:  # kept in the spool: nothing is lost while a run holds it

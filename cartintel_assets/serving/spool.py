@@ -15,8 +15,6 @@ starts from nothing rather than from an older file's sequence numbers. No web co
 from __future__ import annotations
 
 import json
-import sqlite3
-import threading
 import uuid
 from datetime import date, datetime
 from pathlib import Path
@@ -25,6 +23,7 @@ from typing import Any
 import pandas as pd
 
 from cartintel_assets.serving.decision import DECISION_COLUMNS, json_scalar
+from cartintel_assets.serving.ledger import ServiceDatabase
 from cartintel_assets.settings import crash_point
 from cartintel_assets.warehouse.connection import Warehouse
 from cartintel_assets.warehouse.tables import transaction, typed_temp_table
@@ -43,11 +42,9 @@ class DecisionSpool:
     """Decisions answered but not yet in the warehouse, shared by the service's processes."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._local = threading.local()
+        self._db = ServiceDatabase(path, timeout_s=30.0)
         db = self._db()
-        db.execute("PRAGMA journal_mode=WAL")
         db.execute(
             "CREATE TABLE IF NOT EXISTS decisions"
             " (seq INTEGER PRIMARY KEY AUTOINCREMENT, decision TEXT NOT NULL)"
@@ -58,14 +55,6 @@ class DecisionSpool:
             db.execute("INSERT INTO spool VALUES (?)", [uuid.uuid4().hex])
         db.execute("COMMIT")
         self.id = str(db.execute("SELECT id FROM spool").fetchone()[0])
-
-    def _db(self) -> sqlite3.Connection:
-        db: sqlite3.Connection | None = getattr(self._local, "db", None)
-        if db is None:
-            db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
-            db.execute("PRAGMA synchronous=NORMAL")  # WAL: a commit survives a process crash
-            self._local.db = db
-        return db
 
     def append(self, rows: list[dict[str, Any]]) -> None:
         """Commit `rows` (decision-log rows) to the spool, in one transaction."""
